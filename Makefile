@@ -1,0 +1,20 @@
+# The two commands a new user needs are `make demo` (once the demo lands) and `make test`.
+GO ?= go
+
+.PHONY: build test vet fmt bench-store
+
+build:
+	$(GO) build -o bin/walwatch ./cmd/walwatch
+
+vet:
+	$(GO) vet ./...
+
+test: vet
+	$(GO) test -race -count=1 ./...
+
+fmt:
+	gofmt -l -w .
+
+# Put throughput at 1, 8 and 32 concurrent writers against a private PostgreSQL.
+bench-store:
+	$(GO) test -run '^$$' -bench BenchmarkPut -benchtime 3s -count 3 ./store/

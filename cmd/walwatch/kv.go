@@ -1,0 +1,143 @@
+package main
+
+import (
+	"fmt"
+	"io"
+	"strconv"
+	"text/tabwriter"
+
+	"github.com/spf13/cobra"
+
+	"github.com/walwatch/walwatch/sql"
+	"github.com/walwatch/walwatch/store"
+)
+
+func newMigrateCommand(g *globals) *cobra.Command {
+	return &cobra.Command{
+		Use:   "migrate",
+		Short: "Create or upgrade the walwatch schema",
+		Args:  cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, args []string) error {
+			pool, err := g.pool(cmd.Context())
+			if err != nil {
+				return err
+			}
+			defer pool.Close()
+			res, err := sql.Migrate(cmd.Context(), pool)
+			if err != nil {
+				return err
+			}
+			return g.print(map[string]int{"from_version": res.From, "version": res.To}, func(w io.Writer) {
+				if res.From == res.To {
+					fmt.Fprintf(w, "schema is up to date at version %d\n", res.To)
+				} else {
+					fmt.Fprintf(w, "schema migrated from version %d to %d\n", res.From, res.To)
+				}
+			})
+		},
+	}
+}
+
+func newPutCommand(g *globals) *cobra.Command {
+	return &cobra.Command{
+		Use:   "put KEY VALUE",
+		Short: "Set a key",
+		Args:  cobra.ExactArgs(2),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			return g.withStore(cmd.Context(), func(s *store.Store) error {
+				res, err := s.Put(cmd.Context(), []byte(args[0]), []byte(args[1]))
+				if err != nil {
+					return err
+				}
+				return g.print(map[string]int64{"revision": res.Revision}, func(w io.Writer) {
+					fmt.Fprintf(w, "OK, revision %d\n", res.Revision)
+				})
+			})
+		},
+	}
+}
+
+// jsonKV is a key in the CLI's JSON: etcd's fields, with values as strings.
+type jsonKV struct {
+	Key            string `json:"key"`
+	Value          string `json:"value"`
+	CreateRevision int64  `json:"create_revision"`
+	ModRevision    int64  `json:"mod_revision"`
+	Version        int64  `json:"version"`
+}
+
+func newGetCommand(g *globals) *cobra.Command {
+	var (
+		prefix bool
+		rev    int64
+		limit  int64
+	)
+	cmd := &cobra.Command{
+		Use:   "get KEY",
+		Short: "Read a key, or every key with a prefix, at the current or an older revision",
+		Args:  cobra.ExactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			r := store.Key([]byte(args[0]))
+			if prefix {
+				r = store.Prefix([]byte(args[0]))
+			}
+			return g.withStore(cmd.Context(), func(s *store.Store) error {
+				res, err := s.Range(cmd.Context(), store.RangeRequest{KeyRange: r, Revision: rev, Limit: limit})
+				if err != nil {
+					return err
+				}
+				out := struct {
+					Revision int64    `json:"revision"`
+					KVs      []jsonKV `json:"kvs"`
+					More     bool     `json:"more"`
+				}{Revision: res.Revision, KVs: make([]jsonKV, len(res.KVs)), More: res.More}
+				for i, kv := range res.KVs {
+					out.KVs[i] = jsonKV{string(kv.Key), string(kv.Value), kv.CreateRevision, kv.ModRevision, kv.Version}
+				}
+				return g.print(out, func(w io.Writer) {
+					tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
+					fmt.Fprintln(tw, "KEY\tVALUE\tCREATE_REVISION\tMOD_REVISION\tVERSION")
+					for _, kv := range out.KVs {
+						fmt.Fprintf(tw, "%s\t%s\t%d\t%d\t%d\n", strconv.Quote(kv.Key), kv.Value, kv.CreateRevision, kv.ModRevision, kv.Version)
+					}
+					tw.Flush()
+					more := ""
+					if res.More {
+						more = ", more keys past --limit"
+					}
+					fmt.Fprintf(w, "(%d keys at revision %d%s)\n", len(out.KVs), res.Revision, more)
+				})
+			})
+		},
+	}
+	cmd.Flags().BoolVar(&prefix, "prefix", false, "read every key that starts with KEY")
+	cmd.Flags().Int64Var(&rev, "rev", 0, "revision to read at (0: the current one)")
+	cmd.Flags().Int64Var(&limit, "limit", 0, "most keys to return (0: all)")
+	return cmd
+}
+
+func newDelCommand(g *globals) *cobra.Command {
+	var prefix bool
+	cmd := &cobra.Command{
+		Use:   "del KEY",
+		Short: "Delete a key, or every key with a prefix, in one revision",
+		Args:  cobra.ExactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			r := store.Key([]byte(args[0]))
+			if prefix {
+				r = store.Prefix([]byte(args[0]))
+			}
+			return g.withStore(cmd.Context(), func(s *store.Store) error {
+				res, err := s.Delete(cmd.Context(), r)
+				if err != nil {
+					return err
+				}
+				return g.print(map[string]int64{"revision": res.Revision, "deleted": res.Deleted}, func(w io.Writer) {
+					fmt.Fprintf(w, "%d deleted, revision %d\n", res.Deleted, res.Revision)
+				})
+			})
+		},
+	}
+	cmd.Flags().BoolVar(&prefix, "prefix", false, "delete every key that starts with KEY")
+	return cmd
+}

@@ -1,0 +1,187 @@
+package store_test
+
+import (
+	"fmt"
+	"slices"
+	"strings"
+	"sync"
+	"testing"
+
+	"github.com/walwatch/walwatch/store"
+)
+
+func TestConcurrentPutsToOneKey(t *testing.T) {
+	s, _ := newStore(t, store.Limits{})
+	const writers = 32
+	revs := make([]int64, writers)
+	var wg sync.WaitGroup
+	errs := make(chan error, writers)
+	for i := range writers {
+		wg.Go(func() {
+			res, err := s.Put(testContext(t), []byte("/hot"), []byte(fmt.Sprint(i)))
+			if err != nil {
+				errs <- err
+				return
+			}
+			revs[i] = res.Revision
+		})
+	}
+	wg.Wait()
+	close(errs)
+	for err := range errs {
+		t.Fatal(err)
+	}
+	kv, ok, err := s.Get(testContext(t), []byte("/hot"), 0)
+	if err != nil || !ok || kv.Version != writers || kv.CreateRevision != 2 {
+		t.Fatalf("after %d concurrent puts: %+v ok=%v err=%v; want version %d, created at 2", writers, kv, ok, err, writers)
+	}
+	// Every version 1..32 exists once, in revision order.
+	slices.Sort(revs)
+	for i, rev := range revs {
+		kv, _, err := s.Get(testContext(t), []byte("/hot"), rev)
+		if err != nil || kv.Version != int64(i+1) || kv.CreateRevision != 2 || kv.ModRevision != rev {
+			t.Fatalf("at revision %d: %+v, %v; want version %d", rev, kv, err, i+1)
+		}
+	}
+}
+
+func TestConcurrentPutsToDistinctKeys(t *testing.T) {
+	s, _ := newStore(t, store.Limits{})
+	const writers = 32
+	var wg sync.WaitGroup
+	errs := make(chan error, writers)
+	for i := range writers {
+		wg.Go(func() {
+			if _, err := s.Put(testContext(t), fmt.Appendf(nil, "/k/%02d", i), []byte("v")); err != nil {
+				errs <- err
+			}
+		})
+	}
+	wg.Wait()
+	close(errs)
+	for err := range errs {
+		t.Fatal(err)
+	}
+	res, err := s.Range(testContext(t), store.RangeRequest{KeyRange: store.Prefix([]byte("/k/"))})
+	if err != nil || len(res.KVs) != writers || res.Revision != writers+1 {
+		t.Fatalf("range = %d keys at revision %d, %v; want %d at %d", len(res.KVs), res.Revision, err, writers, writers+1)
+	}
+	seen := map[int64]bool{}
+	for _, kv := range res.KVs {
+		if seen[kv.ModRevision] || kv.Version != 1 || kv.CreateRevision != kv.ModRevision {
+			t.Fatalf("key %+v: revisions must be distinct, version 1", kv)
+		}
+		seen[kv.ModRevision] = true
+	}
+}
+
+// A writer holding one key open does not hold up a writer of another key,
+// while a writer of the same key waits for it.
+func TestWritersOfDifferentKeysDoNotWait(t *testing.T) {
+	s, pool := newStore(t, store.Limits{})
+	ctx := testContext(t)
+	tx, err := pool.Begin(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer tx.Rollback(ctx) //nolint:errcheck
+	if _, err := tx.Exec(ctx, "select walwatch.put($1, $2)", []byte("/a"), []byte("held")); err != nil {
+		t.Fatal(err)
+	}
+	// Completes while /a's writer is still open.
+	if _, err := s.Put(ctx, []byte("/b"), []byte("free")); err != nil {
+		t.Fatal(err)
+	}
+	sameKey := make(chan store.PutResponse, 1)
+	go func() {
+		res, err := s.Put(ctx, []byte("/a"), []byte("second"))
+		if err != nil {
+			t.Error(err)
+		}
+		sameKey <- res
+	}()
+	// The second writer of /a is blocked on the first one's key lock.
+	waitFor(t, func() bool {
+		var waiting bool
+		err := pool.QueryRow(ctx, "select exists (select 1 from pg_locks where locktype = 'advisory' and not granted)").Scan(&waiting)
+		return err == nil && waiting
+	})
+	if err := tx.Commit(ctx); err != nil {
+		t.Fatal(err)
+	}
+	res := <-sameKey
+	kv, _, err := s.Get(ctx, []byte("/a"), 0)
+	if err != nil || kv.Version != 2 || kv.ModRevision != res.Revision || string(kv.Value) != "second" {
+		t.Fatalf("/a = %+v, %v; want version 2 at %d", kv, err, res.Revision)
+	}
+}
+
+// The watch hub settles a revision nobody committed by inserting a filler row
+// at (revision, 0). A put whose revision was claimed that way retries with the
+// next one and succeeds.
+func TestPutRetriesWhenItsRevisionIsClaimed(t *testing.T) {
+	s, pool := newStore(t, store.Limits{})
+	ctx := testContext(t)
+	mustPut(t, s, "/a", "1") // 2
+	// The next value the sequence hands out is 3: claim it as a filler would.
+	if _, err := pool.Exec(ctx, "insert into walwatch.kv (revision, sub, key, tombstone) values (3, 0, ''::bytea, true)"); err != nil {
+		t.Fatal(err)
+	}
+	if rev := mustPut(t, s, "/a", "2"); rev != 4 {
+		t.Fatalf("put got revision %d, want 4 (3 was claimed)", rev)
+	}
+	kv, _, err := s.Get(ctx, []byte("/a"), 0)
+	if err != nil || kv.Version != 2 || kv.ModRevision != 4 {
+		t.Fatalf("/a = %+v, %v", kv, err)
+	}
+	// The filler is never shown.
+	res, err := s.Range(ctx, store.RangeRequest{KeyRange: store.FromKey([]byte{0}), Revision: 3})
+	if err != nil || !slices.Equal(kvs(res), []string{"/a=1@2/2/1"}) {
+		t.Fatalf("read at the filler's revision: %q, %v", kvs(res), err)
+	}
+}
+
+func TestSQLAPIFromPlainSQL(t *testing.T) {
+	s, pool := newStore(t, store.Limits{})
+	ctx := testContext(t)
+	conn, err := pool.Acquire(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Release()
+	pg := conn.Conn().PgConn()
+	// Plain SQL with string literals, as typed into psql.
+	script := []struct{ sql, want string }{
+		{`select walwatch.set('/routes/foo', '{"uri":"/get"}')`, "2"},
+		{`select walwatch.set('/routes/bar', '{"uri":"/anything"}')`, "3"},
+		{`select walwatch.set('/routes/foo', '{"uri":"/get2"}')`, "4"},
+		{`select value from walwatch.get('/routes/foo')`, `{"uri":"/get2"}`},
+		{`select value from walwatch.get('/routes/foo', 2)`, `{"uri":"/get"}`},
+		{`select string_agg(key, ',') from walwatch.get_all('/routes/')`, "/routes/bar,/routes/foo"},
+		{`select walwatch.del('/routes/bar')`, "5"},
+		{`select coalesce(walwatch.del('/routes/bar')::text, 'null')`, "null"},
+		{`select string_agg(revision || ':' || key || ':' || tombstone, ',') from walwatch.changes('/routes/', 3)`, "4:/routes/foo:false,5:/routes/bar:true"},
+		{`select compact_revision || ' ' || removed from walwatch.compact(4)`, "4 1"},
+		{`select count(*) from walwatch.compact_older_than('1 hour')`, "1"},
+		{`select compact_revision || ' ' || removed from walwatch.compact_keep_latest()`, "5 1"},
+	}
+	for _, step := range script {
+		res, err := pg.Exec(ctx, step.sql).ReadAll()
+		if err != nil {
+			t.Fatalf("%s: %v", step.sql, err)
+		}
+		if got := string(res[0].Rows[0][0]); got != step.want {
+			t.Fatalf("%s = %q, want %q", step.sql, got, step.want)
+		}
+	}
+	// What plain SQL wrote, the Go store reads.
+	kv, ok, err := s.Get(ctx, []byte("/routes/foo"), 0)
+	if err != nil || !ok || string(kv.Value) != `{"uri":"/get2"}` || kv.Version != 2 {
+		t.Fatalf("store read of a SQL write: %+v %v %v", kv, ok, err)
+	}
+	// A compacted read from SQL names the revision.
+	_, err = pg.Exec(ctx, `select * from walwatch.get('/routes/foo', 3)`).ReadAll()
+	if err == nil || !strings.Contains(err.Error(), "compacted") || !strings.Contains(err.Error(), "revision 5") {
+		t.Fatalf("compacted read from SQL: %v", err)
+	}
+}

@@ -1,0 +1,80 @@
+package store
+
+import (
+	"errors"
+	"fmt"
+	"strconv"
+
+	"github.com/jackc/pgx/v5/pgconn"
+)
+
+// Errors for bad input. Each changes nothing in the store.
+var (
+	ErrEmptyKey        = errors.New("key is empty")
+	ErrKeyTooLarge     = errors.New("key is too large")
+	ErrValueTooLarge   = errors.New("value is too large")
+	ErrInvalidRevision = errors.New("invalid revision")
+	ErrInvalidLimit    = errors.New("invalid limit")
+	ErrDuplicateKey    = errors.New("duplicate key given in txn request")
+	ErrTooManyOps      = errors.New("too many operations in txn request")
+)
+
+// ErrCompacted matches (errors.Is) every *CompactedError.
+var ErrCompacted = errors.New("required revision has been compacted")
+
+// ErrFutureRevision matches (errors.Is) every *FutureRevisionError.
+var ErrFutureRevision = errors.New("required revision is a future revision")
+
+// CompactedError is returned for a revision below the compacted one.
+type CompactedError struct {
+	Revision        int64 // the revision asked for
+	CompactRevision int64 // the oldest revision still readable
+}
+
+func (e *CompactedError) Error() string {
+	return fmt.Sprintf("required revision %d has been compacted (compacted revision %d)", e.Revision, e.CompactRevision)
+}
+
+func (e *CompactedError) Is(target error) bool { return target == ErrCompacted }
+
+// FutureRevisionError is returned for a revision above the current one.
+type FutureRevisionError struct {
+	Revision        int64 // the revision asked for
+	CurrentRevision int64
+}
+
+func (e *FutureRevisionError) Error() string {
+	return fmt.Sprintf("required revision %d is a future revision (current revision %d)", e.Revision, e.CurrentRevision)
+}
+
+func (e *FutureRevisionError) Is(target error) bool { return target == ErrFutureRevision }
+
+// SQLSTATEs raised by walwatch's SQL functions (sql/migrations).
+const (
+	codeCompacted       = "WWC01"
+	codeFutureRevision  = "WWF01"
+	codeEmptyKey        = "WWK01"
+	codeInvalidArgument = "22023"
+)
+
+// fromDB turns an error raised by walwatch's SQL functions into the typed error
+// it stands for; rev is the revision the caller asked for. Other errors pass
+// through unchanged.
+func fromDB(err error, rev int64) error {
+	var pe *pgconn.PgError
+	if !errors.As(err, &pe) {
+		return err
+	}
+	detail, _ := strconv.ParseInt(pe.Detail, 10, 64)
+	switch pe.Code {
+	case codeCompacted:
+		return &CompactedError{Revision: rev, CompactRevision: detail}
+	case codeFutureRevision:
+		return &FutureRevisionError{Revision: rev, CurrentRevision: detail}
+	case codeEmptyKey:
+		return ErrEmptyKey
+	case codeInvalidArgument:
+		return fmt.Errorf("%w: %s", ErrInvalidRevision, pe.Message)
+	}
+	return err
+}

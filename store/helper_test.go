@@ -1,0 +1,82 @@
+package store_test
+
+import (
+	"context"
+	"fmt"
+	"os"
+	"testing"
+	"time"
+
+	"github.com/jackc/pgx/v5/pgxpool"
+
+	"github.com/walwatch/walwatch/sql"
+	"github.com/walwatch/walwatch/store"
+	"github.com/walwatch/walwatch/test/pgcluster"
+)
+
+func TestMain(m *testing.M) { os.Exit(pgcluster.Main(m)) }
+
+// newStore returns a store on a fresh, migrated database.
+func newStore(tb testing.TB, limits store.Limits) (*store.Store, *pgxpool.Pool) {
+	tb.Helper()
+	ctx := context.Background()
+	cfg, err := pgxpool.ParseConfig(pgcluster.NewDatabase(tb))
+	if err != nil {
+		tb.Fatal(err)
+	}
+	cfg.MaxConns = 64
+	pool, err := pgxpool.NewWithConfig(ctx, cfg)
+	if err != nil {
+		tb.Fatal(err)
+	}
+	tb.Cleanup(pool.Close)
+	if _, err := sql.Migrate(ctx, pool); err != nil {
+		tb.Fatal(err)
+	}
+	return store.New(pool, limits), pool
+}
+
+func testContext(tb testing.TB) context.Context {
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	tb.Cleanup(cancel)
+	return ctx
+}
+
+func mustPut(tb testing.TB, s *store.Store, key, value string) int64 {
+	tb.Helper()
+	res, err := s.Put(testContext(tb), []byte(key), []byte(value))
+	if err != nil {
+		tb.Fatalf("put %q: %v", key, err)
+	}
+	return res.Revision
+}
+
+func rowCount(tb testing.TB, pool *pgxpool.Pool) int64 {
+	tb.Helper()
+	var n int64
+	if err := pool.QueryRow(testContext(tb), "select count(*) from walwatch.kv").Scan(&n); err != nil {
+		tb.Fatal(err)
+	}
+	return n
+}
+
+// kvs renders a range result as key=value@mod/create/version strings.
+func kvs(res store.RangeResponse) []string {
+	out := make([]string, 0, len(res.KVs))
+	for _, kv := range res.KVs {
+		out = append(out, fmt.Sprintf("%s=%s@%d/%d/%d", kv.Key, kv.Value, kv.ModRevision, kv.CreateRevision, kv.Version))
+	}
+	return out
+}
+
+// waitFor polls cond until it holds or the test's deadline passes.
+func waitFor(tb testing.TB, cond func() bool) {
+	tb.Helper()
+	deadline := time.Now().Add(30 * time.Second)
+	for !cond() {
+		if time.Now().After(deadline) {
+			tb.Fatal("condition not met within 30s")
+		}
+		time.Sleep(5 * time.Millisecond) // polling interval, not a wait for a result
+	}
+}

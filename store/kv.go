@@ -1,0 +1,119 @@
+package store
+
+import (
+	"context"
+	"fmt"
+)
+
+// RangeRequest reads a key or range at a revision.
+type RangeRequest struct {
+	KeyRange
+	Revision int64 // 0: the current revision
+	Limit    int64 // 0: no limit
+}
+
+// RangeResponse is what a read returns.
+type RangeResponse struct {
+	Revision int64 // the revision read at
+	KVs      []KeyValue
+	More     bool // Limit cut the result short
+}
+
+// PutResponse is what a put returns.
+type PutResponse struct {
+	Revision int64
+}
+
+// DeleteResponse is what a delete returns.
+type DeleteResponse struct {
+	Revision int64 // of the delete; the current one when nothing was deleted
+	Deleted  int64
+}
+
+// Put sets key to value in one revision and one round trip.
+func (s *Store) Put(ctx context.Context, key, value []byte) (PutResponse, error) {
+	if err := s.checkKey(key); err != nil {
+		return PutResponse{}, err
+	}
+	if err := s.checkValue(value); err != nil {
+		return PutResponse{}, err
+	}
+	return put(ctx, s.pool, key, value)
+}
+
+func put(ctx context.Context, q querier, key, value []byte) (PutResponse, error) {
+	if value == nil {
+		value = []byte{} // an empty value, not SQL NULL
+	}
+	var res PutResponse
+	if err := q.QueryRow(ctx, "select walwatch.put($1, $2)", key, value).Scan(&res.Revision); err != nil {
+		return PutResponse{}, fmt.Errorf("put %q: %w", key, fromDB(err, 0))
+	}
+	return res, nil
+}
+
+// Delete deletes a key or range in one revision; deleting nothing takes none.
+func (s *Store) Delete(ctx context.Context, r KeyRange) (DeleteResponse, error) {
+	if err := s.checkRange(r); err != nil {
+		return DeleteResponse{}, err
+	}
+	return deleteRange(ctx, s.pool, r, nil, 0)
+}
+
+// deleteRange deletes at revision rev from sub on, or at a new revision when
+// rev is nil.
+func deleteRange(ctx context.Context, q querier, r KeyRange, rev *int64, sub int) (DeleteResponse, error) {
+	var res DeleteResponse
+	err := q.QueryRow(ctx, "select revision, deleted from walwatch.delete_range($1, $2, $3, $4)",
+		r.Key, r.end(), rev, sub).Scan(&res.Revision, &res.Deleted)
+	if err != nil {
+		return DeleteResponse{}, fmt.Errorf("delete %q: %w", r.Key, fromDB(err, 0))
+	}
+	return res, nil
+}
+
+// Range reads a key or range at a revision, in key order, in one snapshot.
+// Below the compacted revision it fails with a *CompactedError, above the
+// current one with a *FutureRevisionError.
+func (s *Store) Range(ctx context.Context, req RangeRequest) (RangeResponse, error) {
+	if err := s.checkRange(req.KeyRange); err != nil {
+		return RangeResponse{}, err
+	}
+	if err := checkRevision(req.Revision); err != nil {
+		return RangeResponse{}, err
+	}
+	if req.Limit < 0 {
+		return RangeResponse{}, fmt.Errorf("%w: %d: must be 0 (no limit) or positive", ErrInvalidLimit, req.Limit)
+	}
+	return rangeKeys(ctx, s.pool, req)
+}
+
+func rangeKeys(ctx context.Context, q querier, req RangeRequest) (RangeResponse, error) {
+	var (
+		res                     RangeResponse
+		keys, values            [][]byte
+		creates, mods, versions []int64
+	)
+	err := q.QueryRow(ctx,
+		"select revision, more, keys, vals, create_revisions, mod_revisions, versions from walwatch.range($1, $2, $3, $4)",
+		req.Key, req.end(), req.Revision, req.Limit,
+	).Scan(&res.Revision, &res.More, &keys, &values, &creates, &mods, &versions)
+	if err != nil {
+		return RangeResponse{}, fmt.Errorf("range %q at revision %d: %w", req.Key, req.Revision, fromDB(err, req.Revision))
+	}
+	res.KVs = make([]KeyValue, len(keys))
+	for i := range keys {
+		res.KVs[i] = KeyValue{Key: keys[i], Value: values[i], CreateRevision: creates[i], ModRevision: mods[i], Version: versions[i]}
+	}
+	return res, nil
+}
+
+// Get reads one key at a revision (0: the current one). ok is false when the
+// key does not exist at that revision.
+func (s *Store) Get(ctx context.Context, key []byte, rev int64) (kv KeyValue, ok bool, err error) {
+	res, err := s.Range(ctx, RangeRequest{KeyRange: Key(key), Revision: rev})
+	if err != nil || len(res.KVs) == 0 {
+		return KeyValue{}, false, err
+	}
+	return res.KVs[0], true, nil
+}

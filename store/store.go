@@ -1,0 +1,111 @@
+// Package store is walwatch's key-value store on PostgreSQL: etcd's data model
+// (revisions, versions, reads at any revision, transactions, compaction) over
+// the append-only revision table in package sql. It knows nothing of watching.
+package store
+
+import (
+	"context"
+	"fmt"
+
+	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgconn"
+	"github.com/jackc/pgx/v5/pgxpool"
+)
+
+// Limits bound what one request may carry. The defaults are etcd's.
+type Limits struct {
+	MaxKeySize   int // bytes; etcd has no fixed limit, 4 KiB keeps index entries small
+	MaxValueSize int // bytes; etcd's default request limit is 1.5 MiB
+	MaxTxnOps    int // operations in one branch of a Txn; etcd's --max-txn-ops
+}
+
+// DefaultLimits are used when New gets a zero Limits.
+var DefaultLimits = Limits{
+	MaxKeySize:   4 << 10,
+	MaxValueSize: 3 << 19, // 1.5 MiB
+	MaxTxnOps:    128,
+}
+
+// Store reads and writes keys through a pgx pool. It is safe for concurrent use.
+type Store struct {
+	pool   *pgxpool.Pool
+	limits Limits
+}
+
+// New returns a Store on pool. Zero fields of limits take DefaultLimits.
+func New(pool *pgxpool.Pool, limits Limits) *Store {
+	if limits.MaxKeySize <= 0 {
+		limits.MaxKeySize = DefaultLimits.MaxKeySize
+	}
+	if limits.MaxValueSize <= 0 {
+		limits.MaxValueSize = DefaultLimits.MaxValueSize
+	}
+	if limits.MaxTxnOps <= 0 {
+		limits.MaxTxnOps = DefaultLimits.MaxTxnOps
+	}
+	return &Store{pool: pool, limits: limits}
+}
+
+// Limits returns the limits the store enforces.
+func (s *Store) Limits() Limits { return s.limits }
+
+// Pool returns the pool the store uses.
+func (s *Store) Pool() *pgxpool.Pool { return s.pool }
+
+// KeyValue is one key as etcd describes it.
+type KeyValue struct {
+	Key            []byte
+	Value          []byte
+	CreateRevision int64 // revision of the put that created the key
+	ModRevision    int64 // revision of its last change
+	Version        int64 // 1 on create, +1 per put
+}
+
+// querier is what the store's operations need: a pool or a transaction.
+type querier interface {
+	Exec(ctx context.Context, sql string, args ...any) (pgconn.CommandTag, error)
+	QueryRow(ctx context.Context, sql string, args ...any) pgx.Row
+}
+
+// Revision returns the current and the compacted revision.
+func (s *Store) Revision(ctx context.Context) (current, compacted int64, err error) {
+	err = s.pool.QueryRow(ctx, "select walwatch.current_revision(), walwatch.compact_revision()").Scan(&current, &compacted)
+	if err != nil {
+		return 0, 0, fmt.Errorf("read revision: %w", err)
+	}
+	return current, compacted, nil
+}
+
+func (s *Store) checkKey(key []byte) error {
+	if len(key) == 0 {
+		return ErrEmptyKey
+	}
+	if len(key) > s.limits.MaxKeySize {
+		return fmt.Errorf("%w: %d bytes, limit %d", ErrKeyTooLarge, len(key), s.limits.MaxKeySize)
+	}
+	return nil
+}
+
+func (s *Store) checkRange(r KeyRange) error {
+	if err := s.checkKey(r.Key); err != nil {
+		return err
+	}
+	if len(r.End) > s.limits.MaxKeySize {
+		return fmt.Errorf("%w: range end of %d bytes, limit %d", ErrKeyTooLarge, len(r.End), s.limits.MaxKeySize)
+	}
+	return nil
+}
+
+func (s *Store) checkValue(value []byte) error {
+	if len(value) > s.limits.MaxValueSize {
+		return fmt.Errorf("%w: %d bytes, limit %d", ErrValueTooLarge, len(value), s.limits.MaxValueSize)
+	}
+	return nil
+}
+
+func checkRevision(rev int64) error {
+	if rev < 0 {
+		return fmt.Errorf("%w: %d: must be 0 (latest) or positive", ErrInvalidRevision, rev)
+	}
+	return nil
+}

@@ -1,0 +1,137 @@
+package pgcluster
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"os"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+)
+
+// testStartTimeout bounds starting a cluster from a test helper; a slow CI
+// machine may need more than the usual second or two.
+const testStartTimeout = 2 * time.Minute
+
+// shared is the one cluster per test binary. It starts on first use so that
+// packages whose tests never ask for a database pay nothing.
+var shared struct {
+	once    sync.Once
+	cluster *Cluster
+	err     error
+}
+
+var (
+	// inMain records that Main is running, i.e. someone will stop the
+	// shared cluster after the tests.
+	inMain atomic.Bool
+	// dbSeq makes database names unique within the test binary.
+	dbSeq atomic.Int64
+)
+
+// Main runs the tests and then stops the shared cluster if any test started
+// it. Use it as: func TestMain(m *testing.M) { os.Exit(pgcluster.Main(m)) }
+func Main(m *testing.M) int {
+	inMain.Store(true)
+	code := m.Run()
+
+	// Closing the Once also orders this read after every test's start.
+	shared.once.Do(func() { shared.err = errors.New("pgcluster: Main has already returned") })
+	if shared.cluster == nil {
+		return code
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	if err := shared.cluster.Stop(ctx); err != nil {
+		fmt.Fprintf(os.Stderr, "pgcluster: stopping the shared test cluster: %v\n", err)
+		if code == 0 {
+			code = 1
+		}
+	}
+	return code
+}
+
+// Shared returns the test binary's shared cluster, starting it if needed.
+// It fails the test if the cluster cannot start; it never skips, so a
+// machine without PostgreSQL fails loudly instead of passing vacuously.
+func Shared(t testing.TB) *Cluster {
+	t.Helper()
+	if !inMain.Load() {
+		t.Fatal("pgcluster: the shared cluster needs TestMain to call os.Exit(pgcluster.Main(m)), which stops it after the tests")
+	}
+	shared.once.Do(func() {
+		ctx, cancel := context.WithTimeout(context.Background(), testStartTimeout)
+		defer cancel()
+		shared.cluster, shared.err = Start(ctx, Options{})
+	})
+	if shared.err != nil {
+		t.Fatalf("pgcluster: starting the shared test cluster: %v", shared.err)
+	}
+	return shared.cluster
+}
+
+// NewDatabase creates a fresh database in the shared cluster and returns its
+// connection string. The database is dropped, with its connections, when
+// the test ends.
+func NewDatabase(t testing.TB) string {
+	t.Helper()
+	c := Shared(t)
+	name := databaseName(t.Name(), dbSeq.Add(1))
+
+	ctx, cancel := context.WithTimeout(t.Context(), time.Minute)
+	defer cancel()
+	connString, err := c.CreateDatabase(ctx, name)
+	if err != nil {
+		t.Fatalf("pgcluster: %v", err)
+	}
+	t.Cleanup(func() {
+		// t.Context() is already cancelled when cleanups run.
+		ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+		defer cancel()
+		if err := c.DropDatabase(ctx, name); err != nil {
+			t.Errorf("pgcluster: %v", err)
+		}
+	})
+	return connString
+}
+
+// StartPrivate starts a cluster of the test's own, for tests that restart or
+// crash the server. It is stopped when the test ends.
+func StartPrivate(t testing.TB, opts Options) *Cluster {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(t.Context(), testStartTimeout)
+	defer cancel()
+	c, err := Start(ctx, opts)
+	if err != nil {
+		t.Fatalf("pgcluster: starting a private cluster: %v", err)
+	}
+	t.Cleanup(func() {
+		ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+		defer cancel()
+		if err := c.Stop(ctx); err != nil {
+			t.Errorf("pgcluster: %v", err)
+		}
+	})
+	return c
+}
+
+// databaseName turns a test name into a readable, unique database name
+// within PostgreSQL's 63-byte identifier limit.
+func databaseName(testName string, seq int64) string {
+	const maxPrefix = 40
+	var b strings.Builder
+	for _, r := range strings.ToLower(testName) {
+		if b.Len() == maxPrefix {
+			break
+		}
+		if (r >= 'a' && r <= 'z') || (r >= '0' && r <= '9') {
+			b.WriteRune(r)
+		} else {
+			b.WriteByte('_')
+		}
+	}
+	return fmt.Sprintf("%s_%d", b.String(), seq)
+}
