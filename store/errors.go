@@ -57,10 +57,10 @@ const (
 	codeInvalidArgument = "22023"
 )
 
-// fromDB turns an error raised by walwatch's SQL functions into the typed error
+// FromDB turns an error raised by walwatch's SQL functions into the typed error
 // it stands for; rev is the revision the caller asked for. Other errors pass
 // through unchanged.
-func fromDB(err error, rev int64) error {
+func FromDB(err error, rev int64) error {
 	var pe *pgconn.PgError
 	if !errors.As(err, &pe) {
 		return err

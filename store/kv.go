@@ -47,7 +47,7 @@ func put(ctx context.Context, q querier, key, value []byte) (PutResponse, error)
 	}
 	var res PutResponse
 	if err := q.QueryRow(ctx, "select walwatch.put($1, $2)", key, value).Scan(&res.Revision); err != nil {
-		return PutResponse{}, fmt.Errorf("put %q: %w", key, fromDB(err, 0))
+		return PutResponse{}, fmt.Errorf("put %q: %w", key, FromDB(err, 0))
 	}
 	return res, nil
 }
@@ -67,7 +67,7 @@ func deleteRange(ctx context.Context, q querier, r KeyRange, rev *int64, sub int
 	err := q.QueryRow(ctx, "select revision, deleted from walwatch.delete_range($1, $2, $3, $4)",
 		r.Key, r.end(), rev, sub).Scan(&res.Revision, &res.Deleted)
 	if err != nil {
-		return DeleteResponse{}, fmt.Errorf("delete %q: %w", r.Key, fromDB(err, 0))
+		return DeleteResponse{}, fmt.Errorf("delete %q: %w", r.Key, FromDB(err, 0))
 	}
 	return res, nil
 }
@@ -99,7 +99,7 @@ func rangeKeys(ctx context.Context, q querier, req RangeRequest) (RangeResponse,
 		req.Key, req.end(), req.Revision, req.Limit,
 	).Scan(&res.Revision, &res.More, &keys, &values, &creates, &mods, &versions)
 	if err != nil {
-		return RangeResponse{}, fmt.Errorf("range %q at revision %d: %w", req.Key, req.Revision, fromDB(err, req.Revision))
+		return RangeResponse{}, fmt.Errorf("range %q at revision %d: %w", req.Key, req.Revision, FromDB(err, req.Revision))
 	}
 	res.KVs = make([]KeyValue, len(keys))
 	for i := range keys {

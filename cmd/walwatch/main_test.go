@@ -3,10 +3,12 @@ package main
 import (
 	"bytes"
 	"encoding/json"
+	"fmt"
 	"os"
 	"strings"
 	"testing"
 
+	"github.com/walwatch/walwatch/sql"
 	"github.com/walwatch/walwatch/test/pgcluster"
 )
 
@@ -29,8 +31,8 @@ func TestCLI(t *testing.T) {
 		want    string // JSON output, or a substring of the error
 		wantErr bool
 	}{
-		{[]string{"migrate", "-o", "json"}, `{"from_version":0,"version":1}`, false},
-		{[]string{"migrate", "-o", "json"}, `{"from_version":1,"version":1}`, false},
+		{[]string{"migrate", "-o", "json"}, fmt.Sprintf(`{"from_version":0,"version":%d}`, sql.Latest()), false},
+		{[]string{"migrate", "-o", "json"}, fmt.Sprintf(`{"from_version":%[1]d,"version":%[1]d}`, sql.Latest()), false},
 		{[]string{"put", "/routes/foo", `{"uri":"/get"}`, "-o", "json"}, `{"revision":2}`, false},
 		{[]string{"-o", "json", "put", "/routes/foo", "v2"}, `{"revision":3}`, false},
 		{[]string{"put", "/routes2/x", "x", "-o", "json"}, `{"revision":4}`, false},

@@ -51,6 +51,7 @@ DATABASE_URL, else the usual PG* environment variables.`,
 		newGetCommand(g),
 		newDelCommand(g),
 		newCompactCommand(g),
+		newSlotCommand(g),
 	)
 	return root
 }

@@ -24,6 +24,7 @@ import (
 	"time"
 
 	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgconn"
 )
 
 const (
@@ -415,16 +416,39 @@ func (c *Cluster) CreateDatabase(ctx context.Context, name string) (string, erro
 }
 
 // DropDatabase drops database name if it exists, disconnecting its clients.
+//
+// A replication slot of the database (a walsender that is still exiting, or
+// a slot a test left behind) blocks the drop, so it drops those slots first
+// and retries until ctx ends.
 func (c *Cluster) DropDatabase(ctx context.Context, name string) error {
-	if err := c.execAdmin(ctx, "DROP DATABASE IF EXISTS "+pgx.Identifier{name}.Sanitize()+" WITH (FORCE)"); err != nil {
-		return fmt.Errorf("dropping database %q: %w", name, err)
+	for {
+		err := c.execAdmin(ctx, "DROP DATABASE IF EXISTS "+pgx.Identifier{name}.Sanitize()+" WITH (FORCE)")
+		var pe *pgconn.PgError
+		if !errors.As(err, &pe) || pe.Code != "55006" { // object_in_use: a slot
+			if err != nil {
+				return fmt.Errorf("dropping database %q: %w", name, err)
+			}
+			return nil
+		}
+		// Logical slots can only be dropped from their own database.
+		_ = c.execIn(ctx, name, `select pg_terminate_backend(active_pid) from pg_replication_slots where database = current_database() and active_pid is not null`)
+		_ = c.execIn(ctx, name, `select pg_drop_replication_slot(slot_name) from pg_replication_slots where database = current_database() and not active`)
+		select {
+		case <-ctx.Done():
+			return fmt.Errorf("dropping database %q: %w", name, err)
+		case <-time.After(pollInterval):
+		}
 	}
-	return nil
 }
 
 // execAdmin runs sql on the "postgres" database in a short-lived connection.
 func (c *Cluster) execAdmin(ctx context.Context, sql string) error {
-	conn, err := pgx.Connect(ctx, c.ConnString("postgres"))
+	return c.execIn(ctx, "postgres", sql)
+}
+
+// execIn runs sql on database db in a short-lived connection.
+func (c *Cluster) execIn(ctx context.Context, db, sql string) error {
+	conn, err := pgx.Connect(ctx, c.ConnString(db))
 	if err != nil {
 		return err
 	}

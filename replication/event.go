@@ -1,0 +1,70 @@
+package replication
+
+import (
+	"time"
+
+	"github.com/jackc/pglogrepl"
+
+	"github.com/walwatch/walwatch/store"
+)
+
+// EventType says whether an event sets or deletes a key.
+type EventType int
+
+const (
+	Put EventType = iota
+	Delete
+)
+
+func (t EventType) String() string {
+	if t == Delete {
+		return "DELETE"
+	}
+	return "PUT"
+}
+
+// Event is one change to one key, as etcd's watch reports it: for a delete,
+// Value is empty and CreateRevision and Version are 0.
+type Event struct {
+	Type           EventType
+	Key            []byte
+	Value          []byte
+	Revision       int64 // the key's mod revision
+	Sub            int32 // its place inside the revision
+	CreateRevision int64
+	Version        int64
+	PrevRevision   int64 // the key's previous change, 0 if none
+	Lease          int64
+	CommitLSN      pglogrepl.LSN   // 0 for events read from the table
+	CommitTime     time.Time       // zero for events read from the table
+	PrevKV         *store.KeyValue // with WatchRequest.PrevKV, the key before this change (nil if none)
+}
+
+// WatchRequest names what to watch.
+type WatchRequest struct {
+	Range store.KeyRange
+	// StartRevision is the first revision to deliver; 0 means the next one
+	// after the current revision. A future revision waits for it.
+	StartRevision int64
+	// PrevKV attaches each event's previous key-value.
+	PrevKV bool
+	// ProgressNotify sends progress responses (no events, Revision set)
+	// while the watcher is idle.
+	ProgressNotify bool
+}
+
+// WatchResponse is one delivery: the events of one or more whole revisions
+// in revision and sub order, or a progress mark (no events), or the end of
+// the watch (Canceled, with Err saying why).
+type WatchResponse struct {
+	Events []Event
+	// Revision: for events, the revision of the last one; for a progress
+	// mark, the revision up to which everything has been delivered.
+	Revision        int64
+	Canceled        bool
+	Err             error // why the watch ended: a *store.CompactedError, ErrWatcherTooSlow, ...
+	CompactRevision int64 // set when Err is a compaction
+}
+
+// IsProgress reports whether the response is a progress mark.
+func (r WatchResponse) IsProgress() bool { return len(r.Events) == 0 && !r.Canceled }

@@ -1,0 +1,429 @@
+package replication
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"slices"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/jackc/pglogrepl"
+	"github.com/jackc/pgx/v5/pgxpool"
+)
+
+// Tunables. Each is a default a Config may override.
+var (
+	// DefaultFillGrace is how long a hole in the revision sequence may stay
+	// open before the hub settles it with a filler row. Holes are normal
+	// (revision 101 commits before 100); most close within a commit's time.
+	DefaultFillGrace = 5 * time.Millisecond
+	// DefaultWindow is how many recent revisions the hub keeps in memory, so
+	// a watcher starting a little in the past is served without the table.
+	DefaultWindow = 4096
+	// DefaultStatusInterval is how often the stream confirms its position to
+	// PostgreSQL, well inside the server's wal_sender_timeout (60s default).
+	DefaultStatusInterval = time.Second
+	// DefaultProgressInterval is how often idle watchers that asked for
+	// progress marks get one.
+	DefaultProgressInterval = 5 * time.Second
+	// settleInterval is how often the hub records its watermark as the
+	// table's settled-revision hint, where the next hub starts.
+	settleInterval = time.Second
+	// holderReportAfter is how long a filler may wait on a transaction still
+	// holding a revision before the hub names that transaction in its logs.
+	holderReportAfter = time.Second
+	// maxFillBatch bounds the revisions one filler statement settles.
+	maxFillBatch = 10000
+	// tablePage is how many rows a table read fetches at a time.
+	tablePage = 5000
+	// reconnectBackoff bounds the wait between reconnects; each wait is a
+	// random fraction (jitter) of a doubling base, so hubs restarting
+	// together do not hammer the server together.
+	reconnectBackoffMin = 100 * time.Millisecond
+	reconnectBackoffMax = 10 * time.Second
+)
+
+// Config configures a Hub.
+type Config struct {
+	// Pool serves table reads (catch-up, startup) and filler rows.
+	Pool *pgxpool.Pool
+	// ConnString is the connection string for the replication connection;
+	// the hub adds replication=database. Empty: Pool's connection string.
+	ConnString string
+	// Slot names a persistent slot, created when missing. Empty means a
+	// temporary slot, gone when the connection ends.
+	Slot string
+	// FillGrace, Window, StatusInterval, ProgressInterval: zero takes the
+	// package default.
+	FillGrace        time.Duration
+	Window           int
+	StatusInterval   time.Duration
+	ProgressInterval time.Duration
+	// HolderLimit, if positive, terminates a session that holds a revision
+	// open longer than this, so one forgotten transaction cannot stall
+	// every watcher for ever.
+	HolderLimit time.Duration
+	Logger      *slog.Logger
+	Metrics     *Metrics // nil: not recorded
+}
+
+// ErrHubStopped is returned by Watch once the hub has stopped.
+var ErrHubStopped = errors.New("watch hub stopped")
+
+// Hub reads the revision table's changes from a replication slot and serves
+// them, in revision order with no gaps, to any number of watchers.
+type Hub struct {
+	cfg       Config
+	log       *slog.Logger
+	metrics   *Metrics
+	ready     chan struct{} // closed once the hub has caught up with the table
+	readyOnce sync.Once
+	stopped   chan struct{} // closed when Run returns
+
+	inbox *txnQueue // the stream's committed transactions, never blocking it
+
+	// settledLSN is the end LSN of the last transaction whose revisions are
+	// all at or below the watermark: what the stream may confirm.
+	settledLSN atomic.Uint64
+
+	// Owned by the run loop.
+	buffer   map[int64]*committed // committed revisions above the watermark
+	pending  []pendingTxn         // stream transactions not yet settled, in commit order
+	holeFrom time.Time            // when the revision after the watermark went missing; zero if none is
+	filling  bool                 // a filler statement is running
+	caughtUp bool                 // the first table read has been accepted
+	settled  int64                // the watermark last recorded as the table's hint
+	fillDone chan fillResult
+
+	// mu protects the watermark, the window and the watcher groups. It is
+	// never held while talking to PostgreSQL.
+	mu        sync.Mutex
+	watermark int64 // every revision at or below it is settled and released
+	window    window
+	synced    watcherSet // live: fed by releases
+	unsynced  watcherSet // catching up from the window or the table
+	victims   watcherSet // blocked on a full channel
+	closed    bool
+	wakeSync  chan struct{}
+}
+
+// committed is one revision's rows, waiting in the reorder buffer.
+type committed struct {
+	rows []row
+	lsn  pglogrepl.LSN
+	at   time.Time
+}
+
+// events are the revision's events in sub order; a filler has none.
+func (c *committed) events() []Event {
+	evs := make([]Event, 0, len(c.rows))
+	for i := range c.rows {
+		if !c.rows[i].isFiller() {
+			evs = append(evs, c.rows[i].event(c.lsn, c.at))
+		}
+	}
+	return evs
+}
+
+type pendingTxn struct {
+	endLSN pglogrepl.LSN
+	maxRev int64
+}
+
+type fillResult struct {
+	filled int64
+	err    error
+}
+
+// New returns a hub; Run starts it.
+func New(cfg Config) (*Hub, error) {
+	if cfg.Pool == nil {
+		return nil, errors.New("replication hub: Config.Pool is required")
+	}
+	if cfg.Slot != "" {
+		if err := ValidateSlotName(cfg.Slot); err != nil {
+			return nil, err
+		}
+	}
+	if cfg.ConnString == "" {
+		cfg.ConnString = cfg.Pool.Config().ConnString()
+	}
+	if cfg.FillGrace <= 0 {
+		cfg.FillGrace = DefaultFillGrace
+	}
+	if cfg.Window <= 0 {
+		cfg.Window = DefaultWindow
+	}
+	if cfg.StatusInterval <= 0 {
+		cfg.StatusInterval = DefaultStatusInterval
+	}
+	if cfg.ProgressInterval <= 0 {
+		cfg.ProgressInterval = DefaultProgressInterval
+	}
+	log := cfg.Logger
+	if log == nil {
+		log = slog.New(slog.DiscardHandler)
+	}
+	return &Hub{
+		cfg:      cfg,
+		log:      log,
+		metrics:  cfg.Metrics,
+		ready:    make(chan struct{}),
+		stopped:  make(chan struct{}),
+		inbox:    newTxnQueue(),
+		buffer:   map[int64]*committed{},
+		fillDone: make(chan fillResult, 1),
+		window:   window{limit: cfg.Window},
+		synced:   watcherSet{},
+		unsynced: watcherSet{},
+		victims:  watcherSet{},
+		wakeSync: make(chan struct{}, 1),
+	}, nil
+}
+
+// Ready is closed once the hub has its starting point and serves watchers.
+func (h *Hub) Ready() <-chan struct{} { return h.ready }
+
+// Revision returns the watermark: every revision at or below it is settled
+// and delivered, so a read at it will never change.
+func (h *Hub) Revision() int64 {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	return h.watermark
+}
+
+// Run streams until ctx ends, reconnecting after any failure, and closes
+// every watcher when it returns.
+func (h *Hub) Run(ctx context.Context) error {
+	defer close(h.stopped)
+	defer h.closeWatchers()
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+
+	var wg sync.WaitGroup
+	defer wg.Wait()
+	wg.Go(func() { h.syncWatchersLoop(ctx) })
+	wg.Go(func() { h.syncVictimsLoop(ctx) })
+	wg.Go(func() { h.progressLoop(ctx) })
+
+	streamErr := make(chan error, 1)
+	wg.Go(func() { streamErr <- h.streamLoop(ctx) })
+
+	settleTick := time.NewTicker(settleInterval)
+	defer settleTick.Stop()
+	graceTimer := time.NewTimer(time.Hour)
+	graceTimer.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return nil
+		case err := <-streamErr:
+			return err
+		case <-h.inbox.wait():
+			for _, t := range h.inbox.drain() {
+				h.accept(t)
+			}
+			h.advance()
+			if h.caughtUp {
+				h.readyOnce.Do(func() { close(h.ready) })
+			}
+			if h.holeOpen() && !h.filling {
+				graceTimer.Reset(max(0, h.cfg.FillGrace-time.Since(h.holeFrom)))
+			}
+		case <-graceTimer.C:
+			h.startFill(ctx)
+		case res := <-h.fillDone:
+			h.filling = false
+			if res.err != nil && ctx.Err() == nil {
+				h.log.Warn("settling a hole with a filler row failed; will retry", "err", res.err)
+			}
+			h.metrics.filled(res.filled)
+			// Whatever the filler did arrives through the stream; if the hole
+			// is still open after that, try again after another grace period.
+			if h.holeOpen() {
+				graceTimer.Reset(h.cfg.FillGrace)
+			}
+		case <-settleTick.C:
+			h.recordSettled(ctx)
+		}
+	}
+}
+
+// accept takes one committed transaction (or a page read from the table) into
+// the reorder buffer, dropping revisions already settled: after a reconnect
+// the server replays what it had not been told was done.
+func (h *Hub) accept(t *txn) {
+	if t.base > 0 {
+		h.mu.Lock()
+		if h.watermark == 0 {
+			h.watermark = t.base
+			h.window.from = t.base + 1
+		}
+		h.mu.Unlock()
+	}
+	if t.ready {
+		h.caughtUp = true
+	}
+	w := h.Revision()
+	var maxRev int64
+	for i := 0; i < len(t.rows); {
+		rev := t.rows[i].revision
+		j := i
+		for j < len(t.rows) && t.rows[j].revision == rev {
+			j++
+		}
+		maxRev = max(maxRev, rev)
+		if _, dup := h.buffer[rev]; rev > w && !dup {
+			rows := slices.Clone(t.rows[i:j])
+			slices.SortFunc(rows, func(a, b row) int { return int(a.sub - b.sub) })
+			h.buffer[rev] = &committed{rows: rows, lsn: t.commitLSN, at: t.commitTime}
+			h.metrics.bufferSize(len(h.buffer))
+		}
+		i = j
+	}
+	if t.endLSN != 0 {
+		h.pending = append(h.pending, pendingTxn{endLSN: t.endLSN, maxRev: maxRev})
+	}
+}
+
+// advance releases every buffered revision that follows the watermark
+// directly, and confirms the stream transactions that are now settled.
+func (h *Hub) advance() {
+	var released []revEvents
+	w := h.Revision()
+	for {
+		c, ok := h.buffer[w+1]
+		if !ok {
+			break
+		}
+		delete(h.buffer, w+1)
+		w++
+		released = append(released, revEvents{rev: w, events: c.events()})
+		h.metrics.released(c)
+	}
+	if len(released) > 0 {
+		h.release(released, w)
+	}
+	h.metrics.bufferSize(len(h.buffer))
+	for len(h.pending) > 0 && h.pending[0].maxRev <= w {
+		h.settledLSN.Store(uint64(h.pending[0].endLSN))
+		h.pending = h.pending[1:]
+	}
+	if len(h.buffer) == 0 {
+		h.holeFrom = time.Time{}
+	} else if h.holeFrom.IsZero() || len(released) > 0 {
+		h.holeFrom = time.Now()
+		h.metrics.holeSeen()
+	}
+}
+
+// holeOpen reports whether a revision above the watermark has arrived while
+// the one right after it has not.
+func (h *Hub) holeOpen() bool { return len(h.buffer) > 0 }
+
+// holes lists the revisions missing between the watermark and the highest
+// buffered one.
+func (h *Hub) holes() []int64 {
+	w := h.Revision()
+	var top int64
+	for rev := range h.buffer {
+		top = max(top, rev)
+	}
+	var out []int64
+	for rev := w + 1; rev < top && len(out) < maxFillBatch; rev++ {
+		if _, ok := h.buffer[rev]; !ok {
+			out = append(out, rev)
+		}
+	}
+	return out
+}
+
+// startFill settles the current holes off the run loop: the filler statement
+// may wait a long time for a transaction still holding a revision.
+func (h *Hub) startFill(ctx context.Context) {
+	if h.filling || !h.holeOpen() {
+		return
+	}
+	revs := h.holes()
+	if len(revs) == 0 {
+		return
+	}
+	h.filling = true
+	go func() {
+		filled, err := h.fill(ctx, revs)
+		h.fillDone <- fillResult{filled: filled, err: err}
+	}()
+}
+
+// fill inserts filler rows for revs on its own connection, and while it
+// waits, reports (and with HolderLimit, ends) the transaction holding one.
+func (h *Hub) fill(ctx context.Context, revs []int64) (int64, error) {
+	conn, err := h.cfg.Pool.Acquire(ctx)
+	if err != nil {
+		return 0, fmt.Errorf("fill holes: %w", err)
+	}
+	defer conn.Release()
+	pid := conn.Conn().PgConn().PID()
+	done := make(chan struct{})
+	defer close(done)
+	go h.watchHolder(ctx, pid, revs[0], done)
+
+	var filled int64
+	if err := conn.QueryRow(ctx, "select walwatch.fill($1)", revs).Scan(&filled); err != nil {
+		return 0, fmt.Errorf("fill holes at revisions %d..%d: %w", revs[0], revs[len(revs)-1], err)
+	}
+	return filled, nil
+}
+
+// watchHolder names the session a filler waits for, once it has waited
+// holderReportAfter, and ends it past HolderLimit.
+func (h *Hub) watchHolder(ctx context.Context, fillerPID uint32, rev int64, done <-chan struct{}) {
+	t := time.NewTicker(holderReportAfter)
+	defer t.Stop()
+	for {
+		select {
+		case <-done:
+			h.metrics.holder(0)
+			return
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+		var (
+			pid int32
+			age time.Duration
+		)
+		err := h.cfg.Pool.QueryRow(ctx,
+			`select a.pid, now() - coalesce(a.xact_start, a.backend_start)
+			   from pg_stat_activity a
+			  where a.pid = any(pg_blocking_pids($1)) order by a.xact_start limit 1`, int32(fillerPID)).Scan(&pid, &age)
+		if err != nil {
+			continue // not blocked (any more), or the query failed: look again later
+		}
+		h.metrics.holder(age)
+		h.log.Warn("a transaction holds a revision open; every watcher waits for it",
+			"revision", rev, "pid", pid, "transaction_age", age.Round(time.Millisecond))
+		if h.cfg.HolderLimit > 0 && age > h.cfg.HolderLimit {
+			h.log.Warn("terminating the session holding a revision past the holder limit", "pid", pid, "limit", h.cfg.HolderLimit)
+			if _, err := h.cfg.Pool.Exec(ctx, "select pg_terminate_backend($1)", pid); err != nil {
+				h.log.Warn("terminate revision holder", "pid", pid, "err", err)
+			}
+		}
+	}
+}
+
+// recordSettled raises the table's settled-revision hint to the watermark.
+func (h *Hub) recordSettled(ctx context.Context) {
+	w := h.Revision()
+	if w <= h.settled {
+		return
+	}
+	if _, err := h.cfg.Pool.Exec(ctx, "select walwatch.settle($1)", w); err != nil {
+		h.log.Warn("record settled revision", "revision", w, "err", err)
+		return
+	}
+	h.settled = w
+}

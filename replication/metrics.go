@@ -1,0 +1,128 @@
+package replication
+
+import (
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+)
+
+// Metrics are the hub's Prometheus metrics. A nil *Metrics records nothing.
+type Metrics struct {
+	transactions   prometheus.Counter
+	events         prometheus.Counter
+	catchUpEvents  prometheus.Counter
+	watchDelay     prometheus.Histogram
+	holesSeen      prometheus.Counter
+	holesFilled    prometheus.Counter
+	holderAge      prometheus.Gauge
+	buffered       prometheus.Gauge
+	watcherCount   prometheus.Gauge
+	victims        prometheus.Counter
+	reconnects     prometheus.Counter
+	slotsRecreated prometheus.Counter
+}
+
+// NewMetrics creates the hub's metrics and registers them with reg.
+func NewMetrics(reg prometheus.Registerer) *Metrics {
+	const ns, sub = "walwatch", "hub"
+	m := &Metrics{
+		transactions: prometheus.NewCounter(prometheus.CounterOpts{Namespace: ns, Subsystem: sub, Name: "transactions_total",
+			Help: "Committed transactions received from the replication stream."}),
+		events: prometheus.NewCounter(prometheus.CounterOpts{Namespace: ns, Subsystem: sub, Name: "events_total",
+			Help: "Events released to watchers in revision order."}),
+		catchUpEvents: prometheus.NewCounter(prometheus.CounterOpts{Namespace: ns, Subsystem: sub, Name: "catch_up_events_total",
+			Help: "Events sent to watchers that were behind, from the window or the table."}),
+		watchDelay: prometheus.NewHistogram(prometheus.HistogramOpts{Namespace: ns, Subsystem: sub, Name: "watch_delay_seconds",
+			Help:    "Time from a revision's commit to its release to watchers.",
+			Buckets: prometheus.ExponentialBuckets(0.0001, 2, 16)}),
+		holesSeen: prometheus.NewCounter(prometheus.CounterOpts{Namespace: ns, Subsystem: sub, Name: "holes_seen_total",
+			Help: "Times a revision arrived before a lower one (commit order is not revision order)."}),
+		holesFilled: prometheus.NewCounter(prometheus.CounterOpts{Namespace: ns, Subsystem: sub, Name: "holes_filled_total",
+			Help: "Revisions no transaction committed, settled with a filler row."}),
+		holderAge: prometheus.NewGauge(prometheus.GaugeOpts{Namespace: ns, Subsystem: sub, Name: "revision_holder_age_seconds",
+			Help: "Age of the transaction holding a revision every watcher waits for; 0 if none."}),
+		buffered: prometheus.NewGauge(prometheus.GaugeOpts{Namespace: ns, Subsystem: sub, Name: "reorder_buffer_revisions",
+			Help: "Committed revisions waiting for a lower one."}),
+		watcherCount: prometheus.NewGauge(prometheus.GaugeOpts{Namespace: ns, Subsystem: sub, Name: "watchers",
+			Help: "Open watchers."}),
+		victims: prometheus.NewCounter(prometheus.CounterOpts{Namespace: ns, Subsystem: sub, Name: "slow_watchers_total",
+			Help: "Times a watcher's channel was full and it left the live group."}),
+		reconnects: prometheus.NewCounter(prometheus.CounterOpts{Namespace: ns, Subsystem: sub, Name: "reconnects_total",
+			Help: "Replication sessions that ended and were reconnected."}),
+		slotsRecreated: prometheus.NewCounter(prometheus.CounterOpts{Namespace: ns, Subsystem: sub, Name: "slots_recreated_total",
+			Help: "Replication slots found gone or invalidated and created again."}),
+	}
+	reg.MustRegister(m.transactions, m.events, m.catchUpEvents, m.watchDelay, m.holesSeen, m.holesFilled,
+		m.holderAge, m.buffered, m.watcherCount, m.victims, m.reconnects, m.slotsRecreated)
+	return m
+}
+
+func (m *Metrics) transaction() {
+	if m != nil {
+		m.transactions.Inc()
+	}
+}
+
+func (m *Metrics) released(c *committed) {
+	if m == nil {
+		return
+	}
+	m.events.Add(float64(len(c.rows)))
+	if !c.at.IsZero() {
+		m.watchDelay.Observe(time.Since(c.at).Seconds())
+	}
+}
+
+func (m *Metrics) caughtUp(n int) {
+	if m != nil {
+		m.catchUpEvents.Add(float64(n))
+	}
+}
+
+func (m *Metrics) holeSeen() {
+	if m != nil {
+		m.holesSeen.Inc()
+	}
+}
+
+func (m *Metrics) filled(n int64) {
+	if m != nil {
+		m.holesFilled.Add(float64(n))
+	}
+}
+
+func (m *Metrics) holder(age time.Duration) {
+	if m != nil {
+		m.holderAge.Set(age.Seconds())
+	}
+}
+
+func (m *Metrics) bufferSize(n int) {
+	if m != nil {
+		m.buffered.Set(float64(n))
+	}
+}
+
+func (m *Metrics) watchers(n int) {
+	if m != nil {
+		m.watcherCount.Set(float64(n))
+	}
+}
+
+func (m *Metrics) victim() {
+	if m != nil {
+		m.victims.Inc()
+	}
+}
+
+func (m *Metrics) reconnect() {
+	if m != nil {
+		m.reconnects.Inc()
+	}
+}
+
+func (m *Metrics) slotRecreated() {
+	if m != nil {
+		m.slotsRecreated.Inc()
+	}
+}

@@ -1,0 +1,276 @@
+package replication
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"math/rand/v2"
+	"os"
+	"strings"
+	"time"
+
+	"github.com/jackc/pglogrepl"
+	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgconn"
+	"github.com/jackc/pgx/v5/pgproto3"
+
+	"github.com/walwatch/walwatch/sql"
+)
+
+// streamLoop runs replication sessions until ctx ends, reconnecting with
+// backoff and jitter after each failure.
+func (h *Hub) streamLoop(ctx context.Context) error {
+	backoff := reconnectBackoffMin
+	for {
+		streamed, err := h.session(ctx)
+		if ctx.Err() != nil {
+			return nil
+		}
+		h.metrics.reconnect()
+		if streamed {
+			backoff = reconnectBackoffMin
+		}
+		wait := backoff/2 + rand.N(backoff/2+1)
+		h.log.Warn("replication stream lost; reconnecting", "err", err, "in", wait.Round(time.Millisecond))
+		select {
+		case <-ctx.Done():
+			return nil
+		case <-time.After(wait):
+		}
+		backoff = min(backoff*2, reconnectBackoffMax)
+	}
+}
+
+// pluginArgs are pgoutput's options: our publication, binary column values
+// (bytea without hex), and no streaming of transactions in progress, so
+// nothing reaches us before its commit.
+var pluginArgs = []string{
+	"proto_version '1'",
+	"publication_names '" + sql.Publication + "'",
+	"binary 'true'",
+}
+
+// session is one replication connection's life: make sure the slot exists,
+// read what the table holds beyond the watermark, then stream. streamed
+// reports whether it got as far as streaming.
+func (h *Hub) session(ctx context.Context) (streamed bool, err error) {
+	cfg, err := pgconn.ParseConfig(h.cfg.ConnString)
+	if err != nil {
+		return false, fmt.Errorf("parse replication connection string: %w", err)
+	}
+	cfg.RuntimeParams["replication"] = "database"
+	conn, err := pgconn.ConnectConfig(ctx, cfg)
+	if err != nil {
+		return false, fmt.Errorf("open replication connection: %w", err)
+	}
+	defer conn.Close(context.Background())
+
+	slot, snapshot, err := h.prepareSlot(ctx, conn)
+	if err != nil {
+		return false, err
+	}
+	if err := h.readTable(ctx, snapshot); err != nil {
+		return false, err
+	}
+	// LSN 0: start where the slot says it is, never at the server's current
+	// position, which would skip what the slot still holds for us.
+	if err := pglogrepl.StartReplication(ctx, conn, slot, 0, pglogrepl.StartReplicationOptions{PluginArgs: pluginArgs}); err != nil {
+		return false, fmt.Errorf("start replication on slot %s: %w", slot, err)
+	}
+	h.log.Info("streaming", "slot", slot, "temporary", h.cfg.Slot == "")
+	return true, h.receive(ctx, conn)
+}
+
+// prepareSlot makes sure the slot exists. A new slot exports its snapshot,
+// so the table read and the stream meet with nothing between them. A slot
+// that lost its WAL (invalidated) is replaced: the table, not the slot, is
+// the source of truth, so watchers see a delay but never a gap.
+func (h *Hub) prepareSlot(ctx context.Context, conn *pgconn.PgConn) (name, snapshot string, err error) {
+	name = h.cfg.Slot
+	temporary := name == ""
+	if temporary {
+		name = fmt.Sprintf("walwatch_tmp_%d_%d", os.Getpid(), rand.Uint32())
+	} else {
+		info, err := GetSlot(ctx, h.cfg.Pool, name)
+		switch {
+		case err == nil && info.WALStatus == "lost":
+			h.log.Warn("replication slot was invalidated; replacing it and catching up from the table", "slot", name)
+			h.metrics.slotRecreated()
+			if err := DropSlot(ctx, h.cfg.Pool, name, true); err != nil && !errors.Is(err, ErrSlotNotFound) {
+				return "", "", err
+			}
+		case err == nil:
+			return name, "", nil
+		case errors.Is(err, ErrSlotNotFound):
+			if h.Revision() > 0 {
+				h.log.Warn("replication slot is gone; creating it again and catching up from the table", "slot", name)
+				h.metrics.slotRecreated()
+			}
+		default:
+			return "", "", err
+		}
+	}
+	res, err := pglogrepl.CreateReplicationSlot(ctx, conn, name, "pgoutput", pglogrepl.CreateReplicationSlotOptions{
+		Temporary:      temporary,
+		SnapshotAction: "EXPORT_SNAPSHOT",
+		Mode:           pglogrepl.LogicalReplication,
+	})
+	if err != nil {
+		return "", "", fmt.Errorf("create replication slot %s: %w", name, err)
+	}
+	return name, res.SnapshotName, nil
+}
+
+// readTable hands the hub every row above its watermark (or, on the first
+// session, above the table's settled-revision hint), read in the slot's
+// exported snapshot when there is one. Overlap with the stream is harmless:
+// the hub drops revisions it has already settled.
+func (h *Hub) readTable(ctx context.Context, snapshot string) error {
+	tx, err := h.cfg.Pool.BeginTx(ctx, pgx.TxOptions{IsoLevel: pgx.RepeatableRead, AccessMode: pgx.ReadOnly})
+	if err != nil {
+		return fmt.Errorf("read table: begin: %w", err)
+	}
+	defer tx.Rollback(context.Background()) //nolint:errcheck // read-only
+	if snapshot != "" {
+		// SET TRANSACTION takes no parameters; the name comes from the server.
+		if _, err := tx.Exec(ctx, "set transaction snapshot "+quoteLiteral(snapshot)); err != nil {
+			return fmt.Errorf("read table: import snapshot %s: %w", snapshot, err)
+		}
+	}
+	from := h.Revision()
+	first := from == 0
+	if first {
+		if err := tx.QueryRow(ctx, "select greatest(settled_revision, compact_revision - 1, 1) from walwatch.meta").Scan(&from); err != nil {
+			return fmt.Errorf("read table: settled revision: %w", err)
+		}
+		h.inbox.push(&txn{base: from})
+	}
+	for {
+		rows, err := tx.Query(ctx,
+			`select revision, sub, key, value, tombstone, create_revision, version, prev_revision, lease
+			   from walwatch.kv where revision > $1 order by revision, sub limit $2`, from, tablePage)
+		if err != nil {
+			return fmt.Errorf("read table after revision %d: %w", from, err)
+		}
+		var page []row
+		for rows.Next() {
+			var r row
+			if err := rows.Scan(&r.revision, &r.sub, &r.key, &r.value, &r.tombstone, &r.createRevision, &r.version, &r.prevRevision, &r.lease); err != nil {
+				rows.Close()
+				return fmt.Errorf("read table after revision %d: %w", from, err)
+			}
+			page = append(page, r)
+		}
+		if err := rows.Err(); err != nil {
+			return fmt.Errorf("read table after revision %d: %w", from, err)
+		}
+		if len(page) == 0 {
+			break
+		}
+		// A page may end inside a revision; the next page starts after the
+		// last whole one, so the rows of a revision arrive together.
+		last := page[len(page)-1].revision
+		if len(page) == tablePage && page[0].revision != last {
+			cut := len(page)
+			for cut > 0 && page[cut-1].revision == last {
+				cut--
+			}
+			page = page[:cut]
+		}
+		from = page[len(page)-1].revision
+		h.inbox.push(&txn{rows: page})
+		if len(page) < tablePage {
+			break
+		}
+	}
+	if first {
+		h.inbox.push(&txn{ready: true})
+	}
+	return nil
+}
+
+// quoteLiteral quotes s as an SQL string literal.
+func quoteLiteral(s string) string { return "'" + strings.ReplaceAll(s, "'", "''") + "'" }
+
+// receive owns the replication connection: it takes the server's messages,
+// hands committed transactions to the hub through a queue that never blocks,
+// and confirms settled positions on time, so nothing a watcher does can make
+// the server's wal_sender_timeout end the stream.
+func (h *Hub) receive(ctx context.Context, conn *pgconn.PgConn) error {
+	dec := newDecoder() // a fresh relation cache for every connection
+	var (
+		handedOff  pglogrepl.LSN // end of the last transaction handed to the hub
+		serverEnd  pglogrepl.LSN // the server's WAL end from its last keepalive
+		confirmed  pglogrepl.LSN
+		nextStatus = time.Now().Add(h.cfg.StatusInterval)
+	)
+	sendStatus := func() error {
+		pos := pglogrepl.LSN(h.settledLSN.Load())
+		// Nothing in flight: confirm the server's WAL end, so a quiet
+		// revision table does not pin the WAL other tables write.
+		if !dec.inTxn() && pos >= handedOff && serverEnd > pos {
+			pos = serverEnd
+		}
+		pos = max(pos, confirmed)
+		// Write, flush and apply all three: the server resends what is not
+		// flushed.
+		err := pglogrepl.SendStandbyStatusUpdate(ctx, conn, pglogrepl.StandbyStatusUpdate{
+			WALWritePosition: pos, WALFlushPosition: pos, WALApplyPosition: pos,
+		})
+		if err != nil {
+			return fmt.Errorf("send standby status: %w", err)
+		}
+		confirmed = pos
+		nextStatus = time.Now().Add(h.cfg.StatusInterval)
+		return nil
+	}
+	for {
+		if time.Now().After(nextStatus) {
+			if err := sendStatus(); err != nil {
+				return err
+			}
+		}
+		rctx, cancel := context.WithDeadline(ctx, nextStatus)
+		msg, err := conn.ReceiveMessage(rctx)
+		cancel()
+		if err != nil {
+			if pgconn.Timeout(err) && ctx.Err() == nil {
+				continue
+			}
+			return fmt.Errorf("receive replication message: %w", err)
+		}
+		switch m := msg.(type) {
+		case *pgproto3.ErrorResponse:
+			return fmt.Errorf("replication stream: %w", pgconn.ErrorResponseToPgError(m))
+		case *pgproto3.CopyData:
+			if len(m.Data) == 0 {
+				continue
+			}
+			switch m.Data[0] {
+			case pglogrepl.PrimaryKeepaliveMessageByteID:
+				ka, err := pglogrepl.ParsePrimaryKeepaliveMessage(m.Data[1:])
+				if err != nil {
+					return fmt.Errorf("%w: %v", ErrBrokenStream, err)
+				}
+				serverEnd = max(serverEnd, ka.ServerWALEnd)
+				if ka.ReplyRequested {
+					nextStatus = time.Time{}
+				}
+			case pglogrepl.XLogDataByteID:
+				xld, err := pglogrepl.ParseXLogData(m.Data[1:])
+				if err != nil {
+					return fmt.Errorf("%w: %v", ErrBrokenStream, err)
+				}
+				t, err := dec.decode(xld.WALData)
+				if err != nil {
+					return err
+				}
+				if t != nil {
+					h.inbox.push(t)
+					handedOff = t.endLSN
+					h.metrics.transaction()
+				}
+			}
+		}
+	}
+}
