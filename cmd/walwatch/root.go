@@ -52,6 +52,7 @@ DATABASE_URL, else the usual PG* environment variables.`,
 		newDelCommand(g),
 		newCompactCommand(g),
 		newSlotCommand(g),
+		newWatchCommand(g),
 	)
 	return root
 }

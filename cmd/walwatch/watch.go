@@ -1,0 +1,114 @@
+package main
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"log/slog"
+
+	"github.com/spf13/cobra"
+
+	"github.com/walwatch/walwatch/replication"
+	"github.com/walwatch/walwatch/store"
+)
+
+func newWatchCommand(g *globals) *cobra.Command {
+	var (
+		prefix bool
+		rev    int64
+		prevKV bool
+	)
+	cmd := &cobra.Command{
+		Use:   "watch KEY",
+		Short: "Print every change to a key or prefix, from now or from a revision, until interrupted",
+		Long: `watch prints every change to KEY (or, with --prefix, to every key starting
+with it) in revision order, each exactly once, as etcdctl watch does. It reads
+its own temporary replication slot, which disappears when watch exits.`,
+		Args: cobra.ExactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			r := store.Key([]byte(args[0]))
+			if prefix {
+				r = store.Prefix([]byte(args[0]))
+			}
+			return g.watch(cmd.Context(), replication.WatchRequest{Range: r, StartRevision: rev, PrevKV: prevKV})
+		},
+	}
+	cmd.Flags().BoolVar(&prefix, "prefix", false, "watch every key that starts with KEY")
+	cmd.Flags().Int64Var(&rev, "rev", 0, "first revision to print (0: changes from now on)")
+	cmd.Flags().BoolVar(&prevKV, "prev-kv", false, "print each key's previous value too")
+	return cmd
+}
+
+// jsonEvent is one line of watch -o json.
+type jsonEvent struct {
+	Type           string  `json:"type"`
+	Key            string  `json:"key"`
+	Value          string  `json:"value"`
+	Revision       int64   `json:"revision"`
+	CreateRevision int64   `json:"create_revision"`
+	Version        int64   `json:"version"`
+	PrevValue      *string `json:"prev_value,omitempty"`
+}
+
+func (g *globals) watch(ctx context.Context, req replication.WatchRequest) error {
+	if req.StartRevision < 0 {
+		return fmt.Errorf("%w: --rev %d: must be 0 (now) or positive", store.ErrInvalidRevision, req.StartRevision)
+	}
+	pool, err := g.pool(ctx)
+	if err != nil {
+		return err
+	}
+	defer pool.Close()
+	if _, _, err := store.New(pool, store.Limits{}).Revision(ctx); err != nil {
+		return fmt.Errorf("%w (has `walwatch migrate` run on this database?)", err)
+	}
+	hub, err := replication.New(replication.Config{
+		Pool:   pool,
+		Logger: slog.New(slog.NewTextHandler(g.stderr, &slog.HandlerOptions{Level: slog.LevelWarn})),
+	})
+	if err != nil {
+		return err
+	}
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	hubDone := make(chan error, 1)
+	go func() { hubDone <- hub.Run(ctx) }()
+	defer func() { cancel(); <-hubDone }()
+
+	w, err := hub.Watch(ctx, req)
+	if err != nil {
+		if ctx.Err() != nil {
+			return nil // interrupted before the hub was ready
+		}
+		return err
+	}
+	enc := json.NewEncoder(g.stdout)
+	for resp := range w.C {
+		for _, ev := range resp.Events {
+			out := jsonEvent{Type: ev.Type.String(), Key: string(ev.Key), Value: string(ev.Value),
+				Revision: ev.Revision, CreateRevision: ev.CreateRevision, Version: ev.Version}
+			if req.PrevKV && ev.PrevKV != nil {
+				v := string(ev.PrevKV.Value)
+				out.PrevValue = &v
+			}
+			if g.output == "json" {
+				if err := enc.Encode(out); err != nil {
+					return err
+				}
+				continue
+			}
+			// etcdctl's format: the type, the key, the value (and the
+			// previous value with --prev-kv), a line each.
+			if req.PrevKV && out.PrevValue != nil {
+				fmt.Fprintf(g.stdout, "%s\n%s\n%s\n%s\n", out.Type, out.Key, *out.PrevValue, out.Value)
+			} else {
+				fmt.Fprintf(g.stdout, "%s\n%s\n%s\n", out.Type, out.Key, out.Value)
+			}
+		}
+	}
+	if err := w.Err(); err != nil && !errors.Is(err, context.Canceled) && ctx.Err() == nil {
+		return fmt.Errorf("watch ended: %w", err)
+	}
+	return nil
+}
