@@ -108,6 +108,7 @@ type Hub struct {
 	victims   watcherSet // blocked on a full channel
 	closed    bool
 	wakeSync  chan struct{}
+	advanced  chan struct{} // closed and replaced each time the watermark moves
 }
 
 // committed is one revision's rows, waiting in the reorder buffer.
@@ -181,8 +182,12 @@ func New(cfg Config) (*Hub, error) {
 		unsynced: watcherSet{},
 		victims:  watcherSet{},
 		wakeSync: make(chan struct{}, 1),
+		advanced: make(chan struct{}),
 	}, nil
 }
+
+// Stopped is closed when Run has returned.
+func (h *Hub) Stopped() <-chan struct{} { return h.stopped }
 
 // Ready is closed once the hub has its starting point and serves watchers.
 func (h *Hub) Ready() <-chan struct{} { return h.ready }
@@ -193,6 +198,27 @@ func (h *Hub) Revision() int64 {
 	h.mu.Lock()
 	defer h.mu.Unlock()
 	return h.watermark
+}
+
+// WaitFor waits until the watermark reaches rev: from then on a read at rev
+// sees every write at or below it and will never change. A reader that wants
+// its own writes (read at the store's current revision) waits for that.
+func (h *Hub) WaitFor(ctx context.Context, rev int64) error {
+	for {
+		h.mu.Lock()
+		w, advanced := h.watermark, h.advanced
+		h.mu.Unlock()
+		if w >= rev {
+			return nil
+		}
+		select {
+		case <-advanced:
+		case <-ctx.Done():
+			return fmt.Errorf("wait for revision %d (settled up to %d): %w", rev, w, ctx.Err())
+		case <-h.stopped:
+			return ErrHubStopped
+		}
+	}
 }
 
 // Run streams until ctx ends, reconnecting after any failure, and closes

@@ -30,3 +30,21 @@ func TestWatchPrefixFromNow(t *testing.T) {
 		t.Fatalf("got %v, want %v", got, want)
 	}
 }
+
+// A hub starting on a table with more unsettled rows than one page of its
+// first read still reads them all, and goes on streaming after them.
+func TestStartAfterManyUnsettledRows(t *testing.T) {
+	e := newEnv(t)
+	if _, err := e.pool.Exec(t.Context(), "select walwatch.put(convert_to('/k/' || i, 'UTF8'), '\\x00') from generate_series(1, 12001) i"); err != nil {
+		t.Fatal(err)
+	}
+	h := e.startHub(t, replication.Config{})
+	if got := h.Revision(); got != 12002 {
+		t.Fatalf("ready at revision %d, want 12002", got)
+	}
+	w := watch(t, h, replication.WatchRequest{Range: store.Prefix([]byte("/"))})
+	r := e.put(t, "/after", "x")
+	if got := collect(t, w, 1, 10*time.Second); got[0].Rev != r {
+		t.Fatalf("got %v, want revision %d", got, r)
+	}
+}

@@ -67,7 +67,11 @@ func (m *Metrics) released(c *committed) {
 	if m == nil {
 		return
 	}
-	m.events.Add(float64(len(c.rows)))
+	for i := range c.rows {
+		if !c.rows[i].isFiller() {
+			m.events.Inc()
+		}
+	}
 	if !c.at.IsZero() {
 		m.watchDelay.Observe(time.Since(c.at).Seconds())
 	}

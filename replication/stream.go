@@ -169,8 +169,9 @@ func (h *Hub) readTable(ctx context.Context, snapshot string) error {
 		}
 		// A page may end inside a revision; the next page starts after the
 		// last whole one, so the rows of a revision arrive together.
+		full := len(page) == tablePage
 		last := page[len(page)-1].revision
-		if len(page) == tablePage && page[0].revision != last {
+		if full && page[0].revision != last {
 			cut := len(page)
 			for cut > 0 && page[cut-1].revision == last {
 				cut--
@@ -179,7 +180,7 @@ func (h *Hub) readTable(ctx context.Context, snapshot string) error {
 		}
 		from = page[len(page)-1].revision
 		h.inbox.push(&txn{rows: page})
-		if len(page) < tablePage {
+		if !full {
 			break
 		}
 	}

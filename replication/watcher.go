@@ -192,6 +192,8 @@ func (h *Hub) release(revs []revEvents, watermark int64) {
 		h.window.add(re.rev, re.events)
 	}
 	h.watermark = watermark
+	close(h.advanced)
+	h.advanced = make(chan struct{})
 	for wt := range h.synced {
 		evs := matching(wt.rng, wt.next, revs)
 		wt.next = max(wt.next, watermark+1)

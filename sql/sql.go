@@ -10,6 +10,7 @@ package sql
 import (
 	"context"
 	"embed"
+	"errors"
 	"fmt"
 	"io/fs"
 	"sort"
@@ -136,4 +137,40 @@ func Migrate(ctx context.Context, db Beginner) (Result, error) {
 		return Result{From: res.From, To: res.From}, fmt.Errorf("migrate: commit: %w", err)
 	}
 	return res, nil
+}
+
+// Querier is what Version needs of a connection or pool.
+type Querier interface {
+	QueryRow(ctx context.Context, sql string, args ...any) pgx.Row
+}
+
+// ErrSchemaOutdated is returned by CheckVersion when the database needs
+// `walwatch migrate`.
+var ErrSchemaOutdated = errors.New("walwatch schema is missing or outdated: run `walwatch migrate`")
+
+// Version returns the database's walwatch schema version, 0 when it has none.
+func Version(ctx context.Context, q Querier) (int, error) {
+	var v int
+	err := q.QueryRow(ctx, `select case when to_regclass('walwatch.schema_migrations') is null then 0
+	                               else (select coalesce(max(version), 0) from walwatch.schema_migrations) end`).Scan(&v)
+	if err != nil {
+		return 0, fmt.Errorf("read walwatch schema version: %w", err)
+	}
+	return v, nil
+}
+
+// CheckVersion fails unless the database's schema is the one this build
+// brings.
+func CheckVersion(ctx context.Context, q Querier) error {
+	v, err := Version(ctx, q)
+	if err != nil {
+		return err
+	}
+	if v < Latest() {
+		return fmt.Errorf("%w (database at version %d, this build needs %d)", ErrSchemaOutdated, v, Latest())
+	}
+	if v > Latest() {
+		return fmt.Errorf("database schema is at version %d, newer than this build's %d: upgrade walwatch", v, Latest())
+	}
+	return nil
 }

@@ -8,7 +8,6 @@ import (
 	"strings"
 	"text/tabwriter"
 
-	"github.com/jackc/pglogrepl"
 	"github.com/spf13/cobra"
 
 	"github.com/walwatch/walwatch/replication"
@@ -33,54 +32,6 @@ invalidated ones; drop removes one.`,
 		newSlotDropCommand(g),
 	)
 	return cmd
-}
-
-// jsonSlot is a slot in the CLI's JSON. LSNs are in PostgreSQL's text form,
-// "" when null.
-type jsonSlot struct {
-	Name              string   `json:"name"`
-	Plugin            string   `json:"plugin"`
-	SlotType          string   `json:"slot_type"`
-	Database          string   `json:"database"`
-	Temporary         bool     `json:"temporary"`
-	Active            bool     `json:"active"`
-	ActivePID         int32    `json:"active_pid"`
-	RestartLSN        string   `json:"restart_lsn"`
-	ConfirmedFlushLSN string   `json:"confirmed_flush_lsn"`
-	WALHeldBytes      int64    `json:"wal_held_bytes"`
-	WALStatus         string   `json:"wal_status"`
-	SafeWALSize       *int64   `json:"safe_wal_size"` // null: unlimited
-	Warnings          []string `json:"warnings"`
-}
-
-func toJSONSlot(s replication.SlotInfo, largeWAL int64) jsonSlot {
-	warnings := s.Warnings(largeWAL)
-	if warnings == nil {
-		warnings = []string{} // [] in JSON, not null
-	}
-	return jsonSlot{
-		Name:              s.Name,
-		Plugin:            s.Plugin,
-		SlotType:          s.SlotType,
-		Database:          s.Database,
-		Temporary:         s.Temporary,
-		Active:            s.Active,
-		ActivePID:         s.ActivePID,
-		RestartLSN:        lsnString(s.RestartLSN),
-		ConfirmedFlushLSN: lsnString(s.ConfirmedFlushLSN),
-		WALHeldBytes:      s.WALHeldBytes,
-		WALStatus:         s.WALStatus,
-		SafeWALSize:       s.SafeWALSize,
-		Warnings:          warnings,
-	}
-}
-
-// lsnString prints an LSN as PostgreSQL does, and 0 (null) as "".
-func lsnString(lsn pglogrepl.LSN) string {
-	if lsn == 0 {
-		return ""
-	}
-	return lsn.String()
 }
 
 func newSlotListCommand(g *globals) *cobra.Command {
@@ -109,9 +60,9 @@ func newSlotListCommand(g *globals) *cobra.Command {
 // printSlots prints slots as a JSON array or a table, flagging those
 // holding at least largeWAL bytes of WAL.
 func (g *globals) printSlots(slots []replication.SlotInfo, largeWAL int64) error {
-	out := make([]jsonSlot, len(slots)) // [] in JSON when there are none
+	out := make([]replication.SlotView, len(slots)) // [] in JSON when there are none
 	for i, s := range slots {
-		out[i] = toJSONSlot(s, largeWAL)
+		out[i] = replication.NewSlotView(s, largeWAL)
 	}
 	return g.print(out, func(w io.Writer) {
 		if len(out) == 0 {
@@ -144,7 +95,7 @@ func newSlotCreateCommand(g *globals) *cobra.Command {
 			if err != nil {
 				return err
 			}
-			return g.print(toJSONSlot(s, replication.LargeWALHeld), func(w io.Writer) {
+			return g.print(replication.NewSlotView(s, replication.LargeWALHeld), func(w io.Writer) {
 				fmt.Fprintf(w, "slot %s created at LSN %s\n", s.Name, s.ConfirmedFlushLSN)
 			})
 		},
@@ -186,7 +137,7 @@ func dash(s string) string {
 	return s
 }
 
-func activeString(s jsonSlot) string {
+func activeString(s replication.SlotView) string {
 	if !s.Active {
 		return "no"
 	}
