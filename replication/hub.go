@@ -103,9 +103,9 @@ type Hub struct {
 	mu        sync.Mutex
 	watermark int64 // every revision at or below it is settled and released
 	window    window
-	synced    watcherSet // live: fed by releases
-	unsynced  watcherSet // catching up from the window or the table
-	victims   watcherSet // blocked on a full channel
+	synced    *watcherGroup // live: fed by releases
+	unsynced  watcherSet    // catching up from the window or the table
+	victims   watcherSet    // blocked on a full channel
 	closed    bool
 	wakeSync  chan struct{}
 	advanced  chan struct{} // closed and replaced each time the watermark moves
@@ -178,7 +178,7 @@ func New(cfg Config) (*Hub, error) {
 		buffer:   map[int64]*committed{},
 		fillDone: make(chan fillResult, 1),
 		window:   window{limit: cfg.Window},
-		synced:   watcherSet{},
+		synced:   newWatcherGroup(),
 		unsynced: watcherSet{},
 		victims:  watcherSet{},
 		wakeSync: make(chan struct{}, 1),

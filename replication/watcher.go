@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"slices"
 	"time"
 
 	"github.com/jackc/pgx/v5"
@@ -102,11 +103,11 @@ func (h *Hub) Watch(ctx context.Context, req WatchRequest) (*Watcher, error) {
 		wt.next = h.watermark + 1
 	}
 	if wt.next > h.watermark {
-		h.synced[wt] = struct{}{}
+		h.synced.add(wt)
 	} else {
 		h.unsynced[wt] = struct{}{}
 	}
-	h.metrics.watchers(len(h.synced) + len(h.unsynced) + len(h.victims))
+	h.metrics.watchers(h.synced.len() + len(h.unsynced) + len(h.victims))
 	h.mu.Unlock()
 	h.wake()
 
@@ -129,7 +130,7 @@ func (h *Hub) cancelLocked(wt *watcher, err error) {
 	if wt.closed {
 		return
 	}
-	delete(h.synced, wt)
+	h.synced.delete(wt)
 	delete(h.unsynced, wt)
 	delete(h.victims, wt)
 	wt.closed, wt.err = true, err
@@ -145,14 +146,15 @@ func (h *Hub) cancelLocked(wt *watcher, err error) {
 		}
 	}
 	close(wt.ch)
-	h.metrics.watchers(len(h.synced) + len(h.unsynced) + len(h.victims))
+	h.metrics.watchers(h.synced.len() + len(h.unsynced) + len(h.victims))
 }
 
 func (h *Hub) closeWatchers() {
 	h.mu.Lock()
 	defer h.mu.Unlock()
 	h.closed = true
-	for _, set := range []watcherSet{h.synced, h.unsynced, h.victims} {
+	h.synced.each(func(wt *watcher) { h.cancelLocked(wt, ErrHubStopped) })
+	for _, set := range []watcherSet{h.unsynced, h.victims} {
 		for wt := range set {
 			h.cancelLocked(wt, ErrHubStopped)
 		}
@@ -194,17 +196,15 @@ func (h *Hub) release(revs []revEvents, watermark int64) {
 	h.watermark = watermark
 	close(h.advanced)
 	h.advanced = make(chan struct{})
-	for wt := range h.synced {
-		evs := matching(wt.rng, wt.next, revs)
-		wt.next = max(wt.next, watermark+1)
-		if len(evs) == 0 {
-			continue
-		}
+	// A live watcher's next revision is the watermark's successor (or its
+	// future start): it is only written down when the watcher leaves.
+	for wt, evs := range h.synced.matches(revs) {
 		resp := WatchResponse{Events: evs, Revision: evs[len(evs)-1].Revision}
 		select {
 		case wt.ch <- resp:
 		default:
-			delete(h.synced, wt)
+			h.synced.delete(wt)
+			wt.next = max(wt.next, watermark+1)
 			wt.pending = &resp
 			h.victims[wt] = struct{}{}
 			h.metrics.victim()
@@ -233,7 +233,7 @@ func (h *Hub) syncVictimsLoop(ctx context.Context) {
 			wt.pending = nil
 			delete(h.victims, wt)
 			if wt.next > h.watermark {
-				h.synced[wt] = struct{}{}
+				h.synced.add(wt)
 			} else {
 				h.unsynced[wt] = struct{}{}
 			}
@@ -287,7 +287,7 @@ func (h *Hub) syncWatcher(ctx context.Context, wt *watcher) (behind bool) {
 	w := h.watermark
 	if wt.next > w {
 		delete(h.unsynced, wt)
-		h.synced[wt] = struct{}{}
+		h.synced.add(wt)
 		h.mu.Unlock()
 		return false
 	}
@@ -335,7 +335,7 @@ func (h *Hub) deliverLocked(wt *watcher, evs []Event, next int64) {
 	wt.next = next
 	if wt.next > h.watermark {
 		delete(h.unsynced, wt)
-		h.synced[wt] = struct{}{}
+		h.synced.add(wt)
 	}
 }
 
@@ -419,14 +419,16 @@ func (h *Hub) progressLoop(ctx context.Context) {
 		}
 		h.mu.Lock()
 		w := h.watermark
-		for wt := range h.synced {
-			if wt.progress && wt.next == w+1 {
+		h.synced.each(func(wt *watcher) {
+			// Live, so everything up to the watermark has been sent, unless
+			// the watcher starts in the future.
+			if wt.progress && wt.next <= w+1 {
 				select {
 				case wt.ch <- WatchResponse{Revision: w}:
 				default:
 				}
 			}
-		}
+		})
 		h.mu.Unlock()
 	}
 }
@@ -439,6 +441,7 @@ func (h *Hub) withPrevKV(ctx context.Context, wt *watcher) <-chan WatchResponse 
 	go func() {
 		defer close(out)
 		for resp := range wt.ch {
+			resp.Events = slices.Clone(resp.Events) // other watchers may share the slice
 			if err := h.attachPrevKVs(ctx, resp.Events); err != nil {
 				h.cancel(wt, fmt.Errorf("watch: read previous values: %w", err))
 				continue // drain what is left; the channel closes
