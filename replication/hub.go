@@ -35,6 +35,8 @@ var (
 	// holderReportAfter is how long a filler may wait on a transaction still
 	// holding a revision before the hub names that transaction in its logs.
 	holderReportAfter = time.Second
+	// fillBackoffMax bounds the wait before retrying a filler that failed.
+	fillBackoffMax = 2 * time.Second
 	// maxFillBatch bounds the revisions one filler statement settles.
 	maxFillBatch = 10000
 	// tablePage is how many rows a table read fetches at a time.
@@ -242,6 +244,10 @@ func (h *Hub) Run(ctx context.Context) error {
 	defer settleTick.Stop()
 	graceTimer := time.NewTimer(time.Hour)
 	graceTimer.Stop()
+	var (
+		fillBackoff   time.Duration
+		fillNotBefore time.Time // after a failed filler, not before its backoff
+	)
 	for {
 		select {
 		case <-ctx.Done():
@@ -257,20 +263,27 @@ func (h *Hub) Run(ctx context.Context) error {
 				h.readyOnce.Do(func() { close(h.ready) })
 			}
 			if h.holeOpen() && !h.filling {
-				graceTimer.Reset(max(0, h.cfg.FillGrace-time.Since(h.holeFrom)))
+				graceTimer.Reset(max(0, h.cfg.FillGrace-time.Since(h.holeFrom), time.Until(fillNotBefore)))
 			}
 		case <-graceTimer.C:
 			h.startFill(ctx)
 		case res := <-h.fillDone:
 			h.filling = false
+			retryIn := h.cfg.FillGrace
 			if res.err != nil && ctx.Err() == nil {
-				h.log.Warn("settling a hole with a filler row failed; will retry", "err", res.err)
+				// PostgreSQL is down or the role lacks a grant: back off.
+				fillBackoff = min(max(2*fillBackoff, h.cfg.FillGrace), fillBackoffMax)
+				retryIn = fillBackoff
+				fillNotBefore = time.Now().Add(retryIn)
+				h.log.Warn("settling a hole with a filler row failed", "err", res.err, "retry_in", retryIn)
+			} else {
+				fillBackoff = 0
 			}
 			h.metrics.filled(res.filled)
 			// Whatever the filler did arrives through the stream; if the hole
-			// is still open after that, try again after another grace period.
+			// is still open after that, try again.
 			if h.holeOpen() {
-				graceTimer.Reset(h.cfg.FillGrace)
+				graceTimer.Reset(retryIn)
 			}
 		case <-settleTick.C:
 			h.recordSettled(ctx)

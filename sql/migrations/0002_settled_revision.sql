@@ -21,7 +21,9 @@ language sql volatile as $$
     with f as (
         insert into walwatch.kv (revision, sub, key, value, tombstone)
         select r, 0, ''::bytea, null, true from unnest(p_revs) as r order by r
-        on conflict (revision, sub) do nothing
+        -- No conflict target: two hubs filling the same revision meet on
+        -- the (key, revision) index too, fillers all having the empty key.
+        on conflict do nothing
         returning 1
     )
     select count(*) from f
