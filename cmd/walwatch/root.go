@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"io"
+	"log/slog"
 	"os"
 
 	"github.com/jackc/pgx/v5/pgxpool"
@@ -53,6 +54,8 @@ DATABASE_URL, else the usual PG* environment variables.`,
 		newCompactCommand(g),
 		newSlotCommand(g),
 		newWatchCommand(g),
+		newCPCommand(g),
+		newDPCommand(g),
 	)
 	return root
 }
@@ -89,6 +92,11 @@ func (g *globals) withStore(ctx context.Context, fn func(*store.Store) error) er
 	}
 	defer pool.Close()
 	return fn(store.New(pool, store.Limits{}))
+}
+
+// logger is the log of long-running commands: text on stderr.
+func (g *globals) logger() *slog.Logger {
+	return slog.New(slog.NewTextHandler(g.stderr, &slog.HandlerOptions{Level: slog.LevelInfo}))
 }
 
 // print writes v as JSON with -o json, else calls table.

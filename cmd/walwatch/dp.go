@@ -1,0 +1,147 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/http"
+	"os"
+	"strings"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
+	"github.com/spf13/cobra"
+
+	"github.com/walwatch/walwatch/cmd/walwatch/internal/dataplane"
+	"github.com/walwatch/walwatch/replication"
+	"github.com/walwatch/walwatch/sql"
+	"github.com/walwatch/walwatch/store"
+)
+
+type dpOptions struct {
+	listen      string
+	adminListen string
+	cp          string // watch through this control plane; empty: PostgreSQL directly
+	cpToken     string
+	idleTimeout time.Duration
+	ready       func(proxy, admin net.Addr) // called once listening (tests, demo)
+}
+
+func newDPCommand(g *globals) *cobra.Command {
+	o := dpOptions{}
+	cmd := &cobra.Command{
+		Use:   "dp",
+		Short: "Run a data plane: a reverse proxy whose routes follow a watch on /routes/",
+		Long: `dp proxies each request to the upstream of the route whose uri matches its
+path (exactly, or by prefix for a uri ending in *). Its routes follow a watch:
+through a control plane (--cp URL, resuming with Last-Event-ID), or straight
+from PostgreSQL with a hub of its own on a temporary slot. While the source is
+down it keeps serving the routes it has.`,
+		Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, args []string) error {
+			if o.cpToken == "" {
+				o.cpToken = os.Getenv("WALWATCH_CP_TOKEN")
+			}
+			return runDP(cmd.Context(), g, g.logger(), o)
+		},
+	}
+	cmd.Flags().StringVar(&o.listen, "listen", "127.0.0.1:9080", "address to proxy on")
+	cmd.Flags().StringVar(&o.adminListen, "admin-listen", "127.0.0.1:9081", "address for /healthz, /readyz and /metrics")
+	cmd.Flags().StringVar(&o.cp, "cp", "", "control plane URL to watch through (default: watch PostgreSQL directly)")
+	cmd.Flags().StringVar(&o.cpToken, "cp-token", "", "bearer token for the control plane (default: $WALWATCH_CP_TOKEN)")
+	cmd.Flags().DurationVar(&o.idleTimeout, "idle-timeout", 3*replication.DefaultProgressInterval+time.Second,
+		"reconnect when the control plane's stream carries nothing, not even progress, for this long")
+	return cmd
+}
+
+func runDP(ctx context.Context, g *globals, log *slog.Logger, o dpOptions) error {
+	reg := prometheus.NewRegistry()
+	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	proxy := dataplane.New(log.With("component", "routes"), reg)
+
+	var source dataplane.Source
+	if o.cp != "" {
+		source = &dataplane.ControlPlane{URL: o.cp, Token: o.cpToken, Client: &http.Client{}, Log: log.With("component", "source"), IdleTimeout: o.idleTimeout}
+	} else {
+		pool, err := g.pool(ctx)
+		if err != nil {
+			return err
+		}
+		defer pool.Close()
+		if err := sql.CheckVersion(ctx, pool); err != nil {
+			return err
+		}
+		hub, err := replication.New(replication.Config{Pool: pool, Logger: log.With("component", "hub"), Metrics: replication.NewMetrics(reg)})
+		if err != nil {
+			return err
+		}
+		hubCtx, stopHub := context.WithCancel(ctx)
+		defer func() { stopHub(); <-hub.Stopped() }()
+		go hub.Run(hubCtx) //nolint:errcheck // it returns when stopped; its failures are logged
+		source = &dataplane.Hub{Hub: hub, Store: store.New(pool, store.Limits{}), Log: log.With("component", "source")}
+	}
+
+	proxyLn, err := net.Listen("tcp", o.listen)
+	if err != nil {
+		return fmt.Errorf("data plane: listen on %s: %w", o.listen, err)
+	}
+	adminLn, err := net.Listen("tcp", o.adminListen)
+	if err != nil {
+		proxyLn.Close()
+		return fmt.Errorf("data plane admin: listen on %s: %w", o.adminListen, err)
+	}
+	admin := http.NewServeMux()
+	admin.Handle("GET /metrics", promhttp.HandlerFor(reg, promhttp.HandlerOpts{}))
+	admin.HandleFunc("GET /healthz", func(w http.ResponseWriter, r *http.Request) { fmt.Fprintln(w, "ok") })
+	admin.HandleFunc("GET /readyz", func(w http.ResponseWriter, r *http.Request) {
+		if !proxy.Loaded() {
+			http.Error(w, "routes not loaded yet", http.StatusServiceUnavailable)
+			return
+		}
+		fmt.Fprintf(w, "ready: %d routes at revision %d\n", proxy.Table().Len(), proxy.Revision())
+	})
+	servers := []*http.Server{
+		{Handler: proxy, ReadHeaderTimeout: 10 * time.Second, MaxHeaderBytes: 64 << 10},
+		{Handler: admin, ReadHeaderTimeout: 10 * time.Second},
+	}
+	errs := make(chan error, 3)
+	go func() { errs <- servers[0].Serve(proxyLn) }()
+	go func() { errs <- servers[1].Serve(adminLn) }()
+	srcCtx, stopSource := context.WithCancel(ctx)
+	defer stopSource()
+	go func() { errs <- source.Run(srcCtx, proxy) }()
+	log.Info("data plane listening", "addr", proxyLn.Addr().String(), "admin", adminLn.Addr().String(), "source", sourceName(o))
+	if o.ready != nil {
+		o.ready(proxyLn.Addr(), adminLn.Addr())
+	}
+
+	var runErr error
+	select {
+	case <-ctx.Done():
+	case runErr = <-errs:
+	}
+	log.Info("data plane shutting down")
+	stopSource()
+	sctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), shutdownTimeout)
+	defer cancel()
+	for _, srv := range servers {
+		if err := srv.Shutdown(sctx); err != nil {
+			log.Warn("graceful shutdown incomplete", "err", err)
+		}
+	}
+	if errors.Is(runErr, http.ErrServerClosed) {
+		runErr = nil
+	}
+	return runErr
+}
+
+func sourceName(o dpOptions) string {
+	if o.cp != "" {
+		return strings.TrimSuffix(o.cp, "/")
+	}
+	return "postgres"
+}

@@ -1,0 +1,324 @@
+package httpapi
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"net/http"
+	"time"
+
+	"github.com/walwatch/walwatch/cmd/walwatch/internal/routes"
+	"github.com/walwatch/walwatch/replication"
+	"github.com/walwatch/walwatch/store"
+)
+
+// settleTimeout bounds how long a read waits for the hub to settle the
+// revision it reads at (a transaction holding a lower revision delays it).
+const settleTimeout = 10 * time.Second
+
+// jsonKV is a key in responses, shaped like the CLI's -o json.
+type jsonKV struct {
+	Key            string `json:"key"`
+	Value          any    `json:"value"`
+	CreateRevision int64  `json:"create_revision"`
+	ModRevision    int64  `json:"mod_revision"`
+	Version        int64  `json:"version"`
+}
+
+func kvJSON(kv store.KeyValue) jsonKV {
+	return jsonKV{Key: string(kv.Key), Value: string(kv.Value), CreateRevision: kv.CreateRevision, ModRevision: kv.ModRevision, Version: kv.Version}
+}
+
+// routeJSON shows a stored route's value as JSON, or as a string when
+// someone stored something else there.
+func routeJSON(kv store.KeyValue) jsonKV {
+	out := kvJSON(kv)
+	if json.Valid(kv.Value) {
+		out.Value = json.RawMessage(kv.Value)
+	}
+	return out
+}
+
+// read reads r at rev (0: the latest) once the hub has settled that
+// revision, so the answer never changes and a watch from the next revision
+// misses nothing. The latest is the store's current revision, so a client
+// reads its own writes.
+func (s *Server) read(ctx context.Context, r store.KeyRange, rev, limit int64) (store.RangeResponse, error) {
+	cur, _, err := s.cfg.Store.Revision(ctx)
+	if err != nil {
+		return store.RangeResponse{}, err
+	}
+	target := rev
+	if target == 0 {
+		target = cur
+	}
+	if target > cur {
+		return store.RangeResponse{}, &store.FutureRevisionError{Revision: target, CurrentRevision: cur}
+	}
+	wctx, cancel := context.WithTimeout(ctx, settleTimeout)
+	defer cancel()
+	if err := s.cfg.Hub.WaitFor(wctx, target); err != nil {
+		return store.RangeResponse{}, fmt.Errorf("%w: revision %d is not settled yet (a transaction may hold a lower one open): %v", errNotReady, target, err)
+	}
+	return s.cfg.Store.Range(ctx, store.RangeRequest{KeyRange: r, Revision: target, Limit: limit})
+}
+
+// body returns r's body, refusing more than the store takes as a value.
+func (s *Server) body(w http.ResponseWriter, r *http.Request) ([]byte, error) {
+	b, err := io.ReadAll(http.MaxBytesReader(w, r.Body, int64(s.cfg.Store.Limits().MaxValueSize)))
+	if err != nil {
+		return nil, fmt.Errorf("read request body: %w", err)
+	}
+	return b, nil
+}
+
+func (s *Server) putRoute(w http.ResponseWriter, r *http.Request) error {
+	name := r.PathValue("name")
+	if err := routes.ValidateName(name); err != nil {
+		return err
+	}
+	b, err := s.body(w, r)
+	if err != nil {
+		return err
+	}
+	rt, err := routes.Parse(b)
+	if err != nil {
+		return err
+	}
+	value, _ := json.Marshal(rt) // stored in one canonical form
+	res, err := s.cfg.Store.Put(r.Context(), []byte(routes.Key(name)), value)
+	if err != nil {
+		return err
+	}
+	writeJSON(w, http.StatusOK, map[string]int64{"revision": res.Revision})
+	return nil
+}
+
+func (s *Server) getRoute(w http.ResponseWriter, r *http.Request) error {
+	name := r.PathValue("name")
+	if err := routes.ValidateName(name); err != nil {
+		return err
+	}
+	rev, err := revisionParam(r)
+	if err != nil {
+		return err
+	}
+	res, err := s.read(r.Context(), store.Key([]byte(routes.Key(name))), rev, 0)
+	if err != nil {
+		return err
+	}
+	if len(res.KVs) == 0 {
+		return fmt.Errorf("%w: route %q at revision %d", errNotFound, name, res.Revision)
+	}
+	out := struct {
+		jsonKV
+		Revision int64 `json:"revision"`
+	}{routeJSON(res.KVs[0]), res.Revision}
+	writeJSON(w, http.StatusOK, out)
+	return nil
+}
+
+func (s *Server) listRoutes(w http.ResponseWriter, r *http.Request) error {
+	rev, err := revisionParam(r)
+	if err != nil {
+		return err
+	}
+	res, err := s.read(r.Context(), store.Prefix([]byte(routes.Prefix)), rev, 0)
+	if err != nil {
+		return err
+	}
+	out := struct {
+		Revision int64    `json:"revision"`
+		Routes   []jsonKV `json:"routes"`
+	}{res.Revision, make([]jsonKV, len(res.KVs))}
+	for i, kv := range res.KVs {
+		out.Routes[i] = routeJSON(kv)
+	}
+	writeJSON(w, http.StatusOK, out)
+	return nil
+}
+
+func (s *Server) deleteRoute(w http.ResponseWriter, r *http.Request) error {
+	name := r.PathValue("name")
+	if err := routes.ValidateName(name); err != nil {
+		return err
+	}
+	res, err := s.cfg.Store.Delete(r.Context(), store.Key([]byte(routes.Key(name))))
+	if err != nil {
+		return err
+	}
+	if res.Deleted == 0 {
+		return fmt.Errorf("%w: route %q", errNotFound, name)
+	}
+	writeJSON(w, http.StatusOK, map[string]int64{"revision": res.Revision})
+	return nil
+}
+
+// kvRange is the key (or prefix, with ?prefix=true) a /v1/kv/ request names.
+// Keys are paths: /v1/kv/a/b names the key "/a/b".
+func kvRange(r *http.Request) (store.KeyRange, error) {
+	key := []byte("/" + r.PathValue("key"))
+	switch p := r.URL.Query().Get("prefix"); p {
+	case "", "false":
+		return store.Key(key), nil
+	case "true":
+		return store.Prefix(key), nil
+	default:
+		return store.KeyRange{}, fmt.Errorf("%w: prefix=%q must be true or false", errBadRequest, p)
+	}
+}
+
+func (s *Server) putKey(w http.ResponseWriter, r *http.Request) error {
+	rng, err := kvRange(r)
+	if err != nil {
+		return err
+	}
+	if !rng.IsSingleKey() {
+		return fmt.Errorf("%w: a put names one key, not a prefix", errBadRequest)
+	}
+	value, err := s.body(w, r)
+	if err != nil {
+		return err
+	}
+	res, err := s.cfg.Store.Put(r.Context(), rng.Key, value)
+	if err != nil {
+		return err
+	}
+	writeJSON(w, http.StatusOK, map[string]int64{"revision": res.Revision})
+	return nil
+}
+
+func (s *Server) getKey(w http.ResponseWriter, r *http.Request) error {
+	rng, err := kvRange(r)
+	if err != nil {
+		return err
+	}
+	rev, err := revisionParam(r)
+	if err != nil {
+		return err
+	}
+	var limit int64
+	if v := r.URL.Query().Get("limit"); v != "" {
+		if _, err := fmt.Sscan(v, &limit); err != nil || limit < 0 {
+			return fmt.Errorf("%w: limit=%q must be a non-negative integer", errBadRequest, v)
+		}
+	}
+	res, err := s.read(r.Context(), rng, rev, limit)
+	if err != nil {
+		return err
+	}
+	if rng.IsSingleKey() && len(res.KVs) == 0 {
+		return fmt.Errorf("%w: key %q at revision %d", errNotFound, rng.Key, res.Revision)
+	}
+	out := struct {
+		Revision int64    `json:"revision"`
+		KVs      []jsonKV `json:"kvs"`
+		More     bool     `json:"more"`
+	}{res.Revision, make([]jsonKV, len(res.KVs)), res.More}
+	for i, kv := range res.KVs {
+		out.KVs[i] = kvJSON(kv)
+	}
+	writeJSON(w, http.StatusOK, out)
+	return nil
+}
+
+func (s *Server) deleteKey(w http.ResponseWriter, r *http.Request) error {
+	rng, err := kvRange(r)
+	if err != nil {
+		return err
+	}
+	res, err := s.cfg.Store.Delete(r.Context(), rng)
+	if err != nil {
+		return err
+	}
+	writeJSON(w, http.StatusOK, map[string]int64{"revision": res.Revision, "deleted": res.Deleted})
+	return nil
+}
+
+// compactRequest is POST /v1/compact's body: exactly one field.
+type compactRequest struct {
+	Revision   *int64  `json:"revision"`
+	OlderThan  *string `json:"older_than"`
+	KeepLatest *bool   `json:"keep_latest"`
+}
+
+func (s *Server) compact(w http.ResponseWriter, r *http.Request) error {
+	b, err := s.body(w, r)
+	if err != nil {
+		return err
+	}
+	var req compactRequest
+	if err := decodeStrict(b, &req); err != nil {
+		return err
+	}
+	var (
+		res store.CompactResponse
+		n   int
+	)
+	for _, set := range []bool{req.Revision != nil, req.OlderThan != nil, req.KeepLatest != nil && *req.KeepLatest} {
+		if set {
+			n++
+		}
+	}
+	if n != 1 {
+		return fmt.Errorf("%w: give exactly one of revision, older_than, keep_latest", errBadRequest)
+	}
+	switch {
+	case req.Revision != nil:
+		res, err = s.cfg.Store.Compact(r.Context(), *req.Revision)
+	case req.OlderThan != nil:
+		age, perr := time.ParseDuration(*req.OlderThan)
+		if perr != nil {
+			return fmt.Errorf("%w: older_than: %v", errBadRequest, perr)
+		}
+		res, err = s.cfg.Store.CompactOlderThan(r.Context(), age)
+	default:
+		res, err = s.cfg.Store.CompactKeepLatest(r.Context())
+	}
+	if err != nil {
+		return err
+	}
+	writeJSON(w, http.StatusOK, map[string]int64{"compact_revision": res.CompactRevision, "removed": res.Removed})
+	return nil
+}
+
+// decodeStrict decodes one JSON object, refusing unknown fields.
+func decodeStrict(b []byte, v any) error {
+	dec := json.NewDecoder(bytes.NewReader(b))
+	dec.DisallowUnknownFields()
+	if err := dec.Decode(v); err != nil {
+		return fmt.Errorf("%w: %v", errBadRequest, err)
+	}
+	if dec.More() {
+		return fmt.Errorf("%w: data after the JSON object", errBadRequest)
+	}
+	return nil
+}
+
+func (s *Server) status(w http.ResponseWriter, r *http.Request) error {
+	cur, compacted, err := s.cfg.Store.Revision(r.Context())
+	if err != nil {
+		return err
+	}
+	out := struct {
+		Revision        int64                 `json:"revision"`
+		CurrentRevision int64                 `json:"current_revision"`
+		CompactRevision int64                 `json:"compact_revision"`
+		Slot            *replication.SlotView `json:"slot"`
+	}{Revision: s.cfg.Hub.Revision(), CurrentRevision: cur, CompactRevision: compacted}
+	if s.cfg.Slot != "" {
+		info, err := replication.GetSlot(r.Context(), s.cfg.Store.Pool(), s.cfg.Slot)
+		if err != nil && !errors.Is(err, replication.ErrSlotNotFound) {
+			return err
+		}
+		if err == nil {
+			v := replication.NewSlotView(info, replication.LargeWALHeld)
+			out.Slot = &v
+		}
+	}
+	writeJSON(w, http.StatusOK, out)
+	return nil
+}

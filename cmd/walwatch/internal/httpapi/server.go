@@ -1,0 +1,188 @@
+// Package httpapi is the control plane's HTTP API: routes and generic keys
+// as JSON, watches as Server-Sent Events, compaction, status, metrics and
+// health. One hub serves every watcher, so any number of data planes cost
+// one replication slot.
+package httpapi
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net/http"
+	"strconv"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
+
+	"github.com/walwatch/walwatch/cmd/walwatch/internal/routes"
+	"github.com/walwatch/walwatch/replication"
+	"github.com/walwatch/walwatch/store"
+)
+
+// Config configures the API.
+type Config struct {
+	Store    *store.Store
+	Hub      *replication.Hub
+	Slot     string               // the hub's slot, for /v1/status
+	Tokens   *Tokens              // nil: no authentication
+	Registry *prometheus.Registry // served at /metrics
+	Logger   *slog.Logger
+	// Stopping is closed when the server begins to shut down: watch streams
+	// end then, so a graceful shutdown does not wait for them for ever.
+	Stopping <-chan struct{}
+}
+
+// Server serves the API.
+type Server struct {
+	cfg     Config
+	log     *slog.Logger
+	mux     *http.ServeMux
+	metrics *metrics
+}
+
+// New returns the API's handler.
+func New(cfg Config) *Server {
+	if cfg.Logger == nil {
+		cfg.Logger = slog.New(slog.DiscardHandler)
+	}
+	if cfg.Registry == nil {
+		cfg.Registry = prometheus.NewRegistry()
+	}
+	s := &Server{cfg: cfg, log: cfg.Logger, mux: http.NewServeMux(), metrics: newMetrics(cfg.Registry)}
+	read, write := s.auth(false), s.auth(true)
+	s.handle("PUT /routes/{name}", write, s.putRoute)
+	s.handle("GET /routes/{name}", read, s.getRoute)
+	s.handle("GET /routes/{$}", read, s.listRoutes)
+	s.handle("DELETE /routes/{name}", write, s.deleteRoute)
+	s.handle("PUT /v1/kv/{key...}", write, s.putKey)
+	s.handle("GET /v1/kv/{key...}", read, s.getKey)
+	s.handle("DELETE /v1/kv/{key...}", write, s.deleteKey)
+	s.handle("GET /v1/watch", read, s.watch)
+	s.handle("POST /v1/compact", write, s.compact)
+	s.handle("GET /v1/status", read, s.status)
+	s.mux.Handle("GET /metrics", promhttp.HandlerFor(cfg.Registry, promhttp.HandlerOpts{}))
+	s.mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, r *http.Request) {
+		writeJSON(w, http.StatusOK, map[string]string{"status": "ok"})
+	})
+	s.mux.HandleFunc("GET /readyz", s.ready)
+	return s
+}
+
+func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) { s.mux.ServeHTTP(w, r) }
+
+// handle registers h behind the auth check, counting requests by pattern.
+func (s *Server) handle(pattern string, auth func(http.Handler) http.Handler, h func(http.ResponseWriter, *http.Request) error) {
+	s.mux.Handle(pattern, auth(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		start := time.Now()
+		rec := &statusRecorder{ResponseWriter: w, status: http.StatusOK}
+		if err := h(rec, r); err != nil {
+			s.writeError(rec, r, err)
+		}
+		s.metrics.observe(pattern, rec.status, time.Since(start))
+	})))
+}
+
+func (s *Server) ready(w http.ResponseWriter, r *http.Request) {
+	select {
+	case <-s.cfg.Hub.Ready():
+	default:
+		writeJSON(w, http.StatusServiceUnavailable, apiError{Error: "watch hub is not ready", Code: "unavailable"})
+		return
+	}
+	ctx, cancel := context.WithTimeout(r.Context(), 2*time.Second)
+	defer cancel()
+	if err := s.cfg.Store.Pool().Ping(ctx); err != nil {
+		writeJSON(w, http.StatusServiceUnavailable, apiError{Error: "PostgreSQL: " + err.Error(), Code: "unavailable"})
+		return
+	}
+	writeJSON(w, http.StatusOK, map[string]string{"status": "ready"})
+}
+
+// apiError is every error response's body.
+type apiError struct {
+	Error string `json:"error"`
+	Code  string `json:"code"`
+	// CompactRevision is set for code "compacted".
+	CompactRevision int64 `json:"compact_revision,omitempty"`
+}
+
+// Errors the handlers return for requests that are wrong.
+var (
+	errBadRequest = errors.New("bad request")
+	errNotFound   = errors.New("not found")
+	errNotReady   = errors.New("not ready")
+)
+
+// writeError maps an error to its status and code: the one place that does.
+func (s *Server) writeError(w http.ResponseWriter, r *http.Request, err error) {
+	var (
+		status = http.StatusInternalServerError
+		body   = apiError{Error: err.Error(), Code: "internal"}
+		ce     *store.CompactedError
+		tooBig *http.MaxBytesError
+	)
+	switch {
+	case errors.As(err, &ce):
+		status, body.Code, body.CompactRevision = http.StatusGone, "compacted", ce.CompactRevision
+	case errors.Is(err, store.ErrFutureRevision):
+		status, body.Code = http.StatusBadRequest, "future_revision"
+	case errors.As(err, &tooBig), errors.Is(err, store.ErrValueTooLarge), errors.Is(err, store.ErrKeyTooLarge):
+		status, body.Code = http.StatusRequestEntityTooLarge, "too_large"
+	case errors.Is(err, errNotFound):
+		status, body.Code = http.StatusNotFound, "not_found"
+	case errors.Is(err, errNotReady), errors.Is(err, replication.ErrHubStopped):
+		status, body.Code = http.StatusServiceUnavailable, "unavailable"
+	case errors.Is(err, errBadRequest), errors.Is(err, routes.ErrInvalid),
+		errors.Is(err, store.ErrEmptyKey), errors.Is(err, store.ErrInvalidRevision),
+		errors.Is(err, store.ErrInvalidLimit), errors.Is(err, store.ErrDuplicateKey):
+		status, body.Code = http.StatusBadRequest, "invalid_argument"
+	case errors.Is(err, context.Canceled) && r.Context().Err() != nil:
+		return // the client went away
+	default:
+		s.log.Error("request failed", "method", r.Method, "path", r.URL.Path, "err", err)
+		body.Error = "internal error"
+	}
+	writeJSON(w, status, body)
+}
+
+func writeJSON(w http.ResponseWriter, status int, v any) {
+	w.Header().Set("Content-Type", "application/json")
+	w.WriteHeader(status)
+	_ = json.NewEncoder(w).Encode(v)
+}
+
+// revisionParam reads ?rev=N (0 when absent).
+func revisionParam(r *http.Request) (int64, error) {
+	v := r.URL.Query().Get("rev")
+	if v == "" {
+		return 0, nil
+	}
+	rev, err := strconv.ParseInt(v, 10, 64)
+	if err != nil || rev < 0 {
+		return 0, fmt.Errorf("%w: rev=%q must be a revision (a non-negative integer)", errBadRequest, v)
+	}
+	return rev, nil
+}
+
+type statusRecorder struct {
+	http.ResponseWriter
+	status int
+}
+
+func (r *statusRecorder) WriteHeader(status int) {
+	r.status = status
+	r.ResponseWriter.WriteHeader(status)
+}
+
+// Flush lets watch streams through the recorder.
+func (r *statusRecorder) Flush() {
+	if f, ok := r.ResponseWriter.(http.Flusher); ok {
+		f.Flush()
+	}
+}
+
+// Unwrap lets http.ResponseController reach the real writer.
+func (r *statusRecorder) Unwrap() http.ResponseWriter { return r.ResponseWriter }

@@ -1,0 +1,100 @@
+package httpapi
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net/http"
+	"strconv"
+
+	"github.com/walwatch/walwatch/cmd/walwatch/internal/sse"
+	"github.com/walwatch/walwatch/replication"
+	"github.com/walwatch/walwatch/store"
+)
+
+// watch streams changes as Server-Sent Events (see package sse): ?key=K or
+// ?prefix=P, from ?rev=N or, on a reconnect, after the Last-Event-ID the
+// client sends.
+func (s *Server) watch(w http.ResponseWriter, r *http.Request) error {
+	q := r.URL.Query()
+	key, prefix := q.Get("key"), q.Get("prefix")
+	var rng store.KeyRange
+	switch {
+	case key != "" && prefix == "":
+		rng = store.Key([]byte(key))
+	case prefix != "" && key == "":
+		rng = store.Prefix([]byte(prefix))
+	default:
+		return fmt.Errorf("%w: give exactly one of key and prefix", errBadRequest)
+	}
+	if len(rng.Key) > s.cfg.Store.Limits().MaxKeySize {
+		return store.ErrKeyTooLarge
+	}
+	start, err := revisionParam(r)
+	if err != nil {
+		return err
+	}
+	if id := r.Header.Get("Last-Event-ID"); id != "" {
+		last, err := strconv.ParseInt(id, 10, 64)
+		if err != nil || last < 0 {
+			return fmt.Errorf("%w: Last-Event-ID %q is not a revision", errBadRequest, id)
+		}
+		start = last + 1
+	}
+
+	ctx, cancel := context.WithCancel(r.Context())
+	defer cancel()
+	if s.cfg.Stopping != nil {
+		go func() {
+			select {
+			case <-s.cfg.Stopping:
+				cancel() // shutting down: end the stream so the server can stop
+			case <-ctx.Done():
+			}
+		}()
+	}
+	watcher, err := s.cfg.Hub.Watch(ctx, replication.WatchRequest{Range: rng, StartRevision: start, ProgressNotify: true})
+	var ce *store.CompactedError
+	if err != nil && !errors.As(err, &ce) {
+		return err
+	}
+	h := w.Header()
+	h.Set("Content-Type", "text/event-stream")
+	h.Set("Cache-Control", "no-cache")
+	h.Set("X-Accel-Buffering", "no") // proxies must not buffer the stream
+	w.WriteHeader(http.StatusOK)
+	rc := http.NewResponseController(w)
+	if ce != nil {
+		_ = sse.WriteCompacted(w, ce.CompactRevision)
+		_ = rc.Flush()
+		return nil
+	}
+	defer watcher.Close()
+	if err := rc.Flush(); err != nil {
+		return nil
+	}
+	for resp := range watcher.C {
+		if err := writeResponse(w, resp); err != nil {
+			return nil // the client is gone
+		}
+		if err := rc.Flush(); err != nil {
+			return nil
+		}
+	}
+	return nil
+}
+
+// writeResponse writes one hub response: a message per revision, a progress
+// comment, or the compacted message that ends the stream.
+func writeResponse(w http.ResponseWriter, resp replication.WatchResponse) error {
+	var ce *store.CompactedError
+	switch {
+	case resp.Canceled && errors.As(resp.Err, &ce):
+		return sse.WriteCompacted(w, ce.CompactRevision)
+	case resp.Canceled:
+		return nil
+	case len(resp.Events) == 0:
+		return sse.WriteProgress(w, resp.Revision)
+	}
+	return sse.ForEachRevision(resp.Events, func(evs []sse.Event) error { return sse.WriteRevision(w, evs) })
+}

@@ -1,0 +1,197 @@
+// Package sse is the control plane's watch stream on the wire: watch events
+// as Server-Sent Events, one message per revision with the revision as its
+// id, and a reader for clients.
+//
+//	id: 42
+//	event: put                 (delete; txn when the revision holds several events)
+//	data: {"type":"PUT","key":"/routes/foo","value":"...","revision":42,...}
+//
+//	: progress 57              (a comment: everything up to 57 has been sent)
+//
+//	event: compacted
+//	data: {"compact_revision":100}
+//
+// A txn's data is a JSON array of its events. A reconnecting client sends the
+// last id it saw as Last-Event-ID and the stream resumes after it.
+package sse
+
+import (
+	"bufio"
+	"bytes"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"strings"
+	"time"
+
+	"github.com/walwatch/walwatch/replication"
+)
+
+// Event is one watch event in JSON. Values travel as strings.
+type Event struct {
+	Type           string     `json:"type"` // PUT or DELETE
+	Key            string     `json:"key"`
+	Value          string     `json:"value"`
+	Revision       int64      `json:"revision"`
+	CreateRevision int64      `json:"create_revision"`
+	Version        int64      `json:"version"`
+	CommitTime     *time.Time `json:"commit_time,omitempty"` // when the write committed, for watch delay
+}
+
+// FromEvent converts a hub event.
+func FromEvent(ev replication.Event) Event {
+	out := Event{Type: ev.Type.String(), Key: string(ev.Key), Value: string(ev.Value),
+		Revision: ev.Revision, CreateRevision: ev.CreateRevision, Version: ev.Version}
+	if !ev.CommitTime.IsZero() {
+		t := ev.CommitTime
+		out.CommitTime = &t
+	}
+	return out
+}
+
+// Compacted is the data of a compacted message.
+type Compacted struct {
+	CompactRevision int64 `json:"compact_revision"`
+}
+
+// WriteRevision writes the events of one revision as one message.
+func WriteRevision(w io.Writer, evs []Event) error {
+	if len(evs) == 0 {
+		return nil
+	}
+	name := strings.ToLower(evs[0].Type)
+	var data any = evs[0]
+	if len(evs) > 1 {
+		name, data = "txn", evs
+	}
+	b, err := json.Marshal(data)
+	if err != nil {
+		return err
+	}
+	_, err = fmt.Fprintf(w, "id: %d\nevent: %s\ndata: %s\n\n", evs[0].Revision, name, b)
+	return err
+}
+
+// WriteProgress writes a progress comment.
+func WriteProgress(w io.Writer, rev int64) error {
+	_, err := fmt.Fprintf(w, ": progress %d\n\n", rev)
+	return err
+}
+
+// WriteCompacted writes the message that ends a watch whose start revision
+// was compacted away.
+func WriteCompacted(w io.Writer, compactRev int64) error {
+	b, _ := json.Marshal(Compacted{CompactRevision: compactRev})
+	_, err := fmt.Fprintf(w, "event: compacted\ndata: %s\n\n", b)
+	return err
+}
+
+// Message is one SSE message (or a comment, when Comment is set).
+type Message struct {
+	ID      string
+	Event   string
+	Data    []byte
+	Comment string
+}
+
+// Events decodes a put, delete or txn message's events.
+func (m Message) Events() ([]Event, error) {
+	if m.Event == "txn" {
+		var evs []Event
+		return evs, json.Unmarshal(m.Data, &evs)
+	}
+	var ev Event
+	if err := json.Unmarshal(m.Data, &ev); err != nil {
+		return nil, err
+	}
+	return []Event{ev}, nil
+}
+
+// MaxLine bounds one line of the stream; a value is at most 1.5 MiB, and
+// JSON escaping can double it.
+const MaxLine = 4 << 20
+
+// ErrLineTooLong is returned by Next for a line over MaxLine.
+var ErrLineTooLong = errors.New("sse: line too long")
+
+// Reader reads messages from an event stream.
+type Reader struct {
+	r *bufio.Reader
+}
+
+// NewReader reads messages from r.
+func NewReader(r io.Reader) *Reader { return &Reader{r: bufio.NewReaderSize(r, 64<<10)} }
+
+// Next returns the next message or comment.
+func (r *Reader) Next() (Message, error) {
+	var m Message
+	var data [][]byte
+	for {
+		line, err := r.line()
+		if err != nil {
+			return Message{}, err
+		}
+		switch {
+		case len(line) == 0: // the blank line ends a message
+			if m.Event == "" && m.ID == "" && data == nil {
+				if m.Comment != "" {
+					return m, nil
+				}
+				continue
+			}
+			m.Data = bytes.Join(data, []byte("\n"))
+			return m, nil
+		case line[0] == ':':
+			m.Comment = strings.TrimSpace(string(line[1:]))
+		default:
+			field, value, _ := bytes.Cut(line, []byte(":"))
+			value = bytes.TrimPrefix(value, []byte(" "))
+			switch string(field) {
+			case "id":
+				m.ID = string(value)
+			case "event":
+				m.Event = string(value)
+			case "data":
+				data = append(data, bytes.Clone(value))
+			}
+		}
+	}
+}
+
+func (r *Reader) line() ([]byte, error) {
+	var buf []byte
+	for {
+		chunk, isPrefix, err := r.r.ReadLine()
+		if err != nil {
+			return nil, err
+		}
+		buf = append(buf, chunk...)
+		if len(buf) > MaxLine {
+			return nil, ErrLineTooLong
+		}
+		if !isPrefix {
+			return bytes.TrimSuffix(buf, []byte("\r")), nil
+		}
+	}
+}
+
+// ForEachRevision calls fn with the events of each revision in evs (which
+// the hub delivers in revision order), converted for the wire.
+func ForEachRevision(evs []replication.Event, fn func([]Event) error) error {
+	for len(evs) > 0 {
+		n := 1
+		for n < len(evs) && evs[n].Revision == evs[0].Revision {
+			n++
+		}
+		batch := make([]Event, n)
+		for i := range n {
+			batch[i] = FromEvent(evs[i])
+		}
+		if err := fn(batch); err != nil {
+			return err
+		}
+		evs = evs[n:]
+	}
+	return nil
+}

@@ -1,0 +1,54 @@
+package sse
+
+import (
+	"bytes"
+	"io"
+	"testing"
+)
+
+func TestRoundTrip(t *testing.T) {
+	var buf bytes.Buffer
+	one := []Event{{Type: "PUT", Key: "/routes/a", Value: "{\"uri\":\"/x\"}\nline", Revision: 5, CreateRevision: 5, Version: 1}}
+	two := []Event{{Type: "PUT", Key: "/a", Revision: 6}, {Type: "DELETE", Key: "/b", Revision: 6}}
+	if err := WriteRevision(&buf, one); err != nil {
+		t.Fatal(err)
+	}
+	if err := WriteProgress(&buf, 9); err != nil {
+		t.Fatal(err)
+	}
+	if err := WriteRevision(&buf, two); err != nil {
+		t.Fatal(err)
+	}
+	if err := WriteCompacted(&buf, 12); err != nil {
+		t.Fatal(err)
+	}
+	r := NewReader(&buf)
+	m, err := r.Next()
+	if err != nil || m.ID != "5" || m.Event != "put" {
+		t.Fatalf("first message %+v, %v", m, err)
+	}
+	evs, err := m.Events()
+	if err != nil || len(evs) != 1 || evs[0].Value != one[0].Value {
+		t.Fatalf("events %+v, %v", evs, err)
+	}
+	if m, err = r.Next(); err != nil || m.Comment != "progress 9" {
+		t.Fatalf("progress %+v, %v", m, err)
+	}
+	m, _ = r.Next()
+	if evs, err = m.Events(); err != nil || m.Event != "txn" || m.ID != "6" || len(evs) != 2 || evs[1].Type != "DELETE" {
+		t.Fatalf("txn %+v %+v, %v", m, evs, err)
+	}
+	if m, _ = r.Next(); m.Event != "compacted" || string(m.Data) != `{"compact_revision":12}` {
+		t.Fatalf("compacted %+v", m)
+	}
+	if _, err := r.Next(); err != io.EOF {
+		t.Fatalf("end: %v", err)
+	}
+}
+
+func TestLineLimit(t *testing.T) {
+	r := NewReader(bytes.NewReader(append(bytes.Repeat([]byte("x"), MaxLine+10), '\n')))
+	if _, err := r.Next(); err != ErrLineTooLong {
+		t.Fatalf("got %v", err)
+	}
+}
