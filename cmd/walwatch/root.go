@@ -56,6 +56,7 @@ DATABASE_URL, else the usual PG* environment variables.`,
 		newWatchCommand(g),
 		newCPCommand(g),
 		newDPCommand(g),
+		newDemoCommand(g),
 	)
 	return root
 }

@@ -1,0 +1,79 @@
+package main
+
+import (
+	"context"
+	"io"
+	"net/http"
+	"regexp"
+	"strings"
+	"testing"
+	"time"
+)
+
+// The demo on a private PostgreSQL of its own: it prints its walkthrough with
+// the addresses it really bound, the walkthrough's first steps work, and
+// Ctrl-C stops everything cleanly.
+func TestDemo(t *testing.T) {
+	out := &syncBuffer{}
+	cmd := newRootCommand(out, &syncBuffer{})
+	cmd.SetArgs([]string{"demo", "--cp-listen", "127.0.0.1:0", "--dp-listen", "127.0.0.1:0", "--dp-admin-listen", "127.0.0.1:0",
+		"--upstream-a", "127.0.0.1:0", "--upstream-b", "127.0.0.1:0"})
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- cmd.ExecuteContext(ctx) }()
+	defer func() {
+		cancel()
+		select {
+		case err := <-done:
+			if err != nil {
+				t.Errorf("demo exited with %v", err)
+			}
+		case <-time.After(60 * time.Second):
+			t.Error("demo did not stop within 60s of Ctrl-C")
+		}
+	}()
+	deadline := time.Now().Add(90 * time.Second)
+	for !strings.Contains(out.String(), "Ctrl-C stops everything") {
+		if time.Now().After(deadline) {
+			t.Fatalf("no walkthrough printed: %q", out.String())
+		}
+		time.Sleep(20 * time.Millisecond) // polling interval
+	}
+	field := func(name string) string {
+		m := regexp.MustCompile(name + `\s+(http://\S+)`).FindStringSubmatch(out.String())
+		if m == nil {
+			t.Fatalf("no %s address in %q", name, out.String())
+		}
+		return m[1]
+	}
+	cp, dp, upstreamA := field("control plane"), field("data plane"), field("upstreams")
+
+	get := func(url string) (int, string) {
+		resp, err := http.Get(url)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer resp.Body.Close()
+		b, _ := io.ReadAll(resp.Body)
+		return resp.StatusCode, string(b)
+	}
+	if code, body := get(dp + "/get"); code != http.StatusNotFound || !strings.Contains(body, "no route") {
+		t.Fatalf("before any route: %d %q", code, body)
+	}
+	req, _ := http.NewRequest(http.MethodPut, cp+"/routes/foo", strings.NewReader(`{"uri": "/get", "upstream": "`+upstreamA+`"}`))
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil || resp.StatusCode != http.StatusOK {
+		t.Fatalf("put route: %v %v", resp, err)
+	}
+	resp.Body.Close()
+	for {
+		code, body := get(dp + "/get")
+		if code == http.StatusOK && strings.Contains(body, `"upstream": "upstream-a"`) {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("dp never routed /get: %d %q", code, body)
+		}
+		time.Sleep(5 * time.Millisecond) // polling interval
+	}
+}
