@@ -1,10 +1,14 @@
-# The two commands a new user needs are `make demo` (once the demo lands) and `make test`.
+# The two commands a new user needs: `make demo` and `make test`.
 GO ?= go
 
-.PHONY: build test vet fmt bench-store
+.PHONY: build demo test vet fmt bench-store
 
 build:
 	$(GO) build -o bin/walwatch ./cmd/walwatch
+
+# cp, dp and two echo upstreams on a private PostgreSQL; Ctrl-C stops it all.
+demo:
+	$(GO) run ./cmd/walwatch demo
 
 vet:
 	$(GO) vet ./...
