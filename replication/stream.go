@@ -146,37 +146,20 @@ func (h *Hub) readTable(ctx context.Context, snapshot string) error {
 		h.inbox.push(&txn{base: from})
 	}
 	for {
-		rows, err := tx.Query(ctx,
-			`select revision, sub, key, value, tombstone, create_revision, version, prev_revision, lease
-			   from walwatch.kv where revision > $1 order by revision, sub limit $2`, from, tablePage)
+		page, err := readRows(ctx, tx, "where revision > $1 order by revision, sub limit $2", from, tablePage)
 		if err != nil {
-			return fmt.Errorf("read table after revision %d: %w", from, err)
-		}
-		var page []row
-		for rows.Next() {
-			var r row
-			if err := rows.Scan(&r.revision, &r.sub, &r.key, &r.value, &r.tombstone, &r.createRevision, &r.version, &r.prevRevision, &r.lease); err != nil {
-				rows.Close()
-				return fmt.Errorf("read table after revision %d: %w", from, err)
-			}
-			page = append(page, r)
-		}
-		if err := rows.Err(); err != nil {
-			return fmt.Errorf("read table after revision %d: %w", from, err)
+			return err
 		}
 		if len(page) == 0 {
 			break
 		}
-		// A page may end inside a revision; the next page starts after the
-		// last whole one, so the rows of a revision arrive together.
-		full := len(page) == tablePage
-		last := page[len(page)-1].revision
-		if full && page[0].revision != last {
-			cut := len(page)
-			for cut > 0 && page[cut-1].revision == last {
-				cut--
+		full, big := len(page) == tablePage, page[0].revision
+		if page = wholeRevisions(page, tablePage); len(page) == 0 {
+			// One revision larger than a page (a big Txn or prefix delete):
+			// its rows must arrive together, so read it whole.
+			if page, err = readRows(ctx, tx, "where revision = $1 order by sub", big); err != nil {
+				return err
 			}
-			page = page[:cut]
 		}
 		from = page[len(page)-1].revision
 		h.inbox.push(&txn{rows: page})
@@ -188,6 +171,19 @@ func (h *Hub) readTable(ctx context.Context, snapshot string) error {
 		h.inbox.push(&txn{ready: true})
 	}
 	return nil
+}
+
+// readRows reads rows of the revision table: where is the rest of the query.
+func readRows(ctx context.Context, tx pgx.Tx, where string, args ...any) ([]row, error) {
+	rows, err := tx.Query(ctx, "select "+rowColumns+" from walwatch.kv "+where, args...)
+	if err != nil {
+		return nil, fmt.Errorf("read table (%v): %w", args, err)
+	}
+	page, err := scanRows(rows)
+	if err != nil {
+		return nil, fmt.Errorf("read table (%v): %w", args, err)
+	}
+	return page, nil
 }
 
 // quoteLiteral quotes s as an SQL string literal.

@@ -7,8 +7,6 @@ import (
 	"slices"
 	"time"
 
-	"github.com/jackc/pgx/v5"
-
 	"github.com/walwatch/walwatch/store"
 )
 
@@ -350,18 +348,14 @@ func (h *Hub) readChanges(ctx context.Context, rng store.KeyRange, from, upto in
 	}
 	next := upto + 1
 	if len(rows) == catchUpPage {
-		last := rows[len(rows)-1].revision
-		cut := len(rows)
-		for cut > 0 && rows[cut-1].revision == last {
-			cut--
-		}
-		if cut == 0 { // one revision larger than a page: take it whole
+		if kept := wholeRevisions(rows, catchUpPage); len(kept) > 0 {
+			rows = kept
+		} else { // one revision larger than a page: take it whole
+			last := rows[0].revision
 			if rows, err = h.queryChanges(ctx, lo, hi, last-1, last, 0); err != nil {
 				return nil, 0, err
 			}
-			cut = len(rows)
 		}
-		rows = rows[:cut]
 		next = rows[len(rows)-1].revision + 1
 	}
 	evs := make([]Event, len(rows))
@@ -376,17 +370,11 @@ func (h *Hub) queryChanges(ctx context.Context, lo, hi []byte, after, upto int64
 	if limit > 0 {
 		lim = limit
 	}
-	rows, err := h.cfg.Pool.Query(ctx,
-		`select revision, sub, key, value, tombstone, create_revision, version, prev_revision, lease
-		   from walwatch.changes_between($1, $2, $3, $4, $5)`, lo, hi, after, upto, lim)
+	rows, err := h.cfg.Pool.Query(ctx, "select "+rowColumns+" from walwatch.changes_between($1, $2, $3, $4, $5)", lo, hi, after, upto, lim)
 	if err != nil {
 		return nil, fmt.Errorf("read changes after revision %d: %w", after, err)
 	}
-	out, err := pgx.CollectRows(rows, func(r pgx.CollectableRow) (row, error) {
-		var x row
-		err := r.Scan(&x.revision, &x.sub, &x.key, &x.value, &x.tombstone, &x.createRevision, &x.version, &x.prevRevision, &x.lease)
-		return x, err
-	})
+	out, err := scanRows(rows)
 	if err != nil {
 		return nil, store.FromDB(fmt.Errorf("read changes after revision %d: %w", after, err), after+1)
 	}
