@@ -29,7 +29,7 @@ func (s *Store) Compact(ctx context.Context, rev int64) (CompactResponse, error)
 // revision it does nothing.
 func (s *Store) CompactOlderThan(ctx context.Context, age time.Duration) (CompactResponse, error) {
 	if age < 0 {
-		return CompactResponse{}, fmt.Errorf("%w: negative age %s", ErrInvalidRevision, age)
+		return CompactResponse{}, fmt.Errorf("%w: %s", ErrNegativeAge, age)
 	}
 	return s.compact(ctx, 0, "select compact_revision, removed from walwatch.compact_older_than($1)", age)
 }

@@ -17,6 +17,7 @@ var (
 	ErrInvalidLimit    = errors.New("invalid limit")
 	ErrDuplicateKey    = errors.New("duplicate key given in txn request")
 	ErrTooManyOps      = errors.New("too many operations in txn request")
+	ErrNegativeAge     = errors.New("compaction age must not be negative")
 )
 
 // ErrCompacted matches (errors.Is) every *CompactedError.

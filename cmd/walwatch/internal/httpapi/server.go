@@ -12,6 +12,7 @@ import (
 	"log/slog"
 	"net/http"
 	"strconv"
+	"strings"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -68,7 +69,27 @@ func New(cfg Config) *Server {
 		writeJSON(w, http.StatusOK, map[string]string{"status": "ok"})
 	})
 	s.mux.HandleFunc("GET /readyz", s.ready)
+	s.mux.HandleFunc("/", s.unknown)
 	return s
+}
+
+// unknown answers requests no endpoint takes, in the API's error shape: 405
+// with Allow when the path exists for other methods, 404 when it does not.
+func (s *Server) unknown(w http.ResponseWriter, r *http.Request) {
+	var allow []string
+	for _, m := range []string{http.MethodGet, http.MethodPut, http.MethodPost, http.MethodDelete} {
+		probe := r.Clone(r.Context())
+		probe.Method = m
+		if _, pattern := s.mux.Handler(probe); pattern != "/" && pattern != "" {
+			allow = append(allow, m)
+		}
+	}
+	if len(allow) > 0 {
+		w.Header().Set("Allow", strings.Join(allow, ", "))
+		writeJSON(w, http.StatusMethodNotAllowed, apiError{Error: r.Method + " is not allowed on " + r.URL.Path, Code: "method_not_allowed"})
+		return
+	}
+	writeJSON(w, http.StatusNotFound, apiError{Error: "no such endpoint: " + r.URL.Path, Code: "not_found"})
 }
 
 func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) { s.mux.ServeHTTP(w, r) }
@@ -137,7 +158,7 @@ func (s *Server) writeError(w http.ResponseWriter, r *http.Request, err error) {
 		status, body.Code = http.StatusServiceUnavailable, "unavailable"
 	case errors.Is(err, errBadRequest), errors.Is(err, routes.ErrInvalid),
 		errors.Is(err, store.ErrEmptyKey), errors.Is(err, store.ErrInvalidRevision),
-		errors.Is(err, store.ErrInvalidLimit), errors.Is(err, store.ErrDuplicateKey):
+		errors.Is(err, store.ErrInvalidLimit), errors.Is(err, store.ErrDuplicateKey), errors.Is(err, store.ErrNegativeAge):
 		status, body.Code = http.StatusBadRequest, "invalid_argument"
 	case errors.Is(err, context.Canceled) && r.Context().Err() != nil:
 		return // the client went away
