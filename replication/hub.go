@@ -11,6 +11,7 @@ import (
 	"time"
 
 	"github.com/jackc/pglogrepl"
+	"github.com/jackc/pgx/v5/pgconn"
 	"github.com/jackc/pgx/v5/pgxpool"
 )
 
@@ -79,6 +80,7 @@ var ErrHubStopped = errors.New("watch hub stopped")
 // them, in revision order with no gaps, to any number of watchers.
 type Hub struct {
 	cfg       Config
+	repl      *pgconn.Config // the replication connection's
 	log       *slog.Logger
 	metrics   *Metrics
 	ready     chan struct{} // closed once the hub has caught up with the table
@@ -151,9 +153,18 @@ func New(cfg Config) (*Hub, error) {
 			return nil, err
 		}
 	}
-	if cfg.ConnString == "" {
-		cfg.ConnString = cfg.Pool.Config().ConnString()
+	// The replication connection is configured like the pool's connections,
+	// from the parsed config, so pool-only settings in a connection string
+	// (pool_max_conns) never reach the server as parameters.
+	replConfig := cfg.Pool.Config().ConnConfig.Config.Copy()
+	if cfg.ConnString != "" {
+		pc, err := pgxpool.ParseConfig(cfg.ConnString)
+		if err != nil {
+			return nil, fmt.Errorf("replication hub: parse connection string: %w", err)
+		}
+		replConfig = pc.ConnConfig.Config.Copy()
 	}
+	replConfig.RuntimeParams["replication"] = "database"
 	if cfg.FillGrace <= 0 {
 		cfg.FillGrace = DefaultFillGrace
 	}
@@ -172,6 +183,7 @@ func New(cfg Config) (*Hub, error) {
 	}
 	return &Hub{
 		cfg:      cfg,
+		repl:     replConfig,
 		log:      log,
 		metrics:  cfg.Metrics,
 		ready:    make(chan struct{}),

@@ -7,6 +7,7 @@ import (
 
 	"github.com/walwatch/walwatch/replication"
 	"github.com/walwatch/walwatch/store"
+	"github.com/walwatch/walwatch/test/pgcluster"
 )
 
 func TestWatchPrefixFromNow(t *testing.T) {
@@ -68,5 +69,17 @@ func TestRevisionLargerThanAPage(t *testing.T) {
 	want := e.history(t, store.Prefix([]byte("/k/")), del.Revision-2)
 	if got := collect(t, w, len(want), 30*time.Second); !slices.Equal(got, want) {
 		t.Fatalf("got %d events, want %d", len(got), len(want))
+	}
+}
+
+// Pool settings in the connection string stay with the pool: the
+// replication connection must not send them to the server as parameters.
+func TestPoolSettingsInConnectionString(t *testing.T) {
+	e := newEnvAt(t, pgcluster.NewDatabase(t)+"&pool_max_conns=7")
+	h := e.startHub(t, replication.Config{})
+	w := watch(t, h, replication.WatchRequest{Range: store.Key([]byte("/a"))})
+	r := e.put(t, "/a", "1")
+	if got := collect(t, w, 1, 10*time.Second); got[0].Rev != r {
+		t.Fatalf("got %v", got)
 	}
 }

@@ -54,12 +54,7 @@ var pluginArgs = []string{
 // read what the table holds beyond the watermark, then stream. streamed
 // reports whether it got as far as streaming.
 func (h *Hub) session(ctx context.Context) (streamed bool, err error) {
-	cfg, err := pgconn.ParseConfig(h.cfg.ConnString)
-	if err != nil {
-		return false, fmt.Errorf("parse replication connection string: %w", err)
-	}
-	cfg.RuntimeParams["replication"] = "database"
-	conn, err := pgconn.ConnectConfig(ctx, cfg)
+	conn, err := pgconn.ConnectConfig(ctx, h.repl)
 	if err != nil {
 		return false, fmt.Errorf("open replication connection: %w", err)
 	}

@@ -46,7 +46,7 @@ watch hub reads one named replication slot and fans out to every client, so
 any number of data planes cost one slot.`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, args []string) error {
-			pool, err := g.pool(cmd.Context())
+			pool, err := g.poolOf(cmd.Context(), serverPoolSize)
 			if err != nil {
 				return err
 			}

@@ -84,7 +84,7 @@ func runDemo(ctx context.Context, g *globals, url string, o demoOptions) error {
 		}
 	}
 	g.postgres = url
-	pool, err := g.pool(ctx)
+	pool, err := g.poolOf(ctx, serverPoolSize)
 	if err != nil {
 		return err
 	}

@@ -67,7 +67,7 @@ func runDP(ctx context.Context, g *globals, log *slog.Logger, o dpOptions) error
 	if o.cp != "" {
 		source = &dataplane.ControlPlane{URL: o.cp, Token: o.cpToken, Client: &http.Client{}, Log: log.With("component", "source"), IdleTimeout: o.idleTimeout}
 	} else {
-		pool, err := g.pool(ctx)
+		pool, err := g.poolOf(ctx, serverPoolSize)
 		if err != nil {
 			return err
 		}

@@ -7,6 +7,7 @@ import (
 	"io"
 	"log/slog"
 	"os"
+	"strings"
 
 	"github.com/jackc/pgx/v5/pgxpool"
 	"github.com/spf13/cobra"
@@ -72,9 +73,27 @@ func (g *globals) connString() string {
 	return ""
 }
 
+// serverPoolSize is the connection pool of the long-running commands (cp,
+// dp) unless the connection string sets pool_max_conns: pgxpool's default
+// (4 on two cores) would queue every request behind four.
+const serverPoolSize = 32
+
 // pool connects to PostgreSQL; the caller closes it.
 func (g *globals) pool(ctx context.Context) (*pgxpool.Pool, error) {
-	pool, err := pgxpool.New(ctx, g.connString())
+	return g.poolOf(ctx, 0)
+}
+
+// poolOf connects with at least size connections, unless the connection
+// string says otherwise.
+func (g *globals) poolOf(ctx context.Context, size int32) (*pgxpool.Pool, error) {
+	cfg, err := pgxpool.ParseConfig(g.connString())
+	if err != nil {
+		return nil, fmt.Errorf("connect to PostgreSQL: %w", err)
+	}
+	if size > 0 && !strings.Contains(g.connString(), "pool_max_conns") {
+		cfg.MaxConns = max(cfg.MaxConns, size)
+	}
+	pool, err := pgxpool.NewWithConfig(ctx, cfg)
 	if err != nil {
 		return nil, fmt.Errorf("connect to PostgreSQL: %w", err)
 	}
