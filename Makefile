@@ -1,7 +1,7 @@
 # The two commands a new user needs: `make demo` and `make test`.
 GO ?= go
 
-.PHONY: build demo test vet fmt bench-store
+.PHONY: build demo test vet fmt bench-store bench bench-quick
 
 build:
 	$(GO) build -o bin/walwatch ./cmd/walwatch
@@ -15,6 +15,8 @@ vet:
 
 test: vet
 	$(GO) test -race -count=1 ./...
+	# The benchmark is its own module: keep it building and its report tested.
+	cd test/bench && $(GO) vet ./ && $(GO) test -count=1 ./
 
 fmt:
 	gofmt -l -w .
@@ -22,3 +24,13 @@ fmt:
 # Put throughput at 1, 8 and 32 concurrent writers against a private PostgreSQL.
 bench-store:
 	$(GO) test -run '^$$' -bench BenchmarkPut -benchtime 3s -count 3 ./store/
+
+# walwatch vs the seed's LISTEN/NOTIFY design vs etcd, side by side on this
+# machine (its own Go module, so etcd's server stays out of the main one);
+# writes docs/benchmarks/{results.json,README.md,chart.png}. About 10 minutes.
+bench:
+	cd test/bench && $(GO) run . -out ../../docs/benchmarks
+
+# The same figures from shorter measurements, in under 2 minutes.
+bench-quick:
+	cd test/bench && $(GO) run . -quick -out ../../docs/benchmarks

@@ -1,0 +1,145 @@
+package main
+
+import (
+	"bytes"
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"syscall"
+	"time"
+)
+
+// clockTicks is USER_HZ, the unit of utime and stime in /proc/<pid>/stat. It
+// is 100 on every Linux architecture Go supports (sysconf(_SC_CLK_TCK) would
+// need cgo to ask).
+const clockTicks = 100
+
+// cpuMeter sums the CPU time of every process of the systems under test:
+// the PostgreSQL postmaster and all its children (backends, walsenders,
+// background workers), this process (benchmark clients, the walwatch hub,
+// the embedded etcd), and any extra processes a system names.
+type cpuMeter struct {
+	postmaster int
+}
+
+// newCPUMeter reads the postmaster's pid from the first line of
+// dataDir/postmaster.pid.
+func newCPUMeter(dataDir string) (*cpuMeter, error) {
+	b, err := os.ReadFile(filepath.Join(dataDir, "postmaster.pid"))
+	if err != nil {
+		return nil, fmt.Errorf("read postmaster pid: %w", err)
+	}
+	first, _, _ := strings.Cut(string(b), "\n")
+	pid, err := strconv.Atoi(strings.TrimSpace(first))
+	if err != nil {
+		return nil, fmt.Errorf("parse postmaster pid %q: %w", first, err)
+	}
+	return &cpuMeter{postmaster: pid}, nil
+}
+
+// cpuTimes is CPU time used so far, by whom.
+type cpuTimes struct {
+	postgres, self, extra time.Duration
+}
+
+func (t cpuTimes) total() time.Duration { return t.postgres + t.self + t.extra }
+
+func (t cpuTimes) sub(u cpuTimes) cpuTimes {
+	return cpuTimes{t.postgres - u.postgres, t.self - u.self, t.extra - u.extra}
+}
+
+// read returns the CPU time used so far by PostgreSQL, this process and
+// extra. Processes that exit between two readings lose their share, so the
+// workloads keep their connections open.
+func (m *cpuMeter) read(extra []int) (cpuTimes, error) {
+	var t cpuTimes
+	var err error
+	if t.postgres, err = m.postgres(); err != nil {
+		return t, err
+	}
+	var ru syscall.Rusage
+	if err := syscall.Getrusage(syscall.RUSAGE_SELF, &ru); err != nil {
+		return t, fmt.Errorf("getrusage: %w", err)
+	}
+	t.self = time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
+	for _, pid := range extra {
+		st, err := readStat(pid)
+		if err != nil {
+			return t, err
+		}
+		t.extra += st.cpu
+	}
+	return t, nil
+}
+
+// postgres sums the postmaster and every process whose parent chain leads
+// to it.
+func (m *cpuMeter) postgres() (time.Duration, error) {
+	entries, err := os.ReadDir("/proc")
+	if err != nil {
+		return 0, fmt.Errorf("list processes: %w", err)
+	}
+	stats := map[int]procStat{}
+	for _, e := range entries {
+		pid, err := strconv.Atoi(e.Name())
+		if err != nil {
+			continue
+		}
+		st, err := readStat(pid)
+		if err != nil {
+			continue // gone since the listing
+		}
+		stats[pid] = st
+	}
+	if _, ok := stats[m.postmaster]; !ok {
+		return 0, fmt.Errorf("postmaster %d is not running", m.postmaster)
+	}
+	var sum time.Duration
+	for pid, st := range stats {
+		for p, hops := pid, 0; hops < 64; hops++ {
+			if p == m.postmaster {
+				sum += st.cpu
+				break
+			}
+			parent, ok := stats[p]
+			if !ok || parent.ppid <= 1 {
+				break
+			}
+			p = parent.ppid
+		}
+	}
+	return sum, nil
+}
+
+type procStat struct {
+	ppid int
+	cpu  time.Duration // utime + stime
+}
+
+// readStat parses /proc/<pid>/stat. The command name (field 2) is in
+// parentheses and may hold spaces, so fields are counted after the last ')'.
+func readStat(pid int) (procStat, error) {
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+	if err != nil {
+		return procStat{}, fmt.Errorf("read stat of process %d: %w", pid, err)
+	}
+	i := bytes.LastIndexByte(b, ')')
+	if i < 0 {
+		return procStat{}, fmt.Errorf("process %d: malformed stat", pid)
+	}
+	// After ')': state(3) ppid(4) ... utime(14) stime(15).
+	f := strings.Fields(string(b[i+1:]))
+	if len(f) < 13 {
+		return procStat{}, errors.New("short /proc stat line")
+	}
+	ppid, err1 := strconv.Atoi(f[1])
+	utime, err2 := strconv.ParseInt(f[11], 10, 64)
+	stime, err3 := strconv.ParseInt(f[12], 10, 64)
+	if err := errors.Join(err1, err2, err3); err != nil {
+		return procStat{}, fmt.Errorf("process %d: parse stat: %w", pid, err)
+	}
+	return procStat{ppid: ppid, cpu: time.Duration(utime+stime) * time.Second / clockTicks}, nil
+}

@@ -1,0 +1,259 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/url"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"runtime"
+	"strings"
+	"time"
+
+	"github.com/jackc/pgx/v5/pgxpool"
+	"go.etcd.io/etcd/server/v3/embed"
+	"go.uber.org/zap"
+
+	wwsql "github.com/walwatch/walwatch/sql"
+	"github.com/walwatch/walwatch/test/pgcluster"
+)
+
+// env is everything the systems run on: one private PostgreSQL with the
+// walwatch and notify databases, an embedded etcd, and the walwatch binary
+// for the control-plane pass. Close undoes all of it.
+type env struct {
+	dir     string // temp dir for etcd's data, the binary and logs
+	cluster *pgcluster.Cluster
+	etcd    *embed.Etcd
+	etcdURL string
+	bin     string // the walwatch binary
+	log     *slog.Logger
+
+	walwatchURL string
+	notifyURL   string
+	admin       *pgxpool.Pool // walwatch database, for LSNs and slot admin
+	cpu         *cpuMeter
+}
+
+// pgSettings are the server settings; fsync and synchronous commit are on,
+// as they are by default, and spelled out so nobody wonders.
+var pgSettings = map[string]string{
+	"wal_level":          "logical",
+	"max_connections":    "300",
+	"fsync":              "on",
+	"synchronous_commit": "on",
+	"full_page_writes":   "on",
+}
+
+// startEnv starts everything. On error, what was started is stopped.
+func startEnv(ctx context.Context, repoDir string, log *slog.Logger) (_ *env, err error) {
+	dir, err := os.MkdirTemp("", "walwatch-bench-")
+	if err != nil {
+		return nil, fmt.Errorf("temp dir: %w", err)
+	}
+	e := &env{dir: dir, log: log}
+	defer func() {
+		if err != nil {
+			e.Close()
+		}
+	}()
+
+	buildDone := make(chan error, 1)
+	go func() { buildDone <- e.buildBinary(ctx, repoDir) }()
+
+	start := time.Now()
+	e.cluster, err = pgcluster.Start(ctx, pgcluster.Options{Settings: pgSettings})
+	if err != nil {
+		return nil, fmt.Errorf("start PostgreSQL: %w", err)
+	}
+	if e.walwatchURL, err = e.cluster.CreateDatabase(ctx, "walwatch"); err != nil {
+		return nil, fmt.Errorf("create database walwatch: %w", err)
+	}
+	if e.notifyURL, err = e.cluster.CreateDatabase(ctx, "notify"); err != nil {
+		return nil, fmt.Errorf("create database notify: %w", err)
+	}
+	if e.admin, err = newPool(ctx, e.walwatchURL, 4); err != nil {
+		return nil, err
+	}
+	if _, err := wwsql.Migrate(ctx, e.admin); err != nil {
+		return nil, fmt.Errorf("migrate walwatch: %w", err)
+	}
+	if e.cpu, err = newCPUMeter(e.cluster.DataDir()); err != nil {
+		return nil, err
+	}
+	log.Info("PostgreSQL ready", "port", e.cluster.Port(), "took", time.Since(start).Round(time.Millisecond))
+
+	start = time.Now()
+	if err := e.startEtcd(ctx); err != nil {
+		return nil, err
+	}
+	log.Info("etcd ready", "url", e.etcdURL, "took", time.Since(start).Round(time.Millisecond))
+
+	if err := <-buildDone; err != nil {
+		return nil, err
+	}
+	return e, nil
+}
+
+// buildBinary builds cmd/walwatch into the temp dir.
+func (e *env) buildBinary(ctx context.Context, repoDir string) error {
+	e.bin = filepath.Join(e.dir, "walwatch")
+	cmd := exec.CommandContext(ctx, "go", "build", "-o", e.bin, "./cmd/walwatch")
+	cmd.Dir = repoDir
+	out, err := cmd.CombinedOutput()
+	if err != nil {
+		return fmt.Errorf("build walwatch: %w\n%s", err, out)
+	}
+	return nil
+}
+
+func (e *env) startEtcd(ctx context.Context) error {
+	clientPort, err := freePort()
+	if err != nil {
+		return err
+	}
+	peerPort, err := freePort()
+	if err != nil {
+		return err
+	}
+	cfg := embed.NewConfig()
+	cfg.Name = "bench"
+	cfg.Dir = filepath.Join(e.dir, "etcd")
+	cfg.LogLevel = "error"
+	// Quiet: etcd reports its own listeners closing at shutdown as errors.
+	// A real failure reaches the benchmark through the client.
+	cfg.ZapLoggerBuilder = embed.NewZapLoggerBuilder(zap.NewNop())
+	cfg.QuotaBackendBytes = 8 << 30 // every revision is kept; the default 2 GiB could fill
+	cu := url.URL{Scheme: "http", Host: fmt.Sprintf("127.0.0.1:%d", clientPort)}
+	pu := url.URL{Scheme: "http", Host: fmt.Sprintf("127.0.0.1:%d", peerPort)}
+	cfg.ListenClientUrls, cfg.AdvertiseClientUrls = []url.URL{cu}, []url.URL{cu}
+	cfg.ListenPeerUrls, cfg.AdvertisePeerUrls = []url.URL{pu}, []url.URL{pu}
+	cfg.InitialCluster = cfg.InitialClusterFromName(cfg.Name)
+	if cfg.UnsafeNoFsync {
+		return errors.New("etcd: fsync must stay on")
+	}
+	e.etcd, err = embed.StartEtcd(cfg)
+	if err != nil {
+		return fmt.Errorf("start etcd: %w", err)
+	}
+	select {
+	case <-e.etcd.Server.ReadyNotify():
+	case err := <-e.etcd.Err():
+		return fmt.Errorf("etcd: %w", err)
+	case <-time.After(60 * time.Second):
+		return errors.New("etcd did not become ready within 60s")
+	case <-ctx.Done():
+		return ctx.Err()
+	}
+	e.etcdURL = cu.String()
+	return nil
+}
+
+// Close stops etcd and PostgreSQL and removes the temp dir. It runs on a
+// fresh context: cleanup must happen even after Ctrl-C.
+func (e *env) Close() {
+	if e.admin != nil {
+		e.admin.Close()
+	}
+	if e.etcd != nil {
+		e.etcd.Close()
+	}
+	if e.cluster != nil {
+		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+		if err := e.cluster.Stop(ctx); err != nil {
+			e.log.Warn("stop PostgreSQL", "err", err)
+		}
+		cancel()
+	}
+	if err := os.RemoveAll(e.dir); err != nil {
+		e.log.Warn("remove temp dir", "dir", e.dir, "err", err)
+	}
+}
+
+// postgresVersion is the server's version() string.
+func (e *env) postgresVersion(ctx context.Context) (string, error) {
+	var v string
+	if err := e.admin.QueryRow(ctx, "select version()").Scan(&v); err != nil {
+		return "", fmt.Errorf("postgres version: %w", err)
+	}
+	return v, nil
+}
+
+// walLSN is the current WAL insert position, in bytes.
+func (e *env) walLSN(ctx context.Context) (float64, error) {
+	var lsn float64
+	err := e.admin.QueryRow(ctx, "select pg_wal_lsn_diff(pg_current_wal_lsn(), '0/0')::float8").Scan(&lsn)
+	if err != nil {
+		return 0, fmt.Errorf("read WAL position: %w", err)
+	}
+	return lsn, nil
+}
+
+// newPool connects a pool of at most size connections and opens them all,
+// so no benchmark client waits for a connection to be made.
+func newPool(ctx context.Context, connString string, size int32) (*pgxpool.Pool, error) {
+	cfg, err := pgxpool.ParseConfig(connString)
+	if err != nil {
+		return nil, fmt.Errorf("parse connection string: %w", err)
+	}
+	cfg.MaxConns = size
+	cfg.MinConns = size
+	pool, err := pgxpool.NewWithConfig(ctx, cfg)
+	if err != nil {
+		return nil, fmt.Errorf("connect to %s: %w", cfg.ConnConfig.Database, err)
+	}
+	conns := make([]*pgxpool.Conn, 0, size)
+	defer func() {
+		for _, c := range conns {
+			c.Release()
+		}
+	}()
+	for range size {
+		c, err := pool.Acquire(ctx)
+		if err != nil {
+			pool.Close()
+			return nil, fmt.Errorf("open connection to %s: %w", cfg.ConnConfig.Database, err)
+		}
+		conns = append(conns, c)
+	}
+	return pool, nil
+}
+
+// freePort asks the kernel for a free TCP port on 127.0.0.1.
+func freePort() (int, error) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		return 0, fmt.Errorf("find a free port: %w", err)
+	}
+	defer ln.Close()
+	return ln.Addr().(*net.TCPAddr).Port, nil
+}
+
+// machine describes this host: CPU model, cores, memory.
+func machine() string {
+	model, mem := "unknown CPU", ""
+	if b, err := os.ReadFile("/proc/cpuinfo"); err == nil {
+		for line := range strings.Lines(string(b)) {
+			if k, v, ok := strings.Cut(line, ":"); ok && strings.TrimSpace(k) == "model name" {
+				model = strings.TrimSpace(v)
+				break
+			}
+		}
+	}
+	if b, err := os.ReadFile("/proc/meminfo"); err == nil {
+		for line := range strings.Lines(string(b)) {
+			if rest, ok := strings.CutPrefix(line, "MemTotal:"); ok {
+				var kb int64
+				if _, err := fmt.Sscan(strings.TrimSpace(strings.TrimSuffix(strings.TrimSpace(rest), "kB")), &kb); err == nil {
+					mem = fmt.Sprintf(", %.1f GiB RAM", float64(kb)/(1<<20))
+				}
+				break
+			}
+		}
+	}
+	return fmt.Sprintf("%s, %d cores%s", model, runtime.NumCPU(), mem)
+}

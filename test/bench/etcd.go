@@ -1,0 +1,137 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"time"
+
+	clientv3 "go.etcd.io/etcd/client/v3"
+	"go.uber.org/zap"
+)
+
+// etcdSystem is the embedded etcd with the etcd Go client: one client (one
+// gRPC connection) per benchmark client, and one for the watcher.
+type etcdSystem struct {
+	url     string
+	clients []*clientv3.Client
+	watcher *clientv3.Client
+}
+
+func newEtcdClient(url string) (*clientv3.Client, error) {
+	c, err := clientv3.New(clientv3.Config{Endpoints: []string{url}, DialTimeout: 5 * time.Second, Logger: zap.NewNop()})
+	if err != nil {
+		return nil, fmt.Errorf("etcd client: %w", err)
+	}
+	return c, nil
+}
+
+func newEtcdSystem(e *env) (*etcdSystem, error) {
+	s := &etcdSystem{url: e.etcdURL}
+	for range maxClients {
+		c, err := newEtcdClient(e.etcdURL)
+		if err != nil {
+			s.close()
+			return nil, err
+		}
+		s.clients = append(s.clients, c)
+	}
+	var err error
+	if s.watcher, err = newEtcdClient(e.etcdURL); err != nil {
+		s.close()
+		return nil, err
+	}
+	return s, nil
+}
+
+func (s *etcdSystem) close() {
+	for _, c := range append(s.clients, s.watcher) {
+		if c != nil {
+			_ = c.Close()
+		}
+	}
+}
+
+func (s *etcdSystem) name() string                { return "etcd" }
+func (s *etcdSystem) begin(context.Context) error { return nil }
+func (s *etcdSystem) end(context.Context) error   { return nil }
+func (s *etcdSystem) pids() []int                 { return nil }
+
+func (s *etcdSystem) put(ctx context.Context, client int, key, value []byte) error {
+	_, err := s.clients[client].Put(ctx, string(key), string(value))
+	return err
+}
+
+func (s *etcdSystem) get(ctx context.Context, client int, key []byte) error {
+	res, err := s.clients[client].Get(ctx, string(key))
+	if err != nil {
+		return err
+	}
+	if len(res.Kvs) != 1 {
+		return fmt.Errorf("get %q: %d keys, want 1", key, len(res.Kvs))
+	}
+	return nil
+}
+
+func (s *etcdSystem) watch(ctx context.Context, prefix string, fn func(key []byte)) (func() error, error) {
+	wctx, cancel := context.WithCancel(context.WithoutCancel(ctx))
+	ch, err := createdWatch(ctx, wctx, s.watcher, prefix)
+	if err != nil {
+		cancel()
+		return nil, err
+	}
+	done := make(chan error, 1)
+	go func() {
+		for resp := range ch {
+			if err := resp.Err(); err != nil && wctx.Err() == nil {
+				done <- fmt.Errorf("etcd watch: %w", err)
+				return
+			}
+			for _, ev := range resp.Events {
+				fn(ev.Kv.Key)
+			}
+		}
+		done <- nil
+	}()
+	return func() error {
+		cancel()
+		return <-done
+	}, nil
+}
+
+// createdWatch starts a watch on prefix that lives as long as wctx, and
+// waits (within ctx) until the server has created it, so no event sent
+// afterwards can be missed.
+func createdWatch(ctx, wctx context.Context, c *clientv3.Client, prefix string) (clientv3.WatchChan, error) {
+	ch := c.Watch(wctx, prefix, clientv3.WithPrefix(), clientv3.WithCreatedNotify())
+	select {
+	case resp, ok := <-ch:
+		if !ok {
+			return nil, errors.New("etcd watch closed before it was created")
+		}
+		if err := resp.Err(); err != nil {
+			return nil, fmt.Errorf("etcd watch: %w", err)
+		}
+		if !resp.Created {
+			return nil, errors.New("etcd watch: first response is not the creation")
+		}
+		return ch, nil
+	case <-ctx.Done():
+		return nil, ctx.Err()
+	}
+}
+
+// preload writes keys in transactions of etcd's default maximum size.
+func (s *etcdSystem) preload(ctx context.Context, keys [][]byte, value []byte) error {
+	const batch = 128 // etcd's --max-txn-ops default
+	for i := 0; i < len(keys); i += batch {
+		ops := make([]clientv3.Op, 0, batch)
+		for _, k := range keys[i:min(i+batch, len(keys))] {
+			ops = append(ops, clientv3.OpPut(string(k), string(value)))
+		}
+		if _, err := s.clients[0].Txn(ctx).Then(ops...).Commit(); err != nil {
+			return fmt.Errorf("etcd preload: %w", err)
+		}
+	}
+	return nil
+}

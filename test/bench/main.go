@@ -1,0 +1,400 @@
+// Command bench compares walwatch with the seed's LISTEN/NOTIFY design and
+// with etcd, side by side on this machine, and writes results.json, a
+// README.md with the tables and a chart.
+//
+//	go run . [-quick] [-out DIR]
+package main
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"log/slog"
+	"os"
+	"os/exec"
+	"os/signal"
+	"path/filepath"
+	"runtime"
+	"strconv"
+	"strings"
+	"syscall"
+	"text/tabwriter"
+	"time"
+
+	"github.com/jackc/pgx/v5/pgxpool"
+	"go.etcd.io/etcd/api/v3/version"
+)
+
+// config is how much of each workload a run does.
+type config struct {
+	quick       bool
+	rounds      int
+	putDur      time.Duration // per put-throughput measurement
+	getDur      time.Duration
+	rttSamples  int
+	rttMaxTime  time.Duration // a round-trip series stops at rttSamples or after this
+	walPuts     int
+	cpuPuts     int
+	fanoutPuts  int
+	catchupRows int
+}
+
+func fullConfig() config {
+	return config{rounds: 3, putDur: 3 * time.Second, getDur: 3 * time.Second, rttSamples: 2000,
+		rttMaxTime: 6 * time.Second, walPuts: 5000, cpuPuts: 10000, fanoutPuts: 20, catchupRows: 100000}
+}
+
+func quickConfig() config {
+	return config{quick: true, rounds: 3, putDur: 400 * time.Millisecond, getDur: 400 * time.Millisecond, rttSamples: 300,
+		rttMaxTime: time.Second, walPuts: 1000, cpuPuts: 3000, fanoutPuts: 8, catchupRows: 20000}
+}
+
+// bench is one run: the environment, the systems, and what was measured.
+type bench struct {
+	cfg        config
+	env        *env
+	walwatch   *walwatchSystem
+	etcd       *etcdSystem
+	systems    []system // in turn order
+	walSystems map[string]bool
+	keys       [][]byte
+	value      []byte
+	samples    samples
+	out        io.Writer // the summary, as it goes
+	log        *slog.Logger
+}
+
+func main() {
+	quick := flag.Bool("quick", false, "a short run: the same figures from shorter measurements")
+	out := flag.String("out", "../../docs/benchmarks", "directory for results.json, README.md and the chart")
+	flag.Parse()
+
+	log := slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelInfo}))
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	err := run(ctx, *quick, *out, log)
+	stop()
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "bench:", err)
+		os.Exit(1)
+	}
+}
+
+func run(ctx context.Context, quick bool, outDir string, log *slog.Logger) error {
+	started := time.Now()
+	cfg := fullConfig()
+	if quick {
+		cfg = quickConfig()
+	}
+	outDir, err := filepath.Abs(outDir)
+	if err != nil {
+		return err
+	}
+	if err := os.MkdirAll(outDir, 0o755); err != nil {
+		return fmt.Errorf("output dir: %w", err)
+	}
+	repoDir, err := repoRoot(ctx)
+	if err != nil {
+		return err
+	}
+	// Before anything is built: the code measured is the code at this commit.
+	commit, err := exec.CommandContext(ctx, "git", "-C", repoDir, "describe", "--always", "--dirty").Output()
+	if err != nil {
+		return fmt.Errorf("git describe: %w", err)
+	}
+
+	e, err := startEnv(ctx, repoDir, log)
+	if err != nil {
+		return err
+	}
+	defer e.Close()
+
+	b := &bench{cfg: cfg, env: e, walSystems: map[string]bool{"walwatch": true, "notify": true},
+		value: make([]byte, valueSize), samples: samples{}, out: os.Stdout, log: log}
+	for i := range b.value {
+		b.value[i] = 'a' + byte(i%26)
+	}
+	for i := range numKeys {
+		b.keys = append(b.keys, fmt.Appendf(nil, "%sk%05d", prefix, i))
+	}
+	closeSystems, err := b.openSystems(ctx)
+	if err != nil {
+		return err
+	}
+	defer closeSystems()
+
+	for round := 1; round <= cfg.rounds; round++ {
+		for _, sys := range b.systems {
+			if err := b.turn(ctx, sys, round); err != nil {
+				return fmt.Errorf("round %d: %w", round, err)
+			}
+		}
+	}
+	log.Info("fan-out")
+	if err := b.fanoutWalwatch(ctx); err != nil {
+		return err
+	}
+	if err := b.fanoutEtcd(ctx); err != nil {
+		return err
+	}
+	log.Info("catch-up")
+	if err := b.catchup(ctx); err != nil {
+		return err
+	}
+
+	res, err := b.results(ctx, strings.TrimSpace(string(commit)))
+	if err != nil {
+		return err
+	}
+	res.Notes = append(res.Notes, fmt.Sprintf("This run took %v.", time.Since(started).Round(time.Second)))
+	data, err := json.MarshalIndent(res, "", "  ")
+	if err != nil {
+		return err
+	}
+	if err := os.WriteFile(filepath.Join(outDir, "results.json"), append(data, '\n'), 0o644); err != nil {
+		return fmt.Errorf("write results.json: %w", err)
+	}
+	if err := writeReport(outDir, res); err != nil {
+		return fmt.Errorf("write report: %w", err)
+	}
+	printSummary(b.out, res)
+	log.Info("done", "out", outDir, "took", time.Since(started).Round(time.Second))
+	return nil
+}
+
+// openSystems connects the four systems, loads the benchmark's keys into
+// each store, and returns how to close them.
+func (b *bench) openSystems(ctx context.Context) (func(), error) {
+	var closers []func()
+	closeAll := func() {
+		for i := len(closers) - 1; i >= 0; i-- {
+			closers[i]()
+		}
+	}
+	ww, err := newWalwatchSystem(ctx, b.env)
+	if err != nil {
+		return nil, err
+	}
+	closers = append(closers, ww.close)
+	nt, err := newNotifySystem(ctx, b.env)
+	if err != nil {
+		closeAll()
+		return nil, err
+	}
+	closers = append(closers, nt.close)
+	et, err := newEtcdSystem(b.env)
+	if err != nil {
+		closeAll()
+		return nil, err
+	}
+	closers = append(closers, et.close)
+	hs := newHTTPSystem(b.env)
+	closers = append(closers, func() {
+		if err := hs.end(context.Background()); err != nil {
+			b.log.Warn("stop cp", "err", err)
+		}
+	})
+	b.walwatch, b.etcd = ww, et
+	b.systems = []system{ww, hs, nt, et}
+
+	b.log.Info("loading keys", "keys", len(b.keys))
+	if err := errors.Join(
+		preloadSQL(ctx, ww.clients, `select count(walwatch.put(k, $2)) from unnest($1::bytea[]) k`, b.keys, b.value),
+		preloadSQL(ctx, nt.clients, `select count(notify.set(convert_from(k, 'UTF8'), $2)) from unnest($1::bytea[]) k`, b.keys, b.value),
+		et.preload(ctx, b.keys, b.value),
+	); err != nil {
+		closeAll()
+		return nil, err
+	}
+	return closeAll, nil
+}
+
+// preloadSQL writes keys with query ($1 the keys, $2 the value), in chunks
+// that keep each transaction's locks well inside the server's lock table.
+func preloadSQL(ctx context.Context, pool *pgxpool.Pool, query string, keys [][]byte, value []byte) error {
+	const chunk = 2500
+	for i := 0; i < len(keys); i += chunk {
+		if _, err := pool.Exec(ctx, query, keys[i:min(i+chunk, len(keys))], value); err != nil {
+			return fmt.Errorf("preload: %w", err)
+		}
+	}
+	return nil
+}
+
+// repoRoot is the walwatch repository: the directory of the module this
+// benchmark replaces with ../.. .
+func repoRoot(ctx context.Context) (string, error) {
+	out, err := exec.CommandContext(ctx, "go", "list", "-m", "-f", "{{.Dir}}", "github.com/walwatch/walwatch").Output()
+	if err != nil {
+		return "", fmt.Errorf("find the walwatch module: %w", err)
+	}
+	return strings.TrimSpace(string(out)), nil
+}
+
+// results turns the samples into Results: medians over the rounds.
+func (b *bench) results(ctx context.Context, commit string) (*Results, error) {
+	pgVersion, err := b.env.postgresVersion(ctx)
+	if err != nil {
+		return nil, err
+	}
+	r := &Results{
+		Meta: Meta{
+			Date: time.Now().UTC().Format(time.RFC3339), Commit: commit,
+			Machine: machine(), GoVersion: runtime.Version(), Postgres: pgVersion, Etcd: version.Version,
+			Quick: b.cfg.quick, Rounds: b.cfg.rounds,
+		},
+		Systems:          map[string]*SystemResults{},
+		Fanout:           map[string]map[string]*Fanout{},
+		WALBytesPerPut:   map[string]float64{},
+		CPUSPer10kPuts:   map[string]float64{},
+		MemoryPerWatcher: map[string]float64{},
+	}
+	pick := func(system, metric string, keys []string) map[string]float64 {
+		m := map[string]float64{}
+		for _, k := range keys {
+			if v, ok := b.samples.median(system, metric, k); ok {
+				m[k] = v
+			}
+		}
+		return m
+	}
+	clientKeys := func(ns []int) []string {
+		var ks []string
+		for _, n := range ns {
+			ks = append(ks, strconv.Itoa(n))
+		}
+		return ks
+	}
+	pct := []string{"p50", "p99", "p999"}
+	var lagNotes, cpuNotes []string
+	for _, sys := range b.systems {
+		name := sys.name()
+		r.Systems[name] = &SystemResults{
+			PutPerS:          pick(name, "put_per_s", clientKeys(putConcurrency)),
+			PutPerSUnwatched: pick(name, "put_per_s_unwatched", clientKeys(putConcurrency)),
+			GetPerS:          pick(name, "get_per_s", clientKeys(getConcurrency)),
+			WatchRTTUs:       pick(name, "watch_rtt_us", pct),
+			WatchRTTLoadedUs: pick(name, "watch_rtt_loaded_us", pct),
+		}
+		if v, ok := b.samples.median(name, "wal_bytes_per_put", ""); ok {
+			r.WALBytesPerPut[name] = v
+		}
+		if v, ok := b.samples.median(name, "cpu_s_per_10k_puts", ""); ok {
+			r.CPUSPer10kPuts[name] = v
+		}
+		lag := pick(name, "watcher_lag_ms", clientKeys(putConcurrency))
+		var parts []string
+		for _, k := range clientKeys(putConcurrency) {
+			parts = append(parts, fmt.Sprintf("%s: %.1f ms", k, lag[k]))
+		}
+		lagNotes = append(lagNotes, fmt.Sprintf("%s (%s)", name, strings.Join(parts, ", ")))
+		cpu := pick(name, "cpu_s_per_10k_puts", []string{"postgres", "self", "extra"})
+		cpuNotes = append(cpuNotes, fmt.Sprintf("%s %.2f s PostgreSQL + %.2f s benchmark process + %.2f s cp",
+			name, cpu["postgres"], cpu["self"], cpu["extra"]))
+	}
+	for _, name := range []string{"walwatch", "etcd"} {
+		r.Fanout[name] = map[string]*Fanout{}
+		for _, n := range clientKeys(fanoutSizes) {
+			p50, ok1 := b.samples.median(name, "fanout_p50_ms", n)
+			p99, ok2 := b.samples.median(name, "fanout_p99_ms", n)
+			if ok1 && ok2 {
+				r.Fanout[name][n] = &Fanout{P50Ms: p50, P99Ms: p99}
+			}
+		}
+	}
+	if v, ok := b.samples.median("walwatch", "memory_per_watcher_bytes", "10000"); ok {
+		r.MemoryPerWatcher["walwatch"] = v
+	}
+	r.CatchupEventsPerS, _ = b.samples.median("walwatch", "catchup_events_per_s", "")
+	r.Notes = b.notes(lagNotes, cpuNotes)
+	return r, nil
+}
+
+// notes say how the figures were taken, for the report.
+func (b *bench) notes(lagNotes, cpuNotes []string) []string {
+	c := b.cfg
+	return []string{
+		fmt.Sprintf("Everything ran on this one machine (%d cores), servers and benchmark clients alike: one private PostgreSQL (both databases) and an embedded etcd, fsync on. "+
+			"Systems take turns, all workloads of one system per turn, rounds interleaved (walwatch, walwatch_http, notify, etcd, walwatch, ...); "+
+			"every figure is the median of %d rounds.", runtime.NumCPU(), c.rounds),
+		fmt.Sprintf("Puts: %d keys under %s, %d-byte values, random keys, each client on its own connection; %v per measurement. "+
+			"With a watcher, the watcher must have every event before the next measurement; how long it lagged behind the writers after each phase "+
+			"(median, by client count; polled every millisecond): %s.", numKeys, prefix, valueSize, c.putDur, strings.Join(lagNotes, "; ")),
+		"walwatch without a watcher runs no hub and holds no slot. walwatch with a watcher runs one hub on a temporary slot in this process and one watcher on it. " +
+			"walwatch_http is the walwatch binary's control plane (cp) as a subprocess on its own slot, which it holds for its whole turn, so its " +
+			"'unwatched' puts still feed a hub; writes are PUT /v1/kv/..., reads GET /v1/kv/... (which wait until the hub has settled the revision read at), " +
+			"the watcher one Server-Sent Events stream; the cp uses its default pgx pool (max(4, cores) connections), whatever the client count.",
+		"notify: the seed's design written afresh: a revision table with an AFTER INSERT trigger calling pg_notify only when a listener holds the shared " +
+			"advisory lock (a writer that can take it exclusively knows nobody listens), one LISTEN connection as the watcher.",
+		fmt.Sprintf("Round trip: one client puts a probe key and waits until the watcher has its event, so it includes the put's own latency; "+
+			"%d samples a round or as many as fit in %v, idle and while %d other clients put as fast as they can (then mostly the put's wait behind them).",
+			c.rttSamples, c.rttMaxTime, loadedRTT),
+		fmt.Sprintf("WAL per put: pg_current_wal_lsn() before and after %d single-client puts, watcher attached, until the watcher had them all "+
+			"(cluster-wide, so what the watching side writes counts).", c.walPuts),
+		fmt.Sprintf("CPU per 10,000 puts: %d puts by %d clients, watcher attached, until the watcher had them all; user+system time of every PostgreSQL process "+
+			"(postmaster and all its children, from /proc) plus this benchmark process (which holds the benchmark clients, the walwatch hub, and the embedded etcd), "+
+			"plus the cp for walwatch_http. Counted alike for every system, so every figure includes its clients' CPU and the idle other servers' housekeeping. "+
+			"Split (medians): %s.",
+			c.cpuPuts, cpuClients, strings.Join(cpuNotes, "; ")),
+		fmt.Sprintf("Fan-out: N watchers on %s, then %d puts of one key, each timed until every watcher has its event. walwatch: one hub (one slot), "+
+			"N hub watchers each read by a goroutine. etcd: N watches spread over %d clients (one gRPC watch stream each). Memory per watcher: "+
+			"Go heap plus goroutine stacks after GC, before and after creating 10,000 hub watchers (not yet read), divided by 10,000.",
+			fanPrefix, c.fanoutPuts, etcdFanClients),
+		fmt.Sprintf("Catch-up: %d revisions written in transactions of 5,000 puts and settled by a hub, then a new watcher on that hub from the first "+
+			"of them (served from the table, as they are past the in-memory window), timed until it had them all.", c.catchupRows),
+	}
+}
+
+// printSummary prints the figures as a table, one column per system.
+func printSummary(w io.Writer, r *Results) {
+	names := []string{"walwatch", "walwatch_http", "notify", "etcd"}
+	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', tabwriter.AlignRight)
+	defer tw.Flush()
+	fmt.Fprintf(tw, "\t%s\t\n", strings.Join(names, "\t"))
+	row := func(label string, f func(s *SystemResults) (float64, bool)) {
+		cells := []string{label}
+		for _, n := range names {
+			s, ok := r.Systems[n]
+			v, ok2 := 0.0, false
+			if ok {
+				v, ok2 = f(s)
+			}
+			if ok2 {
+				cells = append(cells, strconv.FormatFloat(v, 'f', 0, 64))
+			} else {
+				cells = append(cells, "-")
+			}
+		}
+		fmt.Fprintln(tw, strings.Join(cells, "\t")+"\t")
+	}
+	get := func(m func(s *SystemResults) map[string]float64, k string) func(s *SystemResults) (float64, bool) {
+		return func(s *SystemResults) (float64, bool) { v, ok := m(s)[k]; return v, ok }
+	}
+	for _, k := range []string{"1", "8", "32", "64"} {
+		row("put/s watched @"+k, get(func(s *SystemResults) map[string]float64 { return s.PutPerS }, k))
+	}
+	for _, k := range []string{"1", "8", "32", "64"} {
+		row("put/s unwatched @"+k, get(func(s *SystemResults) map[string]float64 { return s.PutPerSUnwatched }, k))
+	}
+	for _, k := range []string{"1", "32"} {
+		row("get/s @"+k, get(func(s *SystemResults) map[string]float64 { return s.GetPerS }, k))
+	}
+	for _, k := range []string{"p50", "p99", "p999"} {
+		row("rtt idle µs "+k, get(func(s *SystemResults) map[string]float64 { return s.WatchRTTUs }, k))
+	}
+	for _, k := range []string{"p50", "p99", "p999"} {
+		row("rtt loaded µs "+k, get(func(s *SystemResults) map[string]float64 { return s.WatchRTTLoadedUs }, k))
+	}
+	tw.Flush()
+	fmt.Fprintf(w, "WAL bytes/put: %v\nCPU s/10k puts: %v\ncatch-up events/s: %.0f\nmemory/watcher bytes: %v\n",
+		r.WALBytesPerPut, r.CPUSPer10kPuts, r.CatchupEventsPerS, r.MemoryPerWatcher)
+	for _, name := range []string{"walwatch", "etcd"} {
+		for _, n := range []string{"1000", "10000"} {
+			if f, ok := r.Fanout[name][n]; ok {
+				fmt.Fprintf(w, "fan-out %s %s: p50 %.2f ms, p99 %.2f ms\n", name, n, f.P50Ms, f.P99Ms)
+			}
+		}
+	}
+}

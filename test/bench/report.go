@@ -1,0 +1,891 @@
+package main
+
+import (
+	"bytes"
+	"errors"
+	"fmt"
+	"image"
+	"image/color"
+	"image/draw"
+	"image/png"
+	"math"
+	"os"
+	"path/filepath"
+	"sort"
+	"strconv"
+	"strings"
+
+	"golang.org/x/image/font"
+	"golang.org/x/image/font/basicfont"
+	"golang.org/x/image/math/fixed"
+)
+
+// The systems in the order the tables and the chart show them; any other
+// system found in the results follows, sorted by name.
+var systemOrder = []string{"walwatch", "walwatch_http", "notify", "etcd"}
+
+// Client counts of the put workloads, and of the get workload.
+var (
+	putClients = []string{"1", "8", "32", "64"}
+	getClients = []string{"1", "32"}
+)
+
+// manualMarker starts the hand-written part of README.md, which writeReport
+// keeps verbatim from one run to the next.
+const manualMarker = "<!-- manual -->"
+
+const defaultManual = manualMarker + "\n## Changes and their effect\n\n(none yet)\n"
+
+const (
+	dash        = "—" // a figure that was not measured
+	chartWidth  = 900
+	chartHeight = 500
+	chartTitle  = "puts/s with one watcher attached (higher is better)"
+)
+
+// writeReport writes dir/README.md (tables: absolute figures and ratios to
+// walwatch; machine, date, commit) and dir/chart.png from r.
+func writeReport(dir string, r *Results) error {
+	if r == nil {
+		return errors.New("report: no results")
+	}
+	if err := os.MkdirAll(dir, 0o755); err != nil {
+		return err
+	}
+	readme := filepath.Join(dir, "README.md")
+	manual := defaultManual
+	old, err := os.ReadFile(readme)
+	switch {
+	case err == nil:
+		if m, ok := manualSection(string(old)); ok {
+			manual = m
+		}
+	case !errors.Is(err, os.ErrNotExist):
+		return err
+	}
+	var chart bytes.Buffer
+	if err := png.Encode(&chart, drawChart(r)); err != nil {
+		return err
+	}
+	if err := writeFileAtomic(filepath.Join(dir, "chart.png"), chart.Bytes()); err != nil {
+		return err
+	}
+	return writeFileAtomic(readme, []byte(renderReadme(r)+manual))
+}
+
+// manualSection returns everything from the line that is exactly
+// manualMarker to the end of s.
+func manualSection(s string) (string, bool) {
+	for off := 0; off < len(s); {
+		end := strings.IndexByte(s[off:], '\n')
+		line := s[off:]
+		if end >= 0 {
+			line = s[off : off+end]
+		}
+		if strings.TrimSpace(line) == manualMarker {
+			return s[off:], true
+		}
+		if end < 0 {
+			break
+		}
+		off += end + 1
+	}
+	return "", false
+}
+
+func writeFileAtomic(path string, data []byte) error {
+	f, err := os.CreateTemp(filepath.Dir(path), "."+filepath.Base(path)+".*")
+	if err != nil {
+		return err
+	}
+	tmp := f.Name()
+	_, err = f.Write(data)
+	if cerr := f.Close(); err == nil {
+		err = cerr
+	}
+	if err == nil {
+		err = os.Chmod(tmp, 0o644)
+	}
+	if err == nil {
+		err = os.Rename(tmp, path)
+	}
+	if err != nil {
+		os.Remove(tmp)
+	}
+	return err
+}
+
+// ---- reading the results, tolerating anything missing ----
+
+// systems lists the systems to show: the known ones always, then any other
+// system present in the results.
+func systems(r *Results) []string {
+	out := append([]string(nil), systemOrder...)
+	known := map[string]bool{}
+	for _, s := range systemOrder {
+		known[s] = true
+	}
+	extra := map[string]bool{}
+	for s := range r.Systems {
+		extra[s] = true
+	}
+	for s := range r.Fanout {
+		extra[s] = true
+	}
+	for _, m := range []map[string]float64{r.WALBytesPerPut, r.CPUSPer10kPuts, r.MemoryPerWatcher} {
+		for s := range m {
+			extra[s] = true
+		}
+	}
+	var more []string
+	for s := range extra {
+		if !known[s] {
+			more = append(more, s)
+		}
+	}
+	sort.Strings(more)
+	return append(out, more...)
+}
+
+// metric picks one map of a system's figures.
+type metric func(*SystemResults) map[string]float64
+
+func putWatched(s *SystemResults) map[string]float64   { return s.PutPerS }
+func putUnwatched(s *SystemResults) map[string]float64 { return s.PutPerSUnwatched }
+func gets(s *SystemResults) map[string]float64         { return s.GetPerS }
+func rttIdle(s *SystemResults) map[string]float64      { return s.WatchRTTUs }
+func rttLoaded(s *SystemResults) map[string]float64    { return s.WatchRTTLoadedUs }
+
+// sysValue is system sys's figure m[key], if it was measured.
+func sysValue(r *Results, sys string, m metric, key string) (float64, bool) {
+	s := r.Systems[sys]
+	if s == nil {
+		return 0, false
+	}
+	return mapValue(m(s), key)
+}
+
+func mapValue(m map[string]float64, key string) (float64, bool) {
+	v, ok := m[key]
+	if !ok || math.IsNaN(v) || math.IsInf(v, 0) {
+		return 0, false
+	}
+	return v, true
+}
+
+func fanoutValue(r *Results, sys, watchers string, p99 bool) (float64, bool) {
+	f := r.Fanout[sys][watchers]
+	if f == nil {
+		return 0, false
+	}
+	v := f.P50Ms
+	if p99 {
+		v = f.P99Ms
+	}
+	if math.IsNaN(v) || math.IsInf(v, 0) {
+		return 0, false
+	}
+	return v, true
+}
+
+// ratio is a / b, if both were measured and b is not zero.
+func ratio(a float64, aok bool, b float64, bok bool) (float64, bool) {
+	if !aok || !bok || b == 0 {
+		return 0, false
+	}
+	q := a / b
+	if math.IsNaN(q) || math.IsInf(q, 0) {
+		return 0, false
+	}
+	return q, true
+}
+
+// ---- formatting ----
+
+// commas formats v rounded to an integer with thousands separators.
+func commas(v float64) string {
+	s := strconv.FormatFloat(math.Round(math.Abs(v)), 'f', 0, 64)
+	var b strings.Builder
+	if v <= -0.5 {
+		b.WriteByte('-')
+	}
+	for i, c := range s {
+		if i > 0 && (len(s)-i)%3 == 0 {
+			b.WriteByte(',')
+		}
+		b.WriteRune(c)
+	}
+	return b.String()
+}
+
+func fmtCount(v float64) string { return commas(v) }
+
+// fmtUs shows a latency in µs, or in ms with two decimals from 1 ms up.
+func fmtUs(v float64) string {
+	if math.Abs(v) >= 1000 {
+		return fmt.Sprintf("%.2f ms", v/1000)
+	}
+	return commas(v) + " µs"
+}
+
+func fmtMs(v float64) string      { return fmt.Sprintf("%.2f ms", v) }
+func fmtBytes(v float64) string   { return commas(v) + " B" }
+func fmtSeconds(v float64) string { return fmt.Sprintf("%.2f s", v) }
+
+// fmtMem shows bytes, or KiB with one decimal from 1 KiB up.
+func fmtMem(v float64) string {
+	if math.Abs(v) >= 1024 {
+		return fmt.Sprintf("%.1f KiB", v/1024)
+	}
+	return commas(v) + " B"
+}
+
+func fmtRatio(q float64) string {
+	if q != 0 && math.Abs(q) < 0.01 {
+		return fmt.Sprintf("%.3f×", q)
+	}
+	return fmt.Sprintf("%.2f×", q)
+}
+
+// cell shows a system's figure and, for systems other than walwatch, its
+// ratio to walwatch's figure.
+func cell(v float64, ok bool, base float64, baseOK bool, isBase bool, format func(float64) string) string {
+	if !ok {
+		return dash
+	}
+	s := format(v)
+	if isBase {
+		return s
+	}
+	if q, qok := ratio(v, ok, base, baseOK); qok {
+		s += " (" + fmtRatio(q) + ")"
+	}
+	return s
+}
+
+func orUnknown(s string) string {
+	if strings.TrimSpace(s) == "" {
+		return "unknown"
+	}
+	return s
+}
+
+func escapeCell(s string) string { return strings.ReplaceAll(s, "|", `\|`) }
+
+type table struct {
+	header []string
+	rows   [][]string
+	left   bool // every column left-aligned, not only the first
+}
+
+func (t table) write(b *strings.Builder) {
+	line := func(cells []string) {
+		b.WriteString("|")
+		for _, c := range cells {
+			b.WriteString(" " + escapeCell(c) + " |")
+		}
+		b.WriteString("\n")
+	}
+	line(t.header)
+	b.WriteString("|")
+	for i := range t.header {
+		if i == 0 || t.left {
+			b.WriteString(" --- |")
+		} else {
+			b.WriteString(" ---: |")
+		}
+	}
+	b.WriteString("\n")
+	for _, r := range t.rows {
+		line(r)
+	}
+	b.WriteString("\n")
+}
+
+// systemTable has one row per system and one column per key of metric m,
+// each cell the figure and its ratio to walwatch.
+func systemTable(r *Results, m metric, keys, headers []string, format func(float64) string) table {
+	t := table{header: append([]string{"system"}, headers...)}
+	for _, sys := range systems(r) {
+		row := []string{sys}
+		for _, k := range keys {
+			v, ok := sysValue(r, sys, m, k)
+			base, bok := sysValue(r, "walwatch", m, k)
+			row = append(row, cell(v, ok, base, bok, sys == "walwatch", format))
+		}
+		t.rows = append(t.rows, row)
+	}
+	return t
+}
+
+// ---- README ----
+
+func renderReadme(r *Results) string {
+	var b strings.Builder
+	m := r.Meta
+	b.WriteString("# walwatch benchmarks\n\n")
+	b.WriteString("<!-- Generated by test/bench (make bench); edit only the section after the manual marker at the end, which later runs keep. -->\n\n")
+
+	rounds := "the rounds"
+	if m.Rounds > 0 {
+		rounds = fmt.Sprintf("%d rounds", m.Rounds)
+	}
+	fmt.Fprintf(&b, "This compares **walwatch** (etcd semantics on PostgreSQL: the store for writes, "+
+		"a hub fed by a logical replication slot for watches) with **walwatch_http** (the same, "+
+		"driven through `cp`'s HTTP API and SSE, to show what the HTTP layer costs), "+
+		"**notify** (the seed's LISTEN/NOTIFY design that walwatch replaces: an AFTER INSERT trigger "+
+		"calling `pg_notify` while a listener holds the shared advisory lock, and a LISTEN "+
+		"connection as the watcher) and **etcd** (the embedded etcd server, single member, with the "+
+		"etcd Go client). The benchmark starts every system itself on this machine, in temporary "+
+		"directories, with fsync on everywhere. Each workload runs every system in turn, rounds "+
+		"interleaved (A B C A B C …) so that drift on a shared machine cancels out; every figure "+
+		"is the median of %s.\n\n", rounds)
+
+	if m.Quick {
+		b.WriteString("**This is a quick run** (`make bench-quick`): fewer and shorter rounds, so the figures are noisier than a full run's.\n\n")
+	}
+
+	fmt.Fprintf(&b, "- Machine: %s\n", orUnknown(m.Machine))
+	fmt.Fprintf(&b, "- Date: %s\n", orUnknown(m.Date))
+	if strings.TrimSpace(m.Commit) == "" {
+		b.WriteString("- Commit: unknown\n")
+	} else {
+		fmt.Fprintf(&b, "- Commit: `%s`\n", m.Commit)
+	}
+	fmt.Fprintf(&b, "- Go %s, PostgreSQL %s, etcd %s\n", orUnknown(m.GoVersion), orUnknown(m.Postgres), orUnknown(m.Etcd))
+	if m.Rounds > 0 {
+		fmt.Fprintf(&b, "- Rounds per workload: %d (figures are medians)\n", m.Rounds)
+	}
+	b.WriteString("\n")
+
+	b.WriteString("To rerun, from the repository root: `make bench` (the full run) or `make bench-quick` " +
+		"(a short run, under two minutes, with the same keys). Either rewrites this file, `chart.png` " +
+		"and `results.json`, which holds every figure below.\n\n")
+
+	b.WriteString("![puts/s with one watcher attached, by number of clients](chart.png)\n\n")
+
+	b.WriteString("In the tables, a figure in brackets is that system's figure divided by walwatch's. " +
+		"For throughputs higher is better, so below 1× means slower than walwatch; for latencies " +
+		"and costs lower is better, so above 1× means slower or costlier than walwatch. " +
+		dash + " means not measured.\n\n")
+
+	clientHeaders := func(keys []string) []string {
+		var h []string
+		for _, k := range keys {
+			if k == "1" {
+				h = append(h, "1 client")
+			} else {
+				h = append(h, k+" clients")
+			}
+		}
+		return h
+	}
+
+	b.WriteString("## Put throughput, one watcher attached (puts/s, higher is better)\n\n")
+	b.WriteString("Puts over 10,000 keys with one watcher on the written prefix (the seed's setup).\n\n")
+	systemTable(r, putWatched, putClients, clientHeaders(putClients), fmtCount).write(&b)
+
+	b.WriteString("## Put throughput, no watcher (puts/s, higher is better)\n\n")
+	systemTable(r, putUnwatched, putClients, clientHeaders(putClients), fmtCount).write(&b)
+
+	b.WriteString("## Get throughput (gets/s, higher is better)\n\n")
+	systemTable(r, gets, getClients, clientHeaders(getClients), fmtCount).write(&b)
+
+	pcts := []string{"p50", "p99", "p999"}
+	b.WriteString("## Watch round trip, idle (lower is better)\n\n")
+	b.WriteString("Time from a put to its event at the watcher, on an otherwise idle system.\n\n")
+	systemTable(r, rttIdle, pcts, pcts, fmtUs).write(&b)
+
+	b.WriteString("## Watch round trip under load (lower is better)\n\n")
+	b.WriteString("The same, while 32 other clients put.\n\n")
+	systemTable(r, rttLoaded, pcts, pcts, fmtUs).write(&b)
+
+	b.WriteString("## Fan-out (lower is better)\n\n")
+	b.WriteString("Time for one put to reach every watcher on one hub (etcd: one server).\n\n")
+	fan := table{header: []string{"system", "1,000 watchers p50", "1,000 watchers p99", "10,000 watchers p50", "10,000 watchers p99"}}
+	for _, sys := range systems(r) {
+		row := []string{sys}
+		for _, w := range []string{"1000", "10000"} {
+			for _, p99 := range []bool{false, true} {
+				v, ok := fanoutValue(r, sys, w, p99)
+				base, bok := fanoutValue(r, "walwatch", w, p99)
+				row = append(row, cell(v, ok, base, bok, sys == "walwatch", fmtMs))
+			}
+		}
+		fan.rows = append(fan.rows, row)
+	}
+	fan.write(&b)
+
+	b.WriteString("## Catch-up (higher is better)\n\n")
+	b.WriteString("A walwatch watcher starting 100,000 revisions behind, events per second until it is live.\n\n")
+	cu := dash
+	if v, ok := mapValue(map[string]float64{"v": r.CatchupEventsPerS}, "v"); ok && v != 0 {
+		cu = fmtCount(v) + " events/s"
+	}
+	table{header: []string{"system", "catch-up"}, rows: [][]string{{"walwatch", cu}}}.write(&b)
+
+	b.WriteString("## Costs (lower is better)\n\n")
+	b.WriteString("WAL bytes written per put (PostgreSQL systems only); CPU seconds per 10,000 puts counting " +
+		"every process of the system (PostgreSQL backends and walsender plus walwatch; etcd); memory per idle watcher.\n\n")
+	costs := table{header: []string{"system", "WAL bytes per put", "CPU per 10k puts", "memory per watcher"}}
+	for _, sys := range systems(r) {
+		row := []string{sys}
+		for _, c := range []struct {
+			m      map[string]float64
+			format func(float64) string
+		}{{r.WALBytesPerPut, fmtBytes}, {r.CPUSPer10kPuts, fmtSeconds}, {r.MemoryPerWatcher, fmtMem}} {
+			v, ok := mapValue(c.m, sys)
+			base, bok := mapValue(c.m, "walwatch")
+			row = append(row, cell(v, ok, base, bok, sys == "walwatch", c.format))
+		}
+		costs.rows = append(costs.rows, row)
+	}
+	costs.write(&b)
+
+	targets := evalTargets(r)
+	nMet, nMeasured := 0, 0
+	for _, t := range targets {
+		if t.status != notMeasured {
+			nMeasured++
+		}
+		if t.status == met {
+			nMet++
+		}
+	}
+	b.WriteString("## Targets\n\n")
+	fmt.Fprintf(&b, "From issue 5, measured side by side in this run: %d of %d targets met", nMet, len(targets))
+	if nMeasured < len(targets) {
+		fmt.Fprintf(&b, " (%d not measured)", len(targets)-nMeasured)
+	}
+	b.WriteString(".\n\n")
+	tt := table{header: []string{"target", "measured", "ratio", "result"}, left: true}
+	for _, t := range targets {
+		tt.rows = append(tt.rows, []string{t.name, t.measured, t.ratio, t.status.String()})
+	}
+	tt.write(&b)
+
+	if len(r.Notes) > 0 {
+		b.WriteString("## Notes\n\n")
+		for _, n := range r.Notes {
+			n = strings.TrimSpace(strings.ReplaceAll(n, "\r\n", "\n"))
+			if n == "" {
+				continue
+			}
+			b.WriteString("- " + strings.ReplaceAll(n, "\n", "\n  ") + "\n")
+		}
+		b.WriteString("\n")
+	}
+	return b.String()
+}
+
+// ---- targets ----
+
+type targetStatus int
+
+const (
+	notMeasured targetStatus = iota
+	met
+	missed
+)
+
+func (s targetStatus) String() string {
+	switch s {
+	case met:
+		return "met"
+	case missed:
+		return "**missed**"
+	}
+	return "not measured"
+}
+
+type target struct {
+	name     string
+	measured string
+	ratio    string
+	status   targetStatus
+}
+
+func judge(ok, pass bool) targetStatus {
+	switch {
+	case !ok:
+		return notMeasured
+	case pass:
+		return met
+	}
+	return missed
+}
+
+// evalTargets computes issue 5's targets from the figures of this run.
+func evalTargets(r *Results) []target {
+	var out []target
+	opt := func(v float64, ok bool, format func(float64) string) string {
+		if !ok {
+			return dash
+		}
+		return format(v)
+	}
+	ratioStr := func(q float64, ok bool, what string) string {
+		if !ok {
+			return dash
+		}
+		return fmtRatio(q) + " " + what
+	}
+
+	// Relative throughput targets at 32 clients, watched.
+	ww, wwOK := sysValue(r, "walwatch", putWatched, "32")
+	for _, c := range []struct {
+		name, other string
+		m           metric
+		min         float64
+		us, them    string
+	}{
+		{"Puts at 32 clients, watched: ≥ 4× notify", "notify", putWatched, 4, "walwatch", "notify"},
+		{"Puts at 32 clients, watched: ≥ 1.0× etcd", "etcd", putWatched, 1, "walwatch", "etcd"},
+		{"Puts at 32 clients, walwatch: watched ≥ 0.9× unwatched", "walwatch", putUnwatched, 0.9, "watched", "unwatched"},
+	} {
+		o, oOK := sysValue(r, c.other, c.m, "32")
+		q, qok := ratio(ww, wwOK, o, oOK)
+		out = append(out, target{
+			name:     c.name,
+			measured: fmt.Sprintf("%s %s vs %s %s puts/s", c.us, opt(ww, wwOK, fmtCount), c.them, opt(o, oOK, fmtCount)),
+			ratio:    ratioStr(q, qok, "("+c.us+" ÷ "+c.them+")"),
+			status:   judge(qok, q >= c.min),
+		})
+	}
+
+	// Absolute limits (value ≤ limit, or < limit when strict).
+	limit := func(name string, v float64, ok bool, lim float64, strict bool, format func(float64) string) target {
+		q, qok := ratio(v, ok, lim, true)
+		pass := v <= lim
+		if strict {
+			pass = v < lim
+		}
+		return target{
+			name:     name,
+			measured: opt(v, ok, format),
+			ratio:    ratioStr(q, qok, "of the limit"),
+			status:   judge(ok, pass),
+		}
+	}
+	atLeast := func(name string, v float64, ok bool, lim float64, format func(float64) string) target {
+		q, qok := ratio(v, ok, lim, true)
+		return target{
+			name:     name,
+			measured: opt(v, ok, format),
+			ratio:    ratioStr(q, qok, "of the minimum"),
+			status:   judge(ok, v >= lim),
+		}
+	}
+
+	p50, p50OK := sysValue(r, "walwatch", rttIdle, "p50")
+	p99, p99OK := sysValue(r, "walwatch", rttIdle, "p99")
+	out = append(out,
+		limit("Idle put→event round trip p50 ≤ 0.3 ms", p50, p50OK, 300, false, fmtUs),
+		limit("Idle put→event round trip p99 ≤ 0.6 ms", p99, p99OK, 600, false, fmtUs),
+	)
+	for _, p := range []struct {
+		key string
+		v   float64
+		ok  bool
+	}{{"p50", p50, p50OK}, {"p99", p99, p99OK}} {
+		e, eOK := sysValue(r, "etcd", rttIdle, p.key)
+		q, qok := ratio(p.v, p.ok, e, eOK)
+		out = append(out, target{
+			name:     "Idle put→event round trip " + p.key + " below etcd's",
+			measured: fmt.Sprintf("walwatch %s vs etcd %s", opt(p.v, p.ok, fmtUs), opt(e, eOK, fmtUs)),
+			ratio:    ratioStr(q, qok, "(walwatch ÷ etcd)"),
+			status:   judge(p.ok && eOK, p.v < e),
+		})
+	}
+
+	lp99, lp99OK := sysValue(r, "walwatch", rttLoaded, "p99")
+	out = append(out, limit("Put→event round trip under 32 writers p99 ≤ 5 ms", lp99, lp99OK, 5000, false, fmtUs))
+
+	f99, fOK := fanoutValue(r, "walwatch", "10000", true)
+	out = append(out, limit("10,000 watchers on one hub: fan-out p99 ≤ 50 ms", f99, fOK, 50, false, fmtMs))
+
+	mem, memOK := mapValue(r.MemoryPerWatcher, "walwatch")
+	out = append(out, limit("Memory per idle watcher < 10 KiB", mem, memOK, 10*1024, true, fmtMem))
+
+	cu, cuOK := mapValue(map[string]float64{"v": r.CatchupEventsPerS}, "v")
+	cuOK = cuOK && cu != 0 // zero: the catch-up workload did not run
+	out = append(out, atLeast("Catch-up ≥ 200,000 events/s", cu, cuOK, 200000, func(v float64) string { return fmtCount(v) + " events/s" }))
+	return out
+}
+
+// ---- chart ----
+
+var (
+	colWhite = color.RGBA{0xff, 0xff, 0xff, 0xff}
+	colText  = color.RGBA{0x20, 0x20, 0x20, 0xff}
+	colMuted = color.RGBA{0x70, 0x70, 0x70, 0xff}
+	colGrid  = color.RGBA{0xe0, 0xe0, 0xe0, 0xff}
+	colAxis  = color.RGBA{0x40, 0x40, 0x40, 0xff}
+
+	systemColours = map[string]color.RGBA{
+		"walwatch":      {0x1f, 0x5f, 0xb4, 0xff}, // blue
+		"walwatch_http": {0x6b, 0xae, 0xd6, 0xff}, // light blue
+		"notify":        {0xd6, 0x4f, 0x3c, 0xff}, // red
+		"etcd":          {0x3a, 0x9a, 0x3a, 0xff}, // green
+	}
+	extraColours = []color.RGBA{
+		{0x8e, 0x5e, 0xb0, 0xff}, // purple
+		{0xe0, 0x9a, 0x20, 0xff}, // orange
+		{0x8c, 0x6d, 0x4e, 0xff}, // brown
+		{0x90, 0x90, 0x90, 0xff}, // grey
+	}
+)
+
+func systemColour(sys string, extraIndex int) color.RGBA {
+	if c, ok := systemColours[sys]; ok {
+		return c
+	}
+	return extraColours[extraIndex%len(extraColours)]
+}
+
+var face = basicfont.Face7x13
+
+// textWidth is the width of s drawn at the given scale.
+func textWidth(s string, scale int) int {
+	return font.MeasureString(face, s).Ceil() * scale
+}
+
+// drawText draws s with its top-left corner at (x, y), the font scaled up by
+// an integer factor (nearest neighbour) so that headings stay readable.
+func drawText(dst draw.Image, x, y int, s string, c color.Color, scale int) {
+	if s == "" {
+		return
+	}
+	if scale < 1 {
+		scale = 1
+	}
+	w := font.MeasureString(face, s).Ceil()
+	h := face.Height
+	mask := image.NewAlpha(image.Rect(0, 0, w, h))
+	d := font.Drawer{Dst: mask, Src: image.Opaque, Face: face, Dot: fixed.P(0, face.Ascent)}
+	d.DrawString(s)
+	if scale > 1 {
+		big := image.NewAlpha(image.Rect(0, 0, w*scale, h*scale))
+		for py := 0; py < h*scale; py++ {
+			for px := 0; px < w*scale; px++ {
+				big.SetAlpha(px, py, mask.AlphaAt(px/scale, py/scale))
+			}
+		}
+		mask = big
+	}
+	r := image.Rect(x, y, x+mask.Bounds().Dx(), y+mask.Bounds().Dy())
+	draw.DrawMask(dst, r, image.NewUniform(c), image.Point{}, mask, image.Point{}, draw.Over)
+}
+
+func fillRect(dst draw.Image, r image.Rectangle, c color.Color) {
+	draw.Draw(dst, r, image.NewUniform(c), image.Point{}, draw.Src)
+}
+
+// niceStep is a round tick step (1, 2, 2.5 or 5 × 10^n) giving about n ticks up to max.
+func niceStep(max float64, n int) float64 {
+	if max <= 0 {
+		return 1
+	}
+	raw := max / float64(n)
+	mag := math.Pow(10, math.Floor(math.Log10(raw)))
+	for _, m := range []float64{1, 2, 2.5, 5, 10} {
+		if m*mag >= raw {
+			return m * mag
+		}
+	}
+	return 10 * mag
+}
+
+// compact formats a throughput briefly with the given decimals in
+// thousands or millions: 950, 12.3k, 1.25M (trailing zeros dropped).
+func compact(v float64, decimals int) string {
+	trim := func(s string) string {
+		if strings.Contains(s, ".") {
+			s = strings.TrimRight(strings.TrimRight(s, "0"), ".")
+		}
+		return s
+	}
+	switch a := math.Abs(v); {
+	case a >= 1e6:
+		return trim(strconv.FormatFloat(v/1e6, 'f', decimals, 64)) + "M"
+	case a >= 1e3:
+		return trim(strconv.FormatFloat(v/1e3, 'f', decimals, 64)) + "k"
+	}
+	return trim(strconv.FormatFloat(v, 'f', decimals, 64))
+}
+
+// barLabel is the figure written above a bar: 950, 12.3k, 1.25M.
+func barLabel(v float64) string {
+	switch a := math.Abs(v); {
+	case a >= 1e6:
+		return compact(v, 2)
+	case a >= 1e3:
+		return compact(v, 1)
+	}
+	return compact(v, 0)
+}
+
+// tickDecimals is how many decimals compact needs to show multiples of step
+// exactly, up to top.
+func tickDecimals(step, top float64) int {
+	unit := 1.0
+	switch {
+	case top >= 1e6:
+		unit = 1e6
+	case top >= 1e3:
+		unit = 1e3
+	}
+	u := step / unit
+	for d := 0; d < 3; d++ {
+		x := u * math.Pow(10, float64(d))
+		if math.Abs(x-math.Round(x)) < 1e-6 {
+			return d
+		}
+	}
+	return 3
+}
+
+func drawChart(r *Results) *image.RGBA {
+	img := image.NewRGBA(image.Rect(0, 0, chartWidth, chartHeight))
+	fillRect(img, img.Bounds(), colWhite)
+
+	// Systems shown: the four known ones, plus any other with put figures.
+	var syss []string
+	var cols []color.RGBA
+	extra := 0
+	for _, s := range systems(r) {
+		known := systemColours[s] != (color.RGBA{})
+		if !known {
+			if r.Systems[s] == nil || len(r.Systems[s].PutPerS) == 0 {
+				continue
+			}
+		}
+		syss = append(syss, s)
+		cols = append(cols, systemColour(s, extra))
+		if !known {
+			extra++
+		}
+	}
+
+	// Title, centred, twice the font size.
+	drawText(img, (chartWidth-textWidth(chartTitle, 2))/2, 12, chartTitle, colText, 2)
+
+	// Legend, centred under the title.
+	const sw, gap = 14, 22
+	lw := 0
+	for _, s := range syss {
+		lw += sw + 6 + textWidth(s, 1) + gap
+	}
+	lw -= gap
+	lx, ly := (chartWidth-lw)/2, 50
+	for i, s := range syss {
+		fillRect(img, image.Rect(lx, ly, lx+sw, ly+sw), cols[i])
+		drawText(img, lx+sw+6, ly+1, s, colText, 1)
+		lx += sw + 6 + textWidth(s, 1) + gap
+	}
+
+	// Plot area.
+	left, right, top, bottom := 78, chartWidth-24, 92, chartHeight-62
+	maxV := 0.0
+	for _, s := range syss {
+		for _, k := range putClients {
+			if v, ok := sysValue(r, s, putWatched, k); ok && v > maxV {
+				maxV = v
+			}
+		}
+	}
+	step := niceStep(maxV*1.08, 5)
+	yMax := step * math.Ceil(maxV*1.08/step)
+	if yMax <= 0 {
+		yMax = step * 5
+	}
+	y := func(v float64) int {
+		return bottom - int(math.Round(v/yMax*float64(bottom-top)))
+	}
+	stepDecimals := tickDecimals(step, yMax)
+	for i := 0; ; i++ {
+		v := float64(i) * step
+		if v > yMax+step/2 {
+			break
+		}
+		py := y(v)
+		if i > 0 {
+			fillRect(img, image.Rect(left+1, py, right, py+1), colGrid)
+		}
+		fillRect(img, image.Rect(left-5, py, left, py+1), colAxis)
+		lbl := compact(v, stepDecimals)
+		drawText(img, left-9-textWidth(lbl, 1), py-6, lbl, colText, 1)
+	}
+	// Y axis caption above the tick labels.
+	drawText(img, left-9-textWidth("puts/s", 1), top-24, "puts/s", colText, 1)
+
+	// Groups of bars, one group per client count.
+	groupW := float64(right-left) / float64(len(putClients))
+	n := len(syss)
+	barW := int(groupW * 0.8 / float64(max(n, 1)))
+	barW = max(barW, 2)
+	for g, k := range putClients {
+		gx := left + int(float64(g)*groupW)
+		x0 := gx + (int(groupW)-barW*n)/2
+		for i, s := range syss {
+			bx := x0 + i*barW
+			v, ok := sysValue(r, s, putWatched, k)
+			if !ok {
+				lbl := "n/a"
+				if textWidth(lbl, 1) <= barW {
+					drawText(img, bx+(barW-textWidth(lbl, 1))/2, bottom-15, lbl, colMuted, 1)
+				}
+				continue
+			}
+			by := y(math.Max(v, 0))
+			fillRect(img, image.Rect(bx+1, by, bx+barW-1, bottom), cols[i])
+			lbl := barLabel(v)
+			if textWidth(lbl, 1) <= barW {
+				drawText(img, bx+(barW-textWidth(lbl, 1))/2, by-15, lbl, colText, 1)
+			}
+		}
+		lbl := k + " clients"
+		if k == "1" {
+			lbl = "1 client"
+		}
+		drawText(img, gx+(int(groupW)-textWidth(lbl, 2))/2, bottom+10, lbl, colText, 2)
+	}
+	// Axes.
+	fillRect(img, image.Rect(left, top, left+1, bottom+1), colAxis)
+	fillRect(img, image.Rect(left, bottom, right, bottom+1), colAxis)
+
+	if maxV == 0 {
+		msg := "no put figures measured"
+		drawText(img, left+(right-left-textWidth(msg, 2))/2, (top+bottom)/2-13, msg, colMuted, 2)
+	}
+
+	// Footer: provenance.
+	var foot []string
+	if r.Meta.Rounds > 0 {
+		foot = append(foot, fmt.Sprintf("median of %d rounds", r.Meta.Rounds))
+	}
+	if r.Meta.Quick {
+		foot = append(foot, "quick run")
+	}
+	if c := strings.TrimSpace(r.Meta.Commit); c != "" {
+		foot = append(foot, "commit "+c)
+	}
+	if d := strings.TrimSpace(r.Meta.Date); d != "" {
+		foot = append(foot, d)
+	}
+	if len(foot) > 0 {
+		s := asciiOnly(strings.Join(foot, " | "))
+		drawText(img, right-textWidth(s, 1), chartHeight-18, s, colMuted, 1)
+	}
+	return img
+}
+
+// asciiOnly replaces what basicfont cannot draw.
+func asciiOnly(s string) string {
+	return strings.Map(func(r rune) rune {
+		if r < 0x20 || r > 0x7e {
+			return '?'
+		}
+		return r
+	}, s)
+}

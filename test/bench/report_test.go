@@ -1,0 +1,407 @@
+package main
+
+import (
+	"image/png"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+)
+
+// plausibleResults is a full run with figures of the expected magnitude,
+// crafted so that some targets are met and some missed.
+func plausibleResults() *Results {
+	return &Results{
+		Meta: Meta{
+			Date:      "2026-05-01T10:00:00Z",
+			Commit:    "5fc644b-dirty",
+			Machine:   "AMD EPYC 7B13, 8 cores, 32 GiB",
+			GoVersion: "go1.26.0",
+			Postgres:  "17.4",
+			Etcd:      "3.7.3",
+			Rounds:    5,
+		},
+		Systems: map[string]*SystemResults{
+			"walwatch": {
+				PutPerS:          map[string]float64{"1": 1800, "8": 11000, "32": 40000, "64": 52000},
+				PutPerSUnwatched: map[string]float64{"1": 1850, "8": 11500, "32": 42000, "64": 55000},
+				GetPerS:          map[string]float64{"1": 9000, "32": 120000},
+				WatchRTTUs:       map[string]float64{"p50": 250, "p99": 700, "p999": 1450},
+				WatchRTTLoadedUs: map[string]float64{"p50": 900, "p99": 4000, "p999": 8200},
+			},
+			"walwatch_http": {
+				PutPerS:          map[string]float64{"1": 1500, "8": 9000, "32": 30000, "64": 36000},
+				PutPerSUnwatched: map[string]float64{"1": 1520, "8": 9100, "32": 31000, "64": 37000},
+				GetPerS:          map[string]float64{"1": 6000, "32": 70000},
+				WatchRTTUs:       map[string]float64{"p50": 400, "p99": 900, "p999": 2000},
+				WatchRTTLoadedUs: map[string]float64{"p50": 1200, "p99": 6000, "p999": 12000},
+			},
+			"notify": {
+				PutPerS:          map[string]float64{"1": 1600, "8": 3000, "32": 8000, "64": 8100},
+				PutPerSUnwatched: map[string]float64{"1": 1900, "8": 12000, "32": 43000, "64": 56000},
+				GetPerS:          map[string]float64{"1": 9100, "32": 125000},
+				WatchRTTUs:       map[string]float64{"p50": 350, "p99": 800, "p999": 1600},
+				WatchRTTLoadedUs: map[string]float64{"p50": 5000, "p99": 25000, "p999": 40000},
+			},
+			"etcd": {
+				PutPerS:          map[string]float64{"1": 1200, "8": 9500, "32": 45000, "64": 60000},
+				PutPerSUnwatched: map[string]float64{"1": 1250, "8": 9700, "32": 46000, "64": 61000},
+				GetPerS:          map[string]float64{"1": 8000, "32": 90000},
+				WatchRTTUs:       map[string]float64{"p50": 300, "p99": 650, "p999": 1300},
+				WatchRTTLoadedUs: map[string]float64{"p50": 700, "p99": 3000, "p999": 6000},
+			},
+		},
+		Fanout: map[string]map[string]*Fanout{
+			"walwatch": {"1000": {P50Ms: 2.5, P99Ms: 6}, "10000": {P50Ms: 25, P99Ms: 60}},
+			"etcd":     {"1000": {P50Ms: 5, P99Ms: 12}, "10000": {P50Ms: 40, P99Ms: 90}},
+		},
+		CatchupEventsPerS: 250000,
+		WALBytesPerPut:    map[string]float64{"walwatch": 420, "notify": 610},
+		CPUSPer10kPuts:    map[string]float64{"walwatch": 1.2, "notify": 2.4, "etcd": 0.9, "walwatch_http": 1.9},
+		MemoryPerWatcher:  map[string]float64{"walwatch": 8000, "etcd": 20480},
+		Notes:             []string{"notify serialises puts on the NOTIFY lock.", "a note\nover two lines"},
+	}
+}
+
+func readFile(t *testing.T, path string) string {
+	t.Helper()
+	b, err := os.ReadFile(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return string(b)
+}
+
+// row returns the cells of the first table row whose first cell contains name.
+func row(t *testing.T, md, name string) []string {
+	t.Helper()
+	for _, line := range strings.Split(md, "\n") {
+		if !strings.HasPrefix(line, "| ") {
+			continue
+		}
+		cells := strings.Split(strings.Trim(line, "|"), " |")
+		for i := range cells {
+			cells[i] = strings.TrimSpace(cells[i])
+		}
+		if strings.Contains(cells[0], name) {
+			return cells
+		}
+	}
+	t.Fatalf("no table row %q in:\n%s", name, md)
+	return nil
+}
+
+// section returns the text of the "## title" section.
+func section(t *testing.T, md, title string) string {
+	t.Helper()
+	i := strings.Index(md, "## "+title+"\n")
+	if i < 0 {
+		t.Fatalf("no section %q in:\n%s", title, md)
+	}
+	s := md[i+len(title)+4:]
+	if j := strings.Index(s, "\n## "); j >= 0 {
+		s = s[:j]
+	}
+	return s
+}
+
+func checkChart(t *testing.T, dir string) {
+	t.Helper()
+	f, err := os.Open(filepath.Join(dir, "chart.png"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	img, err := png.Decode(f)
+	if err != nil {
+		t.Fatalf("chart.png: %v", err)
+	}
+	if b := img.Bounds(); b.Dx() != chartWidth || b.Dy() != chartHeight {
+		t.Fatalf("chart.png is %v, want %dx%d", b, chartWidth, chartHeight)
+	}
+	if r, g, b, _ := img.At(0, 0).RGBA(); r != 0xffff || g != 0xffff || b != 0xffff {
+		t.Errorf("chart background is not white")
+	}
+}
+
+// countColour counts the pixels of exactly colour c.
+func countColour(t *testing.T, dir string, sys string) int {
+	t.Helper()
+	f, err := os.Open(filepath.Join(dir, "chart.png"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	img, err := png.Decode(f)
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := systemColours[sys]
+	n := 0
+	b := img.Bounds()
+	for y := b.Min.Y; y < b.Max.Y; y++ {
+		for x := b.Min.X; x < b.Max.X; x++ {
+			r, g, bl, _ := img.At(x, y).RGBA()
+			if uint8(r>>8) == want.R && uint8(g>>8) == want.G && uint8(bl>>8) == want.B {
+				n++
+			}
+		}
+	}
+	return n
+}
+
+func TestReportFull(t *testing.T) {
+	dir := t.TempDir()
+	if err := writeReport(dir, plausibleResults()); err != nil {
+		t.Fatal(err)
+	}
+	md := readFile(t, filepath.Join(dir, "README.md"))
+	if os.Getenv("REPORT_DUMP") != "" {
+		os.WriteFile(os.Getenv("REPORT_DUMP")+".md", []byte(md), 0o644)
+		os.WriteFile(os.Getenv("REPORT_DUMP")+".png", []byte(readFile(t, filepath.Join(dir, "chart.png"))), 0o644)
+	}
+
+	for _, want := range []string{
+		"# walwatch benchmarks",
+		"AMD EPYC 7B13, 8 cores, 32 GiB", "2026-05-01T10:00:00Z", "`5fc644b-dirty`",
+		"go1.26.0", "PostgreSQL 17.4", "etcd 3.7.3", "median of 5 rounds",
+		"make bench", "make bench-quick", "](chart.png)",
+		"- notify serialises puts on the NOTIFY lock.\n", "- a note\n  over two lines\n",
+	} {
+		if !strings.Contains(md, want) {
+			t.Errorf("README lacks %q", want)
+		}
+	}
+
+	// Throughputs: absolute and ratio to walwatch.
+	put := section(t, md, "Put throughput, one watcher attached (puts/s, higher is better)")
+	if got := row(t, put, "walwatch"); strings.Join(got, ";") != "walwatch;1,800;11,000;40,000;52,000" {
+		t.Errorf("walwatch put row = %q", got)
+	}
+	if got := row(t, put, "etcd"); got[3] != "45,000 (1.12×)" || got[1] != "1,200 (0.67×)" {
+		t.Errorf("etcd put row = %q", got)
+	}
+	if got := row(t, put, "notify"); got[3] != "8,000 (0.20×)" {
+		t.Errorf("notify put row = %q", got)
+	}
+	unw := section(t, md, "Put throughput, no watcher (puts/s, higher is better)")
+	if got := row(t, unw, "notify"); got[4] != "56,000 (1.02×)" {
+		t.Errorf("notify unwatched row = %q", got)
+	}
+	get := section(t, md, "Get throughput (gets/s, higher is better)")
+	if got := row(t, get, "etcd"); len(got) != 3 || got[2] != "90,000 (0.75×)" {
+		t.Errorf("etcd get row = %q", got)
+	}
+
+	// Latencies: µs below 1 ms, ms with two decimals above.
+	idle := section(t, md, "Watch round trip, idle (lower is better)")
+	if got := row(t, idle, "walwatch"); strings.Join(got, ";") != "walwatch;250 µs;700 µs;1.45 ms" {
+		t.Errorf("walwatch idle rtt row = %q", got)
+	}
+	if got := row(t, idle, "etcd"); got[1] != "300 µs (1.20×)" {
+		t.Errorf("etcd idle rtt row = %q", got)
+	}
+	loaded := section(t, md, "Watch round trip under load (lower is better)")
+	if got := row(t, loaded, "notify"); got[2] != "25.00 ms (6.25×)" {
+		t.Errorf("notify loaded rtt row = %q", got)
+	}
+
+	fan := section(t, md, "Fan-out (lower is better)")
+	if got := row(t, fan, "etcd"); strings.Join(got, ";") != "etcd;5.00 ms (2.00×);12.00 ms (2.00×);40.00 ms (1.60×);90.00 ms (1.50×)" {
+		t.Errorf("etcd fanout row = %q", got)
+	}
+	if got := row(t, fan, "walwatch_http"); strings.Join(got[1:], ";") != "—;—;—;—" {
+		t.Errorf("walwatch_http fanout row = %q", got)
+	}
+	if got := row(t, section(t, md, "Catch-up (higher is better)"), "walwatch"); got[1] != "250,000 events/s" {
+		t.Errorf("catch-up row = %q", got)
+	}
+	costs := section(t, md, "Costs (lower is better)")
+	if got := row(t, costs, "notify"); strings.Join(got, ";") != "notify;610 B (1.45×);2.40 s (2.00×);—" {
+		t.Errorf("notify costs row = %q", got)
+	}
+	if got := row(t, costs, "etcd"); got[3] != "20.0 KiB (2.56×)" {
+		t.Errorf("etcd costs row = %q", got)
+	}
+
+	// Targets, computed from the figures.
+	tg := section(t, md, "Targets")
+	for name, want := range map[string]string{
+		"≥ 4× notify":                      "met",        // 40,000 / 8,000 = 5×
+		"≥ 1.0× etcd":                      "**missed**", // 40,000 / 45,000
+		"watched ≥ 0.9× unwatched":         "met",        // 40,000 / 42,000
+		"p50 ≤ 0.3 ms":                     "met",        // 250 µs
+		"p99 ≤ 0.6 ms":                     "**missed**", // 700 µs
+		"p50 below etcd's":                 "met",        // 250 < 300
+		"p99 below etcd's":                 "**missed**", // 700 > 650
+		"under 32 writers p99 ≤ 5 ms":      "met",        // 4 ms
+		"fan-out p99 ≤ 50 ms":              "**missed**", // 60 ms
+		"Memory per idle watcher < 10 KiB": "met",        // 8000 B
+		"Catch-up ≥ 200,000 events/s":      "met",        // 250,000
+	} {
+		got := row(t, tg, name)
+		if got[len(got)-1] != want {
+			t.Errorf("target %q: %q, want %s", name, got, want)
+		}
+	}
+	if got := row(t, tg, "≥ 4× notify"); got[2] != "5.00× (walwatch ÷ notify)" {
+		t.Errorf("notify target ratio = %q", got[2])
+	}
+	if got := row(t, tg, "p50 ≤ 0.3 ms"); got[1] != "250 µs" || got[2] != "0.83× of the limit" {
+		t.Errorf("p50 target = %q", got)
+	}
+	if !strings.Contains(tg, "7 of 11 targets met") {
+		t.Errorf("targets summary missing:\n%s", tg)
+	}
+	if !strings.HasSuffix(md, defaultManual) {
+		t.Errorf("README does not end with the default manual section")
+	}
+
+	checkChart(t, dir)
+	for _, sys := range systemOrder {
+		if countColour(t, dir, sys) < 100 {
+			t.Errorf("chart has no bars of %s", sys)
+		}
+	}
+}
+
+func TestReportTargetBoundaries(t *testing.T) {
+	r := plausibleResults()
+	w := r.Systems["walwatch"]
+	w.PutPerS["32"] = 32000
+	r.Systems["notify"].PutPerS["32"] = 8000 // exactly 4×
+	r.Systems["etcd"].PutPerS["32"] = 32000  // exactly 1.0×
+	w.PutPerSUnwatched["32"] = 40000         // 0.8×
+	w.WatchRTTUs = map[string]float64{"p50": 300, "p99": 600}
+	r.Systems["etcd"].WatchRTTUs = map[string]float64{"p50": 300, "p99": 601} // p50 equal: not below
+	w.WatchRTTLoadedUs = map[string]float64{"p99": 5000.5}
+	r.Fanout["walwatch"]["10000"].P99Ms = 50
+	r.MemoryPerWatcher["walwatch"] = 10240 // not under 10 KiB
+	r.CatchupEventsPerS = 200000
+
+	want := []targetStatus{met, met, missed, met, met, missed, met, missed, met, missed, met}
+	got := evalTargets(r)
+	if len(got) != len(want) {
+		t.Fatalf("%d targets, want %d", len(got), len(want))
+	}
+	for i, tg := range got {
+		if tg.status != want[i] {
+			t.Errorf("%s: %v, want %v (measured %s, ratio %s)", tg.name, tg.status, want[i], tg.measured, tg.ratio)
+		}
+	}
+}
+
+func TestReportMissing(t *testing.T) {
+	for name, r := range map[string]*Results{
+		"empty": {},
+		"partial": {
+			Meta: Meta{Quick: true},
+			Systems: map[string]*SystemResults{
+				"walwatch":      {PutPerS: map[string]float64{"1": 1000, "32": 30000}, WatchRTTUs: map[string]float64{"p99": 500}},
+				"walwatch_http": nil,
+				"etcd":          {PutPerS: map[string]float64{"8": 9000, "32": 31000}, GetPerS: map[string]float64{"1": 0}},
+				"other":         {PutPerS: map[string]float64{"32": 100}},
+			},
+			Fanout:         map[string]map[string]*Fanout{"walwatch": {"1000": {P50Ms: 1, P99Ms: 2}}, "etcd": nil},
+			WALBytesPerPut: map[string]float64{"notify": 500},
+		},
+	} {
+		t.Run(name, func(t *testing.T) {
+			dir := filepath.Join(t.TempDir(), "out")
+			if err := writeReport(dir, r); err != nil {
+				t.Fatal(err)
+			}
+			md := readFile(t, filepath.Join(dir, "README.md"))
+			if os.Getenv("REPORT_DUMP") != "" {
+				os.WriteFile(os.Getenv("REPORT_DUMP")+"-"+name+".md", []byte(md), 0o644)
+				os.WriteFile(os.Getenv("REPORT_DUMP")+"-"+name+".png", []byte(readFile(t, filepath.Join(dir, "chart.png"))), 0o644)
+			}
+			if got := row(t, section(t, md, "Fan-out (lower is better)"), "walwatch_http"); strings.Join(got[1:], ";") != "—;—;—;—" {
+				t.Errorf("walwatch_http fanout row = %q", got)
+			}
+			if got := row(t, section(t, md, "Put throughput, no watcher (puts/s, higher is better)"), "notify"); strings.Join(got[1:], ";") != "—;—;—;—" {
+				t.Errorf("notify unwatched row = %q", got)
+			}
+			tg := section(t, md, "Targets")
+			if got := row(t, tg, "≥ 4× notify"); got[3] != "not measured" || got[2] != "—" {
+				t.Errorf("notify target = %q", got)
+			}
+			if got := row(t, tg, "Catch-up"); got[3] != "not measured" {
+				t.Errorf("catch-up target = %q", got)
+			}
+			if name == "partial" {
+				put := section(t, md, "Put throughput, one watcher attached (puts/s, higher is better)")
+				if got := row(t, put, "etcd"); strings.Join(got, ";") != "etcd;—;9,000;31,000 (1.03×);—" {
+					t.Errorf("etcd put row = %q", got)
+				}
+				if got := row(t, put, "other"); got[3] != "100 (0.003×)" {
+					t.Errorf("other put row = %q", got)
+				}
+				if got := row(t, section(t, md, "Get throughput (gets/s, higher is better)"), "etcd"); got[1] != "0" {
+					t.Errorf("etcd get row = %q", got)
+				}
+				if got := row(t, tg, "≥ 1.0× etcd"); got[3] != "**missed**" {
+					t.Errorf("etcd target = %q", got)
+				}
+				if got := row(t, tg, "p99 ≤ 0.6 ms"); got[3] != "met" {
+					t.Errorf("p99 target = %q", got)
+				}
+				if !strings.Contains(md, "quick run") {
+					t.Errorf("quick run not mentioned")
+				}
+			}
+			checkChart(t, dir)
+		})
+	}
+	if err := writeReport(t.TempDir(), nil); err == nil {
+		t.Errorf("writeReport(nil) succeeded")
+	}
+}
+
+func TestReportKeepsManualSection(t *testing.T) {
+	dir := t.TempDir()
+	readme := filepath.Join(dir, "README.md")
+	if err := writeReport(dir, plausibleResults()); err != nil {
+		t.Fatal(err)
+	}
+	first := readFile(t, readme)
+	if strings.Count(first, manualMarker) != 1 {
+		t.Fatalf("want one manual marker in:\n%s", first)
+	}
+	manual := manualMarker + "\n## Changes and their effect\n\n" +
+		"- Put path: one PL/pgSQL call instead of two (32 clients: 31,000 → 40,000 puts/s).\n" +
+		"\n| before | after |\n| --- | --- |\n| 1 | 2 |\n\n<!-- manual -->\ntrailing text without newline"
+	i := strings.Index(first, manualMarker)
+	if err := os.WriteFile(readme, []byte(first[:i]+manual), 0o644); err != nil {
+		t.Fatal(err)
+	}
+
+	r := plausibleResults()
+	r.Systems["walwatch"].PutPerS["32"] = 77777
+	for n := 0; n < 2; n++ {
+		if err := writeReport(dir, r); err != nil {
+			t.Fatal(err)
+		}
+		got := readFile(t, readme)
+		if !strings.HasSuffix(got, "\n"+manual) {
+			t.Fatalf("run %d: manual section not kept verbatim:\n%s", n, got)
+		}
+		if !strings.Contains(got, "77,777") || strings.Contains(got, "40,000 (") {
+			t.Errorf("run %d: generated part not regenerated", n)
+		}
+		if strings.Count(got, "## Changes and their effect") != 1 {
+			t.Errorf("run %d: section duplicated", n)
+		}
+	}
+
+	// A README without the marker gets the default section.
+	if err := os.WriteFile(readme, []byte("# hand-made\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if err := writeReport(dir, r); err != nil {
+		t.Fatal(err)
+	}
+	if got := readFile(t, readme); !strings.HasSuffix(got, defaultManual) || strings.Contains(got, "hand-made") {
+		t.Errorf("README without marker:\n%s", got)
+	}
+}

@@ -1,0 +1,44 @@
+package main
+
+// Results is everything one benchmark run measured; results.json is this,
+// with stable keys, and the report and chart are drawn from it.
+type Results struct {
+	Meta    Meta                      `json:"meta"`
+	Systems map[string]*SystemResults `json:"systems"` // walwatch, walwatch_http, notify, etcd
+	// Fanout: system -> watcher count ("1000", "10000") -> figures.
+	Fanout            map[string]map[string]*Fanout `json:"fanout"`
+	CatchupEventsPerS float64                       `json:"catchup_events_per_s"`
+	WALBytesPerPut    map[string]float64            `json:"wal_bytes_per_put"`  // walwatch, notify
+	CPUSPer10kPuts    map[string]float64            `json:"cpu_s_per_10k_puts"` // every process of each system
+	MemoryPerWatcher  map[string]float64            `json:"memory_per_watcher_bytes,omitempty"`
+	Notes             []string                      `json:"notes,omitempty"` // what the report should say beside the tables
+}
+
+// Meta says where and when the figures were taken.
+type Meta struct {
+	Date      string `json:"date"`    // RFC 3339
+	Commit    string `json:"commit"`  // git describe --always --dirty
+	Machine   string `json:"machine"` // CPU model, cores, memory
+	GoVersion string `json:"go_version"`
+	Postgres  string `json:"postgres"` // server version
+	Etcd      string `json:"etcd"`     // etcd server version
+	Quick     bool   `json:"quick"`    // bench-quick: fewer and shorter rounds
+	Rounds    int    `json:"rounds"`   // rounds per workload; figures are medians
+}
+
+// SystemResults are one system's figures, medians over the rounds. Map keys
+// are client counts as strings ("1", "8", "32", "64") or percentiles ("p50",
+// "p99", "p999").
+type SystemResults struct {
+	PutPerS          map[string]float64 `json:"put_per_s"`           // with one watcher on the written prefix
+	PutPerSUnwatched map[string]float64 `json:"put_per_s_unwatched"` // no watcher
+	GetPerS          map[string]float64 `json:"get_per_s"`
+	WatchRTTUs       map[string]float64 `json:"watch_rtt_us"`        // put -> event, idle
+	WatchRTTLoadedUs map[string]float64 `json:"watch_rtt_loaded_us"` // put -> event while 32 other clients put
+}
+
+// Fanout is the time for one put to reach every watcher.
+type Fanout struct {
+	P50Ms float64 `json:"p50_ms"`
+	P99Ms float64 `json:"p99_ms"`
+}

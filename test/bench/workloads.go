@@ -1,0 +1,320 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"math/rand/v2"
+	"strconv"
+	"sync/atomic"
+	"time"
+
+	"golang.org/x/sync/errgroup"
+)
+
+const (
+	prefix     = "/bench/"
+	numKeys    = 10000
+	valueSize  = 128
+	drainLimit = 60 * time.Second
+	rttTimeout = 10 * time.Second
+	loadedRTT  = 32 // writers besides the probe in the loaded round trip
+	cpuClients = 8
+	// probeKey is the key the round-trip client puts: under the watched
+	// prefix, and none of the keys the other clients write.
+	probeKey = prefix + "probe"
+)
+
+var (
+	putConcurrency = []int{1, 8, 32, 64}
+	getConcurrency = []int{1, 32}
+)
+
+// op is one client's operation; rng picks its keys.
+type op func(ctx context.Context, client int, rng *rand.Rand) error
+
+// throughput runs n clients, each calling op in a loop on its own
+// connection until d has passed, and returns how many calls completed and
+// their rate over the time until the last client stopped. Clients stop
+// between calls, never in the middle of one.
+func throughput(ctx context.Context, n int, d time.Duration, f op) (int64, float64, error) {
+	var total atomic.Int64
+	g, gctx := errgroup.WithContext(ctx)
+	start := time.Now()
+	deadline := start.Add(d)
+	for c := range n {
+		g.Go(func() error {
+			rng := rand.New(rand.NewPCG(uint64(c), uint64(start.UnixNano())))
+			var k int64
+			defer func() { total.Add(k) }()
+			for time.Now().Before(deadline) {
+				if err := gctx.Err(); err != nil {
+					return err
+				}
+				if err := f(gctx, c, rng); err != nil {
+					return fmt.Errorf("client %d: %w", c, err)
+				}
+				k++
+			}
+			return nil
+		})
+	}
+	err := g.Wait()
+	elapsed := time.Since(start)
+	return total.Load(), float64(total.Load()) / elapsed.Seconds(), err
+}
+
+// count runs n clients that together call f exactly total times.
+func count(ctx context.Context, n, total int, f op) error {
+	var next atomic.Int64
+	g, gctx := errgroup.WithContext(ctx)
+	for c := range n {
+		g.Go(func() error {
+			rng := rand.New(rand.NewPCG(uint64(c), 1))
+			for next.Add(1) <= int64(total) {
+				if err := f(gctx, c, rng); err != nil {
+					return fmt.Errorf("client %d: %w", c, err)
+				}
+			}
+			return nil
+		})
+	}
+	return g.Wait()
+}
+
+// putRandom puts a random one of the benchmark's keys.
+func (b *bench) putRandom(sys system) op {
+	return func(ctx context.Context, client int, rng *rand.Rand) error {
+		return sys.put(ctx, client, b.keys[rng.IntN(len(b.keys))], b.value)
+	}
+}
+
+func (b *bench) getRandom(sys system) op {
+	return func(ctx context.Context, client int, rng *rand.Rand) error {
+		return sys.get(ctx, client, b.keys[rng.IntN(len(b.keys))])
+	}
+}
+
+// turn runs every per-round workload on one system.
+func (b *bench) turn(ctx context.Context, sys system, round int) (err error) {
+	name := sys.name()
+	b.log.Info("turn", "round", round, "system", name)
+	if err := sys.begin(ctx); err != nil {
+		return fmt.Errorf("%s: begin: %w", name, err)
+	}
+	defer func() { err = errors.Join(err, sys.end(ctx)) }()
+
+	line := fmt.Sprintf("round %d %-13s", round, name)
+	// Puts with nothing watching: for walwatch no hub and no slot at all.
+	for _, n := range putConcurrency {
+		_, rate, err := throughput(ctx, n, b.cfg.putDur, b.putRandom(sys))
+		if err != nil {
+			return fmt.Errorf("%s: unwatched puts, %d clients: %w", name, n, err)
+		}
+		b.samples.add(name, "put_per_s_unwatched", strconv.Itoa(n), rate)
+		line += fmt.Sprintf(" put0@%d=%.0f", n, rate)
+	}
+
+	t := newTap([]byte(probeKey))
+	stop, err := sys.watch(ctx, prefix, t.observe)
+	if err != nil {
+		return fmt.Errorf("%s: watch: %w", name, err)
+	}
+	defer func() {
+		if stop != nil {
+			err = errors.Join(err, stop())
+		}
+	}()
+
+	for _, n := range putConcurrency {
+		before := t.events.Load()
+		ops, rate, err := throughput(ctx, n, b.cfg.putDur, b.putRandom(sys))
+		if err != nil {
+			return fmt.Errorf("%s: watched puts, %d clients: %w", name, n, err)
+		}
+		lag, err := t.drain(ctx, before+ops, drainLimit)
+		if err != nil {
+			return fmt.Errorf("%s: watched puts, %d clients: %w", name, n, err)
+		}
+		b.samples.add(name, "put_per_s", strconv.Itoa(n), rate)
+		b.samples.add(name, "watcher_lag_ms", strconv.Itoa(n), float64(lag)/float64(time.Millisecond))
+		line += fmt.Sprintf(" put@%d=%.0f", n, rate)
+	}
+
+	for _, n := range getConcurrency {
+		_, rate, err := throughput(ctx, n, b.cfg.getDur, b.getRandom(sys))
+		if err != nil {
+			return fmt.Errorf("%s: gets, %d clients: %w", name, n, err)
+		}
+		b.samples.add(name, "get_per_s", strconv.Itoa(n), rate)
+		line += fmt.Sprintf(" get@%d=%.0f", n, rate)
+	}
+
+	idle, err := b.roundTrips(ctx, sys, t, 0)
+	if err != nil {
+		return fmt.Errorf("%s: idle round trip: %w", name, err)
+	}
+	loaded, err := b.roundTrips(ctx, sys, t, loadedRTT)
+	if err != nil {
+		return fmt.Errorf("%s: loaded round trip: %w", name, err)
+	}
+	for metric, rtts := range map[string][]time.Duration{"watch_rtt_us": idle, "watch_rtt_loaded_us": loaded} {
+		ps := percentiles(micros(rtts), 0.5, 0.99, 0.999)
+		for i, k := range []string{"p50", "p99", "p999"} {
+			b.samples.add(name, metric, k, ps[i])
+		}
+	}
+	idleP := percentiles(micros(idle), 0.5, 0.99)
+	loadedP := percentiles(micros(loaded), 0.5, 0.99)
+	line += fmt.Sprintf(" rtt=%.0f/%.0fus loaded=%.0f/%.0fus", idleP[0], idleP[1], loadedP[0], loadedP[1])
+
+	if b.walSystems[name] {
+		perPut, err := b.walPerPut(ctx, sys, t)
+		if err != nil {
+			return fmt.Errorf("%s: WAL per put: %w", name, err)
+		}
+		b.samples.add(name, "wal_bytes_per_put", "", perPut)
+		line += fmt.Sprintf(" wal/put=%.0fB", perPut)
+	}
+
+	cpu, err := b.cpuPer10k(ctx, sys, t)
+	if err != nil {
+		return fmt.Errorf("%s: CPU per 10k puts: %w", name, err)
+	}
+	b.samples.add(name, "cpu_s_per_10k_puts", "", cpu.total().Seconds())
+	b.samples.add(name, "cpu_s_per_10k_puts", "postgres", cpu.postgres.Seconds())
+	b.samples.add(name, "cpu_s_per_10k_puts", "self", cpu.self.Seconds())
+	b.samples.add(name, "cpu_s_per_10k_puts", "extra", cpu.extra.Seconds())
+	line += fmt.Sprintf(" cpu/10k=%.2fs (pg %.2f, self %.2f, cp %.2f)", cpu.total().Seconds(),
+		cpu.postgres.Seconds(), cpu.self.Seconds(), cpu.extra.Seconds())
+
+	stopErr := stop()
+	stop = nil
+	if stopErr != nil {
+		return fmt.Errorf("%s: stop watcher: %w", name, stopErr)
+	}
+	fmt.Fprintln(b.out, line)
+	return nil
+}
+
+// roundTrips measures put -> event on the watcher: the probe client puts
+// the probe key and waits for the watcher to see it, cfg.rttSamples times
+// or for cfg.rttMaxTime, while load other clients put the other keys as
+// fast as they can.
+func (b *bench) roundTrips(ctx context.Context, sys system, t *tap, load int) ([]time.Duration, error) {
+	before := t.events.Load()
+	var (
+		stopLoad atomic.Bool
+		loadPuts atomic.Int64
+	)
+	g, gctx := errgroup.WithContext(ctx)
+	for c := 1; c <= load; c++ {
+		g.Go(func() error {
+			rng := rand.New(rand.NewPCG(uint64(c), 2))
+			for !stopLoad.Load() {
+				if err := sys.put(gctx, c, b.keys[rng.IntN(len(b.keys))], b.value); err != nil {
+					return fmt.Errorf("load client %d: %w", c, err)
+				}
+				loadPuts.Add(1)
+			}
+			return nil
+		})
+	}
+	var rtts []time.Duration
+	err := warmUp(gctx, load)
+	if err == nil {
+		rtts, err = b.probe(gctx, sys, t)
+	}
+	stopLoad.Store(true)
+	if err := errors.Join(err, g.Wait()); err != nil {
+		return nil, err
+	}
+	if _, err := t.drain(ctx, before+loadPuts.Load()+int64(len(rtts)), drainLimit); err != nil {
+		return nil, err
+	}
+	return rtts, nil
+}
+
+// warmUp gives load writers, if any, a moment to get going.
+func warmUp(ctx context.Context, load int) error {
+	if load == 0 {
+		return nil
+	}
+	select {
+	case <-time.After(100 * time.Millisecond):
+		return nil
+	case <-ctx.Done():
+		return ctx.Err()
+	}
+}
+
+func (b *bench) probe(ctx context.Context, sys system, t *tap) ([]time.Duration, error) {
+	rtts := make([]time.Duration, 0, b.cfg.rttSamples)
+	timeout := time.NewTimer(rttTimeout)
+	defer timeout.Stop()
+	end := time.Now().Add(b.cfg.rttMaxTime)
+	for len(rtts) < b.cfg.rttSamples && time.Now().Before(end) {
+		start := time.Now()
+		if err := sys.put(ctx, 0, []byte(probeKey), b.value); err != nil {
+			return nil, fmt.Errorf("probe put: %w", err)
+		}
+		timeout.Reset(rttTimeout)
+		select {
+		case <-t.seen:
+			rtts = append(rtts, time.Since(start))
+		case <-timeout.C:
+			return nil, fmt.Errorf("the watcher did not see the probe within %v", rttTimeout)
+		case <-ctx.Done():
+			return nil, ctx.Err()
+		}
+	}
+	return rtts, nil
+}
+
+// walPerPut is the WAL written per single-client put, watcher attached
+// (whatever the watching side writes counts too), until the watcher has
+// every event.
+func (b *bench) walPerPut(ctx context.Context, sys system, t *tap) (float64, error) {
+	before := t.events.Load()
+	lsn0, err := b.env.walLSN(ctx)
+	if err != nil {
+		return 0, err
+	}
+	for i := range b.cfg.walPuts {
+		if err := sys.put(ctx, 0, b.keys[i%len(b.keys)], b.value); err != nil {
+			return 0, err
+		}
+	}
+	if _, err := t.drain(ctx, before+int64(b.cfg.walPuts), drainLimit); err != nil {
+		return 0, err
+	}
+	lsn1, err := b.env.walLSN(ctx)
+	if err != nil {
+		return 0, err
+	}
+	return (lsn1 - lsn0) / float64(b.cfg.walPuts), nil
+}
+
+// cpuPer10k is the CPU time of every process of the system (see cpuMeter)
+// for cfg.cpuPuts puts by 8 clients, watcher attached, until the watcher
+// has every event; scaled to 10,000 puts.
+func (b *bench) cpuPer10k(ctx context.Context, sys system, t *tap) (cpuTimes, error) {
+	before := t.events.Load()
+	cpu0, err := b.env.cpu.read(sys.pids())
+	if err != nil {
+		return cpuTimes{}, err
+	}
+	if err := count(ctx, cpuClients, b.cfg.cpuPuts, b.putRandom(sys)); err != nil {
+		return cpuTimes{}, err
+	}
+	if _, err := t.drain(ctx, before+int64(b.cfg.cpuPuts), drainLimit); err != nil {
+		return cpuTimes{}, err
+	}
+	cpu1, err := b.env.cpu.read(sys.pids())
+	if err != nil {
+		return cpuTimes{}, err
+	}
+	d := cpu1.sub(cpu0)
+	scale := func(x time.Duration) time.Duration { return x * 10000 / time.Duration(b.cfg.cpuPuts) }
+	return cpuTimes{scale(d.postgres), scale(d.self), scale(d.extra)}, nil
+}
