@@ -13,9 +13,9 @@ demo:
 vet:
 	$(GO) vet ./...
 
+# The benchmark is its own module (test/bench): vet it and run its report tests.
 test: vet
 	$(GO) test -race -count=1 ./...
-	# The benchmark is its own module: keep it building and its report tested.
 	cd test/bench && $(GO) vet ./ && $(GO) test -count=1 ./
 
 fmt:
