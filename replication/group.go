@@ -47,15 +47,6 @@ func (g *watcherGroup) delete(wt *watcher) {
 	g.n--
 }
 
-func (g *watcherGroup) contains(wt *watcher) bool {
-	if wt.rng.IsSingleKey() {
-		_, ok := g.keys[string(wt.rng.Key)][wt]
-		return ok
-	}
-	_, ok := g.ranges[wt]
-	return ok
-}
-
 func (g *watcherGroup) len() int { return g.n }
 
 // each calls fn for every watcher; fn may delete the one it is given.
@@ -74,6 +65,9 @@ func (g *watcherGroup) each(fn func(*watcher)) {
 // (revisions below a watcher's start excluded). Range watchers that every
 // event concerns share one slice: responses are read-only.
 func (g *watcherGroup) matches(revs []revEvents) map[*watcher][]Event {
+	if g.n == 0 {
+		return nil
+	}
 	out := map[*watcher][]Event{}
 	var all []Event
 	for _, re := range revs {

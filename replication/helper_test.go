@@ -2,7 +2,6 @@ package replication_test
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"log/slog"
 	"os"
@@ -181,5 +180,3 @@ func waitFor(tb testing.TB, what string, cond func() bool) {
 		time.Sleep(5 * time.Millisecond) // polling interval
 	}
 }
-
-var errAny = errors.New("any")

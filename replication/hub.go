@@ -328,7 +328,7 @@ func (h *Hub) accept(t *txn) {
 		}
 		maxRev = max(maxRev, rev)
 		if _, dup := h.buffer[rev]; rev > w && !dup {
-			rows := slices.Clone(t.rows[i:j])
+			rows := t.rows[i:j:j] // the txn is ours now: sort its rows in place
 			slices.SortFunc(rows, func(a, b row) int { return int(a.sub - b.sub) })
 			h.buffer[rev] = &committed{rows: rows, lsn: t.commitLSN, at: t.commitTime}
 			h.metrics.bufferSize(len(h.buffer))

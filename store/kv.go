@@ -38,15 +38,8 @@ func (s *Store) Put(ctx context.Context, key, value []byte) (PutResponse, error)
 	if err := s.checkValue(value); err != nil {
 		return PutResponse{}, err
 	}
-	return put(ctx, s.pool, key, value)
-}
-
-func put(ctx context.Context, q querier, key, value []byte) (PutResponse, error) {
-	if value == nil {
-		value = []byte{} // an empty value, not SQL NULL
-	}
-	var res PutResponse
-	if err := q.QueryRow(ctx, "select walwatch.put($1, $2)", key, value).Scan(&res.Revision); err != nil {
+	var res PutResponse // a nil value is stored as empty, not NULL: walwatch.append sees to it
+	if err := s.pool.QueryRow(ctx, "select walwatch.put($1, $2)", key, value).Scan(&res.Revision); err != nil {
 		return PutResponse{}, fmt.Errorf("put %q: %w", key, FromDB(err, 0))
 	}
 	return res, nil

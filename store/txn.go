@@ -229,12 +229,8 @@ func runTxn(ctx context.Context, tx pgx.Tx, req TxnRequest) (TxnResponse, error)
 			}
 			res.Responses = append(res.Responses, OpResponse{Range: &r})
 		case OpPut:
-			value := op.Value
-			if value == nil {
-				value = []byte{}
-			}
 			var r PutResponse
-			if err := tx.QueryRow(ctx, "select walwatch.append($1, $2, $3, $4, false)", rev, sub, op.Range.Key, value).Scan(&r.Revision); err != nil {
+			if err := tx.QueryRow(ctx, "select walwatch.append($1, $2, $3, $4, false)", rev, sub, op.Range.Key, op.Value).Scan(&r.Revision); err != nil {
 				return TxnResponse{}, fmt.Errorf("put %q: %w", op.Range.Key, FromDB(err, 0))
 			}
 			rev, sub = &r.Revision, sub+1
