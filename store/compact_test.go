@@ -2,6 +2,7 @@ package store_test
 
 import (
 	"errors"
+	"fmt"
 	"slices"
 	"testing"
 	"time"
@@ -111,6 +112,54 @@ func TestCompactOlderThanUsesCreatedAt(t *testing.T) {
 	if _, err := s.Range(ctx, store.RangeRequest{KeyRange: store.Key([]byte("/k")), Revision: 3}); !errors.Is(err, store.ErrCompacted) {
 		t.Fatalf("read at 3: %v, want compacted", err)
 	}
+}
+
+// Age compaction finds its revision by a binary search over the primary key:
+// check it against every boundary, over a history with holes that an earlier
+// compaction left.
+func TestFirstRevisionSinceFindsEveryBoundary(t *testing.T) {
+	s, pool := newStore(t, store.Limits{})
+	ctx := testContext(t)
+	var last int64
+	for i := range 120 { // revisions 2..121
+		key := fmt.Sprintf("/k%d", i%7)
+		if i == 8 {
+			key = "/lonely" // never written again: it outlives the compaction
+		}
+		last = mustPut(t, s, key, "v")
+	}
+	if _, err := s.Compact(ctx, 60); err != nil { // deletes most rows below 60
+		t.Fatal(err)
+	}
+	var rows int64
+	if err := pool.QueryRow(ctx, "select count(*) from walwatch.kv where revision < 60").Scan(&rows); err != nil || rows != 7 {
+		// /lonely's, and the seven keys' newest at 60 but the one written at 60.
+		t.Fatalf("rows below 60 after compaction: %d, %v; want 7", rows, err)
+	}
+	for _, boundary := range []int64{1, 2, 10, 11, 30, 53, 54, 59, 60, 61, 100, last, last + 1} {
+		if _, err := pool.Exec(ctx, `update walwatch.kv set created_at = case when revision < $1
+			then now() - interval '2 hours' else now() end`, boundary); err != nil {
+			t.Fatal(err)
+		}
+		var got *int64
+		if err := pool.QueryRow(ctx, "select walwatch.first_revision_since(now() - interval '1 hour')").Scan(&got); err != nil {
+			t.Fatal(err)
+		}
+		var want *int64
+		if err := pool.QueryRow(ctx, "select min(revision) from walwatch.kv where revision >= $1", boundary).Scan(&want); err != nil {
+			t.Fatal(err)
+		}
+		if (got == nil) != (want == nil) || (got != nil && *got != *want) {
+			t.Errorf("boundary %d: first revision since = %v, want %v", boundary, deref(got), deref(want))
+		}
+	}
+}
+
+func deref(p *int64) any {
+	if p == nil {
+		return nil
+	}
+	return *p
 }
 
 func TestCompactKeepsNewestRowOfEveryLiveKey(t *testing.T) {
