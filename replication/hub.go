@@ -95,6 +95,7 @@ type Hub struct {
 
 	// Owned by the run loop.
 	buffer   map[int64]*committed // committed revisions above the watermark
+	top      int64                // the highest revision ever buffered
 	pending  []pendingTxn         // stream transactions not yet settled, in commit order
 	holeFrom time.Time            // when the revision after the watermark went missing; zero if none is
 	filling  bool                 // a filler statement is running
@@ -331,6 +332,7 @@ func (h *Hub) accept(t *txn) {
 			rows := t.rows[i:j:j] // the txn is ours now: sort its rows in place
 			slices.SortFunc(rows, func(a, b row) int { return int(a.sub - b.sub) })
 			h.buffer[rev] = &committed{rows: rows, lsn: t.commitLSN, at: t.commitTime}
+			h.top = max(h.top, rev)
 			h.metrics.bufferSize(len(h.buffer))
 		}
 		i = j
@@ -379,12 +381,8 @@ func (h *Hub) holeOpen() bool { return len(h.buffer) > 0 }
 // buffered one.
 func (h *Hub) holes() []int64 {
 	w := h.Revision()
-	var top int64
-	for rev := range h.buffer {
-		top = max(top, rev)
-	}
 	var out []int64
-	for rev := w + 1; rev < top && len(out) < maxFillBatch; rev++ {
+	for rev := w + 1; rev < h.top && len(out) < maxFillBatch; rev++ {
 		if _, ok := h.buffer[rev]; !ok {
 			out = append(out, rev)
 		}
