@@ -56,6 +56,9 @@ const (
 	codeFutureRevision  = "WWF01"
 	codeEmptyKey        = "WWK01"
 	codeInvalidArgument = "22023"
+	// PostgreSQL's program_limit_exceeded: for our rows only an index entry
+	// can exceed one, and only the key is large in any index.
+	codeLimitExceeded = "54000"
 )
 
 // FromDB turns an error raised by walwatch's SQL functions into the typed error
@@ -76,6 +79,18 @@ func FromDB(err error, rev int64) error {
 		return ErrEmptyKey
 	case codeInvalidArgument:
 		return fmt.Errorf("%w: %s", ErrInvalidRevision, pe.Message)
+	case codeLimitExceeded:
+		return fmt.Errorf("%w: %s", ErrKeyTooLarge, pe.Message)
 	}
 	return err
+}
+
+// keyText quotes a key for an error message, cut short: a message need not
+// carry a 2 KiB key.
+func keyText(key []byte) string {
+	const most = 64
+	if len(key) > most {
+		return fmt.Sprintf("%q… (%d bytes)", key[:most], len(key))
+	}
+	return fmt.Sprintf("%q", key)
 }

@@ -30,7 +30,9 @@ type DeleteResponse struct {
 	Deleted  int64
 }
 
-// Put sets key to value in one revision and one round trip.
+// Put sets key to value at a revision of its own. Puts made while others are
+// in flight share a transaction with them (one round trip for all), so a put
+// commits together with its neighbours, never half of them.
 func (s *Store) Put(ctx context.Context, key, value []byte) (PutResponse, error) {
 	if err := s.checkKey(key); err != nil {
 		return PutResponse{}, err
@@ -38,11 +40,11 @@ func (s *Store) Put(ctx context.Context, key, value []byte) (PutResponse, error)
 	if err := s.checkValue(value); err != nil {
 		return PutResponse{}, err
 	}
-	var res PutResponse // a nil value is stored as empty, not NULL: walwatch.append sees to it
-	if err := s.pool.QueryRow(ctx, "select walwatch.put($1, $2)", key, value).Scan(&res.Revision); err != nil {
-		return PutResponse{}, fmt.Errorf("put %q: %w", key, FromDB(err, 0))
+	rev, err := s.puts.put(ctx, key, value)
+	if err != nil {
+		return PutResponse{}, err
 	}
-	return res, nil
+	return PutResponse{Revision: rev}, nil
 }
 
 // Delete deletes a key or range in one revision; deleting nothing takes none.
@@ -60,7 +62,7 @@ func deleteRange(ctx context.Context, q querier, r KeyRange, rev *int64, sub int
 	err := q.QueryRow(ctx, "select revision, deleted from walwatch.delete_range($1, $2, $3, $4)",
 		r.Key, r.end(), rev, sub).Scan(&res.Revision, &res.Deleted)
 	if err != nil {
-		return DeleteResponse{}, fmt.Errorf("delete %q: %w", r.Key, FromDB(err, 0))
+		return DeleteResponse{}, fmt.Errorf("delete %s: %w", keyText(r.Key), FromDB(err, 0))
 	}
 	return res, nil
 }
@@ -92,7 +94,7 @@ func rangeKeys(ctx context.Context, q querier, req RangeRequest) (RangeResponse,
 		req.Key, req.end(), req.Revision, req.Limit,
 	).Scan(&res.Revision, &res.More, &keys, &values, &creates, &mods, &versions)
 	if err != nil {
-		return RangeResponse{}, fmt.Errorf("range %q at revision %d: %w", req.Key, req.Revision, FromDB(err, req.Revision))
+		return RangeResponse{}, fmt.Errorf("range %s at revision %d: %w", keyText(req.Key), req.Revision, FromDB(err, req.Revision))
 	}
 	res.KVs = make([]KeyValue, len(keys))
 	for i := range keys {

@@ -11,16 +11,19 @@ import (
 	"github.com/jackc/pgx/v5/pgxpool"
 )
 
-// Limits bound what one request may carry. The defaults are etcd's.
+// Limits bound what one request may carry. The defaults are etcd's, but for
+// keys: etcd has no fixed limit, while a PostgreSQL index entry holds at most
+// 2,704 bytes, so a longer key that does not compress fails in the server
+// (with ErrKeyTooLarge too) whatever MaxKeySize says.
 type Limits struct {
-	MaxKeySize   int // bytes; etcd has no fixed limit, 4 KiB keeps index entries small
+	MaxKeySize   int // bytes
 	MaxValueSize int // bytes; etcd's default request limit is 1.5 MiB
 	MaxTxnOps    int // operations in one branch of a Txn; etcd's --max-txn-ops
 }
 
 // DefaultLimits are used when New gets a zero Limits.
 var DefaultLimits = Limits{
-	MaxKeySize:   4 << 10,
+	MaxKeySize:   2 << 10,
 	MaxValueSize: 3 << 19, // 1.5 MiB
 	MaxTxnOps:    128,
 }
@@ -29,6 +32,7 @@ var DefaultLimits = Limits{
 type Store struct {
 	pool   *pgxpool.Pool
 	limits Limits
+	puts   *putBatcher
 }
 
 // New returns a Store on pool. Zero fields of limits take DefaultLimits.
@@ -42,7 +46,7 @@ func New(pool *pgxpool.Pool, limits Limits) *Store {
 	if limits.MaxTxnOps <= 0 {
 		limits.MaxTxnOps = DefaultLimits.MaxTxnOps
 	}
-	return &Store{pool: pool, limits: limits}
+	return &Store{pool: pool, limits: limits, puts: &putBatcher{pool: pool}}
 }
 
 // Limits returns the limits the store enforces.

@@ -123,7 +123,7 @@ func (s *Store) checkTxn(req TxnRequest) error {
 			return err
 		}
 		if c.Target < CompareValue || c.Target > CompareModRevision || c.Result < Equal || c.Result > Greater {
-			return fmt.Errorf("txn: compare on %q: unknown target or result", c.Key)
+			return fmt.Errorf("txn: compare on %s: unknown target or result", keyText(c.Key))
 		}
 	}
 	for _, ops := range [][]Op{req.Then, req.Else} {
@@ -143,7 +143,7 @@ func (s *Store) checkTxn(req TxnRequest) error {
 				continue
 			case OpPut:
 				if !op.Range.IsSingleKey() {
-					return fmt.Errorf("txn: put on %q names a range", op.Range.Key)
+					return fmt.Errorf("txn: put on %s names a range", keyText(op.Range.Key))
 				}
 				if err := s.checkValue(op.Value); err != nil {
 					return err
@@ -156,7 +156,7 @@ func (s *Store) checkTxn(req TxnRequest) error {
 			// would hold two rows for the key.
 			for _, w := range writes {
 				if overlaps(w, op.Range) {
-					return fmt.Errorf("%w: %q", ErrDuplicateKey, op.Range.Key)
+					return fmt.Errorf("%w: %s", ErrDuplicateKey, keyText(op.Range.Key))
 				}
 			}
 			writes = append(writes, op.Range)
@@ -231,7 +231,7 @@ func runTxn(ctx context.Context, tx pgx.Tx, req TxnRequest) (TxnResponse, error)
 		case OpPut:
 			var r PutResponse
 			if err := tx.QueryRow(ctx, "select walwatch.append($1, $2, $3, $4, false)", rev, sub, op.Range.Key, op.Value).Scan(&r.Revision); err != nil {
-				return TxnResponse{}, fmt.Errorf("put %q: %w", op.Range.Key, FromDB(err, 0))
+				return TxnResponse{}, fmt.Errorf("put %s: %w", keyText(op.Range.Key), FromDB(err, 0))
 			}
 			rev, sub = &r.Revision, sub+1
 			res.Responses = append(res.Responses, OpResponse{Put: &r})

@@ -1,0 +1,11 @@
+package store
+
+// PutWorkers is how many put batches may be in flight at once.
+const PutWorkers = putWorkers
+
+// QueuedPuts reports how many puts wait for a batch.
+func QueuedPuts(s *Store) int {
+	s.puts.mu.Lock()
+	defer s.puts.mu.Unlock()
+	return len(s.puts.queue)
+}
