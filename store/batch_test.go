@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"testing"
 
+	"github.com/jackc/pgx/v5/pgconn"
 	"github.com/jackc/pgx/v5/pgxpool"
 
 	"github.com/walwatch/walwatch/store"
@@ -130,5 +131,61 @@ func TestBatchedPutFailsAlone(t *testing.T) {
 		case r.key != string(huge) && r.err != nil:
 			t.Errorf("put %s failed with the huge key: %v", r.key, r.err)
 		}
+	}
+}
+
+func TestPutBatchSQL(t *testing.T) {
+	_, pool := newStore(t, store.Limits{})
+	ctx := testContext(t)
+	tests := []struct {
+		name     string
+		keys     [][]byte
+		values   [][]byte
+		wantRevs int
+		wantCode string // SQLSTATE, when it must fail
+	}{
+		{name: "empty", keys: [][]byte{}, values: [][]byte{}, wantRevs: 0},
+		{name: "three", keys: [][]byte{[]byte("/b"), []byte("/a"), []byte("/b")}, values: [][]byte{[]byte("1"), []byte("2"), nil}, wantRevs: 3},
+		{name: "fewer values", keys: [][]byte{[]byte("/a"), []byte("/b")}, values: [][]byte{[]byte("1")}, wantCode: "22023"},
+		{name: "empty key", keys: [][]byte{[]byte("/a"), {}}, values: [][]byte{[]byte("1"), []byte("2")}, wantCode: "WWK01"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			var revs []int64
+			err := pool.QueryRow(ctx, "select walwatch.put_batch($1, $2)", tt.keys, tt.values).Scan(&revs)
+			if tt.wantCode != "" {
+				var pe *pgconn.PgError
+				if !errors.As(err, &pe) || pe.Code != tt.wantCode {
+					t.Fatalf("err = %v, want SQLSTATE %s", err, tt.wantCode)
+				}
+				return
+			}
+			if err != nil || len(revs) != tt.wantRevs {
+				t.Fatalf("revisions %v, %v; want %d", revs, err, tt.wantRevs)
+			}
+			seen := map[int64]bool{}
+			for _, r := range revs {
+				if r <= 1 || seen[r] {
+					t.Fatalf("revisions %v: each put needs a revision of its own", revs)
+				}
+				seen[r] = true
+			}
+		})
+	}
+	// In "three", /b's two puts were written in the order given.
+	var values []string
+	rows, err := pool.Query(ctx, "select convert_from(value, 'UTF8') from walwatch.kv where key = '/b' order by revision")
+	if err != nil {
+		t.Fatal(err)
+	}
+	for rows.Next() {
+		var v string
+		if err := rows.Scan(&v); err != nil {
+			t.Fatal(err)
+		}
+		values = append(values, v)
+	}
+	if err := rows.Err(); err != nil || len(values) != 2 || values[0] != "1" || values[1] != "" {
+		t.Fatalf("/b's values in revision order = %q, %v; want 1 then the empty value", values, err)
 	}
 }
