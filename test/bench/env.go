@@ -257,3 +257,25 @@ func machine() string {
 	}
 	return fmt.Sprintf("%s, %d cores%s", model, runtime.NumCPU(), mem)
 }
+
+// quiesce waits until no autovacuum worker runs, for at most two minutes, so
+// that a measurement does not pay for vacuuming what earlier workloads
+// wrote. It returns how long it waited.
+func (e *env) quiesce(ctx context.Context) (time.Duration, error) {
+	start := time.Now()
+	for {
+		var n int
+		if err := e.admin.QueryRow(ctx,
+			"select count(*) from pg_stat_activity where backend_type = 'autovacuum worker'").Scan(&n); err != nil {
+			return 0, fmt.Errorf("look for autovacuum workers: %w", err)
+		}
+		if n == 0 || time.Since(start) > 2*time.Minute {
+			return time.Since(start), nil
+		}
+		select {
+		case <-ctx.Done():
+			return 0, ctx.Err()
+		case <-time.After(100 * time.Millisecond):
+		}
+	}
+}

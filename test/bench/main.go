@@ -63,7 +63,8 @@ type bench struct {
 	keys       [][]byte
 	value      []byte
 	samples    samples
-	out        io.Writer // the summary, as it goes
+	quiesced   time.Duration // waited for autovacuum before measuring, in all
+	out        io.Writer     // the summary, as it goes
 	log        *slog.Logger
 }
 
@@ -127,19 +128,31 @@ func run(ctx context.Context, quick bool, outDir string, log *slog.Logger) error
 
 	for round := 1; round <= cfg.rounds; round++ {
 		for _, sys := range b.systems {
+			if err := b.quiesce(ctx); err != nil {
+				return err
+			}
 			if err := b.turn(ctx, sys, round); err != nil {
 				return fmt.Errorf("round %d: %w", round, err)
 			}
 		}
 	}
 	log.Info("fan-out")
+	if err := b.quiesce(ctx); err != nil {
+		return err
+	}
 	if err := b.fanoutWalwatch(ctx); err != nil {
+		return err
+	}
+	if err := b.quiesce(ctx); err != nil {
 		return err
 	}
 	if err := b.fanoutEtcd(ctx); err != nil {
 		return err
 	}
 	log.Info("catch-up")
+	if err := b.quiesce(ctx); err != nil {
+		return err
+	}
 	if err := b.catchup(ctx); err != nil {
 		return err
 	}
@@ -313,12 +326,27 @@ func (b *bench) results(ctx context.Context, commit string) (*Results, error) {
 }
 
 // notes say how the figures were taken, for the report.
+// quiesce waits for autovacuum to finish before a measurement.
+func (b *bench) quiesce(ctx context.Context) error {
+	waited, err := b.env.quiesce(ctx)
+	if err != nil {
+		return err
+	}
+	if waited > 200*time.Millisecond {
+		b.log.Info("waited for autovacuum", "for", waited.Round(time.Millisecond))
+	}
+	b.quiesced += waited
+	return nil
+}
+
 func (b *bench) notes(lagNotes, cpuNotes []string) []string {
 	c := b.cfg
 	return []string{
 		fmt.Sprintf("Everything ran on this one machine (%d cores), servers and benchmark clients alike: one private PostgreSQL (both databases) and an embedded etcd, fsync on. "+
 			"Systems take turns, all workloads of one system per turn, rounds interleaved (walwatch, walwatch_http, notify, etcd, walwatch, ...); "+
-			"every figure is the median of %d rounds.", runtime.NumCPU(), c.rounds),
+			"every figure is the median of %d rounds. Before each turn, each fan-out and the catch-up the benchmark waits until no autovacuum worker runs, "+
+			"so that no measurement pays for vacuuming what earlier ones wrote (%v in all in this run).",
+			runtime.NumCPU(), c.rounds, b.quiesced.Round(100*time.Millisecond)),
 		fmt.Sprintf("Puts: %d keys under %s, %d-byte values, random keys, each client on its own connection; %v per measurement. "+
 			"With a watcher, the watcher must have every event before the next measurement; how long it lagged behind the writers after each phase "+
 			"(median, by client count; polled every millisecond): %s.", numKeys, prefix, valueSize, c.putDur, strings.Join(lagNotes, "; ")),
