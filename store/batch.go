@@ -108,12 +108,22 @@ func (b *putBatcher) take() []*putCall {
 }
 
 // run writes a batch and hands every call its result.
-func (b *putBatcher) run(batch []*putCall) {
+func (b *putBatcher) run(calls []*putCall) {
 	defer func() {
-		for _, c := range batch {
+		for _, c := range calls {
 			close(c.done)
 		}
 	}()
+	// A put whose caller gave up while it queued is not written.
+	batch := make([]*putCall, 0, len(calls))
+	for _, c := range calls {
+		if c.err = c.ctx.Err(); c.err == nil {
+			batch = append(batch, c)
+		}
+	}
+	if len(batch) == 0 {
+		return
+	}
 	ctx, stop := batchContext(batch)
 	defer stop()
 	if len(batch) == 1 {

@@ -1,6 +1,7 @@
 package store_test
 
 import (
+	"context"
 	"crypto/rand"
 	"errors"
 	"fmt"
@@ -187,5 +188,35 @@ func TestPutBatchSQL(t *testing.T) {
 	}
 	if err := rows.Err(); err != nil || len(values) != 2 || values[0] != "1" || values[1] != "" {
 		t.Fatalf("/b's values in revision order = %q, %v; want 1 then the empty value", values, err)
+	}
+}
+
+// A put whose caller gives up while it waits for a batch is not written.
+func TestQueuedPutGivenUpIsNotWritten(t *testing.T) {
+	s, pool := newStore(t, store.Limits{})
+	release := occupyPutWorkers(t, s, pool)
+	ctx, cancel := context.WithCancel(testContext(t))
+	gaveUp := make(chan error, 1)
+	go func() {
+		_, err := s.Put(ctx, []byte("/gave-up"), []byte("v"))
+		gaveUp <- err
+	}()
+	waitFor(t, func() bool { return store.QueuedPuts(s) == 1 })
+	cancel()
+	if err := <-gaveUp; !errors.Is(err, context.Canceled) {
+		t.Fatalf("put after its caller gave up: %v, want %v", err, context.Canceled)
+	}
+	kept := make(chan error, 1)
+	go func() {
+		_, err := s.Put(testContext(t), []byte("/kept"), []byte("v"))
+		kept <- err
+	}()
+	waitFor(t, func() bool { return store.QueuedPuts(s) == 2 }) // one batch with the given-up put
+	release()
+	if err := <-kept; err != nil {
+		t.Fatalf("put /kept: %v", err)
+	}
+	if _, ok, err := s.Get(testContext(t), []byte("/gave-up"), 0); err != nil || ok {
+		t.Fatalf("/gave-up written: %v, %v", ok, err)
 	}
 }
