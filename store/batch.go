@@ -124,13 +124,13 @@ func (b *putBatcher) run(calls []*putCall) {
 	if len(batch) == 0 {
 		return
 	}
-	ctx, stop := batchContext(batch)
-	defer stop()
-	if len(batch) == 1 {
+	if len(batch) == 1 { // a put alone needs no context shared with others
 		c := batch[0]
-		c.rev, c.err = putOne(ctx, b.pool, c.key, c.value)
+		c.rev, c.err = putOne(c.ctx, b.pool, c.key, c.value)
 		return
 	}
+	ctx, stop := batchContext(batch)
+	defer stop()
 	keys := make([][]byte, len(batch))
 	values := make([][]byte, len(batch))
 	for i, c := range batch {
