@@ -5,8 +5,10 @@ import (
 	"errors"
 	"fmt"
 	"math/rand/v2"
+	"net"
 	"os"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/jackc/pglogrepl"
@@ -216,15 +218,21 @@ func (h *Hub) receive(ctx context.Context, conn *pgconn.PgConn) error {
 		nextStatus = time.Now().Add(h.cfg.StatusInterval)
 		return nil
 	}
-	reads := &readContext{parent: ctx}
+	reads := newReadDeadline(ctx, conn.Conn())
 	defer reads.stop()
 	for {
+		if err := ctx.Err(); err != nil {
+			return err
+		}
 		if !time.Now().Before(nextStatus) {
 			if err := sendStatus(); err != nil {
 				return err
 			}
 		}
-		msg, err := conn.ReceiveMessage(reads.until(nextStatus))
+		if err := reads.set(nextStatus); err != nil {
+			return fmt.Errorf("set replication read deadline: %w", err)
+		}
+		msg, err := conn.ReceiveMessage(context.Background())
 		if err != nil {
 			if pgconn.Timeout(err) && ctx.Err() == nil {
 				continue
@@ -267,28 +275,39 @@ func (h *Hub) receive(ctx context.Context, conn *pgconn.PgConn) error {
 	}
 }
 
-// readContext hands out a context ending at a deadline, made anew only when
-// the deadline moves: one per status interval instead of one per message,
-// whose timers were a quarter of the receive loop's CPU at thousands of
-// messages a second.
-type readContext struct {
-	parent   context.Context
-	ctx      context.Context
-	cancel   context.CancelFunc
-	deadline time.Time
+// readDeadline bounds the stream's reads with the connection's own deadline
+// rather than a context: given a context, pgconn arms and disarms a watcher
+// on every read, a seventh of the stream's CPU at thousands of messages a
+// second. The deadline moves once per status interval; ending ctx expires it
+// at once, so a waiting read returns.
+type readDeadline struct {
+	conn  net.Conn
+	stop  func() bool
+	at    time.Time // the deadline set last; owned by the reading goroutine
+	mu    sync.Mutex
+	ended bool // ctx has ended: the deadline stays expired
 }
 
-func (r *readContext) until(deadline time.Time) context.Context {
-	if r.ctx == nil || !r.deadline.Equal(deadline) {
-		r.stop()
-		r.ctx, r.cancel = context.WithDeadline(r.parent, deadline)
-		r.deadline = deadline
-	}
-	return r.ctx
+func newReadDeadline(ctx context.Context, conn net.Conn) *readDeadline {
+	d := &readDeadline{conn: conn}
+	d.stop = context.AfterFunc(ctx, func() {
+		d.mu.Lock()
+		defer d.mu.Unlock()
+		d.ended = true
+		_ = conn.SetReadDeadline(time.Now()) // fails only on a closed connection, whose reads fail anyway
+	})
+	return d
 }
 
-func (r *readContext) stop() {
-	if r.cancel != nil {
-		r.cancel()
+func (d *readDeadline) set(at time.Time) error {
+	if at.Equal(d.at) {
+		return nil
 	}
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	if d.ended {
+		return nil
+	}
+	d.at = at
+	return d.conn.SetReadDeadline(at)
 }
