@@ -6,6 +6,8 @@
 //	go test -run '^$' -bench 'BenchmarkPutToEvent' -benchtime 2000x -count 3 ./replication/
 //	# catch-up of a new watcher over 100,000 revisions in the table
 //	go test -run '^$' -bench 'BenchmarkCatchUp' -benchtime 3x -count 3 ./replication/
+//	# puts at 32 writers with one watcher, against none, interleaved
+//	go test -run '^$' -bench 'BenchmarkWatchedPuts' -benchtime 5x ./replication/
 //	# heap per idle watcher, and fan-out of one put to 10,000 watchers
 //	go test -run '^$' -bench 'BenchmarkIdleWatcherMemory' -benchtime 20x -count 3 ./replication/
 //
@@ -15,7 +17,7 @@
 // benchmark at a time) to see where the time goes.
 //
 // The figures are reported as metrics: p50-us, p99-us and p999-us are
-// round-trip percentiles in microseconds, events/s a throughput,
+// round-trip percentiles in microseconds, events/s and puts/s throughputs,
 // bytes/watcher the heap an idle watcher costs, fanout-p99-ms the time for
 // one put to reach every watcher. These are measurements, never assertions.
 package replication_test
@@ -28,13 +30,18 @@ import (
 	"slices"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"testing"
 	"time"
 
+	"github.com/jackc/pglogrepl"
+	"github.com/jackc/pgx/v5/pgconn"
+	"github.com/jackc/pgx/v5/pgproto3"
 	"github.com/jackc/pgx/v5/pgxpool"
 	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/walwatch/walwatch/replication"
+	"github.com/walwatch/walwatch/sql"
 	"github.com/walwatch/walwatch/store"
 )
 
@@ -388,4 +395,231 @@ func BenchmarkIdleWatcherMemory(b *testing.B) {
 	b.ReportMetric(perWatcher, "bytes/watcher")
 	b.ReportMetric(ms(percentile(samples, 0.50)), "fanout-p50-ms")
 	b.ReportMetric(ms(percentile(samples, 0.99)), "fanout-p99-ms")
+}
+
+// BenchmarkWatchedPuts compares put throughput at 32 writers over 10,000
+// keys in three settings, one phase of each per op so drift on a shared
+// machine falls on all three:
+//
+//   - unwatched: no replication slot, no hub;
+//   - slot: a bare reader of a temporary slot with the hub's pgoutput
+//     options, which only counts Insert messages: what the server's WAL
+//     sender costs, a floor for any watcher built on logical replication;
+//   - watched: a hub on a temporary slot with one prefix watcher counting
+//     every event.
+//
+// A phase with a reader lasts until the reader has every put, so a reader
+// falling behind counts against it. It reports each phase's median puts/s,
+// slot-ratio and watched-ratio (to unwatched), and this process's CPU per
+// put in each phase (cpu-us/put): the difference between watched and slot
+// is what the hub and its watcher cost per event, a steadier figure than
+// throughput on a shared machine. The WAL sender's CPU is the server's and
+// counted in neither.
+func BenchmarkWatchedPuts(b *testing.B) {
+	const (
+		writers = 32
+		keys    = 10_000
+		phase   = 2 * time.Second
+	)
+	e := newEnv(b)
+	bg := context.Background()
+	cfg, err := pgxpool.ParseConfig(e.url)
+	if err != nil {
+		b.Fatal(err)
+	}
+	cfg.MaxConns = writers
+	cfg.MinConns = writers
+	pool, err := pgxpool.NewWithConfig(bg, cfg)
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer pool.Close()
+	load := store.New(pool, store.Limits{})
+
+	// puts runs the writers for d and returns how many puts they made.
+	puts := func(d time.Duration) int64 {
+		var (
+			n       atomic.Int64
+			wg      sync.WaitGroup
+			errOnce sync.Once
+			putErr  error
+		)
+		ctx, cancel := context.WithTimeout(bg, d)
+		defer cancel()
+		for i := range writers {
+			wg.Go(func() {
+				for j := i; ctx.Err() == nil; j += writers {
+					if _, err := load.Put(bg, fmt.Appendf(nil, "/w/%05d", j%keys), benchValue); err != nil {
+						errOnce.Do(func() { putErr = err })
+						return
+					}
+					n.Add(1)
+				}
+			})
+		}
+		wg.Wait()
+		if putErr != nil {
+			b.Fatal(putErr)
+		}
+		return n.Load()
+	}
+	// measure runs one phase with a reader started by start, which returns
+	// how many puts the reader has seen so far (nil: no reader).
+	type result struct{ rate, cpu float64 }
+	measure := func(start func(ctx context.Context) func() int64) result {
+		ctx, cancel := context.WithCancel(bg)
+		defer cancel()
+		var seen func() int64
+		if start != nil {
+			seen = start(ctx)
+		}
+		t, cpu := time.Now(), cpuTime(b)
+		n := puts(phase)
+		if seen != nil {
+			waitFor(b, "the reader has every put", func() bool { return seen() >= n })
+		}
+		return result{float64(n) / time.Since(t).Seconds(), us(cpuTime(b)-cpu) / float64(n)}
+	}
+	hub := func(ctx context.Context) func() int64 {
+		h := startHubUntil(ctx, b, replication.Config{Pool: e.pool})
+		w, err := h.Watch(ctx, replication.WatchRequest{Range: store.Prefix([]byte("/w/"))})
+		if err != nil {
+			b.Fatal(err)
+		}
+		var seen atomic.Int64
+		go func() {
+			for resp := range w.C {
+				seen.Add(int64(len(resp.Events)))
+			}
+		}()
+		return seen.Load
+	}
+	slot := func(ctx context.Context) func() int64 {
+		return startSlotReader(ctx, b, e.url)
+	}
+
+	puts(phase / 4) // warm the pool, the statements and the table
+	phases := []struct {
+		name  string
+		start func(context.Context) func() int64
+	}{{"unwatched", nil}, {"slot", slot}, {"watched", hub}}
+	results := make([][]result, len(phases))
+	b.ResetTimer()
+	for range b.N {
+		for i, p := range phases {
+			results[i] = append(results[i], measure(p.start))
+		}
+	}
+	b.StopTimer()
+	median := func(rs []result, f func(result) float64) float64 {
+		xs := make([]float64, len(rs))
+		for i, r := range rs {
+			xs[i] = f(r)
+		}
+		slices.Sort(xs)
+		return xs[len(xs)/2]
+	}
+	rate := func(r result) float64 { return r.rate }
+	cpu := func(r result) float64 { return r.cpu }
+	base := median(results[0], rate)
+	for i, p := range phases {
+		b.ReportMetric(median(results[i], rate), p.name+"-puts/s")
+		b.ReportMetric(median(results[i], cpu), p.name+"-cpu-us/put")
+		if i > 0 {
+			b.ReportMetric(median(results[i], rate)/base, p.name+"-ratio")
+		}
+	}
+}
+
+// startHubUntil runs a hub until ctx ends and waits until it is ready; the
+// benchmark waits for it to stop before it ends.
+func startHubUntil(ctx context.Context, b *testing.B, cfg replication.Config) *replication.Hub {
+	h, err := replication.New(cfg)
+	if err != nil {
+		b.Fatal(err)
+	}
+	done := make(chan error, 1)
+	go func() { done <- h.Run(ctx) }()
+	b.Cleanup(func() {
+		if err := <-done; err != nil {
+			b.Errorf("hub: %v", err)
+		}
+	})
+	select {
+	case <-h.Ready():
+	case err := <-done:
+		b.Fatalf("hub stopped before it was ready: %v", err)
+	case <-time.After(benchWait):
+		b.Fatal("hub not ready")
+	}
+	return h
+}
+
+// startSlotReader reads a temporary slot of the walwatch publication with
+// the hub's pgoutput options until ctx ends, answering the server's
+// keepalives and nothing more; it returns the count of Insert messages read.
+func startSlotReader(ctx context.Context, b *testing.B, url string) func() int64 {
+	cfg, err := pgconn.ParseConfig(url)
+	if err != nil {
+		b.Fatal(err)
+	}
+	cfg.RuntimeParams["replication"] = "database"
+	conn, err := pgconn.ConnectConfig(ctx, cfg)
+	if err != nil {
+		b.Fatal(err)
+	}
+	const slot = "bench_bare_reader"
+	if _, err := pglogrepl.CreateReplicationSlot(ctx, conn, slot, "pgoutput",
+		pglogrepl.CreateReplicationSlotOptions{Temporary: true, Mode: pglogrepl.LogicalReplication}); err != nil {
+		b.Fatal(err)
+	}
+	if err := pglogrepl.StartReplication(ctx, conn, slot, 0, pglogrepl.StartReplicationOptions{PluginArgs: []string{
+		"proto_version '1'", "publication_names '" + sql.Publication + "'", "binary 'true'",
+	}}); err != nil {
+		b.Fatal(err)
+	}
+	var inserts atomic.Int64
+	done := make(chan struct{})
+	b.Cleanup(func() { <-done })
+	go func() {
+		defer close(done)
+		defer conn.Close(context.Background())
+		var pos pglogrepl.LSN
+		for ctx.Err() == nil {
+			msg, err := conn.ReceiveMessage(ctx)
+			if err != nil {
+				if ctx.Err() == nil {
+					b.Errorf("bare slot reader: %v", err)
+				}
+				return
+			}
+			cd, ok := msg.(*pgproto3.CopyData)
+			if !ok || len(cd.Data) == 0 {
+				continue
+			}
+			switch cd.Data[0] {
+			case pglogrepl.XLogDataByteID:
+				if xld, err := pglogrepl.ParseXLogData(cd.Data[1:]); err == nil {
+					pos = xld.WALStart + pglogrepl.LSN(len(xld.WALData))
+					if len(xld.WALData) > 0 && xld.WALData[0] == byte(pglogrepl.MessageTypeInsert) {
+						inserts.Add(1)
+					}
+				}
+			case pglogrepl.PrimaryKeepaliveMessageByteID:
+				if ka, err := pglogrepl.ParsePrimaryKeepaliveMessage(cd.Data[1:]); err == nil && ka.ReplyRequested {
+					_ = pglogrepl.SendStandbyStatusUpdate(ctx, conn, pglogrepl.StandbyStatusUpdate{WALWritePosition: pos})
+				}
+			}
+		}
+	}()
+	return inserts.Load
+}
+
+// cpuTime is the CPU time this process has used, user and system.
+func cpuTime(tb testing.TB) time.Duration {
+	var ru syscall.Rusage
+	if err := syscall.Getrusage(syscall.RUSAGE_SELF, &ru); err != nil {
+		tb.Fatal(err)
+	}
+	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
 }
