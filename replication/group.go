@@ -61,14 +61,20 @@ func (g *watcherGroup) each(fn func(*watcher)) {
 	}
 }
 
-// matches returns, for every watcher an event of revs concerns, its events
-// (revisions below a watcher's start excluded). Range watchers that every
-// event concerns share one slice: responses are read-only.
-func (g *watcherGroup) matches(revs []revEvents) map[*watcher][]Event {
+// delivery is what one watcher receives of one release.
+type delivery struct {
+	wt  *watcher
+	evs []Event
+}
+
+// matches appends to out, for every watcher an event of revs concerns, its
+// events (revisions below a watcher's start excluded). Watchers that get the
+// same events share one slice (responses are read-only), so a release to
+// thousands of watchers of one prefix allocates nothing per watcher.
+func (g *watcherGroup) matches(out []delivery, revs []revEvents) []delivery {
 	if g.n == 0 {
-		return nil
+		return out
 	}
-	out := map[*watcher][]Event{}
 	var all []Event
 	for _, re := range revs {
 		all = append(all, re.events...)
@@ -77,19 +83,33 @@ func (g *watcherGroup) matches(revs []revEvents) map[*watcher][]Event {
 		return out
 	}
 	for wt := range g.ranges {
-		if evs := matching(wt.rng, wt.next, revs); len(evs) == len(all) {
-			out[wt] = all
-		} else if len(evs) > 0 {
-			out[wt] = evs
+		if evs := matching(wt.rng, wt.next, revs, all); len(evs) > 0 {
+			out = append(out, delivery{wt, evs})
 		}
 	}
 	if len(g.keys) == 0 {
 		return out
 	}
+	// A single-key watcher's events all have its key: gather each watched
+	// key's events once, in revision order, and give every watcher of the
+	// key those from its start on.
+	var byKey map[string][]Event
 	for _, ev := range all {
-		for wt := range g.keys[string(ev.Key)] {
-			if ev.Revision >= wt.next {
-				out[wt] = append(out[wt], ev)
+		if _, ok := g.keys[string(ev.Key)]; ok {
+			if byKey == nil {
+				byKey = map[string][]Event{}
+			}
+			byKey[string(ev.Key)] = append(byKey[string(ev.Key)], ev)
+		}
+	}
+	for key, evs := range byKey {
+		for wt := range g.keys[key] {
+			i := 0
+			for i < len(evs) && evs[i].Revision < wt.next {
+				i++
+			}
+			if i < len(evs) {
+				out = append(out, delivery{wt, evs[i:]})
 			}
 		}
 	}

@@ -105,15 +105,16 @@ type Hub struct {
 
 	// mu protects the watermark, the window and the watcher groups. It is
 	// never held while talking to PostgreSQL.
-	mu        sync.Mutex
-	watermark int64 // every revision at or below it is settled and released
-	window    window
-	synced    *watcherGroup // live: fed by releases
-	unsynced  watcherSet    // catching up from the window or the table
-	victims   watcherSet    // blocked on a full channel
-	closed    bool
-	wakeSync  chan struct{}
-	advanced  chan struct{} // closed and replaced each time the watermark moves
+	mu         sync.Mutex
+	watermark  int64 // every revision at or below it is settled and released
+	window     window
+	synced     *watcherGroup // live: fed by releases
+	unsynced   watcherSet    // catching up from the window or the table
+	victims    watcherSet    // blocked on a full channel
+	deliveries []delivery    // release's scratch, reused
+	closed     bool
+	wakeSync   chan struct{}
+	advanced   chan struct{} // closed and replaced each time the watermark moves
 }
 
 // committed is one revision's rows, waiting in the reorder buffer.

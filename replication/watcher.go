@@ -167,15 +167,32 @@ func (h *Hub) wake() {
 }
 
 // matching returns the events of revs at or above from that fall in rng.
-func matching(rng store.KeyRange, from int64, revs []revEvents) []Event {
-	var out []Event
+// all is every event of revs (or nil): when they all match, it is returned
+// itself rather than a copy.
+func matching(rng store.KeyRange, from int64, revs []revEvents, all []Event) []Event {
+	n := 0
 	for _, re := range revs {
-		if re.rev < from {
-			continue
+		if re.rev >= from {
+			for i := range re.events {
+				if rng.Contains(re.events[i].Key) {
+					n++
+				}
+			}
 		}
-		for _, ev := range re.events {
-			if rng.Contains(ev.Key) {
-				out = append(out, ev)
+	}
+	if n == 0 {
+		return nil
+	}
+	if n == len(all) {
+		return all
+	}
+	out := make([]Event, 0, n)
+	for _, re := range revs {
+		if re.rev >= from {
+			for i := range re.events {
+				if rng.Contains(re.events[i].Key) {
+					out = append(out, re.events[i])
+				}
 			}
 		}
 	}
@@ -196,18 +213,21 @@ func (h *Hub) release(revs []revEvents, watermark int64) {
 	h.advanced = make(chan struct{})
 	// A live watcher's next revision is the watermark's successor (or its
 	// future start): it is only written down when the watcher leaves.
-	for wt, evs := range h.synced.matches(revs) {
-		resp := WatchResponse{Events: evs, Revision: evs[len(evs)-1].Revision}
+	h.deliveries = h.synced.matches(h.deliveries[:0], revs)
+	for _, d := range h.deliveries {
+		resp := WatchResponse{Events: d.evs, Revision: d.evs[len(d.evs)-1].Revision}
 		select {
-		case wt.ch <- resp:
+		case d.wt.ch <- resp:
 		default:
-			h.synced.delete(wt)
-			wt.next = max(wt.next, watermark+1)
-			wt.pending = &resp
-			h.victims[wt] = struct{}{}
+			h.synced.delete(d.wt)
+			d.wt.next = max(d.wt.next, watermark+1)
+			pending := resp // a copy, so resp stays off the heap for every other watcher
+			d.wt.pending = &pending
+			h.victims[d.wt] = struct{}{}
 			h.metrics.victim()
 		}
 	}
+	clear(h.deliveries) // keep no watcher or event alive until the next release
 }
 
 // syncVictimsLoop retries the responses of watchers that were too slow;
@@ -295,7 +315,7 @@ func (h *Hub) syncWatcher(ctx context.Context, wt *watcher) (behind bool) {
 		if !all {
 			next = revs[len(revs)-1].rev + 1
 		}
-		h.deliverLocked(wt, matching(wt.rng, wt.next, revs), next)
+		h.deliverLocked(wt, matching(wt.rng, wt.next, revs, nil), next)
 		behind := wt.next <= w
 		h.mu.Unlock()
 		return behind
