@@ -1,6 +1,7 @@
 package main
 
 import (
+	"bufio"
 	"context"
 	"encoding/json"
 	"errors"
@@ -83,7 +84,10 @@ func (g *globals) watch(ctx context.Context, req replication.WatchRequest) error
 		}
 		return err
 	}
-	enc := json.NewEncoder(g.stdout)
+	// One write per response, not per line: a busy prefix delivers
+	// thousands of events a second, and each write is a system call.
+	stdout := bufio.NewWriter(g.stdout)
+	enc := json.NewEncoder(stdout)
 	for resp := range w.C {
 		for _, ev := range resp.Events {
 			out := jsonEvent{Type: ev.Type.String(), Key: string(ev.Key), Value: string(ev.Value),
@@ -101,10 +105,13 @@ func (g *globals) watch(ctx context.Context, req replication.WatchRequest) error
 			// etcdctl's format: the type, the key, the value (and the
 			// previous value with --prev-kv), a line each.
 			if req.PrevKV && out.PrevValue != nil {
-				fmt.Fprintf(g.stdout, "%s\n%s\n%s\n%s\n", out.Type, out.Key, *out.PrevValue, out.Value)
+				fmt.Fprintf(stdout, "%s\n%s\n%s\n%s\n", out.Type, out.Key, *out.PrevValue, out.Value)
 			} else {
-				fmt.Fprintf(g.stdout, "%s\n%s\n%s\n", out.Type, out.Key, out.Value)
+				fmt.Fprintf(stdout, "%s\n%s\n%s\n", out.Type, out.Key, out.Value)
 			}
+		}
+		if err := stdout.Flush(); err != nil {
+			return fmt.Errorf("write events: %w", err)
 		}
 	}
 	if err := w.Err(); err != nil && !errors.Is(err, context.Canceled) && ctx.Err() == nil {
