@@ -2,6 +2,7 @@ package replication_test
 
 import (
 	"context"
+	"fmt"
 	"slices"
 	"testing"
 	"time"
@@ -92,9 +93,17 @@ func TestRolledBackRevisionIsFilledAndNeverDelivered(t *testing.T) {
 	if want := []seen{{r1, 0, replication.Put, "/b", "after", 1}}; !slices.Equal(got, want) {
 		t.Fatalf("got %v, want %v", got, want)
 	}
+	// The filler's commit reached the hub through the stream, but a new
+	// snapshot may not see it yet: PostgreSQL decodes a commit once its WAL
+	// is flushed, a moment before the committing backend makes it visible.
+	// Under load that moment can outlast the trip through the hub.
 	var filler bool
-	if err := e.pool.QueryRow(context.Background(), "select key = '' from walwatch.kv where revision = $1", r).Scan(&filler); err != nil || !filler {
-		t.Fatalf("revision %d is not a filler row: %v", r, err)
+	waitFor(t, fmt.Sprintf("revision %d visible as a filler row", r), func() bool {
+		err := e.pool.QueryRow(context.Background(), "select key = '' from walwatch.kv where revision = $1", r).Scan(&filler)
+		return err == nil
+	})
+	if !filler {
+		t.Fatalf("revision %d is not a filler row", r)
 	}
 	// The next write to /a is its first version: the rolled back one never was.
 	r2 := e.put(t, "/a", "real")
