@@ -191,6 +191,33 @@ func TestPutBatchSQL(t *testing.T) {
 	}
 }
 
+// A batch whose next revision a filler row already holds fails with
+// unique_violation, which the store answers by putting one by one; it does
+// not take another revision as walwatch.put does.
+func TestPutBatchLosesRevisionToFiller(t *testing.T) {
+	s, pool := newStore(t, store.Limits{})
+	ctx := testContext(t)
+	var next int64
+	if err := pool.QueryRow(ctx, "select nextval('walwatch.revision') + 1").Scan(&next); err != nil {
+		t.Fatal(err)
+	}
+	// As the hub settles a revision nobody wrote within its grace period.
+	if _, err := pool.Exec(ctx, "select walwatch.fill($1)", []int64{next}); err != nil {
+		t.Fatal(err)
+	}
+	var revs []int64
+	err := pool.QueryRow(ctx, "select walwatch.put_batch($1, $2)", [][]byte{[]byte("/f")}, [][]byte{[]byte("v")}).Scan(&revs)
+	var pe *pgconn.PgError
+	if !errors.As(err, &pe) || pe.Code != "23505" {
+		t.Fatalf("put_batch onto a filled revision: %v, %v; want SQLSTATE 23505", revs, err)
+	}
+	// A single put steps over the filler.
+	res, err := s.Put(ctx, []byte("/f"), []byte("v"))
+	if err != nil || res.Revision <= next {
+		t.Fatalf("put after the filler: %+v, %v; want a revision above %d", res, err, next)
+	}
+}
+
 // A put whose caller gives up while it waits for a batch is not written.
 func TestQueuedPutGivenUpIsNotWritten(t *testing.T) {
 	s, pool := newStore(t, store.Limits{})
