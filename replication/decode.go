@@ -241,10 +241,12 @@ func (d *decoder) decodeRow(rel *relation, tuple []byte) (row, error) {
 				continue
 			}
 			return r, fmt.Errorf("%w: column %s is null", ErrBrokenStream, c.name)
-		default: // 'u', an unchanged TOAST value, only ever in an update
+		case pglogrepl.TupleDataTypeToast: // unchanged, no data: only ever in an update
 			if c.field == fieldNone {
 				continue
 			}
+			return r, fmt.Errorf("%w: column %s sent as an unchanged TOAST value", ErrBrokenStream, c.name)
+		default:
 			return r, fmt.Errorf("%w: column %s sent as %q", ErrBrokenStream, c.name, kind)
 		}
 		if c.field == fieldNone || kind == pglogrepl.TupleDataTypeBinary && r.setBinary(c, data) {
