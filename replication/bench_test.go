@@ -568,7 +568,7 @@ func startSlotReader(ctx context.Context, b *testing.B, url string) func() int64
 	if err != nil {
 		b.Fatal(err)
 	}
-	const slot = "bench_bare_reader"
+	slot := fmt.Sprintf("bench_bare_reader_%d", time.Now().UnixNano()) // the last phase's may not be gone yet
 	if _, err := pglogrepl.CreateReplicationSlot(ctx, conn, slot, "pgoutput",
 		pglogrepl.CreateReplicationSlotOptions{Temporary: true, Mode: pglogrepl.LogicalReplication}); err != nil {
 		b.Fatal(err)
