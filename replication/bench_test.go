@@ -37,7 +37,6 @@ import (
 	"github.com/jackc/pglogrepl"
 	"github.com/jackc/pgx/v5/pgconn"
 	"github.com/jackc/pgx/v5/pgproto3"
-	"github.com/jackc/pgx/v5/pgxpool"
 	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/walwatch/walwatch/replication"
@@ -177,18 +176,7 @@ func BenchmarkPutToEvent(b *testing.B) {
 
 	b.Run("writers=32", func(b *testing.B) {
 		const writers = 32
-		cfg, err := pgxpool.ParseConfig(e.url)
-		if err != nil {
-			b.Fatal(err)
-		}
-		cfg.MaxConns = 40
-		cfg.MinConns = writers
-		pool, err := pgxpool.NewWithConfig(ctx, cfg)
-		if err != nil {
-			b.Fatal(err)
-		}
-		defer pool.Close()
-		load := store.New(pool, store.Limits{})
+		load := store.New(newPool(b, e.url, 40, writers), store.Limits{})
 
 		var (
 			stop    atomic.Bool
@@ -241,11 +229,8 @@ const catchUpRevisions = 100_000
 // (the hub's default Window) read from the table. The table and the hub are
 // set up once, outside the timer.
 //
-// The rows are written with the hub already running (they reach it through
-// the stream) rather than before it starts: a hub starting over more than
-// one page (tablePage, 5,000 rows) of unsettled rows stops its first table
-// read after that page and never settles the rest, so it would stall at
-// revision 5000 (see readTable in stream.go). The timed part is the same.
+// The rows are written with the hub already running, and the timer starts
+// once it has settled them all.
 func BenchmarkCatchUp(b *testing.B) {
 	e := newEnv(b)
 	ctx := context.Background()
@@ -423,18 +408,7 @@ func BenchmarkWatchedPuts(b *testing.B) {
 	)
 	e := newEnv(b)
 	bg := context.Background()
-	cfg, err := pgxpool.ParseConfig(e.url)
-	if err != nil {
-		b.Fatal(err)
-	}
-	cfg.MaxConns = writers
-	cfg.MinConns = writers
-	pool, err := pgxpool.NewWithConfig(bg, cfg)
-	if err != nil {
-		b.Fatal(err)
-	}
-	defer pool.Close()
-	load := store.New(pool, store.Limits{})
+	load := store.New(newPool(b, e.url, writers, writers), store.Limits{})
 
 	// puts runs the writers for d and returns how many puts they made.
 	puts := func(d time.Duration) int64 {
@@ -481,7 +455,7 @@ func BenchmarkWatchedPuts(b *testing.B) {
 		return result{float64(n) / time.Since(t).Seconds(), us(cpuTime(b)-cpu) / float64(n)}
 	}
 	hub := func(ctx context.Context) func() int64 {
-		h := startHubUntil(ctx, b, replication.Config{Pool: e.pool})
+		h := e.startHubUntil(ctx, b, replication.Config{})
 		w, err := h.Watch(ctx, replication.WatchRequest{Range: store.Prefix([]byte("/w/"))})
 		if err != nil {
 			b.Fatal(err)
@@ -529,30 +503,6 @@ func BenchmarkWatchedPuts(b *testing.B) {
 			b.ReportMetric(median(results[i], rate)/base, p.name+"-ratio")
 		}
 	}
-}
-
-// startHubUntil runs a hub until ctx ends and waits until it is ready; the
-// benchmark waits for it to stop before it ends.
-func startHubUntil(ctx context.Context, b *testing.B, cfg replication.Config) *replication.Hub {
-	h, err := replication.New(cfg)
-	if err != nil {
-		b.Fatal(err)
-	}
-	done := make(chan error, 1)
-	go func() { done <- h.Run(ctx) }()
-	b.Cleanup(func() {
-		if err := <-done; err != nil {
-			b.Errorf("hub: %v", err)
-		}
-	})
-	select {
-	case <-h.Ready():
-	case err := <-done:
-		b.Fatalf("hub stopped before it was ready: %v", err)
-	case <-time.After(benchWait):
-		b.Fatal("hub not ready")
-	}
-	return h
 }
 
 // startSlotReader reads a temporary slot of the walwatch publication with

@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"log/slog"
 	"os"
+	"sync"
 	"testing"
 	"time"
 
@@ -30,24 +31,38 @@ func newEnv(tb testing.TB) *env {
 
 func newEnvAt(tb testing.TB, url string) *env {
 	tb.Helper()
-	cfg, err := pgxpool.ParseConfig(url)
-	if err != nil {
-		tb.Fatal(err)
-	}
-	cfg.MaxConns = 40
-	pool, err := pgxpool.NewWithConfig(context.Background(), cfg)
-	if err != nil {
-		tb.Fatal(err)
-	}
-	tb.Cleanup(pool.Close)
+	pool := newPool(tb, url, 40, 0)
 	if _, err := sql.Migrate(context.Background(), pool); err != nil {
 		tb.Fatal(err)
 	}
 	return &env{url: url, pool: pool, store: store.New(pool, store.Limits{})}
 }
 
+// newPool opens a pool on url that the test closes when it ends.
+func newPool(tb testing.TB, url string, maxConns, minConns int32) *pgxpool.Pool {
+	tb.Helper()
+	cfg, err := pgxpool.ParseConfig(url)
+	if err != nil {
+		tb.Fatal(err)
+	}
+	cfg.MaxConns, cfg.MinConns = maxConns, minConns
+	pool, err := pgxpool.NewWithConfig(context.Background(), cfg)
+	if err != nil {
+		tb.Fatal(err)
+	}
+	tb.Cleanup(pool.Close)
+	return pool
+}
+
 // startHub runs a hub until the test ends and waits until it is ready.
 func (e *env) startHub(tb testing.TB, cfg replication.Config) *replication.Hub {
+	tb.Helper()
+	return e.startHubUntil(context.Background(), tb, cfg)
+}
+
+// startHubUntil runs a hub until ctx or the test ends and waits until it is
+// ready; the test's end waits for the hub to stop.
+func (e *env) startHubUntil(ctx context.Context, tb testing.TB, cfg replication.Config) *replication.Hub {
 	tb.Helper()
 	cfg.Pool = e.pool
 	if cfg.Logger == nil && os.Getenv("WALWATCH_TEST_LOG") != "" {
@@ -57,19 +72,20 @@ func (e *env) startHub(tb testing.TB, cfg replication.Config) *replication.Hub {
 	if err != nil {
 		tb.Fatal(err)
 	}
-	ctx, cancel := context.WithCancel(context.Background())
+	ctx, cancel := context.WithCancel(ctx)
 	done := make(chan error, 1)
 	go func() { done <- h.Run(ctx) }()
+	runErr := sync.OnceValue(func() error { return <-done })
 	tb.Cleanup(func() {
 		cancel()
-		if err := <-done; err != nil {
+		if err := runErr(); err != nil {
 			tb.Errorf("hub: %v", err)
 		}
 	})
 	select {
 	case <-h.Ready():
-	case err := <-done:
-		tb.Fatalf("hub stopped before it was ready: %v", err)
+	case <-h.Stopped():
+		tb.Fatalf("hub stopped before it was ready: %v", runErr())
 	case <-time.After(60 * time.Second):
 		tb.Fatal("hub not ready within 60s")
 	}
