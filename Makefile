@@ -21,9 +21,11 @@ test: vet
 fmt:
 	gofmt -l -w .
 
-# Put throughput at 1, 8 and 32 concurrent writers against a private PostgreSQL.
+# Put throughput at 1, 8 and 32 concurrent writers against a private PostgreSQL,
+# then two put batches in flight against four, five interleaved rounds.
 bench-store:
-	$(GO) test -run '^$$' -bench BenchmarkPut -benchtime 3s -count 3 ./store/
+	$(GO) test -run '^$$' -bench 'BenchmarkPut$$' -benchtime 3s -count 3 ./store/
+	$(GO) test -run '^$$' -bench BenchmarkPutWorkers -benchtime 5x ./store/
 
 # walwatch vs the seed's LISTEN/NOTIFY design vs etcd, side by side on this
 # machine (its own Go module, so etcd's server stays out of the main one);

@@ -46,7 +46,7 @@ func New(pool *pgxpool.Pool, limits Limits) *Store {
 	if limits.MaxTxnOps <= 0 {
 		limits.MaxTxnOps = DefaultLimits.MaxTxnOps
 	}
-	return &Store{pool: pool, limits: limits, puts: &putBatcher{pool: pool}}
+	return &Store{pool: pool, limits: limits, puts: &putBatcher{pool: pool, limit: putWorkers}}
 }
 
 // Limits returns the limits the store enforces.
