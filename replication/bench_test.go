@@ -42,6 +42,7 @@ import (
 	"github.com/walwatch/walwatch/replication"
 	"github.com/walwatch/walwatch/sql"
 	"github.com/walwatch/walwatch/store"
+	"github.com/walwatch/walwatch/test/pgcluster"
 )
 
 // benchValue is an APISIX-route-sized value, as store's BenchmarkPut uses.
@@ -390,13 +391,17 @@ func BenchmarkIdleWatcherMemory(b *testing.B) {
 //   - slot: a bare reader of a temporary slot with the hub's pgoutput
 //     options, which only counts Insert messages: what the server's WAL
 //     sender costs, a floor for any watcher built on logical replication;
+//   - slot-unix: the same reader through the server's Unix socket instead
+//     of TCP on loopback, which every other connection here uses: the WAL
+//     sender sends each message on its own, and on TCP each is a segment
+//     that both ends process;
 //   - watched: a hub on a temporary slot with one prefix watcher counting
 //     every event.
 //
 // A phase with a reader lasts until the reader has every put, so a reader
 // falling behind counts against it. It reports each phase's median puts/s,
-// slot-ratio and watched-ratio (to unwatched), and this process's CPU per
-// put in each phase (cpu-us/put): the difference between watched and slot
+// each reader phase's ratio to unwatched, and this process's CPU per put in
+// each phase (cpu-us/put): the difference between watched and slot
 // is what the hub and its watcher cost per event, a steadier figure than
 // throughput on a shared machine. The WAL sender's CPU is the server's and
 // counted in neither.
@@ -471,12 +476,20 @@ func BenchmarkWatchedPuts(b *testing.B) {
 	slot := func(ctx context.Context) func() int64 {
 		return startSlotReader(ctx, b, e.url)
 	}
+	cfg, err := pgconn.ParseConfig(e.url)
+	if err != nil {
+		b.Fatal(err)
+	}
+	socket := pgcluster.Shared(b).SocketConnString(cfg.Database)
+	slotUnix := func(ctx context.Context) func() int64 {
+		return startSlotReader(ctx, b, socket)
+	}
 
 	puts(phase / 4) // warm the pool, the statements and the table
 	phases := []struct {
 		name  string
 		start func(context.Context) func() int64
-	}{{"unwatched", nil}, {"slot", slot}, {"watched", hub}}
+	}{{"unwatched", nil}, {"slot", slot}, {"slot-unix", slotUnix}, {"watched", hub}}
 	results := make([][]result, len(phases))
 	b.ResetTimer()
 	for range b.N {

@@ -407,6 +407,18 @@ func (c *Cluster) ConnString(dbname string) string {
 	return u.String()
 }
 
+// SocketConnString is ConnString through the server's Unix socket, for
+// measuring what TCP on loopback costs.
+func (c *Cluster) SocketConnString(dbname string) string {
+	u := url.URL{
+		Scheme:   "postgres",
+		User:     url.User("postgres"),
+		Path:     "/" + dbname,
+		RawQuery: url.Values{"host": {c.sockDir}, "port": {strconv.Itoa(c.port)}}.Encode(),
+	}
+	return u.String()
+}
+
 // CreateDatabase creates database name and returns its connection string.
 func (c *Cluster) CreateDatabase(ctx context.Context, name string) (string, error) {
 	if err := c.execAdmin(ctx, "CREATE DATABASE "+pgx.Identifier{name}.Sanitize()); err != nil {

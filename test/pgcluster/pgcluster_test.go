@@ -71,6 +71,22 @@ func TestNewDatabaseQuery(t *testing.T) {
 	}
 }
 
+func TestSocketConnString(t *testing.T) {
+	t.Parallel()
+	tcp := connect(t, pgcluster.NewDatabase(t))
+	db := queryString(t, tcp, "SELECT current_database()")
+	unix := connect(t, pgcluster.Shared(t).SocketConnString(db))
+	if got := queryString(t, unix, "SELECT current_database()"); got != db {
+		t.Errorf("through the socket: database %q, want %q", got, db)
+	}
+	// The server reports no address for a Unix socket connection.
+	for conn, want := range map[*pgx.Conn]string{tcp: "127.0.0.1/32", unix: "none"} {
+		if got := queryString(t, conn, "SELECT coalesce(inet_client_addr()::text, 'none')"); got != want {
+			t.Errorf("client address %q, want %q", got, want)
+		}
+	}
+}
+
 func TestSharedServerSettings(t *testing.T) {
 	t.Parallel()
 	conn := connect(t, pgcluster.NewDatabase(t))
