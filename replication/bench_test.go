@@ -2,7 +2,8 @@
 // harness starts (fsync on, as in production). How to run them, without the
 // Makefile; each command takes well under a minute on two cores:
 //
-//	# put→event round trip, idle and under 32 concurrent writers
+//	# put→event round trip, idle and under 32 concurrent writers, over
+//	# TCP and over the Unix socket
 //	go test -run '^$' -bench 'BenchmarkPutToEvent' -benchtime 2000x -count 3 ./replication/
 //	# catch-up of a new watcher over 100,000 revisions in the table
 //	go test -run '^$' -bench 'BenchmarkCatchUp' -benchtime 3x -count 3 ./replication/
@@ -116,8 +117,17 @@ func awaitRevision(b *testing.B, w *replication.Watcher, rev int64, timer *time.
 // server's commit timestamp to the event's arrival (commit-p50-us,
 // commit-p99-us: the commit's flush, the WAL sender, the hub), and under
 // load the hub's holes and fillers per measured put.
+//
+// Both run twice, every connection through TCP on loopback (tcp/...) and
+// through the server's Unix socket (unix/...): the WAL sender sends every
+// message on its own, and what each send costs on TCP shows in the tail
+// under load.
 func BenchmarkPutToEvent(b *testing.B) {
-	e := newEnv(b)
+	b.Run("tcp", func(b *testing.B) { benchmarkPutToEvent(b, newEnv(b)) })
+	b.Run("unix", func(b *testing.B) { benchmarkPutToEvent(b, newEnvAt(b, socketURL(b, pgcluster.NewDatabase(b)))) })
+}
+
+func benchmarkPutToEvent(b *testing.B, e *env) {
 	reg := prometheus.NewRegistry()
 	h := e.startHub(b, replication.Config{Metrics: replication.NewMetrics(reg)})
 	ctx := context.Background()
@@ -476,11 +486,7 @@ func BenchmarkWatchedPuts(b *testing.B) {
 	slot := func(ctx context.Context) func() int64 {
 		return startSlotReader(ctx, b, e.url)
 	}
-	cfg, err := pgconn.ParseConfig(e.url)
-	if err != nil {
-		b.Fatal(err)
-	}
-	socket := pgcluster.Shared(b).SocketConnString(cfg.Database)
+	socket := socketURL(b, e.url)
 	slotUnix := func(ctx context.Context) func() int64 {
 		return startSlotReader(ctx, b, socket)
 	}

@@ -9,6 +9,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/jackc/pgx/v5/pgconn"
 	"github.com/jackc/pgx/v5/pgxpool"
 
 	"github.com/walwatch/walwatch/replication"
@@ -36,6 +37,17 @@ func newEnvAt(tb testing.TB, url string) *env {
 		tb.Fatal(err)
 	}
 	return &env{url: url, pool: pool, store: store.New(pool, store.Limits{})}
+}
+
+// socketURL is url, a database of the shared cluster, through the server's
+// Unix socket instead of TCP.
+func socketURL(tb testing.TB, url string) string {
+	tb.Helper()
+	cfg, err := pgconn.ParseConfig(url)
+	if err != nil {
+		tb.Fatal(err)
+	}
+	return pgcluster.Shared(tb).SocketConnString(cfg.Database)
 }
 
 // newPool opens a pool on url that the test closes when it ends.
