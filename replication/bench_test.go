@@ -7,7 +7,8 @@
 //	go test -run '^$' -bench 'BenchmarkPutToEvent' -benchtime 2000x -count 3 ./replication/
 //	# catch-up of a new watcher over 100,000 revisions in the table
 //	go test -run '^$' -bench 'BenchmarkCatchUp' -benchtime 3x -count 3 ./replication/
-//	# puts at 32 writers with one watcher, against none, interleaved
+//	# puts at 32 writers with one watcher, with a bare slot reader (over
+//	# TCP and over the Unix socket) and with none, interleaved
 //	go test -run '^$' -bench 'BenchmarkWatchedPuts' -benchtime 5x ./replication/
 //	# heap per idle watcher, and fan-out of one put to 10,000 watchers
 //	go test -run '^$' -bench 'BenchmarkIdleWatcherMemory' -benchtime 20x -count 3 ./replication/

@@ -325,7 +325,6 @@ func (b *bench) results(ctx context.Context, commit string) (*Results, error) {
 	return r, nil
 }
 
-// notes say how the figures were taken, for the report.
 // quiesce waits for autovacuum to finish before a measurement.
 func (b *bench) quiesce(ctx context.Context) error {
 	waited, err := b.env.quiesce(ctx)
@@ -339,6 +338,7 @@ func (b *bench) quiesce(ctx context.Context) error {
 	return nil
 }
 
+// notes say how the figures were taken, for the report.
 func (b *bench) notes(lagNotes, cpuNotes []string) []string {
 	c := b.cfg
 	return []string{
