@@ -21,13 +21,18 @@
 // The figures are reported as metrics: p50-us, p99-us and p999-us are
 // round-trip percentiles in microseconds, events/s and puts/s throughputs,
 // bytes/watcher the heap an idle watcher costs, fanout-p99-ms the time for
-// one put to reach every watcher. These are measurements, never assertions.
+// one put to reach every watcher. Under load, BenchmarkPutToEvent also
+// reports how the hub's WAL sender spent the time (walsender-oncpu on a CPU,
+// walsender-runq runnable but waiting for one, each as a fraction of the
+// wall time), from Linux's schedstat. These are measurements, never
+// assertions.
 package replication_test
 
 import (
 	"context"
 	"fmt"
 	"math"
+	"os"
 	"runtime"
 	"slices"
 	"sync"
@@ -217,11 +222,17 @@ func benchmarkPutToEvent(b *testing.B, e *env) {
 		time.Sleep(200 * time.Millisecond) // let the load reach a steady state
 		before := loadOps.Load()
 		holes, filled := counter("walwatch_hub_holes_seen_total"), counter("walwatch_hub_holes_filled_total")
-		start := time.Now()
+		sender := walSender(b, e)
+		start, sched := time.Now(), sender()
 
 		measure(b, "/measured/loaded/")
 
-		loadRate := float64(loadOps.Load()-before) / time.Since(start).Seconds()
+		elapsed := time.Since(start).Seconds()
+		loadRate := float64(loadOps.Load()-before) / elapsed
+		if end := sender(); end.ok && sched.ok {
+			b.ReportMetric((end.onCPU-sched.onCPU).Seconds()/elapsed, "walsender-oncpu")
+			b.ReportMetric((end.waiting-sched.waiting).Seconds()/elapsed, "walsender-runq")
+		}
 		b.ReportMetric((counter("walwatch_hub_holes_seen_total")-holes)/float64(b.N), "holes/op")
 		b.ReportMetric((counter("walwatch_hub_holes_filled_total")-filled)/float64(b.N), "fillers/op")
 		stopWriters()
@@ -230,6 +241,39 @@ func benchmarkPutToEvent(b *testing.B, e *env) {
 		}
 		b.ReportMetric(loadRate, "load-puts/s")
 	})
+}
+
+// schedStat is how long a process has run and how long it has waited,
+// runnable, for a CPU, from Linux's /proc/PID/schedstat.
+type schedStat struct {
+	onCPU, waiting time.Duration
+	ok             bool
+}
+
+// walSender returns a function that reads the schedstat of the WAL sender
+// serving e's hub (the test harness's server runs on this machine). A WAL
+// sender runnable far longer than it runs is short of CPU, not of work; on
+// two shared cores that, not the hub, is the round trip's tail under load.
+func walSender(b *testing.B, e *env) func() schedStat {
+	var pid int
+	err := e.pool.QueryRow(context.Background(),
+		`select active_pid from pg_replication_slots where database = current_database() and active_pid is not null`).Scan(&pid)
+	if err != nil {
+		b.Fatalf("find the hub's WAL sender: %v", err)
+	}
+	return func() schedStat {
+		data, err := os.ReadFile(fmt.Sprintf("/proc/%d/schedstat", pid))
+		if err != nil {
+			b.Logf("no schedstat for the WAL sender: %v", err)
+			return schedStat{}
+		}
+		var run, wait int64
+		if _, err := fmt.Sscan(string(data), &run, &wait); err != nil {
+			b.Logf("parse the WAL sender's schedstat %q: %v", data, err)
+			return schedStat{}
+		}
+		return schedStat{time.Duration(run), time.Duration(wait), true}
+	}
 }
 
 // catchUpRevisions is how many revisions BenchmarkCatchUp's watcher replays.
