@@ -258,6 +258,19 @@ func machine() string {
 	return fmt.Sprintf("%s, %d cores%s", model, runtime.NumCPU(), mem)
 }
 
+// autogroup reports whether Linux's scheduler autogroup is on ("on",
+// "off"), or "" where the kernel has no such setting.
+func autogroup() string {
+	b, err := os.ReadFile("/proc/sys/kernel/sched_autogroup_enabled")
+	if err != nil {
+		return ""
+	}
+	if strings.TrimSpace(string(b)) == "0" {
+		return "off"
+	}
+	return "on"
+}
+
 // quiesce waits until no autovacuum worker runs, for at most two minutes, so
 // that a measurement does not pay for vacuuming what earlier workloads
 // wrote. It returns how long it waited.

@@ -255,7 +255,7 @@ func (b *bench) results(ctx context.Context, commit string) (*Results, error) {
 	r := &Results{
 		Meta: Meta{
 			Date: time.Now().UTC().Format(time.RFC3339), Commit: commit,
-			Machine: machine(), GoVersion: runtime.Version(), Postgres: pgVersion, Etcd: version.Version,
+			Machine: machine(), Autogroup: autogroup(), GoVersion: runtime.Version(), Postgres: pgVersion, Etcd: version.Version,
 			Quick: b.cfg.quick, Rounds: b.cfg.rounds,
 		},
 		Systems:          map[string]*SystemResults{},

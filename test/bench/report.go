@@ -346,6 +346,9 @@ func renderReadme(r *Results) string {
 	}
 
 	fmt.Fprintf(&b, "- Machine: %s\n", orUnknown(m.Machine))
+	if m.Autogroup != "" {
+		fmt.Fprintf(&b, "- Linux scheduler autogroup: %s (`kernel.sched_autogroup_enabled`; when on, every PostgreSQL backend and WAL sender is a scheduling group of its own, weighed like the whole benchmark process)\n", m.Autogroup)
+	}
 	fmt.Fprintf(&b, "- Date: %s\n", orUnknown(m.Date))
 	if strings.TrimSpace(m.Commit) == "" {
 		b.WriteString("- Commit: unknown\n")

@@ -16,6 +16,7 @@ func plausibleResults() *Results {
 			Date:      "2026-05-01T10:00:00Z",
 			Commit:    "5fc644b-dirty",
 			Machine:   "AMD EPYC 7B13, 8 cores, 32 GiB",
+			Autogroup: "off",
 			GoVersion: "go1.26.0",
 			Postgres:  "17.4",
 			Etcd:      "3.7.3",
@@ -163,7 +164,7 @@ func TestReportFull(t *testing.T) {
 
 	for _, want := range []string{
 		"# walwatch benchmarks",
-		"AMD EPYC 7B13, 8 cores, 32 GiB", "2026-05-01T10:00:00Z", "`5fc644b-dirty`",
+		"AMD EPYC 7B13, 8 cores, 32 GiB", "Linux scheduler autogroup: off", "2026-05-01T10:00:00Z", "`5fc644b-dirty`",
 		"go1.26.0", "PostgreSQL 17.4", "etcd 3.7.3", "median of 5 rounds",
 		"make bench", "make bench-quick", "](chart.png)",
 		"- notify serialises puts on the NOTIFY lock.\n", "- a note\n  over two lines\n",

@@ -16,9 +16,14 @@ type Results struct {
 
 // Meta says where and when the figures were taken.
 type Meta struct {
-	Date      string `json:"date"`    // RFC 3339
-	Commit    string `json:"commit"`  // git describe --always --dirty
-	Machine   string `json:"machine"` // CPU model, cores, memory
+	Date    string `json:"date"`    // RFC 3339
+	Commit  string `json:"commit"`  // git describe --always --dirty
+	Machine string `json:"machine"` // CPU model, cores, memory
+	// Autogroup is Linux's kernel.sched_autogroup_enabled, "on" or "off"
+	// (empty elsewhere). PostgreSQL starts every backend and WAL sender in
+	// a session of its own, so with autogroup on each of them weighs as
+	// much on the scheduler as the whole benchmark process.
+	Autogroup string `json:"sched_autogroup,omitempty"`
 	GoVersion string `json:"go_version"`
 	Postgres  string `json:"postgres"` // server version
 	Etcd      string `json:"etcd"`     // etcd server version
