@@ -347,7 +347,7 @@ func renderReadme(r *Results) string {
 
 	fmt.Fprintf(&b, "- Machine: %s\n", orUnknown(m.Machine))
 	if m.Autogroup != "" {
-		fmt.Fprintf(&b, "- Linux scheduler autogroup: %s (`kernel.sched_autogroup_enabled`; when on, every PostgreSQL backend and WAL sender is a scheduling group of its own, weighed like the whole benchmark process)\n", m.Autogroup)
+		fmt.Fprintf(&b, "- Linux scheduler autogroup: %s (`kernel.sched_autogroup_enabled`; when on, the scheduler shares the CPUs between sessions, and PostgreSQL makes every backend and WAL sender a session of its own)\n", m.Autogroup)
 	}
 	fmt.Fprintf(&b, "- Date: %s\n", orUnknown(m.Date))
 	if strings.TrimSpace(m.Commit) == "" {

@@ -20,9 +20,9 @@ type Meta struct {
 	Commit  string `json:"commit"`  // git describe --always --dirty
 	Machine string `json:"machine"` // CPU model, cores, memory
 	// Autogroup is Linux's kernel.sched_autogroup_enabled, "on" or "off"
-	// (empty elsewhere). PostgreSQL starts every backend and WAL sender in
-	// a session of its own, so with autogroup on each of them weighs as
-	// much on the scheduler as the whole benchmark process.
+	// (empty elsewhere). With it on the scheduler shares the CPUs between
+	// sessions, and PostgreSQL makes every backend and WAL sender a session
+	// of its own: each weighs as much as the benchmark's whole session.
 	Autogroup string `json:"sched_autogroup,omitempty"`
 	GoVersion string `json:"go_version"`
 	Postgres  string `json:"postgres"` // server version
