@@ -42,6 +42,11 @@ var (
 	maxFillBatch = 10000
 	// tablePage is how many rows a table read fetches at a time.
 	tablePage = 5000
+	// visibleCheck bounds the revisions one visibility check reads.
+	visibleCheck int64 = 10000
+	// visibleRetryMax bounds the wait between visibility checks while a
+	// committed transaction is not visible yet.
+	visibleRetryMax = 100 * time.Millisecond
 	// reconnectBackoff bounds the wait between reconnects; each wait is a
 	// random fraction (jitter) of a doubling base, so hubs restarting
 	// together do not hammer the server together.
@@ -92,6 +97,15 @@ type Hub struct {
 	// settledLSN is the end LSN of the last transaction whose revisions are
 	// all at or below the watermark: what the stream may confirm.
 	settledLSN atomic.Uint64
+
+	// visible is a revision at or below the watermark up to which every
+	// revision's row is visible to any snapshot taken from now on. The
+	// stream has a transaction once its commit is flushed, a moment before
+	// other sessions can see it (longer while it waits for a synchronous
+	// standby), so settled is not enough for a read. visMu lets one check
+	// of the table at a time raise it; callers share its answer.
+	visible atomic.Int64
+	visMu   sync.Mutex
 
 	// Owned by the run loop.
 	buffer   map[int64]*committed // committed revisions above the watermark
@@ -209,23 +223,26 @@ func (h *Hub) Stopped() <-chan struct{} { return h.stopped }
 func (h *Hub) Ready() <-chan struct{} { return h.ready }
 
 // Revision returns the watermark: every revision at or below it is settled
-// and delivered, so a read at it will never change.
+// and delivered to live watchers. A read at it may still miss a transaction
+// that has committed but is not visible yet; read at ReadRevision, or wait
+// with WaitFor.
 func (h *Hub) Revision() int64 {
 	h.mu.Lock()
 	defer h.mu.Unlock()
 	return h.watermark
 }
 
-// WaitFor waits until the watermark reaches rev: from then on a read at rev
-// sees every write at or below it and will never change. A reader that wants
-// its own writes (read at the store's current revision) waits for that.
+// WaitFor waits until rev is settled and every transaction at or below it
+// is visible: from then on a read at rev sees every write at or below it and
+// will never change. A reader that wants its own writes (read at the store's
+// current revision) waits for that.
 func (h *Hub) WaitFor(ctx context.Context, rev int64) error {
 	for {
 		h.mu.Lock()
 		w, advanced := h.watermark, h.advanced
 		h.mu.Unlock()
 		if w >= rev {
-			return nil
+			break
 		}
 		select {
 		case <-advanced:
@@ -235,6 +252,85 @@ func (h *Hub) WaitFor(ctx context.Context, rev int64) error {
 			return ErrHubStopped
 		}
 	}
+	retry := time.Millisecond
+	for {
+		v, err := h.visibleUpTo(ctx, rev)
+		if err != nil {
+			return fmt.Errorf("wait for revision %d: %w", rev, err)
+		}
+		if v >= rev {
+			return nil
+		}
+		select {
+		case <-time.After(retry):
+		case <-ctx.Done():
+			return fmt.Errorf("wait for revision %d (visible up to %d): %w", rev, v, ctx.Err())
+		case <-h.stopped:
+			return ErrHubStopped
+		}
+		retry = min(2*retry, visibleRetryMax)
+	}
+}
+
+// ReadRevision returns the highest revision a read can use knowing that it
+// sees everything the hub has delivered or will deliver at or below it, and
+// will never change: load state at it, then watch from the next one.
+func (h *Hub) ReadRevision(ctx context.Context) (int64, error) {
+	return h.visibleUpTo(ctx, h.Revision())
+}
+
+// visibleUpTo returns the highest revision at or below upto (a settled one)
+// up to which every revision is visible, checking the table for what it does
+// not know yet.
+func (h *Hub) visibleUpTo(ctx context.Context, upto int64) (int64, error) {
+	if v := h.visible.Load(); v >= upto {
+		return upto, nil
+	}
+	h.visMu.Lock()
+	defer h.visMu.Unlock()
+	v := h.visible.Load()
+	for v < upto {
+		hi := min(upto, v+visibleCheck)
+		next, err := h.checkVisible(ctx, v, hi)
+		if err != nil {
+			return v, err
+		}
+		h.visible.Store(next)
+		if next < hi {
+			return next, nil // a transaction at next+1 is not visible yet
+		}
+		v = next
+	}
+	return upto, nil
+}
+
+// checkVisible returns the highest revision r in [after, hi] such that every
+// revision in (after, r] is visible. Every settled revision has a row with
+// sub 0 (a write's first row or a filler), and a row one snapshot sees belongs
+// to a transaction every later snapshot sees too. Compaction removes rows
+// below its revision, where reads fail anyway: those need no check.
+func (h *Hub) checkVisible(ctx context.Context, after, hi int64) (int64, error) {
+	var (
+		compacted int64
+		revs      []int64
+	)
+	err := h.cfg.Pool.QueryRow(ctx,
+		`select m.compact_revision,
+		        array(select k.revision from walwatch.kv k
+		               where k.revision > greatest($1, m.compact_revision) and k.revision <= $2 and k.sub = 0
+		               order by k.revision)
+		   from walwatch.meta m`, after, hi).Scan(&compacted, &revs)
+	if err != nil {
+		return after, fmt.Errorf("check which revisions after %d are visible: %w", after, err)
+	}
+	next := min(max(after, compacted), hi)
+	for _, rev := range revs {
+		if rev != next+1 {
+			break
+		}
+		next = rev
+	}
+	return next, nil
 }
 
 // Run streams until ctx ends, reconnecting after any failure, and closes
@@ -314,6 +410,10 @@ func (h *Hub) accept(t *txn) {
 		if h.watermark == 0 {
 			h.watermark = t.base
 			h.window.from = t.base + 1
+			// Taken as visible: an earlier hub recorded it as settled,
+			// and the check starts above it rather than at the table's
+			// first revision.
+			h.visible.Store(t.base)
 		}
 		h.mu.Unlock()
 	}

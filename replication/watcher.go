@@ -323,7 +323,20 @@ func (h *Hub) syncWatcher(ctx context.Context, wt *watcher) (behind bool) {
 	from := wt.next
 	h.mu.Unlock()
 
-	evs, next, err := h.readChanges(ctx, wt.rng, from, w)
+	// Read the table only as far as every transaction is visible: a read
+	// past one that has committed but is not visible yet would skip it for
+	// good.
+	upto, err := h.visibleUpTo(ctx, w)
+	if err == nil && upto < from {
+		return false // not visible yet: try again on the next tick
+	}
+	var (
+		evs  []Event
+		next int64
+	)
+	if err == nil {
+		evs, next, err = h.readChanges(ctx, wt.rng, from, upto)
+	}
 	h.mu.Lock()
 	defer h.mu.Unlock()
 	if _, ok := h.unsynced[wt]; !ok || wt.next != from {

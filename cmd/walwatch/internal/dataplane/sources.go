@@ -192,7 +192,12 @@ func (h *Hub) Run(ctx context.Context, p *Proxy) error {
 	reload := true
 	return retry(ctx, h.Log, p, func(ctx context.Context) error {
 		if reload {
-			rev := h.Hub.Revision() // settled: a watch from rev+1 misses nothing
+			// Settled and visible: the read sees everything at or below
+			// rev, and a watch from rev+1 misses nothing.
+			rev, err := h.Hub.ReadRevision(ctx)
+			if err != nil {
+				return err
+			}
 			res, err := h.Store.Range(ctx, store.RangeRequest{KeyRange: store.Prefix([]byte(routes.Prefix)), Revision: rev})
 			if err != nil {
 				return err

@@ -1,0 +1,169 @@
+package replication_test
+
+import (
+	"context"
+	"errors"
+	"testing"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+
+	"github.com/walwatch/walwatch/replication"
+	"github.com/walwatch/walwatch/store"
+	"github.com/walwatch/walwatch/test/pgcluster"
+)
+
+// TestCommittedNotYetVisible holds a put between its commit and its
+// visibility. PostgreSQL decodes a transaction once its commit record is
+// flushed, and only then ends it for other sessions; a synchronous standby
+// that never answers keeps a committed transaction in that state for as long
+// as the test likes (without one, the same state lasts microseconds, or as
+// long as the committing backend is descheduled). The hub receives the put
+// and settles revisions above it, but a read at those revisions, and a
+// watcher catching up from the table, must not pass over it.
+func TestCommittedNotYetVisible(t *testing.T) {
+	c := pgcluster.StartPrivate(t, pgcluster.Options{Settings: map[string]string{
+		// Every session commits locally unless it asks for more; the one
+		// that asks waits for a standby that never comes.
+		"synchronous_standby_names": "walwatch_test_no_standby",
+		"synchronous_commit":        "local",
+	}})
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	dbURL, err := c.CreateDatabase(ctx, "walwatch")
+	if err != nil {
+		t.Fatal(err)
+	}
+	e := newEnvAt(t, dbURL)
+	// A window of one revision: a watcher from further back reads the table.
+	h := e.startHub(t, replication.Config{Window: 1})
+	first := e.put(t, "/v/a", "0")
+	waitRevision(t, h, first)
+	live := watch(t, h, replication.WatchRequest{Range: store.Prefix([]byte("/v/")), StartRevision: first + 1})
+
+	held, err := pgx.Connect(ctx, dbURL)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer held.Close(context.Background())
+	if _, err := held.Exec(ctx, "set synchronous_commit = on"); err != nil {
+		t.Fatal(err)
+	}
+	heldDone := make(chan error, 1)
+	go func() {
+		var rev int64
+		heldDone <- held.QueryRow(ctx, "select walwatch.put($1, $2)", []byte("/v/a"), []byte("1")).Scan(&rev)
+	}()
+
+	// The hub has the held put as soon as it is flushed.
+	got := collect(t, live, 1, 10*time.Second)
+	heldRev := got[0].Rev
+	if got[0].Key != "/v/a" || got[0].Value != "1" {
+		t.Fatalf("first live event %v, want the held put of /v/a=1", got[0])
+	}
+	if got := readAt(t, e, "/v/a", 0); got != "0" {
+		t.Fatalf("the held put is visible already (/v/a=%q): the test holds nothing", got)
+	}
+	after := e.put(t, "/v/b", "1")
+	waitRevision(t, h, after)
+
+	// A watcher from the start, served from the table (below the window).
+	behind := watch(t, h, replication.WatchRequest{Range: store.Prefix([]byte("/v/")), StartRevision: first})
+
+	// Settled, but a read at after would not see the held put yet.
+	wctx, wcancel := context.WithTimeout(ctx, 300*time.Millisecond)
+	err = h.WaitFor(wctx, after)
+	wcancel()
+	if err == nil {
+		t.Errorf("WaitFor(%d) returned while the put at %d was not visible: a read there gives /v/a=%q",
+			after, heldRev, readAt(t, e, "/v/a", after))
+	} else if !errors.Is(err, context.DeadlineExceeded) {
+		t.Fatalf("WaitFor(%d): %v", after, err)
+	}
+	if rev, err := h.ReadRevision(ctx); err != nil {
+		t.Fatal(err)
+	} else if rev >= heldRev {
+		t.Errorf("ReadRevision = %d while the put at %d was not visible", rev, heldRev)
+	}
+
+	// Let the put end: the standby wait is cancelled, the commit stands.
+	if _, err := e.pool.Exec(ctx, "select pg_cancel_backend($1)", int32(held.PgConn().PID())); err != nil {
+		t.Fatal(err)
+	}
+	if err := <-heldDone; err != nil {
+		t.Fatalf("held put: %v", err)
+	}
+	if err := h.WaitFor(ctx, after); err != nil {
+		t.Fatal(err)
+	}
+	if got := readAt(t, e, "/v/a", after); got != "1" {
+		t.Errorf("read at %d after WaitFor: /v/a=%q, want 1", after, got)
+	}
+	want := []seen{
+		{first, 0, replication.Put, "/v/a", "0", 1},
+		{heldRev, 0, replication.Put, "/v/a", "1", 2},
+		{after, 0, replication.Put, "/v/b", "1", 1},
+	}
+	assertEvents(t, "watcher from the table", collect(t, behind, 3, 10*time.Second), want)
+	assertEvents(t, "live watcher", append(got, collect(t, live, 1, 10*time.Second)...), want[1:])
+}
+
+// readAt reads key at rev (0: the latest) and returns its value, "" when
+// absent.
+func readAt(t *testing.T, e *env, key string, rev int64) string {
+	t.Helper()
+	res, err := e.store.Range(context.Background(), store.RangeRequest{KeyRange: store.Key([]byte(key)), Revision: rev})
+	if err != nil {
+		t.Fatalf("read %s at %d: %v", key, rev, err)
+	}
+	if len(res.KVs) == 0 {
+		return ""
+	}
+	return string(res.KVs[0].Value)
+}
+
+func assertEvents(t *testing.T, who string, got, want []seen) {
+	t.Helper()
+	if len(got) != len(want) {
+		t.Errorf("%s: got %v, want %v", who, got, want)
+		return
+	}
+	for i := range want {
+		if got[i] != want[i] {
+			t.Errorf("%s: got %v, want %v", who, got, want)
+			return
+		}
+	}
+}
+
+// TestVisibleAcrossCompaction: compaction removes rows below its revision,
+// so the hub's visibility check must not wait for them.
+func TestVisibleAcrossCompaction(t *testing.T) {
+	e := newEnv(t)
+	h := e.startHub(t, replication.Config{})
+	ctx := context.Background()
+	var last int64
+	for _, v := range []string{"1", "2", "3", "4"} {
+		last = e.put(t, "/c/a", v)
+		e.put(t, "/c/gone", v)
+		last = max(last, e.put(t, "/c/gone", "x"))
+	}
+	if _, err := e.store.Delete(ctx, store.Key([]byte("/c/gone"))); err != nil {
+		t.Fatal(err)
+	}
+	last = e.put(t, "/c/b", "1")
+	if _, err := e.store.Compact(ctx, last); err != nil {
+		t.Fatal(err)
+	}
+	wctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+	defer cancel()
+	if err := h.WaitFor(wctx, last); err != nil {
+		t.Fatalf("WaitFor(%d) after compacting at it: %v", last, err)
+	}
+	if rev, err := h.ReadRevision(ctx); err != nil || rev < last {
+		t.Fatalf("ReadRevision = %d, %v; want at least %d", rev, err, last)
+	}
+	if got := readAt(t, e, "/c/a", last); got != "4" {
+		t.Errorf("/c/a at %d = %q, want 4", last, got)
+	}
+}
