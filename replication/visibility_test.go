@@ -3,6 +3,7 @@ package replication_test
 import (
 	"context"
 	"errors"
+	"slices"
 	"testing"
 	"time"
 
@@ -104,8 +105,12 @@ func TestCommittedNotYetVisible(t *testing.T) {
 		{heldRev, 0, replication.Put, "/v/a", "1", 2},
 		{after, 0, replication.Put, "/v/b", "1", 1},
 	}
-	assertEvents(t, "watcher from the table", collect(t, behind, 3, 10*time.Second), want)
-	assertEvents(t, "live watcher", append(got, collect(t, live, 1, 10*time.Second)...), want[1:])
+	if got := collect(t, behind, 3, 10*time.Second); !slices.Equal(got, want) {
+		t.Errorf("watcher from the table: got %v, want %v", got, want)
+	}
+	if got := append(got, collect(t, live, 1, 10*time.Second)...); !slices.Equal(got, want[1:]) {
+		t.Errorf("live watcher: got %v, want %v", got, want[1:])
+	}
 }
 
 // readAt reads key at rev (0: the latest) and returns its value, "" when
@@ -120,20 +125,6 @@ func readAt(t *testing.T, e *env, key string, rev int64) string {
 		return ""
 	}
 	return string(res.KVs[0].Value)
-}
-
-func assertEvents(t *testing.T, who string, got, want []seen) {
-	t.Helper()
-	if len(got) != len(want) {
-		t.Errorf("%s: got %v, want %v", who, got, want)
-		return
-	}
-	for i := range want {
-		if got[i] != want[i] {
-			t.Errorf("%s: got %v, want %v", who, got, want)
-			return
-		}
-	}
 }
 
 // TestVisibleAcrossCompaction: compaction removes rows below its revision,
