@@ -414,6 +414,10 @@ func (h *Hub) accept(t *txn) {
 			// and the check starts above it rather than at the table's
 			// first revision.
 			h.visible.Store(t.base)
+			// The watermark moved: wake WaitFor's waiters, or on an idle
+			// store they sleep until their deadline.
+			close(h.advanced)
+			h.advanced = make(chan struct{})
 		}
 		h.mu.Unlock()
 	}

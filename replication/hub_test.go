@@ -1,6 +1,7 @@
 package replication_test
 
 import (
+	"context"
 	"slices"
 	"testing"
 	"time"
@@ -81,5 +82,31 @@ func TestPoolSettingsInConnectionString(t *testing.T) {
 	r := e.put(t, "/a", "1")
 	if got := collect(t, w, 1, 10*time.Second); got[0].Rev != r {
 		t.Fatalf("got %v", got)
+	}
+}
+
+// A read waiting for the first revision of an idle store is answered once
+// the hub has its starting point, not at its deadline: the first table read
+// moves the watermark, and that must wake the waiters.
+func TestWaitForOnIdleStoreAtStart(t *testing.T) {
+	e := newEnv(t)
+	h, err := replication.New(replication.Config{Pool: e.pool})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(t.Context())
+	done := make(chan error, 1)
+	go func() { done <- h.Run(ctx) }()
+	t.Cleanup(func() {
+		cancel()
+		if err := <-done; err != nil {
+			t.Errorf("hub: %v", err)
+		}
+	})
+	// Well below the 10 s a cp's read waits, well above a start's time.
+	wctx, wcancel := context.WithTimeout(t.Context(), 8*time.Second)
+	defer wcancel()
+	if err := h.WaitFor(wctx, 1); err != nil {
+		t.Fatalf("WaitFor(1) on an idle store: %v", err)
 	}
 }
