@@ -185,3 +185,38 @@ func TestSQLAPIFromPlainSQL(t *testing.T) {
 		t.Fatalf("compacted read from SQL: %v", err)
 	}
 }
+
+// Keys and values are bytes: one that is not UTF-8 text (a NUL, invalid
+// UTF-8) must not break the text API's reads of its neighbours. The text
+// API shows it in bytea's hex form; text, ASCII or not, stays text.
+func TestSQLTextAPIWithAnyBytes(t *testing.T) {
+	s, pool := newStore(t, store.Limits{})
+	ctx := testContext(t)
+	for _, kv := range [][2]string{
+		{"/routes/a\x00b", "nul key"},
+		{"/routes/bad\xff\xfe", "invalid key"},
+		{"/routes/ok", "v\x00"},
+		{"/routes/caf\u00e9", "caf\u00e9 \\ back"},
+	} {
+		if _, err := s.Put(ctx, []byte(kv[0]), []byte(kv[1])); err != nil {
+			t.Fatal(err)
+		}
+	}
+	tests := []struct{ sql, want string }{
+		{`select string_agg(key || '=' || value, ',' order by key) from walwatch.get_all('/routes/')`,
+			`/routes/café=café \ back,/routes/ok=\x7600,\x2f726f757465732f610062=nul key,\x2f726f757465732f626164fffe=invalid key`},
+		{`select string_agg(revision || ':' || key, ',' order by revision) from walwatch.changes('/routes/', 1)`,
+			`2:\x2f726f757465732f610062,3:\x2f726f757465732f626164fffe,4:/routes/ok,5:/routes/café`},
+		{`select value from walwatch.get('/routes/ok')`, `\x7600`},
+		{`select value from walwatch.get('/routes/café')`, `café \ back`},
+	}
+	for _, tt := range tests {
+		var got string
+		if err := pool.QueryRow(ctx, tt.sql).Scan(&got); err != nil {
+			t.Fatalf("%s: %v", tt.sql, err)
+		}
+		if got != tt.want {
+			t.Errorf("%s = %q, want %q", tt.sql, got, tt.want)
+		}
+	}
+}
