@@ -8,6 +8,7 @@ import (
 
 	"github.com/spf13/cobra"
 
+	"github.com/walwatch/walwatch/cmd/walwatch/internal/wire"
 	"github.com/walwatch/walwatch/sql"
 	"github.com/walwatch/walwatch/store"
 )
@@ -57,15 +58,6 @@ func newPutCommand(g *globals) *cobra.Command {
 	}
 }
 
-// jsonKV is a key in the CLI's JSON: etcd's fields, with values as strings.
-type jsonKV struct {
-	Key            string `json:"key"`
-	Value          string `json:"value"`
-	CreateRevision int64  `json:"create_revision"`
-	ModRevision    int64  `json:"mod_revision"`
-	Version        int64  `json:"version"`
-}
-
 func newGetCommand(g *globals) *cobra.Command {
 	var (
 		prefix bool
@@ -87,18 +79,18 @@ func newGetCommand(g *globals) *cobra.Command {
 					return err
 				}
 				out := struct {
-					Revision int64    `json:"revision"`
-					KVs      []jsonKV `json:"kvs"`
-					More     bool     `json:"more"`
-				}{Revision: res.Revision, KVs: make([]jsonKV, len(res.KVs)), More: res.More}
+					Revision int64     `json:"revision"`
+					KVs      []wire.KV `json:"kvs"`
+					More     bool      `json:"more"`
+				}{Revision: res.Revision, KVs: make([]wire.KV, len(res.KVs)), More: res.More}
 				for i, kv := range res.KVs {
-					out.KVs[i] = jsonKV{string(kv.Key), string(kv.Value), kv.CreateRevision, kv.ModRevision, kv.Version}
+					out.KVs[i] = wire.NewKV(kv)
 				}
 				return g.print(out, func(w io.Writer) {
 					tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
 					fmt.Fprintln(tw, "KEY\tVALUE\tCREATE_REVISION\tMOD_REVISION\tVERSION")
-					for _, kv := range out.KVs {
-						fmt.Fprintf(tw, "%s\t%s\t%d\t%d\t%d\n", strconv.Quote(kv.Key), kv.Value, kv.CreateRevision, kv.ModRevision, kv.Version)
+					for _, kv := range res.KVs {
+						fmt.Fprintf(tw, "%s\t%s\t%d\t%d\t%d\n", strconv.Quote(string(kv.Key)), kv.Value, kv.CreateRevision, kv.ModRevision, kv.Version)
 					}
 					tw.Flush()
 					more := ""

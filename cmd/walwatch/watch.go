@@ -10,6 +10,7 @@ import (
 
 	"github.com/spf13/cobra"
 
+	"github.com/walwatch/walwatch/cmd/walwatch/internal/wire"
 	"github.com/walwatch/walwatch/replication"
 	"github.com/walwatch/walwatch/store"
 )
@@ -41,15 +42,19 @@ its own temporary replication slot, which disappears when watch exits.`,
 	return cmd
 }
 
-// jsonEvent is one line of watch -o json.
+// jsonEvent is one line of watch -o json; bytes that are not UTF-8 go in
+// the _base64 fields (package wire).
 type jsonEvent struct {
-	Type           string  `json:"type"`
-	Key            string  `json:"key"`
-	Value          string  `json:"value"`
-	Revision       int64   `json:"revision"`
-	CreateRevision int64   `json:"create_revision"`
-	Version        int64   `json:"version"`
-	PrevValue      *string `json:"prev_value,omitempty"`
+	Type            string  `json:"type"`
+	Key             string  `json:"key"`
+	KeyBase64       string  `json:"key_base64,omitempty"`
+	Value           string  `json:"value"`
+	ValueBase64     string  `json:"value_base64,omitempty"`
+	Revision        int64   `json:"revision"`
+	CreateRevision  int64   `json:"create_revision"`
+	Version         int64   `json:"version"`
+	PrevValue       *string `json:"prev_value,omitempty"`
+	PrevValueBase64 string  `json:"prev_value_base64,omitempty"`
 }
 
 func (g *globals) watch(ctx context.Context, req replication.WatchRequest) error {
@@ -90,24 +95,26 @@ func (g *globals) watch(ctx context.Context, req replication.WatchRequest) error
 	enc := json.NewEncoder(stdout)
 	for resp := range w.C {
 		for _, ev := range resp.Events {
-			out := jsonEvent{Type: ev.Type.String(), Key: string(ev.Key), Value: string(ev.Value),
-				Revision: ev.Revision, CreateRevision: ev.CreateRevision, Version: ev.Version}
-			if req.PrevKV && ev.PrevKV != nil {
-				v := string(ev.PrevKV.Value)
-				out.PrevValue = &v
-			}
 			if g.output == "json" {
+				out := jsonEvent{Type: ev.Type.String(), Revision: ev.Revision, CreateRevision: ev.CreateRevision, Version: ev.Version}
+				out.Key, out.KeyBase64 = wire.Text(ev.Key)
+				out.Value, out.ValueBase64 = wire.Text(ev.Value)
+				if req.PrevKV && ev.PrevKV != nil {
+					var v string
+					v, out.PrevValueBase64 = wire.Text(ev.PrevKV.Value)
+					out.PrevValue = &v
+				}
 				if err := enc.Encode(out); err != nil {
 					return err
 				}
 				continue
 			}
 			// etcdctl's format: the type, the key, the value (and the
-			// previous value with --prev-kv), a line each.
-			if req.PrevKV && out.PrevValue != nil {
-				fmt.Fprintf(stdout, "%s\n%s\n%s\n%s\n", out.Type, out.Key, *out.PrevValue, out.Value)
+			// previous value with --prev-kv), a line each, bytes as they are.
+			if req.PrevKV && ev.PrevKV != nil {
+				fmt.Fprintf(stdout, "%s\n%s\n%s\n%s\n", ev.Type, ev.Key, ev.PrevKV.Value, ev.Value)
 			} else {
-				fmt.Fprintf(stdout, "%s\n%s\n%s\n", out.Type, out.Key, out.Value)
+				fmt.Fprintf(stdout, "%s\n%s\n%s\n", ev.Type, ev.Key, ev.Value)
 			}
 		}
 		if err := stdout.Flush(); err != nil {

@@ -11,6 +11,7 @@ import (
 	"time"
 
 	"github.com/walwatch/walwatch/cmd/walwatch/internal/routes"
+	"github.com/walwatch/walwatch/cmd/walwatch/internal/wire"
 	"github.com/walwatch/walwatch/replication"
 	"github.com/walwatch/walwatch/store"
 )
@@ -19,23 +20,17 @@ import (
 // revision it reads at (a transaction holding a lower revision delays it).
 const settleTimeout = 10 * time.Second
 
-// jsonKV is a key in responses, shaped like the CLI's -o json.
-type jsonKV struct {
-	Key            string `json:"key"`
-	Value          any    `json:"value"`
-	CreateRevision int64  `json:"create_revision"`
-	ModRevision    int64  `json:"mod_revision"`
-	Version        int64  `json:"version"`
+// routeKV is a route in responses: a key as package wire shapes it, with a
+// value that is valid JSON shown as JSON, or as a string when someone stored
+// something else there.
+type routeKV struct {
+	wire.KV
+	Value any `json:"value"`
 }
 
-func kvJSON(kv store.KeyValue) jsonKV {
-	return jsonKV{Key: string(kv.Key), Value: string(kv.Value), CreateRevision: kv.CreateRevision, ModRevision: kv.ModRevision, Version: kv.Version}
-}
-
-// routeJSON shows a stored route's value as JSON, or as a string when
-// someone stored something else there.
-func routeJSON(kv store.KeyValue) jsonKV {
-	out := kvJSON(kv)
+func routeJSON(kv store.KeyValue) routeKV {
+	out := routeKV{KV: wire.NewKV(kv)}
+	out.Value = out.KV.Value
 	if json.Valid(kv.Value) {
 		out.Value = json.RawMessage(kv.Value)
 	}
@@ -114,7 +109,7 @@ func (s *Server) getRoute(w http.ResponseWriter, r *http.Request) error {
 		return fmt.Errorf("%w: route %q at revision %d", errNotFound, name, res.Revision)
 	}
 	out := struct {
-		jsonKV
+		routeKV
 		Revision int64 `json:"revision"`
 	}{routeJSON(res.KVs[0]), res.Revision}
 	writeJSON(w, http.StatusOK, out)
@@ -131,9 +126,9 @@ func (s *Server) listRoutes(w http.ResponseWriter, r *http.Request) error {
 		return err
 	}
 	out := struct {
-		Revision int64    `json:"revision"`
-		Routes   []jsonKV `json:"routes"`
-	}{res.Revision, make([]jsonKV, len(res.KVs))}
+		Revision int64     `json:"revision"`
+		Routes   []routeKV `json:"routes"`
+	}{res.Revision, make([]routeKV, len(res.KVs))}
 	for i, kv := range res.KVs {
 		out.Routes[i] = routeJSON(kv)
 	}
@@ -214,12 +209,12 @@ func (s *Server) getKey(w http.ResponseWriter, r *http.Request) error {
 		return fmt.Errorf("%w: key %q at revision %d", errNotFound, rng.Key, res.Revision)
 	}
 	out := struct {
-		Revision int64    `json:"revision"`
-		KVs      []jsonKV `json:"kvs"`
-		More     bool     `json:"more"`
-	}{res.Revision, make([]jsonKV, len(res.KVs)), res.More}
+		Revision int64     `json:"revision"`
+		KVs      []wire.KV `json:"kvs"`
+		More     bool      `json:"more"`
+	}{res.Revision, make([]wire.KV, len(res.KVs)), res.More}
 	for i, kv := range res.KVs {
-		out.KVs[i] = kvJSON(kv)
+		out.KVs[i] = wire.NewKV(kv)
 	}
 	writeJSON(w, http.StatusOK, out)
 	return nil

@@ -25,14 +25,18 @@ import (
 	"strings"
 	"time"
 
+	"github.com/walwatch/walwatch/cmd/walwatch/internal/wire"
 	"github.com/walwatch/walwatch/replication"
 )
 
-// Event is one watch event in JSON. Values travel as strings.
+// Event is one watch event in JSON. Keys and values travel as strings, or
+// in the _base64 fields when they are not UTF-8 (package wire).
 type Event struct {
 	Type           string     `json:"type"` // PUT or DELETE
 	Key            string     `json:"key"`
+	KeyBase64      string     `json:"key_base64,omitempty"`
 	Value          string     `json:"value"`
+	ValueBase64    string     `json:"value_base64,omitempty"`
 	Revision       int64      `json:"revision"`
 	CreateRevision int64      `json:"create_revision"`
 	Version        int64      `json:"version"`
@@ -41,8 +45,9 @@ type Event struct {
 
 // FromEvent converts a hub event.
 func FromEvent(ev replication.Event) Event {
-	out := Event{Type: ev.Type.String(), Key: string(ev.Key), Value: string(ev.Value),
-		Revision: ev.Revision, CreateRevision: ev.CreateRevision, Version: ev.Version}
+	out := Event{Type: ev.Type.String(), Revision: ev.Revision, CreateRevision: ev.CreateRevision, Version: ev.Version}
+	out.Key, out.KeyBase64 = wire.Text(ev.Key)
+	out.Value, out.ValueBase64 = wire.Text(ev.Value)
 	if !ev.CommitTime.IsZero() {
 		t := ev.CommitTime
 		out.CommitTime = &t
