@@ -17,6 +17,7 @@ import (
 	"github.com/spf13/cobra"
 
 	"github.com/walwatch/walwatch/cmd/walwatch/internal/dataplane"
+	"github.com/walwatch/walwatch/cmd/walwatch/internal/routes"
 	"github.com/walwatch/walwatch/replication"
 	"github.com/walwatch/walwatch/sql"
 	"github.com/walwatch/walwatch/store"
@@ -28,11 +29,15 @@ type dpOptions struct {
 	cp          string // watch through this control plane; empty: PostgreSQL directly
 	cpToken     string
 	idleTimeout time.Duration
-	ready       func(proxy, admin net.Addr) // called once listening (tests, demo)
+	// upstream is how long to wait on upstreams, for routes that set no
+	// timeout of their own; a zero field takes its default.
+	upstream routes.Timeouts
+	ready    func(proxy, admin net.Addr) // called once listening (tests, demo)
 }
 
 func newDPCommand(g *globals) *cobra.Command {
 	o := dpOptions{}
+	var upstream struct{ connect, responseHeader, idle time.Duration }
 	cmd := &cobra.Command{
 		Use:   "dp",
 		Short: "Run a data plane: a reverse proxy whose routes follow a watch on /routes/",
@@ -40,12 +45,33 @@ func newDPCommand(g *globals) *cobra.Command {
 path (exactly, or by prefix for a uri ending in *). Its routes follow a watch:
 through a control plane (--cp URL, resuming with Last-Event-ID), or straight
 from PostgreSQL with a hub of its own on a temporary slot. While the source is
-down it keeps serving the routes it has.`,
+down it keeps serving the routes it has.
+
+It matches and forwards each path cleaned: dot segments resolved (%2e as
+well as '.'), repeated slashes merged, a trailing slash kept. A path that
+climbs above the root, has an encoded '/' (%2F) or NUL (%00), or does not
+start with '/' is answered 400. An upstream that does not connect, answer
+or keep sending within its timeouts (the route's "timeout", else these
+flags) is answered 504, or cut off once its response has begun.`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, args []string) error {
 			if o.cpToken == "" {
 				o.cpToken = os.Getenv("WALWATCH_CP_TOKEN")
 			}
+			for _, f := range []struct {
+				flag string
+				d    time.Duration
+			}{
+				{"upstream-connect-timeout", upstream.connect},
+				{"upstream-response-header-timeout", upstream.responseHeader},
+				{"upstream-idle-timeout", upstream.idle},
+			} {
+				if f.d <= 0 || f.d > routes.MaxTimeout {
+					return fmt.Errorf("--%s %s: must be above 0 and at most %s", f.flag, f.d, routes.MaxTimeout)
+				}
+			}
+			o.upstream = routes.Timeouts{Connect: routes.Duration(upstream.connect),
+				ResponseHeader: routes.Duration(upstream.responseHeader), Idle: routes.Duration(upstream.idle)}
 			return runDP(cmd.Context(), g, g.logger(), o)
 		},
 	}
@@ -55,13 +81,19 @@ down it keeps serving the routes it has.`,
 	cmd.Flags().StringVar(&o.cpToken, "cp-token", "", "bearer token for the control plane (default: $WALWATCH_CP_TOKEN)")
 	cmd.Flags().DurationVar(&o.idleTimeout, "idle-timeout", 3*replication.DefaultProgressInterval+time.Second,
 		"reconnect when the control plane's stream carries nothing, not even progress, for this long")
+	cmd.Flags().DurationVar(&upstream.connect, "upstream-connect-timeout", dataplane.DefaultConnectTimeout,
+		"give up connecting to an upstream after this long (504); a route's timeout.connect overrides it")
+	cmd.Flags().DurationVar(&upstream.responseHeader, "upstream-response-header-timeout", dataplane.DefaultResponseHeaderTimeout,
+		"give up waiting for an upstream's response header after this long (504); a route's timeout.response_header overrides it")
+	cmd.Flags().DurationVar(&upstream.idle, "upstream-idle-timeout", dataplane.DefaultIdleTimeout,
+		"cut off a response whose upstream sends nothing for this long; a route's timeout.idle overrides it")
 	return cmd
 }
 
 func runDP(ctx context.Context, g *globals, log *slog.Logger, o dpOptions) error {
 	reg := prometheus.NewRegistry()
 	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
-	proxy := dataplane.New(log.With("component", "routes"), reg)
+	proxy := dataplane.New(log.With("component", "routes"), reg, dataplane.Config{Timeouts: o.upstream})
 
 	var source dataplane.Source
 	if o.cp != "" {

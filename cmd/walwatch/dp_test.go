@@ -69,3 +69,18 @@ func TestDPStraightFromPostgres(t *testing.T) {
 	}
 	eventually("/early", "no route")
 }
+
+// The upstream timeout flags take durations above 0 and at most a day; dp
+// refuses anything else before it connects to anything.
+func TestDPUpstreamTimeoutFlags(t *testing.T) {
+	for _, args := range [][]string{
+		{"--upstream-connect-timeout", "0"},
+		{"--upstream-response-header-timeout", "-1s"},
+		{"--upstream-idle-timeout", "25h"},
+	} {
+		_, err := run(t, "postgres://nobody@127.0.0.1:1/none", append([]string{"dp", "--listen", "127.0.0.1:0", "--admin-listen", "127.0.0.1:0"}, args...)...)
+		if err == nil || !strings.Contains(err.Error(), args[0]+" ") || !strings.Contains(err.Error(), "must be above 0") {
+			t.Errorf("dp %s: %v, want it refused", strings.Join(args, " "), err)
+		}
+	}
+}

@@ -7,9 +7,8 @@ package dataplane
 import (
 	"context"
 	"log/slog"
-	"net/http"
+	"net"
 	"net/http/httputil"
-	"net/url"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -26,23 +25,63 @@ type Source interface {
 	Run(ctx context.Context, p *Proxy) error
 }
 
+// Upstream timeouts of a data plane that sets none: those of the gateways
+// people know, so an upstream behaves behind walwatch as behind them.
+const (
+	// DefaultConnectTimeout is Envoy's connect_timeout: an upstream that
+	// works accepts a connection in milliseconds.
+	DefaultConnectTimeout = 5 * time.Second
+	// DefaultResponseHeaderTimeout is nginx's proxy_read_timeout for the
+	// first byte of the answer: room for a slow report, but a hung
+	// upstream does not hold its clients for ever.
+	DefaultResponseHeaderTimeout = 60 * time.Second
+	// DefaultIdleTimeout is nginx's proxy_read_timeout between two reads
+	// of the body.
+	DefaultIdleTimeout = 60 * time.Second
+)
+
+// Config is how a Proxy reaches upstreams.
+type Config struct {
+	// Timeouts apply to the routes that set none of their own, field by
+	// field; a zero field takes its default.
+	Timeouts routes.Timeouts
+}
+
 // Proxy routes requests to upstreams by the current table.
 type Proxy struct {
-	log     *slog.Logger
-	metrics *metrics
+	log      *slog.Logger
+	metrics  *metrics
+	timeouts routes.Timeouts // the defaults, all set
 
 	mu       sync.Mutex // serialises changes; readers use table
 	table    atomic.Pointer[routes.Table]
 	revision atomic.Int64 // the table is as of this revision
 	loaded   atomic.Bool  // a first full load has happened
 
-	proxies sync.Map // upstream URL -> *httputil.ReverseProxy
+	// rp forwards every request: its target and timeouts come with the
+	// request (see forward), so it keeps nothing per route or upstream,
+	// and a table that changes leaves nothing behind but idle
+	// connections, which its transport closes.
+	rp *httputil.ReverseProxy
+	// dial opens connections to upstreams (tests replace it before the
+	// first request).
+	dial func(ctx context.Context, network, addr string) (net.Conn, error)
 }
 
 // New returns a proxy with no routes.
-func New(log *slog.Logger, reg prometheus.Registerer) *Proxy {
-	p := &Proxy{log: log, metrics: newMetrics(reg)}
+func New(log *slog.Logger, reg prometheus.Registerer, cfg Config) *Proxy {
+	p := &Proxy{
+		log:     log,
+		metrics: newMetrics(reg),
+		timeouts: cfg.Timeouts.Or(routes.Timeouts{
+			Connect:        routes.Duration(DefaultConnectTimeout),
+			ResponseHeader: routes.Duration(DefaultResponseHeaderTimeout),
+			Idle:           routes.Duration(DefaultIdleTimeout),
+		}),
+		dial: (&net.Dialer{KeepAlive: 30 * time.Second}).DialContext,
+	}
 	p.table.Store(routes.NewTable(nil))
+	p.rp = p.newReverseProxy()
 	return p
 }
 
@@ -133,49 +172,6 @@ func (p *Proxy) Progress(rev int64) {
 	if rev > p.revision.Load() {
 		p.revision.Store(rev)
 	}
-}
-
-// ServeHTTP proxies r to its route's upstream: 404 "no route" without one,
-// 502 when the upstream fails.
-func (p *Proxy) ServeHTTP(w http.ResponseWriter, r *http.Request) {
-	rt, ok := p.table.Load().Match(r.URL.Path)
-	if !ok {
-		p.metrics.requests.WithLabelValues("no_route").Inc()
-		http.Error(w, "no route", http.StatusNotFound)
-		return
-	}
-	rp, err := p.reverseProxy(rt.Upstream)
-	if err != nil {
-		p.metrics.requests.WithLabelValues("bad_upstream").Inc()
-		http.Error(w, "bad upstream", http.StatusBadGateway)
-		return
-	}
-	p.metrics.requests.WithLabelValues("proxied").Inc()
-	rp.ServeHTTP(w, r)
-}
-
-func (p *Proxy) reverseProxy(upstream string) (*httputil.ReverseProxy, error) {
-	if rp, ok := p.proxies.Load(upstream); ok {
-		return rp.(*httputil.ReverseProxy), nil
-	}
-	target, err := url.Parse(upstream)
-	if err != nil {
-		return nil, err
-	}
-	rp := &httputil.ReverseProxy{
-		Rewrite: func(pr *httputil.ProxyRequest) {
-			pr.SetURL(target)
-			pr.SetXForwarded()
-		},
-		FlushInterval: -1, // stream responses as they come
-		ErrorHandler: func(w http.ResponseWriter, r *http.Request, err error) {
-			p.log.Warn("upstream failed", "upstream", upstream, "path", r.URL.Path, "err", err)
-			p.metrics.requests.WithLabelValues("upstream_error").Inc()
-			http.Error(w, "upstream error", http.StatusBadGateway)
-		},
-	}
-	actual, _ := p.proxies.LoadOrStore(upstream, rp)
-	return actual.(*httputil.ReverseProxy), nil
 }
 
 type metrics struct {
