@@ -1,14 +1,20 @@
 # The two commands a new user needs: `make demo` and `make test`.
 GO ?= go
 
-.PHONY: build demo test vet fmt bench-store bench bench-quick
+.PHONY: build install demo test vet fmt bench-store bench bench-quick
 
 build:
 	$(GO) build -o bin/walwatch ./cmd/walwatch
 
+# Into $(go env GOPATH)/bin, so walwatch is on PATH as the README calls it.
+install:
+	$(GO) install ./cmd/walwatch
+
 # cp, dp and two echo upstreams on a private PostgreSQL; Ctrl-C stops it all.
-demo:
-	$(GO) run ./cmd/walwatch demo
+# The built binary, not go run: go run exits 1 whenever it is interrupted,
+# even when the program it ran stopped cleanly.
+demo: build
+	./bin/walwatch demo
 
 vet:
 	$(GO) vet ./...

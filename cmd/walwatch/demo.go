@@ -48,7 +48,7 @@ that server instead of a private one.`,
 		},
 	}
 	cmd.Flags().StringVar(&o.dataDir, "data-dir", "", "keep the private PostgreSQL's data here (default: a temporary directory, removed on exit)")
-	cmd.Flags().BoolVar(&o.withCP, "cp", true, "run the control plane too (--cp=false: run it yourself with `walwatch cp`, e.g. to restart it)")
+	cmd.Flags().BoolVar(&o.withCP, "cp", true, "run the control plane too (--cp=false: run it yourself with walwatch cp, e.g. to restart it)")
 	cmd.Flags().StringVar(&o.cpListen, "cp-listen", "127.0.0.1:9180", "control plane address")
 	cmd.Flags().StringVar(&o.dpListen, "dp-listen", "127.0.0.1:9080", "data plane address")
 	cmd.Flags().StringVar(&o.dpAdmin, "dp-admin-listen", "127.0.0.1:9081", "data plane admin address")

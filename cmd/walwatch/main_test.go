@@ -8,6 +8,9 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/spf13/cobra"
+	"github.com/spf13/pflag"
+
 	"github.com/walwatch/walwatch/sql"
 	"github.com/walwatch/walwatch/test/pgcluster"
 )
@@ -88,4 +91,23 @@ func jsonEqual(t *testing.T, got, want string) bool {
 	ja, _ := json.Marshal(a)
 	jb, _ := json.Marshal(b)
 	return string(ja) == string(jb)
+}
+
+// pflag takes text in backquotes in a flag's usage as its value's name, so
+// `walwatch cp` in a usage made --help show "--cp walwatch cp".
+func TestFlagUsageHasNoBackquotes(t *testing.T) {
+	var visit func(c *cobra.Command)
+	visit = func(c *cobra.Command) {
+		for _, fs := range []*pflag.FlagSet{c.LocalFlags(), c.PersistentFlags()} {
+			fs.VisitAll(func(f *pflag.Flag) {
+				if strings.Contains(f.Usage, "`") {
+					t.Errorf("%s --%s: usage %q has a backquote", c.CommandPath(), f.Name, f.Usage)
+				}
+			})
+		}
+		for _, sub := range c.Commands() {
+			visit(sub)
+		}
+	}
+	visit(newRootCommand(&bytes.Buffer{}, &bytes.Buffer{}))
 }
