@@ -62,12 +62,14 @@ const (
 )
 
 // FromDB turns an error raised by walwatch's SQL functions into the typed error
-// it stands for; rev is the revision the caller asked for. Other errors pass
-// through unchanged.
+// it stands for; rev is the revision the caller asked for. An error that says
+// PostgreSQL cannot serve the request for now is marked with ErrUnavailable,
+// or with ErrAborted for a serialization failure or a deadlock, keeping the
+// original in its chain. Other errors pass through unchanged.
 func FromDB(err error, rev int64) error {
 	var pe *pgconn.PgError
 	if !errors.As(err, &pe) {
-		return err
+		return markTransient(err)
 	}
 	detail, _ := strconv.ParseInt(pe.Detail, 10, 64)
 	switch pe.Code {
@@ -82,7 +84,7 @@ func FromDB(err error, rev int64) error {
 	case codeLimitExceeded:
 		return fmt.Errorf("%w: %s", ErrKeyTooLarge, pe.Message)
 	}
-	return err
+	return markTransient(err)
 }
 
 // keyText quotes a key for an error message, cut short: a message need not

@@ -73,7 +73,7 @@ type querier interface {
 func (s *Store) Revision(ctx context.Context) (current, compacted int64, err error) {
 	err = s.pool.QueryRow(ctx, "select walwatch.current_revision(), walwatch.compact_revision()").Scan(&current, &compacted)
 	if err != nil {
-		return 0, 0, fmt.Errorf("read revision: %w", err)
+		return 0, 0, fmt.Errorf("read revision: %w", markTransient(err))
 	}
 	return current, compacted, nil
 }

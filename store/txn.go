@@ -111,7 +111,7 @@ func (s *Store) Txn(ctx context.Context, req TxnRequest) (TxnResponse, error) {
 			continue // deadlock detected: PostgreSQL rolled us back, nothing was written
 		}
 		if err != nil {
-			return TxnResponse{}, fmt.Errorf("txn: %w", err)
+			return TxnResponse{}, fmt.Errorf("txn: %w", markTransient(err))
 		}
 		return res, nil
 	}

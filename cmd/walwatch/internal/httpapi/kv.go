@@ -56,7 +56,9 @@ func (s *Server) read(ctx context.Context, r store.KeyRange, rev, limit int64) (
 	wctx, cancel := context.WithTimeout(ctx, settleTimeout)
 	defer cancel()
 	if err := s.cfg.Hub.WaitFor(wctx, target); err != nil {
-		return store.RangeResponse{}, fmt.Errorf("%w: revision %d is not settled yet (a transaction may hold a lower one open): %v", errNotReady, target, err)
+		// WaitFor asks PostgreSQL what is visible: that may fail too.
+		return store.RangeResponse{}, fmt.Errorf("%w: revision %d is not settled yet (a transaction may hold a lower one open): %w",
+			errNotReady, target, store.FromDB(err, target))
 	}
 	return s.cfg.Store.Range(ctx, store.RangeRequest{KeyRange: r, Revision: target, Limit: limit})
 }
@@ -73,6 +75,9 @@ func (s *Server) body(w http.ResponseWriter, r *http.Request) ([]byte, error) {
 func (s *Server) putRoute(w http.ResponseWriter, r *http.Request) error {
 	name := r.PathValue("name")
 	if err := routes.ValidateName(name); err != nil {
+		return err
+	}
+	if _, err := queryParams(r); err != nil {
 		return err
 	}
 	b, err := s.body(w, r)
@@ -97,7 +102,11 @@ func (s *Server) getRoute(w http.ResponseWriter, r *http.Request) error {
 	if err := routes.ValidateName(name); err != nil {
 		return err
 	}
-	rev, err := revisionParam(r)
+	q, err := queryParams(r, "rev")
+	if err != nil {
+		return err
+	}
+	rev, err := q.revision()
 	if err != nil {
 		return err
 	}
@@ -117,7 +126,11 @@ func (s *Server) getRoute(w http.ResponseWriter, r *http.Request) error {
 }
 
 func (s *Server) listRoutes(w http.ResponseWriter, r *http.Request) error {
-	rev, err := revisionParam(r)
+	q, err := queryParams(r, "rev")
+	if err != nil {
+		return err
+	}
+	rev, err := q.revision()
 	if err != nil {
 		return err
 	}
@@ -141,6 +154,9 @@ func (s *Server) deleteRoute(w http.ResponseWriter, r *http.Request) error {
 	if err := routes.ValidateName(name); err != nil {
 		return err
 	}
+	if _, err := queryParams(r); err != nil {
+		return err
+	}
 	res, err := s.cfg.Store.Delete(r.Context(), store.Key([]byte(routes.Key(name))))
 	if err != nil {
 		return err
@@ -154,20 +170,24 @@ func (s *Server) deleteRoute(w http.ResponseWriter, r *http.Request) error {
 
 // kvRange is the key (or prefix, with ?prefix=true) a /v1/kv/ request names.
 // Keys are paths: /v1/kv/a/b names the key "/a/b".
-func kvRange(r *http.Request) (store.KeyRange, error) {
+func kvRange(r *http.Request, q params) (store.KeyRange, error) {
 	key := []byte("/" + r.PathValue("key"))
-	switch p := r.URL.Query().Get("prefix"); p {
-	case "", "false":
-		return store.Key(key), nil
-	case "true":
-		return store.Prefix(key), nil
-	default:
-		return store.KeyRange{}, fmt.Errorf("%w: prefix=%q must be true or false", errBadRequest, p)
+	prefix, err := q.boolean("prefix")
+	if err != nil {
+		return store.KeyRange{}, err
 	}
+	if prefix {
+		return store.Prefix(key), nil
+	}
+	return store.Key(key), nil
 }
 
 func (s *Server) putKey(w http.ResponseWriter, r *http.Request) error {
-	rng, err := kvRange(r)
+	q, err := queryParams(r, "prefix")
+	if err != nil {
+		return err
+	}
+	rng, err := kvRange(r, q)
 	if err != nil {
 		return err
 	}
@@ -187,19 +207,21 @@ func (s *Server) putKey(w http.ResponseWriter, r *http.Request) error {
 }
 
 func (s *Server) getKey(w http.ResponseWriter, r *http.Request) error {
-	rng, err := kvRange(r)
+	q, err := queryParams(r, "prefix", "rev", "limit")
 	if err != nil {
 		return err
 	}
-	rev, err := revisionParam(r)
+	rng, err := kvRange(r, q)
 	if err != nil {
 		return err
 	}
-	var limit int64
-	if v := r.URL.Query().Get("limit"); v != "" {
-		if _, err := fmt.Sscan(v, &limit); err != nil || limit < 0 {
-			return fmt.Errorf("%w: limit=%q must be a non-negative integer", errBadRequest, v)
-		}
+	rev, err := q.revision()
+	if err != nil {
+		return err
+	}
+	limit, err := q.limit()
+	if err != nil {
+		return err
 	}
 	res, err := s.read(r.Context(), rng, rev, limit)
 	if err != nil {
@@ -221,7 +243,11 @@ func (s *Server) getKey(w http.ResponseWriter, r *http.Request) error {
 }
 
 func (s *Server) deleteKey(w http.ResponseWriter, r *http.Request) error {
-	rng, err := kvRange(r)
+	q, err := queryParams(r, "prefix")
+	if err != nil {
+		return err
+	}
+	rng, err := kvRange(r, q)
 	if err != nil {
 		return err
 	}
@@ -241,6 +267,9 @@ type compactRequest struct {
 }
 
 func (s *Server) compact(w http.ResponseWriter, r *http.Request) error {
+	if _, err := queryParams(r); err != nil {
+		return err
+	}
 	b, err := s.body(w, r)
 	if err != nil {
 		return err
@@ -294,6 +323,9 @@ func decodeStrict(b []byte, v any) error {
 }
 
 func (s *Server) status(w http.ResponseWriter, r *http.Request) error {
+	if _, err := queryParams(r); err != nil {
+		return err
+	}
 	cur, compacted, err := s.cfg.Store.Revision(r.Context())
 	if err != nil {
 		return err
@@ -307,7 +339,7 @@ func (s *Server) status(w http.ResponseWriter, r *http.Request) error {
 	if s.cfg.Slot != "" {
 		info, err := replication.GetSlot(r.Context(), s.cfg.Store.Pool(), s.cfg.Slot)
 		if err != nil && !errors.Is(err, replication.ErrSlotNotFound) {
-			return err
+			return fmt.Errorf("status: %w", store.FromDB(err, 0))
 		}
 		if err == nil {
 			v := replication.NewSlotView(info, replication.LargeWALHeld)

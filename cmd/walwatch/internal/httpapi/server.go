@@ -42,7 +42,15 @@ type Server struct {
 	log     *slog.Logger
 	mux     *http.ServeMux
 	metrics *metrics
+	db      *dbHealth // what requests have learnt of PostgreSQL, for the log
 }
+
+// retryAfter is the Retry-After of every 503, in seconds. The outages a
+// control plane sees are mostly PostgreSQL restarting or failing over, over
+// in a second or a few, and a request refused meanwhile costs it no more
+// than a refused connection attempt: clients may come back soon. A second is
+// the least the header can say.
+const retryAfter = 1
 
 // New returns the API's handler.
 func New(cfg Config) *Server {
@@ -52,7 +60,7 @@ func New(cfg Config) *Server {
 	if cfg.Registry == nil {
 		cfg.Registry = prometheus.NewRegistry()
 	}
-	s := &Server{cfg: cfg, log: cfg.Logger, mux: http.NewServeMux(), metrics: newMetrics(cfg.Registry)}
+	s := &Server{cfg: cfg, log: cfg.Logger, mux: http.NewServeMux(), metrics: newMetrics(cfg.Registry), db: &dbHealth{log: cfg.Logger}}
 	read, write := s.auth(false), s.auth(true)
 	s.handle("PUT /routes/{name}", write, s.putRoute)
 	s.handle("GET /routes/{name}", read, s.getRoute)
@@ -61,7 +69,7 @@ func New(cfg Config) *Server {
 	s.handle("PUT /v1/kv/{key...}", write, s.putKey)
 	s.handle("GET /v1/kv/{key...}", read, s.getKey)
 	s.handle("DELETE /v1/kv/{key...}", write, s.deleteKey)
-	s.handle("GET /v1/watch", read, s.watch)
+	s.handleStream("GET /v1/watch", read, s.watch)
 	s.handle("POST /v1/compact", write, s.compact)
 	s.handle("GET /v1/status", read, s.status)
 	s.mux.Handle("GET /metrics", promhttp.HandlerFor(cfg.Registry, promhttp.HandlerOpts{}))
@@ -94,32 +102,61 @@ func (s *Server) unknown(w http.ResponseWriter, r *http.Request) {
 
 func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) { s.mux.ServeHTTP(w, r) }
 
-// handle registers h behind the auth check, counting requests by pattern.
+// handle registers h, an endpoint whose success means PostgreSQL answered,
+// behind the auth check.
 func (s *Server) handle(pattern string, auth func(http.Handler) http.Handler, h func(http.ResponseWriter, *http.Request) error) {
+	s.register(pattern, auth, h, true)
+}
+
+// handleStream registers a streaming endpoint: the hub may serve it from
+// memory, so its success says nothing of PostgreSQL.
+func (s *Server) handleStream(pattern string, auth func(http.Handler) http.Handler, h func(http.ResponseWriter, *http.Request) error) {
+	s.register(pattern, auth, h, false)
+}
+
+// register registers h behind the auth check, counting requests by pattern
+// and telling s.db what each learnt of PostgreSQL.
+func (s *Server) register(pattern string, auth func(http.Handler) http.Handler, h func(http.ResponseWriter, *http.Request) error, usesDB bool) {
 	s.mux.Handle(pattern, auth(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		start := time.Now()
 		rec := &statusRecorder{ResponseWriter: w, status: http.StatusOK}
-		if err := h(rec, r); err != nil {
+		err := h(rec, r)
+		if err != nil {
 			s.writeError(rec, r, err)
+		}
+		if err != nil || usesDB {
+			s.db.observe(r, start, err)
 		}
 		s.metrics.observe(pattern, rec.status, time.Since(start))
 	})))
 }
 
+// readyTimeout bounds /readyz's ping of PostgreSQL.
+const readyTimeout = 2 * time.Second
+
 func (s *Server) ready(w http.ResponseWriter, r *http.Request) {
 	select {
 	case <-s.cfg.Hub.Ready():
 	default:
-		writeJSON(w, http.StatusServiceUnavailable, apiError{Error: "watch hub is not ready", Code: "unavailable"})
+		writeUnavailable(w, "watch hub is not ready")
 		return
 	}
-	ctx, cancel := context.WithTimeout(r.Context(), 2*time.Second)
+	start := time.Now()
+	ctx, cancel := context.WithTimeout(r.Context(), readyTimeout)
 	defer cancel()
 	if err := s.cfg.Store.Pool().Ping(ctx); err != nil {
-		writeJSON(w, http.StatusServiceUnavailable, apiError{Error: "PostgreSQL: " + err.Error(), Code: "unavailable"})
+		s.db.observe(r, start, fmt.Errorf("ping: %w", store.FromDB(err, 0)))
+		writeUnavailable(w, "PostgreSQL: "+err.Error())
 		return
 	}
+	s.db.observe(r, start, nil)
 	writeJSON(w, http.StatusOK, map[string]string{"status": "ready"})
+}
+
+// writeUnavailable answers 503 "unavailable" with a Retry-After.
+func writeUnavailable(w http.ResponseWriter, msg string) {
+	w.Header().Set("Retry-After", strconv.Itoa(retryAfter))
+	writeJSON(w, http.StatusServiceUnavailable, apiError{Error: msg, Code: "unavailable"})
 }
 
 // apiError is every error response's body.
@@ -138,6 +175,7 @@ var (
 )
 
 // writeError maps an error to its status and code: the one place that does.
+// A 503 tells the client to retry (Retry-After); a 500 is a bug, logged.
 func (s *Server) writeError(w http.ResponseWriter, r *http.Request, err error) {
 	var (
 		status = http.StatusInternalServerError
@@ -146,6 +184,18 @@ func (s *Server) writeError(w http.ResponseWriter, r *http.Request, err error) {
 		tooBig *http.MaxBytesError
 	)
 	switch {
+	case errors.Is(err, context.Canceled) && r.Context().Err() != nil:
+		return // the client went away
+	case errors.Is(err, store.ErrUnavailable):
+		// Logged once per outage by s.db; the details are for the log, not
+		// for clients.
+		status, body.Code, body.Error = http.StatusServiceUnavailable, "unavailable", "PostgreSQL is unavailable; retry later"
+		s.log.Debug("request refused: PostgreSQL is unavailable", "method", r.Method, "path", r.URL.Path, "err", err)
+	case errors.Is(err, store.ErrAborted):
+		// Rare (Txn retries deadlocks itself), and worth seeing if not.
+		status, body.Code = http.StatusServiceUnavailable, "unavailable"
+		body.Error = "PostgreSQL rolled the request back (a serialization failure or a deadlock): nothing was written; retry it"
+		s.log.Warn("PostgreSQL aborted a request's transaction; the client may retry", "method", r.Method, "path", r.URL.Path, "err", err)
 	case errors.As(err, &ce):
 		status, body.Code, body.CompactRevision = http.StatusGone, "compacted", ce.CompactRevision
 	case errors.Is(err, store.ErrFutureRevision):
@@ -154,17 +204,22 @@ func (s *Server) writeError(w http.ResponseWriter, r *http.Request, err error) {
 		status, body.Code = http.StatusRequestEntityTooLarge, "too_large"
 	case errors.Is(err, errNotFound):
 		status, body.Code = http.StatusNotFound, "not_found"
-	case errors.Is(err, errNotReady), errors.Is(err, replication.ErrHubStopped):
+	case errors.Is(err, errNotReady), errors.Is(err, replication.ErrHubStopped),
+		// A deadline of ours ran out (the client's context has none): the
+		// database or the hub did not answer in time, waiting for a pooled
+		// connection for instance.
+		errors.Is(err, context.DeadlineExceeded):
 		status, body.Code = http.StatusServiceUnavailable, "unavailable"
 	case errors.Is(err, errBadRequest), errors.Is(err, routes.ErrInvalid),
 		errors.Is(err, store.ErrEmptyKey), errors.Is(err, store.ErrInvalidRevision),
 		errors.Is(err, store.ErrInvalidLimit), errors.Is(err, store.ErrDuplicateKey), errors.Is(err, store.ErrNegativeAge):
 		status, body.Code = http.StatusBadRequest, "invalid_argument"
-	case errors.Is(err, context.Canceled) && r.Context().Err() != nil:
-		return // the client went away
 	default:
 		s.log.Error("request failed", "method", r.Method, "path", r.URL.Path, "err", err)
 		body.Error = "internal error"
+	}
+	if status == http.StatusServiceUnavailable {
+		w.Header().Set("Retry-After", strconv.Itoa(retryAfter))
 	}
 	writeJSON(w, status, body)
 }
@@ -173,19 +228,6 @@ func writeJSON(w http.ResponseWriter, status int, v any) {
 	w.Header().Set("Content-Type", "application/json")
 	w.WriteHeader(status)
 	_ = json.NewEncoder(w).Encode(v)
-}
-
-// revisionParam reads ?rev=N (0 when absent).
-func revisionParam(r *http.Request) (int64, error) {
-	v := r.URL.Query().Get("rev")
-	if v == "" {
-		return 0, nil
-	}
-	rev, err := strconv.ParseInt(v, 10, 64)
-	if err != nil || rev < 0 {
-		return 0, fmt.Errorf("%w: rev=%q must be a revision (a non-negative integer)", errBadRequest, v)
-	}
-	return rev, nil
 }
 
 type statusRecorder struct {

@@ -5,7 +5,6 @@ import (
 	"errors"
 	"fmt"
 	"net/http"
-	"strconv"
 
 	"github.com/walwatch/walwatch/cmd/walwatch/internal/sse"
 	"github.com/walwatch/walwatch/replication"
@@ -16,8 +15,12 @@ import (
 // ?prefix=P, from ?rev=N or, on a reconnect, after the Last-Event-ID the
 // client sends.
 func (s *Server) watch(w http.ResponseWriter, r *http.Request) error {
-	q := r.URL.Query()
-	key, prefix := q.Get("key"), q.Get("prefix")
+	q, err := queryParams(r, "key", "prefix", "rev")
+	if err != nil {
+		return err
+	}
+	key, _ := q.get("key")
+	prefix, _ := q.get("prefix")
 	var rng store.KeyRange
 	switch {
 	case key != "" && prefix == "":
@@ -30,16 +33,16 @@ func (s *Server) watch(w http.ResponseWriter, r *http.Request) error {
 	if len(rng.Key) > s.cfg.Store.Limits().MaxKeySize {
 		return store.ErrKeyTooLarge
 	}
-	start, err := revisionParam(r)
+	start, err := q.revision()
 	if err != nil {
 		return err
 	}
-	if id := r.Header.Get("Last-Event-ID"); id != "" {
-		last, err := strconv.ParseInt(id, 10, 64)
-		if err != nil || last < 0 {
-			return fmt.Errorf("%w: Last-Event-ID %q is not a revision", errBadRequest, id)
-		}
-		start = last + 1
+	next, resume, err := lastEventID(r)
+	if err != nil {
+		return err
+	}
+	if resume {
+		start = next
 	}
 
 	ctx, cancel := context.WithCancel(r.Context())
@@ -55,8 +58,14 @@ func (s *Server) watch(w http.ResponseWriter, r *http.Request) error {
 	}
 	watcher, err := s.cfg.Hub.Watch(ctx, replication.WatchRequest{Range: rng, StartRevision: start, ProgressNotify: true})
 	var ce *store.CompactedError
-	if err != nil && !errors.As(err, &ce) {
-		return err
+	switch {
+	case err == nil, errors.As(err, &ce):
+	case ctx.Err() != nil && r.Context().Err() == nil:
+		// Shutting down while the hub was not ready yet.
+		return fmt.Errorf("%w: the server is shutting down", errNotReady)
+	default:
+		// A watch from a revision reads the compacted one from PostgreSQL.
+		return store.FromDB(err, start)
 	}
 	h := w.Header()
 	h.Set("Content-Type", "text/event-stream")

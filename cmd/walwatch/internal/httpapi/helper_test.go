@@ -1,0 +1,119 @@
+package httpapi
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"io"
+	"log/slog"
+	"net"
+	"net/http"
+	"net/http/httptest"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/jackc/pgx/v5/pgxpool"
+
+	"github.com/walwatch/walwatch/replication"
+	"github.com/walwatch/walwatch/store"
+)
+
+// logBuffer collects a logger's output.
+type logBuffer struct {
+	mu  sync.Mutex
+	buf bytes.Buffer
+}
+
+func (b *logBuffer) Write(p []byte) (int, error) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.buf.Write(p)
+}
+
+// count counts the lines containing every one of parts.
+func (b *logBuffer) count(parts ...string) int {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	n := 0
+	for line := range strings.Lines(b.buf.String()) {
+		all := true
+		for _, p := range parts {
+			all = all && strings.Contains(line, p)
+		}
+		if all {
+			n++
+		}
+	}
+	return n
+}
+
+func (b *logBuffer) String() string {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.buf.String()
+}
+
+// newOfflineServer returns a server whose PostgreSQL refuses connections
+// (nothing listens on its port) and whose hub never runs, and its log at
+// level INFO, as the control plane logs.
+func newOfflineServer(t *testing.T) (*Server, *logBuffer) {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	addr := ln.Addr().String()
+	ln.Close()
+	pool, err := pgxpool.New(context.Background(), "postgres://postgres@"+addr+"/walwatch?sslmode=disable&connect_timeout=5")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(pool.Close)
+	hub, err := replication.New(replication.Config{Pool: pool})
+	if err != nil {
+		t.Fatal(err)
+	}
+	logs := &logBuffer{}
+	log := slog.New(slog.NewTextHandler(logs, &slog.HandlerOptions{Level: slog.LevelInfo}))
+	return New(Config{Store: store.New(pool, store.Limits{}), Hub: hub, Logger: log}), logs
+}
+
+// answer is a response as a test sees it.
+type answer struct {
+	status int
+	header http.Header
+	err    apiError
+	body   string
+}
+
+// requestTimeout bounds a request served by do.
+const requestTimeout = 2 * time.Second
+
+// do serves one request; header comes in name, value pairs (a name may
+// come twice).
+func do(t *testing.T, h http.Handler, method, target, body string, header ...string) answer {
+	t.Helper()
+	var rd io.Reader
+	if body != "" {
+		rd = strings.NewReader(body)
+	}
+	// A watch that got past its parameters would wait for the hub, which
+	// never runs here: the deadline ends it.
+	ctx, cancel := context.WithTimeout(t.Context(), requestTimeout)
+	defer cancel()
+	req := httptest.NewRequestWithContext(ctx, method, target, rd)
+	for i := 0; i+1 < len(header); i += 2 {
+		req.Header.Add(header[i], header[i+1])
+	}
+	rec := httptest.NewRecorder()
+	h.ServeHTTP(rec, req)
+	a := answer{status: rec.Code, header: rec.Header(), body: rec.Body.String()}
+	if rec.Code >= 400 {
+		if err := json.Unmarshal(rec.Body.Bytes(), &a.err); err != nil {
+			t.Errorf("%s %s: %d %q is not a JSON error: %v", method, target, rec.Code, rec.Body, err)
+		}
+	}
+	return a
+}
