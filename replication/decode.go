@@ -7,7 +7,6 @@ import (
 	"time"
 
 	"github.com/jackc/pglogrepl"
-	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgtype"
 
 	"github.com/walwatch/walwatch/sql"
@@ -29,32 +28,9 @@ type row struct {
 
 func (r *row) isFiller() bool { return len(r.key) == 0 }
 
-// wholeRevisions trims a page of rows read with a limit to whole revisions,
-// since the page's last revision may go on past it. It returns nil when the
-// page is one revision larger than a page: the caller reads that one whole.
-func wholeRevisions(page []row, limit int) []row {
-	if len(page) < limit {
-		return page
-	}
-	last := page[len(page)-1].revision
-	cut := len(page)
-	for cut > 0 && page[cut-1].revision == last {
-		cut--
-	}
-	return page[:cut]
-}
-
-// rowColumns are the columns a table read selects, in scanRow's order.
+// rowColumns are the columns a table read selects, in the order readPage
+// scans them.
 const rowColumns = "revision, sub, key, value, tombstone, create_revision, version, prev_revision, lease"
-
-// scanRows collects a table read of rowColumns.
-func scanRows(rows pgx.Rows) ([]row, error) {
-	return pgx.CollectRows(rows, func(r pgx.CollectableRow) (row, error) {
-		var x row
-		err := r.Scan(&x.revision, &x.sub, &x.key, &x.value, &x.tombstone, &x.createRevision, &x.version, &x.prevRevision, &x.lease)
-		return x, err
-	})
-}
 
 func (r *row) event(lsn pglogrepl.LSN, at time.Time) Event {
 	ev := Event{

@@ -1,6 +1,7 @@
 package replication
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"fmt"
@@ -24,6 +25,20 @@ var (
 	// DefaultWindow is how many recent revisions the hub keeps in memory, so
 	// a watcher starting a little in the past is served without the table.
 	DefaultWindow = 4096
+	// DefaultWindowBytes bounds the same window by the bytes its events
+	// hold (keys, values and a fixed overhead per event), whichever bound
+	// comes first: 4,096 revisions of 1.5 MiB values would be 6 GiB. (Issue:
+	// cp's memory followed value size, 4.9 GB RSS after 3,000 puts of 1 MiB.)
+	DefaultWindowBytes = 64 << 20
+	// DefaultBufferBytes bounds the values the reorder buffer holds: the
+	// committed revisions above the watermark, which pile up while a
+	// transaction holds a lower revision open. Past it the newest buffered
+	// revisions keep only their keys (see Hub.spill).
+	DefaultBufferBytes = 64 << 20
+	// DefaultWatcherBytes bounds the events queued for one watcher, in
+	// responses its reader has not taken yet; a watcher with no room left is
+	// treated like one whose channel is full.
+	DefaultWatcherBytes = 8 << 20
 	// DefaultStatusInterval is how often the stream confirms its position to
 	// PostgreSQL, well inside the server's wal_sender_timeout (60s default).
 	DefaultStatusInterval = time.Second
@@ -40,8 +55,11 @@ var (
 	fillBackoffMax = 2 * time.Second
 	// maxFillBatch bounds the revisions one filler statement settles.
 	maxFillBatch = 10000
-	// tablePage is how many rows a table read fetches at a time.
-	tablePage = 5000
+	// tablePage and tablePageBytes bound a page of the first table read (and
+	// of the read after a reconnect): rows, and bytes of keys and values.
+	// A revision larger than a page is read whole, alone.
+	tablePage      = 5000
+	tablePageBytes = 16 << 20
 	// visibleCheck bounds the revisions one visibility check reads.
 	visibleCheck int64 = 10000
 	// visibleRetryMax bounds the wait between visibility checks while a
@@ -70,6 +88,14 @@ type Config struct {
 	Window           int
 	StatusInterval   time.Duration
 	ProgressInterval time.Duration
+	// WindowBytes, BufferBytes and WatcherBytes bound the memory that holds
+	// values: the recent-event window, the reorder buffer's values, and the
+	// events queued for each watcher (which also caps one response at the
+	// smaller of it and 4 MiB). Zero takes the package default. A single
+	// revision larger than a bound still goes through whole, alone.
+	WindowBytes  int
+	BufferBytes  int
+	WatcherBytes int
 	// HolderLimit, if positive, terminates a session that holds a revision
 	// open longer than this, so one forgotten transaction cannot stall
 	// every watcher for ever.
@@ -108,14 +134,24 @@ type Hub struct {
 	visMu   sync.Mutex
 
 	// Owned by the run loop.
-	buffer   map[int64]*committed // committed revisions above the watermark
-	top      int64                // the highest revision ever buffered
-	pending  []pendingTxn         // stream transactions not yet settled, in commit order
-	holeFrom time.Time            // when the revision after the watermark went missing; zero if none is
-	filling  bool                 // a filler statement is running
-	caughtUp bool                 // the first table read has been accepted
-	settled  int64                // the watermark last recorded as the table's hint
-	fillDone chan fillResult
+	buffer      map[int64]*committed // committed revisions above the watermark
+	bufferBytes int                  // what the buffered revisions that kept their values hold
+	// spillFrom, when not 0: no buffered revision at or above it holds its
+	// values (Hub.spill), and one arriving there is stored without them.
+	spillFrom int64
+	top       int64        // the highest revision ever buffered
+	pending   []pendingTxn // stream transactions not yet settled, in commit order
+	holeFrom  time.Time    // when the revision after the watermark went missing; zero if none is
+	filling   bool         // a filler statement is running
+	caughtUp  bool         // the first table read has been accepted
+	settled   int64        // the watermark last recorded as the table's hint
+	fillDone  chan fillResult
+
+	// responseBytes bounds the events of one response (whole revisions):
+	// the smaller of maxResponseBytes and Config.WatcherBytes. queue bounds
+	// what is queued for each watcher.
+	responseBytes int
+	queue         queueLimit
 
 	// mu protects the watermark, the window and the watcher groups. It is
 	// never held while talking to PostgreSQL.
@@ -133,9 +169,14 @@ type Hub struct {
 
 // committed is one revision's rows, waiting in the reorder buffer.
 type committed struct {
-	rows []row
-	lsn  pglogrepl.LSN
-	at   time.Time
+	rows  []row
+	lsn   pglogrepl.LSN
+	at    time.Time
+	bytes int // what rows hold in memory (rowsSize), until spilled
+	// spilled: the rows' values were dropped to keep the buffer within
+	// BufferBytes; their keys say which watchers the revision concerns,
+	// and those read it from the table.
+	spilled bool
 }
 
 // events are the revision's events in sub order; a filler has none.
@@ -181,6 +222,11 @@ func New(cfg Config) (*Hub, error) {
 		replConfig = pc.ConnConfig.Config.Copy()
 	}
 	replConfig.RuntimeParams["replication"] = "database"
+	return newHub(cfg, replConfig), nil
+}
+
+// newHub builds a hub on cfg, zero settings taking their defaults.
+func newHub(cfg Config, replConfig *pgconn.Config) *Hub {
 	if cfg.FillGrace <= 0 {
 		cfg.FillGrace = DefaultFillGrace
 	}
@@ -193,27 +239,38 @@ func New(cfg Config) (*Hub, error) {
 	if cfg.ProgressInterval <= 0 {
 		cfg.ProgressInterval = DefaultProgressInterval
 	}
+	if cfg.WindowBytes <= 0 {
+		cfg.WindowBytes = DefaultWindowBytes
+	}
+	if cfg.BufferBytes <= 0 {
+		cfg.BufferBytes = DefaultBufferBytes
+	}
+	if cfg.WatcherBytes <= 0 {
+		cfg.WatcherBytes = DefaultWatcherBytes
+	}
 	log := cfg.Logger
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
 	}
 	return &Hub{
-		cfg:      cfg,
-		repl:     replConfig,
-		log:      log,
-		metrics:  cfg.Metrics,
-		ready:    make(chan struct{}),
-		stopped:  make(chan struct{}),
-		inbox:    newTxnQueue(),
-		buffer:   map[int64]*committed{},
-		fillDone: make(chan fillResult, 1),
-		window:   window{limit: cfg.Window},
-		synced:   newWatcherGroup(),
-		unsynced: watcherSet{},
-		victims:  watcherSet{},
-		wakeSync: make(chan struct{}, 1),
-		advanced: make(chan struct{}),
-	}, nil
+		cfg:           cfg,
+		responseBytes: min(maxResponseBytes, cfg.WatcherBytes),
+		queue:         newQueueLimit(cfg.WatcherBytes),
+		repl:          replConfig,
+		log:           log,
+		metrics:       cfg.Metrics,
+		ready:         make(chan struct{}),
+		stopped:       make(chan struct{}),
+		inbox:         newTxnQueue(),
+		buffer:        map[int64]*committed{},
+		fillDone:      make(chan fillResult, 1),
+		window:        window{limit: cfg.Window, maxBytes: cfg.WindowBytes},
+		synced:        newWatcherGroup(),
+		unsynced:      watcherSet{},
+		victims:       watcherSet{},
+		wakeSync:      make(chan struct{}, 1),
+		advanced:      make(chan struct{}),
+	}
 }
 
 // Stopped is closed when Run has returned.
@@ -369,6 +426,7 @@ func (h *Hub) Run(ctx context.Context) error {
 				h.accept(t)
 			}
 			h.advance()
+			h.spill()
 			if h.caughtUp {
 				h.readyOnce.Do(func() { close(h.ready) })
 			}
@@ -436,15 +494,65 @@ func (h *Hub) accept(t *txn) {
 		if _, dup := h.buffer[rev]; rev > w && !dup {
 			rows := t.rows[i:j:j] // the txn is ours now: sort its rows in place
 			slices.SortFunc(rows, func(a, b row) int { return int(a.sub - b.sub) })
-			h.buffer[rev] = &committed{rows: rows, lsn: t.commitLSN, at: t.commitTime}
+			c := &committed{rows: rows, lsn: t.commitLSN, at: t.commitTime, bytes: rowsSize(rows)}
+			if h.spillFrom > 0 && rev >= h.spillFrom {
+				h.dropValues(c)
+			} else {
+				h.bufferBytes += c.bytes
+			}
+			h.buffer[rev] = c
 			h.top = max(h.top, rev)
-			h.metrics.bufferSize(len(h.buffer))
 		}
 		i = j
 	}
 	if t.endLSN != 0 {
 		h.pending = append(h.pending, pendingTxn{endLSN: t.endLSN, maxRev: maxRev})
 	}
+	h.metrics.buffer(len(h.buffer), h.bufferBytes)
+}
+
+// spill keeps the values in the reorder buffer within BufferBytes, without
+// dropping a revision and without talking to PostgreSQL: while they are
+// over, it drops the values of the highest revisions still holding theirs
+// and keeps their keys and the fact that they are there. The buffer so
+// keeps values for its lowest revisions, the next to be released, and only
+// keys from spillFrom up. When the watermark reaches a spilled revision,
+// release sends the watchers its keys concern to catch up from the table,
+// which holds every settled revision, and the window starts after it.
+//
+// The walk down from spillFrom visits each revision once per spell of
+// spilling: spillFrom only moves up again as the watermark passes it.
+func (h *Hub) spill() {
+	if h.bufferBytes <= h.cfg.BufferBytes {
+		return
+	}
+	w := h.Revision()
+	rev := h.top
+	if h.spillFrom > 0 {
+		rev = h.spillFrom - 1
+	} else {
+		h.log.Warn("the reorder buffer is over its bytes behind an open revision; watchers will read the newest revisions from the table",
+			"watermark", w, "buffered_revisions", len(h.buffer), "buffer_bytes", h.bufferBytes, "limit", h.cfg.BufferBytes)
+	}
+	for ; h.bufferBytes > h.cfg.BufferBytes && rev > w; rev-- {
+		if c, ok := h.buffer[rev]; ok && !c.spilled {
+			h.bufferBytes -= c.bytes
+			h.dropValues(c)
+		}
+		h.spillFrom = rev // a revision still missing here arrives without its values too
+	}
+	h.metrics.buffer(len(h.buffer), h.bufferBytes)
+}
+
+// dropValues spills c: its rows keep their keys, in allocations of their
+// own (a decoded row's key and value share one), and lose their values.
+func (h *Hub) dropValues(c *committed) {
+	for i := range c.rows {
+		c.rows[i].key = bytes.Clone(c.rows[i].key)
+		c.rows[i].value = nil
+	}
+	c.spilled = true
+	h.metrics.spilled()
 }
 
 // advance releases every buffered revision that follows the watermark
@@ -459,13 +567,23 @@ func (h *Hub) advance() {
 		}
 		delete(h.buffer, w+1)
 		w++
-		released = append(released, revEvents{rev: w, events: c.events()})
+		if !c.spilled {
+			h.bufferBytes -= c.bytes
+		}
+		evs := c.events()
+		released = append(released, revEvents{rev: w, events: evs, bytes: eventsSize(evs), spilled: c.spilled})
 		h.metrics.released(c)
 	}
 	if len(released) > 0 {
 		h.release(released, w)
 	}
-	h.metrics.bufferSize(len(h.buffer))
+	switch {
+	case len(h.buffer) == 0:
+		h.spillFrom = 0
+	case h.spillFrom > 0 && h.spillFrom <= w:
+		h.spillFrom = w + 1 // everything still buffered was above it: spilled
+	}
+	h.metrics.buffer(len(h.buffer), h.bufferBytes)
 	for len(h.pending) > 0 && h.pending[0].maxRev <= w {
 		h.settledLSN.Store(uint64(h.pending[0].endLSN))
 		h.pending = h.pending[1:]

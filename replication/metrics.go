@@ -16,6 +16,9 @@ type Metrics struct {
 	holesFilled    prometheus.Counter
 	holderAge      prometheus.Gauge
 	buffered       prometheus.Gauge
+	bufferedBytes  prometheus.Gauge
+	spills         prometheus.Counter
+	windowBytes    prometheus.Gauge
 	watcherCount   prometheus.Gauge
 	victims        prometheus.Counter
 	reconnects     prometheus.Counter
@@ -43,6 +46,12 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 			Help: "Age of the transaction holding a revision every watcher waits for; 0 if none."}),
 		buffered: prometheus.NewGauge(prometheus.GaugeOpts{Namespace: ns, Subsystem: sub, Name: "reorder_buffer_revisions",
 			Help: "Committed revisions waiting for a lower one."}),
+		bufferedBytes: prometheus.NewGauge(prometheus.GaugeOpts{Namespace: ns, Subsystem: sub, Name: "reorder_buffer_bytes",
+			Help: "Bytes of keys and values the reorder buffer holds (bounded by --buffer-bytes)."}),
+		spills: prometheus.NewCounter(prometheus.CounterOpts{Namespace: ns, Subsystem: sub, Name: "spilled_revisions_total",
+			Help: "Revisions whose values the reorder buffer dropped to stay within its bytes; their watchers read them from the table."}),
+		windowBytes: prometheus.NewGauge(prometheus.GaugeOpts{Namespace: ns, Subsystem: sub, Name: "window_bytes",
+			Help: "Bytes of keys and values the recent-event window holds (bounded by --window-bytes)."}),
 		watcherCount: prometheus.NewGauge(prometheus.GaugeOpts{Namespace: ns, Subsystem: sub, Name: "watchers",
 			Help: "Open watchers."}),
 		victims: prometheus.NewCounter(prometheus.CounterOpts{Namespace: ns, Subsystem: sub, Name: "slow_watchers_total",
@@ -53,7 +62,7 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 			Help: "Replication slots found gone or invalidated and created again."}),
 	}
 	reg.MustRegister(m.transactions, m.events, m.catchUpEvents, m.watchDelay, m.holesSeen, m.holesFilled,
-		m.holderAge, m.buffered, m.watcherCount, m.victims, m.reconnects, m.slotsRecreated)
+		m.holderAge, m.buffered, m.bufferedBytes, m.spills, m.windowBytes, m.watcherCount, m.victims, m.reconnects, m.slotsRecreated)
 	return m
 }
 
@@ -101,9 +110,22 @@ func (m *Metrics) holder(age time.Duration) {
 	}
 }
 
-func (m *Metrics) bufferSize(n int) {
+func (m *Metrics) buffer(revisions, bytes int) {
 	if m != nil {
-		m.buffered.Set(float64(n))
+		m.buffered.Set(float64(revisions))
+		m.bufferedBytes.Set(float64(bytes))
+	}
+}
+
+func (m *Metrics) spilled() {
+	if m != nil {
+		m.spills.Inc()
+	}
+}
+
+func (m *Metrics) windowSize(bytes int) {
+	if m != nil {
+		m.windowBytes.Set(float64(bytes))
 	}
 }
 

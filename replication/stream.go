@@ -142,25 +142,24 @@ func (h *Hub) readTable(ctx context.Context, snapshot string) error {
 		}
 		h.inbox.push(&txn{base: from})
 	}
+	// Pages of whole revisions, bounded by rows and bytes (a revision larger
+	// than a page comes whole, alone; see readPage), each read once the hub
+	// has taken the one before: the reorder buffer bounds what stays behind
+	// a hole.
 	for {
-		page, err := readRows(ctx, tx, "where revision > $1 order by revision, sub limit $2", from, tablePage)
+		if err := h.inbox.waitBelow(ctx, 0); err != nil {
+			return fmt.Errorf("read table after revision %d: %w", from, err)
+		}
+		page, _, more, err := readPage(ctx, tx, "revision > $1", []any{from}, tablePage, tablePageBytes)
 		if err != nil {
 			return err
 		}
 		if len(page) == 0 {
 			break
 		}
-		full, big := len(page) == tablePage, page[0].revision
-		if page = wholeRevisions(page, tablePage); len(page) == 0 {
-			// One revision larger than a page (a big Txn or prefix delete):
-			// its rows must arrive together, so read it whole.
-			if page, err = readRows(ctx, tx, "where revision = $1 order by sub", big); err != nil {
-				return err
-			}
-		}
 		from = page[len(page)-1].revision
 		h.inbox.push(&txn{rows: page})
-		if !full {
+		if !more {
 			break
 		}
 	}
@@ -168,19 +167,6 @@ func (h *Hub) readTable(ctx context.Context, snapshot string) error {
 		h.inbox.push(&txn{ready: true})
 	}
 	return nil
-}
-
-// readRows reads rows of the revision table: where is the rest of the query.
-func readRows(ctx context.Context, tx pgx.Tx, where string, args ...any) ([]row, error) {
-	rows, err := tx.Query(ctx, "select "+rowColumns+" from walwatch.kv "+where, args...)
-	if err != nil {
-		return nil, fmt.Errorf("read table (%v): %w", args, err)
-	}
-	page, err := scanRows(rows)
-	if err != nil {
-		return nil, fmt.Errorf("read table (%v): %w", args, err)
-	}
-	return page, nil
 }
 
 // quoteLiteral quotes s as an SQL string literal.

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"math"
 	"slices"
 	"time"
 
@@ -21,7 +22,13 @@ var (
 	// maxEventsPerResponse bounds a catch-up response (whole revisions are
 	// never split, so one big revision may exceed it).
 	maxEventsPerResponse = 1000
-	// catchUpPage is how many rows a catch-up read takes from the table.
+	// maxResponseBytes bounds the events of one response, live or catch-up,
+	// by bytes (eventsSize), when Config.WatcherBytes is not smaller: a
+	// release after a long-held revision may carry a whole reorder buffer.
+	// Whole revisions are never split, so one big revision may exceed it.
+	maxResponseBytes = 4 << 20
+	// catchUpPage is how many rows a catch-up read takes from the table; it
+	// takes at most a response's bytes too.
 	catchUpPage = 5000
 	// syncInterval is how often the catch-up and victim loops look for work
 	// they were not woken for (etcd's watchResyncPeriod is 100ms; ours is
@@ -30,16 +37,98 @@ var (
 )
 
 // watcher is the hub's side of one watch. Every field but the immutable
-// ones is protected by Hub.mu, and every send on ch happens under it, so a
-// check for room in ch stays true until the send.
+// ones is protected by Hub.mu, and every send on ch happens under it (in
+// trySend, but for cancelLocked's last word), so a check for room in ch
+// stays true until the send.
 type watcher struct {
-	rng      store.KeyRange
+	rng          store.KeyRange
+	ch           chan WatchResponse
+	next         int64          // the first revision not yet delivered (or skipped as not matching)
+	pending      *WatchResponse // a victim's response that did not fit in ch
+	pendingBytes int            // its events' size
+	err          error          // why the watch ended, once it has
+	// sizes is a ring of the sizes (eventsSize) of the last cap(ch)
+	// responses sent on ch; head is where the next one goes. ch is FIFO, so
+	// the responses its reader has not taken are the last len(ch) sent, and
+	// their bytes are the last len(ch) sizes: a bound on the bytes queued
+	// for a watcher with no goroutine of its own. Until a response larger
+	// than queueLimit.small is sent the ring is nil and costs nothing, as
+	// for the many watchers that only ever get small responses: a full
+	// channel of those stays within the limit, so slots alone bound them.
+	sizes    []int32
+	head     int32
 	progress bool
-	ch       chan WatchResponse
-	next     int64          // the first revision not yet delivered (or skipped as not matching)
-	pending  *WatchResponse // a victim's response that did not fit in ch
-	err      error          // why the watch ended, once it has
 	closed   bool
+}
+
+// queueLimit bounds the bytes queued for a watcher (Config.WatcherBytes).
+// small is the largest response of which chanBufLen, a full channel, stay
+// within it.
+type queueLimit struct{ bytes, small int }
+
+func newQueueLimit(bytes int) queueLimit { return queueLimit{bytes: bytes, small: bytes / chanBufLen} }
+
+// queued returns at least the bytes of the responses in ch not yet read:
+// exactly while sizes are recorded, else len(ch) small ones. The reader may
+// take one meanwhile: that only makes the answer too high.
+func (wt *watcher) queued(q queueLimit) int {
+	if wt.sizes == nil {
+		return len(wt.ch) * q.small
+	}
+	total, i := 0, int(wt.head)
+	for range len(wt.ch) {
+		if i--; i < 0 {
+			i = len(wt.sizes) - 1
+		}
+		total += int(wt.sizes[i])
+	}
+	return total
+}
+
+// room returns how many bytes of events wt can be sent now: none with no
+// free slot in ch, all of q.bytes with ch empty (and then a larger revision
+// may go too, alone).
+func (wt *watcher) room(q queueLimit) int {
+	switch n := len(wt.ch); {
+	case n == cap(wt.ch):
+		return 0
+	case n == 0:
+		return q.bytes
+	}
+	return q.bytes - wt.queued(q)
+}
+
+// trySend sends resp, of size bytes, if ch has a free slot and is empty or
+// keeps within q.bytes with it, and reports whether it did.
+func (wt *watcher) trySend(resp WatchResponse, size int, q queueLimit) bool {
+	if wt.sizes == nil && size <= q.small {
+		// Everything queued is small too, and a full channel of small
+		// responses is within the bound: a free slot is room enough. The
+		// common case, at the cost of the plain send it always was.
+		select {
+		case wt.ch <- resp:
+			return true
+		default:
+			return false
+		}
+	}
+	if n := len(wt.ch); n == cap(wt.ch) || n > 0 && wt.queued(q)+size > q.bytes {
+		return false
+	}
+	if wt.sizes == nil {
+		// The first large response: record sizes from now on. Those
+		// queued were small; count them as the largest small one.
+		wt.sizes = make([]int32, cap(wt.ch))
+		for i := range wt.sizes {
+			wt.sizes[i] = int32(min(q.small, math.MaxInt32))
+		}
+	}
+	wt.sizes[wt.head] = int32(min(size, math.MaxInt32))
+	if wt.head++; int(wt.head) == len(wt.sizes) {
+		wt.head = 0
+	}
+	wt.ch <- resp
+	return true
 }
 
 type watcherSet map[*watcher]struct{}
@@ -200,34 +289,90 @@ func matching(rng store.KeyRange, from int64, revs []revEvents, all []Event) []E
 }
 
 // release publishes revisions that just became settled: they join the window
-// and go to every live watcher. A watcher whose channel is full becomes a
-// victim instead of holding anyone up.
+// and go to every live watcher, in runs of at most a response's bytes. A
+// watcher with no room for its response (a full channel, or too many bytes
+// queued) becomes a victim instead of holding anyone up. A run of spilled
+// revisions (released without their values) sends the live watchers it
+// concerns to catch up from the table, and moves the window past it.
 func (h *Hub) release(revs []revEvents, watermark int64) {
 	h.mu.Lock()
 	defer h.mu.Unlock()
-	for _, re := range revs {
-		h.window.add(re.rev, re.events)
+	caughtUp := false
+	for len(revs) > 0 {
+		n, size := 1, revs[0].bytes
+		for n < len(revs) && revs[n].spilled == revs[0].spilled &&
+			(revs[0].spilled || size+revs[n].bytes <= h.responseBytes) {
+			size += revs[n].bytes
+			n++
+		}
+		run := revs[:n]
+		revs = revs[n:]
+		if run[0].spilled {
+			h.window.skip(run[n-1].rev)
+			if h.leaveForTable(run) {
+				caughtUp = true
+			}
+			continue
+		}
+		for _, re := range run {
+			h.window.add(re)
+		}
+		h.deliver(run)
 	}
 	h.watermark = watermark
 	close(h.advanced)
 	h.advanced = make(chan struct{})
+	h.metrics.windowSize(h.window.bytes)
+	if caughtUp {
+		h.wake()
+	}
+}
+
+// deliver sends the events of run, released revisions with their values, to
+// every live watcher they concern.
+func (h *Hub) deliver(run []revEvents) {
+	last := run[len(run)-1].rev
 	// A live watcher's next revision is the watermark's successor (or its
 	// future start): it is only written down when the watcher leaves.
-	h.deliveries = h.synced.matches(h.deliveries[:0], revs)
+	h.deliveries = h.synced.matches(h.deliveries[:0], run)
+	// Watchers of one prefix or key share their events' slice: size it once.
+	var (
+		sizedFirst *Event
+		sizedLen   int
+		sized      int
+	)
 	for _, d := range h.deliveries {
-		resp := WatchResponse{Events: d.evs, Revision: d.evs[len(d.evs)-1].Revision}
-		select {
-		case d.wt.ch <- resp:
-		default:
-			h.synced.delete(d.wt)
-			d.wt.next = max(d.wt.next, watermark+1)
-			pending := resp // a copy, so resp stays off the heap for every other watcher
-			d.wt.pending = &pending
-			h.victims[d.wt] = struct{}{}
-			h.metrics.victim()
+		if &d.evs[0] != sizedFirst || len(d.evs) != sizedLen {
+			sizedFirst, sizedLen, sized = &d.evs[0], len(d.evs), eventsSize(d.evs)
 		}
+		resp := WatchResponse{Events: d.evs, Revision: d.evs[len(d.evs)-1].Revision}
+		if d.wt.trySend(resp, sized, h.queue) {
+			continue
+		}
+		h.synced.delete(d.wt)
+		d.wt.next = max(d.wt.next, last+1)
+		pending := resp // a copy, so resp stays off the heap for every other watcher
+		d.wt.pending, d.wt.pendingBytes = &pending, sized
+		h.victims[d.wt] = struct{}{}
+		h.metrics.victim()
 	}
 	clear(h.deliveries) // keep no watcher or event alive until the next release
+}
+
+// leaveForTable moves the live watchers that a run of spilled revisions
+// concerns to the catching-up set, from the first of its revisions they
+// match: everything before it has been delivered to them, and the table
+// holds the rest. It reports whether it moved any.
+func (h *Hub) leaveForTable(run []revEvents) bool {
+	h.deliveries = h.synced.matches(h.deliveries[:0], run)
+	moved := len(h.deliveries) > 0
+	for _, d := range h.deliveries {
+		h.synced.delete(d.wt)
+		d.wt.next = max(d.wt.next, d.evs[0].Revision)
+		h.unsynced[d.wt] = struct{}{}
+	}
+	clear(h.deliveries)
+	return moved
 }
 
 // syncVictimsLoop retries the responses of watchers that were too slow;
@@ -243,12 +388,10 @@ func (h *Hub) syncVictimsLoop(ctx context.Context) {
 		}
 		h.mu.Lock()
 		for wt := range h.victims {
-			select {
-			case wt.ch <- *wt.pending:
-			default:
+			if !wt.trySend(*wt.pending, wt.pendingBytes, h.queue) {
 				continue
 			}
-			wt.pending = nil
+			wt.pending, wt.pendingBytes = nil, 0
 			delete(h.victims, wt)
 			if wt.next > h.watermark {
 				h.synced.add(wt)
@@ -295,13 +438,16 @@ func (h *Hub) syncWatchersLoop(ctx context.Context) {
 }
 
 // syncWatcher sends one catch-up response to wt if it has room, and reports
-// whether it is still behind.
+// whether it is still behind. The response takes at most the room wt has
+// (whole revisions, at least one).
 func (h *Hub) syncWatcher(ctx context.Context, wt *watcher) (behind bool) {
 	h.mu.Lock()
-	if _, ok := h.unsynced[wt]; !ok || len(wt.ch) == cap(wt.ch) {
+	room := wt.room(h.queue)
+	if _, ok := h.unsynced[wt]; !ok || room <= 0 {
 		h.mu.Unlock()
 		return false
 	}
+	limit := min(room, h.responseBytes)
 	w := h.watermark
 	if wt.next > w {
 		delete(h.unsynced, wt)
@@ -310,7 +456,7 @@ func (h *Hub) syncWatcher(ctx context.Context, wt *watcher) (behind bool) {
 		return false
 	}
 	if h.window.covers(wt.next) {
-		revs, all := h.window.since(wt.next, maxEventsPerResponse)
+		revs, all := h.window.since(wt.next, maxEventsPerResponse, limit)
 		next := w + 1
 		if !all {
 			next = revs[len(revs)-1].rev + 1
@@ -335,7 +481,7 @@ func (h *Hub) syncWatcher(ctx context.Context, wt *watcher) (behind bool) {
 		next int64
 	)
 	if err == nil {
-		evs, next, err = h.readChanges(ctx, wt.rng, from, upto)
+		evs, next, err = h.readChanges(ctx, wt.rng, from, upto, limit)
 	}
 	h.mu.Lock()
 	defer h.mu.Unlock()
@@ -356,14 +502,23 @@ func (h *Hub) syncWatcher(ctx context.Context, wt *watcher) (behind bool) {
 	return true
 }
 
-// deliverLocked sends evs (room was checked) and moves wt on to next; a
-// watcher past the watermark goes live.
+// deliverLocked sends evs and moves wt on to next; a watcher past the
+// watermark goes live. Room was checked, but a revision larger than the room
+// left comes whole: if it does not fit, it waits as a victim's response
+// until wt's reader has taken what is queued.
 func (h *Hub) deliverLocked(wt *watcher, evs []Event, next int64) {
-	if len(evs) > 0 {
-		wt.ch <- WatchResponse{Events: evs, Revision: evs[len(evs)-1].Revision}
-		h.metrics.caughtUp(len(evs))
-	}
 	wt.next = next
+	if len(evs) > 0 {
+		resp := WatchResponse{Events: evs, Revision: evs[len(evs)-1].Revision}
+		size := eventsSize(evs)
+		h.metrics.caughtUp(len(evs))
+		if !wt.trySend(resp, size, h.queue) {
+			delete(h.unsynced, wt)
+			wt.pending, wt.pendingBytes = &resp, size
+			h.victims[wt] = struct{}{}
+			return
+		}
+	}
 	if wt.next > h.watermark {
 		delete(h.unsynced, wt)
 		h.synced.add(wt)
@@ -371,51 +526,46 @@ func (h *Hub) deliverLocked(wt *watcher, evs []Event, next int64) {
 }
 
 // readChanges reads the changes in rng from revision from up to upto from the
-// table, whole revisions only, and returns them with the next revision to
-// read.
-func (h *Hub) readChanges(ctx context.Context, rng store.KeyRange, from, upto int64) ([]Event, int64, error) {
+// table, whole revisions only, at most catchUpPage rows and maxBytes bytes
+// (but one revision whole, however large), and returns them with the next
+// revision to read. A from below the compacted revision fails with a
+// *store.CompactedError, as changes_between does.
+func (h *Hub) readChanges(ctx context.Context, rng store.KeyRange, from, upto int64, maxBytes int) ([]Event, int64, error) {
 	lo, hi := rng.Key, rangeUpper(rng)
-	rows, err := h.queryChanges(ctx, lo, hi, from-1, upto, catchUpPage)
+	where := "key >= $1 and key < $2 and key <> '' and revision > $3 and revision <= $4"
+	args := []any{lo, hi, from - 1, upto}
+	if hi == nil {
+		where = "key >= $1 and key <> '' and revision > $2 and revision <= $3"
+		args = []any{lo, from - 1, upto}
+	}
+	page, compacted, more, err := readPage(ctx, h.cfg.Pool, where, args, catchUpPage, maxBytes)
 	if err != nil {
 		return nil, 0, err
 	}
-	next := upto + 1
-	if len(rows) == catchUpPage {
-		if kept := wholeRevisions(rows, catchUpPage); len(kept) > 0 {
-			rows = kept
-		} else { // one revision larger than a page: take it whole
-			last := rows[0].revision
-			if rows, err = h.queryChanges(ctx, lo, hi, last-1, last, 0); err != nil {
-				return nil, 0, err
-			}
+	if len(page) == 0 {
+		// Nothing in the range, or compaction took it: ask, now. A
+		// compaction since the read makes this answer too cautious,
+		// never wrong: from is below the compacted revision either way.
+		if err := h.cfg.Pool.QueryRow(ctx, "select walwatch.compact_revision()").Scan(&compacted); err != nil {
+			return nil, 0, fmt.Errorf("read changes after revision %d: compacted revision: %w", from-1, err)
 		}
-		next = rows[len(rows)-1].revision + 1
 	}
-	evs := make([]Event, len(rows))
-	for i := range rows {
-		evs[i] = rows[i].event(0, time.Time{})
+	if from < compacted {
+		return nil, 0, &store.CompactedError{Revision: from, CompactRevision: compacted}
+	}
+	next := upto + 1
+	if more {
+		next = page[len(page)-1].revision + 1
+	}
+	evs := make([]Event, len(page))
+	for i := range page {
+		evs[i] = page[i].event(0, time.Time{})
 	}
 	return evs, next, nil
 }
 
-func (h *Hub) queryChanges(ctx context.Context, lo, hi []byte, after, upto int64, limit int) ([]row, error) {
-	var lim any
-	if limit > 0 {
-		lim = limit
-	}
-	rows, err := h.cfg.Pool.Query(ctx, "select "+rowColumns+" from walwatch.changes_between($1, $2, $3, $4, $5)", lo, hi, after, upto, lim)
-	if err != nil {
-		return nil, fmt.Errorf("read changes after revision %d: %w", after, err)
-	}
-	out, err := scanRows(rows)
-	if err != nil {
-		return nil, store.FromDB(fmt.Errorf("read changes after revision %d: %w", after, err), after+1)
-	}
-	return out, nil
-}
-
-// rangeUpper is the exclusive upper bound of rng for changes_between: nil
-// means no bound.
+// rangeUpper is the exclusive upper bound of rng for a table read: nil means
+// no bound.
 func rangeUpper(rng store.KeyRange) []byte {
 	switch {
 	case len(rng.End) == 0:
@@ -444,10 +594,7 @@ func (h *Hub) progressLoop(ctx context.Context) {
 			// Live, so everything up to the watermark has been sent, unless
 			// the watcher starts in the future.
 			if wt.progress && wt.next <= w+1 {
-				select {
-				case wt.ch <- WatchResponse{Revision: w}:
-				default:
-				}
+				wt.trySend(WatchResponse{Revision: w}, 0, h.queue)
 			}
 		})
 		h.mu.Unlock()

@@ -33,11 +33,19 @@ type cpOptions struct {
 	tokenFile   string
 	holderLimit time.Duration
 	progress    time.Duration
-	ready       func(addr net.Addr) // called once listening (tests, demo)
+	// Bounds on the hub's memory that holds values (replication.Config).
+	windowBytes  byteSize
+	bufferBytes  byteSize
+	watcherBytes byteSize
+	ready        func(addr net.Addr) // called once listening (tests, demo)
 }
 
 func newCPCommand(g *globals) *cobra.Command {
-	o := cpOptions{}
+	o := cpOptions{
+		windowBytes:  byteSize(replication.DefaultWindowBytes),
+		bufferBytes:  byteSize(replication.DefaultBufferBytes),
+		watcherBytes: byteSize(replication.DefaultWatcherBytes),
+	}
 	cmd := &cobra.Command{
 		Use:   "cp",
 		Short: "Run the control plane: the HTTP API for routes, keys and watches",
@@ -59,6 +67,9 @@ any number of data planes cost one slot.`,
 	cmd.Flags().StringVar(&o.tokenFile, "token-file", "", `bearer tokens, one "TOKEN ro|rw" per line (default: no authentication)`)
 	cmd.Flags().DurationVar(&o.holderLimit, "holder-limit", 0, "end a session that holds a revision open longer than this (0: never)")
 	cmd.Flags().DurationVar(&o.progress, "progress-interval", replication.DefaultProgressInterval, "how often idle watch streams get a progress comment")
+	cmd.Flags().Var(&o.windowBytes, "window-bytes", "memory for recent events, so a watch a little behind is served without PostgreSQL")
+	cmd.Flags().Var(&o.bufferBytes, "buffer-bytes", "memory for values committed behind a revision a transaction holds open; watchers read the rest from PostgreSQL")
+	cmd.Flags().Var(&o.watcherBytes, "watcher-bytes", "memory for events queued to one watch stream; a slower stream catches up from the window or PostgreSQL")
 	return cmd
 }
 
@@ -103,6 +114,7 @@ func runCP(ctx context.Context, log *slog.Logger, pool *pgxpool.Pool, o cpOption
 	reg.MustRegister(slotLagGauge(pool, o.slot))
 	hub, err := replication.New(replication.Config{
 		Pool: pool, Slot: o.slot, HolderLimit: o.holderLimit, ProgressInterval: o.progress,
+		WindowBytes: int(o.windowBytes), BufferBytes: int(o.bufferBytes), WatcherBytes: int(o.watcherBytes),
 		Logger: log.With("component", "hub"), Metrics: replication.NewMetrics(reg),
 	})
 	if err != nil {

@@ -1,0 +1,146 @@
+package replication
+
+import (
+	"context"
+	"fmt"
+
+	"github.com/jackc/pgx/v5"
+)
+
+// Table reads (the first read of a session, a watcher's catch-up) go in
+// pages bounded by rows and by bytes, so that what one page holds does not
+// follow the size of the values: 5,000 rows of 1.5 MiB values would be 7 GiB.
+// A page is read in one statement when its rows are small, two when not.
+// The first reads the next rows with their sizes (octet_length reads a
+// value's length without fetching it), but the key and value only of rows
+// small enough that all of them together stay within the page's bytes;
+// pageEnd picks the last revision that keeps the page within its bounds.
+// When every row up to it came whole, that is the page; otherwise the second
+// statement reads the rows up to it, whole revisions with no limit.
+
+// rowSize is one row's revision and the memory it will take (rowsSize).
+type rowSize struct {
+	revision int64
+	bytes    int
+}
+
+// rowsSize is the memory rows hold once read: their keys, values and a
+// fixed overhead each, counted as eventsSize counts their events.
+func rowsSize(rows []row) int {
+	n := 0
+	for i := range rows {
+		n += len(rows[i].key) + len(rows[i].value) + eventOverhead
+	}
+	return n
+}
+
+// querier is what a table read runs on: a pool, or the transaction of the
+// first read.
+type querier interface {
+	Query(ctx context.Context, sql string, args ...any) (pgx.Rows, error)
+}
+
+// pageMode plans each page read for its own parameters, as changes_between
+// does (a prefix of everything and a single key want different indexes; a
+// cached generic plan made a catch-up page three times slower), with binary
+// results: an unnamed statement each time, its description cached.
+const pageMode = pgx.QueryExecModeCacheDescribe
+
+// readPage reads the next rows of walwatch.kv that match where (whose
+// parameters are args), in (revision, sub) order: whole revisions, at most
+// maxRows rows and maxBytes bytes (rowsSize), or else the first revision
+// alone, whole, however large. more reports whether rows may follow the
+// page. compacted is the compacted revision, read in the same snapshot as
+// the rows; 0 when the page is empty.
+func readPage(ctx context.Context, q querier, where string, args []any, maxRows, maxBytes int) (page []row, compacted int64, more bool, err error) {
+	n := len(args)
+	// Rows up to inline bytes come whole with the sizes: maxRows+1 of them
+	// stay within maxBytes.
+	inline := maxBytes / (maxRows + 1)
+	rows, err := q.Query(ctx, fmt.Sprintf(
+		`select revision, sub, case when size <= $%[3]d then key end, case when size <= $%[3]d then value end,
+		        tombstone, create_revision, version, prev_revision, lease, size, (select compact_revision from walwatch.meta)
+		   from (select *, octet_length(key) + coalesce(octet_length(value), 0) as size
+		           from walwatch.kv where %[1]s order by revision, sub limit $%[2]d) k
+		  order by revision, sub`, where, n+1, n+2),
+		append([]any{pageMode}, append(args[:n:n], maxRows+1, inline)...)...)
+	if err != nil {
+		return nil, 0, false, fmt.Errorf("read a page of the table (%v): %w", args, err)
+	}
+	var sizes []rowSize
+	page, err = pgx.AppendRows(page, rows, func(r pgx.CollectableRow) (row, error) {
+		var x row
+		var size int32
+		err := r.Scan(&x.revision, &x.sub, &x.key, &x.value, &x.tombstone, &x.createRevision, &x.version,
+			&x.prevRevision, &x.lease, &size, &compacted)
+		sizes = append(sizes, rowSize{revision: x.revision, bytes: int(size) + eventOverhead})
+		return x, err
+	})
+	if err != nil {
+		return nil, 0, false, fmt.Errorf("read a page of the table (%v): %w", args, err)
+	}
+	if len(page) == 0 {
+		return nil, 0, false, nil
+	}
+	end, more := pageEnd(sizes, maxRows, maxBytes)
+	whole := len(page) <= maxRows || end != page[len(page)-1].revision // every revision up to end is all here
+	cut := len(page)
+	for cut > 0 && page[cut-1].revision > end {
+		cut--
+	}
+	for i := range cut {
+		whole = whole && sizes[i].bytes-eventOverhead <= inline
+	}
+	if whole {
+		clear(page[cut:]) // keep no rows past the page alive
+		return page[:cut], compacted, more, nil
+	}
+	// A row too large to come with the sizes, or one revision larger than
+	// a page: read the rows up to end.
+	rows, err = q.Query(ctx, fmt.Sprintf(
+		`select %s, (select compact_revision from walwatch.meta)
+		   from walwatch.kv where %s and revision <= $%d order by revision, sub`, rowColumns, where, n+1),
+		append([]any{pageMode}, append(args[:n:n], end)...)...)
+	if err != nil {
+		return nil, 0, false, fmt.Errorf("read rows up to revision %d (%v): %w", end, args, err)
+	}
+	clear(page) // reused: keep none of the first read's rows alive
+	page, err = pgx.AppendRows(page[:0], rows, func(r pgx.CollectableRow) (row, error) {
+		var x row
+		err := r.Scan(&x.revision, &x.sub, &x.key, &x.value, &x.tombstone, &x.createRevision, &x.version,
+			&x.prevRevision, &x.lease, &compacted)
+		return x, err
+	})
+	if err != nil {
+		return nil, 0, false, fmt.Errorf("read rows up to revision %d (%v): %w", end, args, err)
+	}
+	if len(page) == 0 {
+		compacted = 0 // none read: the caller asks
+	}
+	return page, compacted, more, nil
+}
+
+// pageEnd picks where a page that starts with sizes ends: the last revision
+// such that the page holds whole revisions, at most maxRows rows and
+// maxBytes bytes, or else the first revision, whole. sizes were read with a
+// limit of maxRows+1 rows, so when there are more than maxRows the last
+// revision in them may go on past them. more reports whether anything may
+// follow the page.
+func pageEnd(sizes []rowSize, maxRows, maxBytes int) (end int64, more bool) {
+	cut := len(sizes) > maxRows // the read stopped at its limit
+	total := 0
+	for i := 0; i < len(sizes); {
+		rev := sizes[i].revision
+		j, bytes := i, 0
+		for j < len(sizes) && sizes[j].revision == rev {
+			bytes += sizes[j].bytes
+			j++
+		}
+		whole := j < len(sizes) || !cut
+		if i > 0 && (!whole || total+bytes > maxBytes) {
+			return end, true
+		}
+		end, total, i = rev, total+bytes, j
+	}
+	return end, cut
+}
