@@ -153,6 +153,13 @@ type Hub struct {
 	responseBytes int
 	queue         queueLimit
 
+	// troubles log what the hub retries while PostgreSQL is away, once per
+	// outage each.
+	troubles struct{ stream, fill, settle, catchUp *trouble }
+	// streaming is set while a replication session streams: the hub is
+	// current, not reconnecting.
+	streaming atomic.Bool
+
 	// mu protects the watermark, the window and the watcher groups. It is
 	// never held while talking to PostgreSQL.
 	mu         sync.Mutex
@@ -252,7 +259,7 @@ func newHub(cfg Config, replConfig *pgconn.Config) *Hub {
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
 	}
-	return &Hub{
+	h := &Hub{
 		cfg:           cfg,
 		responseBytes: min(maxResponseBytes, cfg.WatcherBytes),
 		queue:         newQueueLimit(cfg.WatcherBytes),
@@ -271,6 +278,11 @@ func newHub(cfg Config, replConfig *pgconn.Config) *Hub {
 		wakeSync:      make(chan struct{}, 1),
 		advanced:      make(chan struct{}),
 	}
+	h.troubles.stream = newTrouble(log, "replication stream lost")
+	h.troubles.fill = newTrouble(log, "settling a hole with a filler row failed")
+	h.troubles.settle = newTrouble(log, "recording the settled revision failed")
+	h.troubles.catchUp = newTrouble(log, "catch-up read from the table failed")
+	return h
 }
 
 // Stopped is closed when Run has returned.
@@ -278,6 +290,10 @@ func (h *Hub) Stopped() <-chan struct{} { return h.stopped }
 
 // Ready is closed once the hub has its starting point and serves watchers.
 func (h *Hub) Ready() <-chan struct{} { return h.ready }
+
+// Streaming reports whether the hub is reading its replication slot now,
+// rather than reconnecting after losing it: whether it is current.
+func (h *Hub) Streaming() bool { return h.streaming.Load() }
 
 // Revision returns the watermark: every revision at or below it is settled
 // and delivered to live watchers. A read at it may still miss a transaction
@@ -443,9 +459,10 @@ func (h *Hub) Run(ctx context.Context) error {
 				fillBackoff = min(max(2*fillBackoff, h.cfg.FillGrace), fillBackoffMax)
 				retryIn = fillBackoff
 				fillNotBefore = time.Now().Add(retryIn)
-				h.log.Warn("settling a hole with a filler row failed", "err", res.err, "retry_in", retryIn)
+				h.troubles.fill.failed(res.err, "retry_in", retryIn)
 			} else {
 				fillBackoff = 0
+				h.troubles.fill.ok()
 			}
 			h.metrics.filled(res.filled)
 			// Whatever the filler did arrives through the stream; if the hole
@@ -694,8 +711,11 @@ func (h *Hub) recordSettled(ctx context.Context) {
 		return
 	}
 	if _, err := h.cfg.Pool.Exec(ctx, "select walwatch.settle($1)", w); err != nil {
-		h.log.Warn("record settled revision", "revision", w, "err", err)
+		if ctx.Err() == nil {
+			h.troubles.settle.failed(err, "revision", w)
+		}
 		return
 	}
+	h.troubles.settle.ok()
 	h.settled = w
 }

@@ -33,7 +33,7 @@ func (h *Hub) streamLoop(ctx context.Context) error {
 			backoff = reconnectBackoffMin
 		}
 		wait := backoff/2 + rand.N(backoff/2+1)
-		h.log.Warn("replication stream lost; reconnecting", "err", err, "in", wait.Round(time.Millisecond))
+		h.troubles.stream.failed(err, "reconnect_in", wait.Round(time.Millisecond))
 		select {
 		case <-ctx.Done():
 			return nil
@@ -75,6 +75,9 @@ func (h *Hub) session(ctx context.Context) (streamed bool, err error) {
 		return false, fmt.Errorf("start replication on slot %s: %w", slot, err)
 	}
 	h.log.Info("streaming", "slot", slot, "temporary", h.cfg.Slot == "")
+	h.troubles.stream.ok()
+	h.streaming.Store(true)
+	defer h.streaming.Store(false)
 	return true, h.receive(ctx, conn)
 }
 

@@ -30,6 +30,9 @@ var (
 	// catchUpPage is how many rows a catch-up read takes from the table; it
 	// takes at most a response's bytes too.
 	catchUpPage = 5000
+	// catchUpBackoffMax bounds the wait between catch-up reads while they
+	// fail (PostgreSQL is down): the wait doubles from syncInterval.
+	catchUpBackoffMax = time.Second
 	// syncInterval is how often the catch-up and victim loops look for work
 	// they were not woken for (etcd's watchResyncPeriod is 100ms; ours is
 	// shorter because a catch-up here is one query, not a scan of bbolt).
@@ -409,6 +412,7 @@ func (h *Hub) syncVictimsLoop(ctx context.Context) {
 func (h *Hub) syncWatchersLoop(ctx context.Context) {
 	t := time.NewTicker(syncInterval)
 	defer t.Stop()
+	var backoff time.Duration // after a failed catch-up read
 	for {
 		select {
 		case <-ctx.Done():
@@ -426,10 +430,28 @@ func (h *Hub) syncWatchersLoop(ctx context.Context) {
 		}
 		h.mu.Unlock()
 		more := false
+		var err error
 		for _, wt := range batch {
-			if h.syncWatcher(ctx, wt) {
-				more = true
+			var behind bool
+			if behind, err = h.syncWatcher(ctx, wt); err != nil {
+				break // the table is unreachable for the rest too
 			}
+			more = more || behind
+		}
+		if err != nil {
+			// Back off: without it, each watcher behind would query a
+			// PostgreSQL that is down every syncInterval.
+			h.troubles.catchUp.failed(err)
+			backoff = min(max(2*backoff, syncInterval), catchUpBackoffMax)
+			if !sleep(ctx, backoff) {
+				return
+			}
+			h.wake()
+			continue
+		}
+		if backoff > 0 {
+			backoff = 0
+			h.troubles.catchUp.ok()
 		}
 		if more {
 			h.wake()
@@ -439,13 +461,13 @@ func (h *Hub) syncWatchersLoop(ctx context.Context) {
 
 // syncWatcher sends one catch-up response to wt if it has room, and reports
 // whether it is still behind. The response takes at most the room wt has
-// (whole revisions, at least one).
-func (h *Hub) syncWatcher(ctx context.Context, wt *watcher) (behind bool) {
+// (whole revisions, at least one). err is a table read that failed, to retry.
+func (h *Hub) syncWatcher(ctx context.Context, wt *watcher) (behind bool, err error) {
 	h.mu.Lock()
 	room := wt.room(h.queue)
 	if _, ok := h.unsynced[wt]; !ok || room <= 0 {
 		h.mu.Unlock()
-		return false
+		return false, nil
 	}
 	limit := min(room, h.responseBytes)
 	w := h.watermark
@@ -453,7 +475,7 @@ func (h *Hub) syncWatcher(ctx context.Context, wt *watcher) (behind bool) {
 		delete(h.unsynced, wt)
 		h.synced.add(wt)
 		h.mu.Unlock()
-		return false
+		return false, nil
 	}
 	if h.window.covers(wt.next) {
 		revs, all := h.window.since(wt.next, maxEventsPerResponse, limit)
@@ -464,7 +486,7 @@ func (h *Hub) syncWatcher(ctx context.Context, wt *watcher) (behind bool) {
 		h.deliverLocked(wt, matching(wt.rng, wt.next, revs, nil), next)
 		behind := wt.next <= w
 		h.mu.Unlock()
-		return behind
+		return behind, nil
 	}
 	from := wt.next
 	h.mu.Unlock()
@@ -474,7 +496,7 @@ func (h *Hub) syncWatcher(ctx context.Context, wt *watcher) (behind bool) {
 	// good.
 	upto, err := h.visibleUpTo(ctx, w)
 	if err == nil && upto < from {
-		return false // not visible yet: try again on the next tick
+		return false, nil // not visible yet: try again on the next tick
 	}
 	var (
 		evs  []Event
@@ -486,20 +508,20 @@ func (h *Hub) syncWatcher(ctx context.Context, wt *watcher) (behind bool) {
 	h.mu.Lock()
 	defer h.mu.Unlock()
 	if _, ok := h.unsynced[wt]; !ok || wt.next != from {
-		return false
+		return false, nil
 	}
 	if err != nil {
 		if errors.Is(err, store.ErrCompacted) {
 			h.cancelLocked(wt, err)
-			return false
+			return false, nil
 		}
-		if ctx.Err() == nil {
-			h.log.Warn("catch-up read failed; will retry", "from", from, "err", err)
+		if ctx.Err() != nil {
+			return false, nil
 		}
-		return false
+		return false, fmt.Errorf("catch up from revision %d: %w", from, err)
 	}
 	h.deliverLocked(wt, evs, next)
-	return true
+	return true, nil
 }
 
 // deliverLocked sends evs and moves wt on to next; a watcher past the

@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"net/http"
 	"os"
+	"regexp"
 	"strings"
 	"testing"
 	"time"
@@ -40,10 +41,11 @@ func TestPostgresOutage(t *testing.T) {
 	live := openWatch(t, c.url+"/v1/watch?key=/x") // from now: needs only the hub
 	last := fmt.Sprint(before)
 
+	reconnects := metricValue(t, string(get(t, c.url+"/metrics", "").body), "walwatch_hub_reconnects_total")
+	streamLost := c.count("replication stream lost")
 	if err := pg.Stop(t.Context()); err != nil {
 		t.Fatalf("stop PostgreSQL: %v", err)
 	}
-	streamLost := c.count("replication stream lost")
 	outageStart := time.Now()
 
 	type request struct {
@@ -96,8 +98,25 @@ func TestPostgresOutage(t *testing.T) {
 	if n := c.count(`msg="PostgreSQL is unavailable;`); n != 1 {
 		t.Errorf("cp logged %d \"PostgreSQL is unavailable\" lines for %d refused requests, want 1", n, rounds*len(needDB))
 	}
-	t.Logf("hub: %d \"replication stream lost\" lines in the %v PostgreSQL was down",
-		c.count("replication stream lost")-streamLost, time.Since(outageStart).Round(time.Millisecond))
+	// The hub retries its stream (and its other statements) while
+	// PostgreSQL is down, and says so once each, not once per retry.
+	eventually(t, "the hub to retry its replication stream 4 times", func() bool {
+		return metricValue(t, string(get(t, c.url+"/metrics", "").body), "walwatch_hub_reconnects_total") >= reconnects+4
+	})
+	hubWarns := map[string]int{}
+	for _, line := range strings.Split(c.log(), "\n") {
+		if m := logMsg.FindStringSubmatch(line); m != nil && strings.Contains(line, "level=WARN") && strings.Contains(line, "component=hub") {
+			hubWarns[m[1]]++
+		}
+	}
+	for msg, n := range hubWarns {
+		if n > 1 {
+			t.Errorf("the hub logged %q %d times in the %v PostgreSQL was down, want once", msg, n, time.Since(outageStart).Round(time.Millisecond))
+		}
+	}
+	if c.count("replication stream lost") == streamLost {
+		t.Errorf("the hub did not log that it lost its replication stream")
+	}
 
 	// PostgreSQL comes back on the same port and data dir.
 	pgcluster.StartPrivate(t, pgcluster.Options{DataDir: dataDir, Port: pg.Port()})
@@ -147,3 +166,6 @@ func TestPostgresOutage(t *testing.T) {
 	}
 	c.stop(t)
 }
+
+// logMsg finds a text log line's message.
+var logMsg = regexp.MustCompile(`msg="([^"]*)"`)

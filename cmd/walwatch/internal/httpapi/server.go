@@ -141,12 +141,18 @@ func (s *Server) ready(w http.ResponseWriter, r *http.Request) {
 		writeUnavailable(w, "watch hub is not ready")
 		return
 	}
+	if !s.cfg.Hub.Streaming() {
+		writeUnavailable(w, "watch hub is reconnecting to its replication slot")
+		return
+	}
 	start := time.Now()
 	ctx, cancel := context.WithTimeout(r.Context(), readyTimeout)
 	defer cancel()
 	if err := s.cfg.Store.Pool().Ping(ctx); err != nil {
 		s.db.observe(r, start, fmt.Errorf("ping: %w", store.FromDB(err, 0)))
-		writeUnavailable(w, "PostgreSQL: "+err.Error())
+		// The error names the server, user and database; /readyz needs no
+		// token, so it stays in the log.
+		writeUnavailable(w, "PostgreSQL is not answering")
 		return
 	}
 	s.db.observe(r, start, nil)
