@@ -49,7 +49,8 @@ import (
 	"github.com/walwatch/walwatch/replication"
 	"github.com/walwatch/walwatch/sql"
 	"github.com/walwatch/walwatch/store"
-	"github.com/walwatch/walwatch/test/pgcluster"
+	"github.com/walwatch/walwatch/test/pgtest"
+	"github.com/walwatch/walwatch/test/wait"
 )
 
 // benchValue is an APISIX-route-sized value, as store's BenchmarkPut uses.
@@ -130,7 +131,7 @@ func awaitRevision(b *testing.B, w *replication.Watcher, rev int64, timer *time.
 // under load.
 func BenchmarkPutToEvent(b *testing.B) {
 	b.Run("tcp", func(b *testing.B) { benchmarkPutToEvent(b, newEnv(b)) })
-	b.Run("unix", func(b *testing.B) { benchmarkPutToEvent(b, newEnvAt(b, socketURL(b, pgcluster.NewDatabase(b)))) })
+	b.Run("unix", func(b *testing.B) { benchmarkPutToEvent(b, newEnvAt(b, socketURL(b, pgtest.NewDatabase(b)))) })
 }
 
 func benchmarkPutToEvent(b *testing.B, e *env) {
@@ -306,7 +307,7 @@ func BenchmarkCatchUp(b *testing.B) {
 	if _, err := e.pool.Exec(ctx, `analyze walwatch.kv`); err != nil {
 		b.Fatal(err)
 	}
-	waitFor(b, "hub at the last written revision", func() bool { return h.Revision() == catchUpRevisions+1 })
+	wait.For(b, "hub at the last written revision", func() bool { return h.Revision() == catchUpRevisions+1 })
 
 	b.Run(fmt.Sprintf("revisions=%d", catchUpRevisions), func(b *testing.B) {
 		timer := time.NewTimer(benchWait)
@@ -510,7 +511,7 @@ func BenchmarkWatchedPuts(b *testing.B) {
 		t, cpu := time.Now(), cpuTime(b)
 		n := puts(phase)
 		if seen != nil {
-			waitFor(b, "the reader has every put", func() bool { return seen() >= n })
+			wait.For(b, "the reader has every put", func() bool { return seen() >= n })
 		}
 		return result{float64(n) / time.Since(t).Seconds(), us(cpuTime(b)-cpu) / float64(n)}
 	}

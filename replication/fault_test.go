@@ -31,6 +31,8 @@ import (
 	"github.com/walwatch/walwatch/replication"
 	"github.com/walwatch/walwatch/store"
 	"github.com/walwatch/walwatch/test/pgcluster"
+	"github.com/walwatch/walwatch/test/pgtest"
+	"github.com/walwatch/walwatch/test/wait"
 )
 
 // ---- writers --------------------------------------------------------------
@@ -418,7 +420,7 @@ func slotPID(ctx context.Context, e *env, slot string) (int32, error) {
 func waitNewWalsender(t *testing.T, e *env, slot string, old int32) int32 {
 	t.Helper()
 	var pid int32
-	waitFor(t, fmt.Sprintf("a walsender other than %d reads slot %q", old, slot), func() bool {
+	wait.For(t, fmt.Sprintf("a walsender other than %d reads slot %q", old, slot), func() bool {
 		var err error
 		if slot == "" {
 			pid, err = tempSlotPID(context.Background(), e)
@@ -446,7 +448,7 @@ func seed(t *testing.T, e *env) (first, last int64) {
 
 func waitRevision(t *testing.T, h *replication.Hub, rev int64) {
 	t.Helper()
-	waitFor(t, fmt.Sprintf("hub watermark reaches %d", rev), func() bool { return h.Revision() >= rev })
+	wait.For(t, fmt.Sprintf("hub watermark reaches %d", rev), func() bool { return h.Revision() >= rev })
 }
 
 // ---- 1. server restart ----------------------------------------------------
@@ -461,7 +463,7 @@ func TestRestartImmediateMidStream(t *testing.T) { testRestartMidStream(t, pgclu
 // writers write. An immediate stop also makes the revision sequence skip
 // values and loses transactions in flight: holes the hubs must fill.
 func testRestartMidStream(t *testing.T, mode pgcluster.StopMode) {
-	c := pgcluster.StartPrivate(t, pgcluster.Options{})
+	c := pgtest.StartPrivate(t, pgcluster.Options{})
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	defer cancel()
 	dbURL, err := c.CreateDatabase(ctx, "walwatch")
@@ -576,7 +578,7 @@ func TestSlotDroppedUnderHub(t *testing.T) {
 	// The hub reconnects between our terminate and our drop now and then:
 	// then the drop finds the slot active, and we go round.
 	var tries int
-	waitFor(t, "slot "+slot+" dropped", func() bool {
+	wait.For(t, "slot "+slot+" dropped", func() bool {
 		tries++
 		ctx := context.Background()
 		if _, err := e.pool.Exec(ctx, "select pg_terminate_backend(active_pid) from pg_replication_slots where slot_name = $1", slot); err != nil {
@@ -611,7 +613,7 @@ func TestSlotDroppedUnderHub(t *testing.T) {
 // whatever its watchers do), and the watcher that reads gets everything.
 func TestWalSenderNeverTimesOut(t *testing.T) {
 	const timeout = 2 * time.Second
-	c := pgcluster.StartPrivate(t, pgcluster.Options{Settings: map[string]string{"wal_sender_timeout": "2s"}})
+	c := pgtest.StartPrivate(t, pgcluster.Options{Settings: map[string]string{"wal_sender_timeout": "2s"}})
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	defer cancel()
 	dbURL, err := c.CreateDatabase(ctx, "walwatch")
@@ -674,7 +676,7 @@ func TestWalSenderNeverTimesOut(t *testing.T) {
 // the server's WAL end from keepalives, and its slot moves past that WAL.
 func TestQuietTableDoesNotPinWAL(t *testing.T) {
 	// Keepalives come at half of wal_sender_timeout when nothing else does.
-	c := pgcluster.StartPrivate(t, pgcluster.Options{Settings: map[string]string{"wal_sender_timeout": "4s"}})
+	c := pgtest.StartPrivate(t, pgcluster.Options{Settings: map[string]string{"wal_sender_timeout": "4s"}})
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	defer cancel()
 	dbURL, err := c.CreateDatabase(ctx, "walwatch")
@@ -808,7 +810,7 @@ func TestHubAsReplicationRole(t *testing.T) {
 	// for it and then take it.
 	held, _, rollback := beginHeld(t, e, "/a/held")
 	after := e.put(t, "/a/after", "x")
-	waitFor(t, "a filler run by "+role+" waits for the holder", func() bool {
+	wait.For(t, "a filler run by "+role+" waits for the holder", func() bool {
 		var n int
 		err := e.pool.QueryRow(ctx, `select count(*) from pg_stat_activity
 			where usename = $1 and query like '%walwatch.fill%' and cardinality(pg_blocking_pids(pid)) > 0`, role).Scan(&n)
@@ -836,7 +838,7 @@ func TestHubAsReplicationRole(t *testing.T) {
 	if err := e.pool.QueryRow(ctx, "select max(revision) from walwatch.kv").Scan(&end); err != nil {
 		t.Fatal(err)
 	}
-	waitFor(t, "settled revision recorded", func() bool {
+	wait.For(t, "settled revision recorded", func() bool {
 		var settled int64
 		err := e.pool.QueryRow(ctx, "select settled_revision from walwatch.meta").Scan(&settled)
 		return err == nil && settled >= end
@@ -891,7 +893,7 @@ func TestHubsFillTheSameHoleTogether(t *testing.T) {
 			rollbacks = append(rollbacks, rollback)
 		}
 		after := e.put(t, fmt.Sprintf("/after/%d", round), "x")
-		waitFor(t, fmt.Sprintf("the %d hubs' fillers wait for revision %d", hubs, first), func() bool {
+		wait.For(t, fmt.Sprintf("the %d hubs' fillers wait for revision %d", hubs, first), func() bool {
 			var n int
 			err := e.pool.QueryRow(context.Background(), `select count(*) from pg_stat_activity
 				where datname = current_database() and query like '%walwatch.fill%' and cardinality(pg_blocking_pids(pid)) > 0`).Scan(&n)

@@ -15,7 +15,7 @@ import (
 	"github.com/walwatch/walwatch/replication"
 	"github.com/walwatch/walwatch/sql"
 	"github.com/walwatch/walwatch/store"
-	"github.com/walwatch/walwatch/test/pgcluster"
+	"github.com/walwatch/walwatch/test/pgtest"
 )
 
 // env is a migrated database with a store on it.
@@ -27,7 +27,7 @@ type env struct {
 
 func newEnv(tb testing.TB) *env {
 	tb.Helper()
-	return newEnvAt(tb, pgcluster.NewDatabase(tb))
+	return newEnvAt(tb, pgtest.NewDatabase(tb))
 }
 
 func newEnvAt(tb testing.TB, url string) *env {
@@ -47,7 +47,7 @@ func socketURL(tb testing.TB, url string) string {
 	if err != nil {
 		tb.Fatal(err)
 	}
-	return pgcluster.Shared(tb).SocketConnString(cfg.Database)
+	return pgtest.Shared(tb).SocketConnString(cfg.Database)
 }
 
 // newPool opens a pool on url that the test closes when it ends.
@@ -196,15 +196,4 @@ func (e *env) history(tb testing.TB, rng store.KeyRange, start int64) []seen {
 		out = append(out, s)
 	}
 	return out
-}
-
-func waitFor(tb testing.TB, what string, cond func() bool) {
-	tb.Helper()
-	deadline := time.Now().Add(30 * time.Second)
-	for !cond() {
-		if time.Now().After(deadline) {
-			tb.Fatalf("%s: not within 30s", what)
-		}
-		time.Sleep(5 * time.Millisecond) // polling interval
-	}
 }

@@ -8,7 +8,7 @@ import (
 
 	"github.com/walwatch/walwatch/replication"
 	"github.com/walwatch/walwatch/store"
-	"github.com/walwatch/walwatch/test/pgcluster"
+	"github.com/walwatch/walwatch/test/pgtest"
 )
 
 func TestWatchPrefixFromNow(t *testing.T) {
@@ -76,7 +76,7 @@ func TestRevisionLargerThanAPage(t *testing.T) {
 // Pool settings in the connection string stay with the pool: the
 // replication connection must not send them to the server as parameters.
 func TestPoolSettingsInConnectionString(t *testing.T) {
-	e := newEnvAt(t, pgcluster.NewDatabase(t)+"&pool_max_conns=7")
+	e := newEnvAt(t, pgtest.NewDatabase(t)+"&pool_max_conns=7")
 	h := e.startHub(t, replication.Config{})
 	w := watch(t, h, replication.WatchRequest{Range: store.Key([]byte("/a"))})
 	r := e.put(t, "/a", "1")

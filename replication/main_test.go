@@ -4,7 +4,7 @@ import (
 	"os"
 	"testing"
 
-	"github.com/walwatch/walwatch/test/pgcluster"
+	"github.com/walwatch/walwatch/test/pgtest"
 )
 
-func TestMain(m *testing.M) { os.Exit(pgcluster.Main(m)) }
+func TestMain(m *testing.M) { os.Exit(pgtest.Main(m)) }

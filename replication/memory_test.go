@@ -9,6 +9,7 @@ import (
 
 	"github.com/walwatch/walwatch/replication"
 	"github.com/walwatch/walwatch/store"
+	"github.com/walwatch/walwatch/test/wait"
 )
 
 // A transaction holds a revision open while puts of large values pile up
@@ -72,7 +73,7 @@ func testSpillBehindHeldRevision(t *testing.T, commit bool) {
 	}
 	wg.Wait()
 	waitFillerBlocked(t, e)
-	waitFor(t, "every put buffered behind the held revision", func() bool {
+	wait.For(t, "every put buffered behind the held revision", func() bool {
 		return metric(t, reg, "walwatch_hub_reorder_buffer_revisions") >= writers*perWriter
 	})
 	if got := h.Revision(); got >= held {

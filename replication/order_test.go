@@ -9,6 +9,7 @@ import (
 
 	"github.com/walwatch/walwatch/replication"
 	"github.com/walwatch/walwatch/store"
+	"github.com/walwatch/walwatch/test/wait"
 )
 
 // beginHeld opens a transaction that takes the next revision and keeps it.
@@ -39,7 +40,7 @@ func beginHeld(t *testing.T, e *env, key string) (rev int64, commit, rollback fu
 // holder: proof that the hub has seen the hole and is holding back.
 func waitFillerBlocked(t *testing.T, e *env) {
 	t.Helper()
-	waitFor(t, "filler waits for the holder", func() bool {
+	wait.For(t, "filler waits for the holder", func() bool {
 		var n int
 		err := e.pool.QueryRow(context.Background(),
 			"select count(*) from pg_stat_activity where cardinality(pg_blocking_pids(pid)) > 0 and query like '%walwatch.fill%'").Scan(&n)
@@ -98,7 +99,7 @@ func TestRolledBackRevisionIsFilledAndNeverDelivered(t *testing.T) {
 	// is flushed, a moment before the committing backend makes it visible.
 	// Under load that moment can outlast the trip through the hub.
 	var filler bool
-	waitFor(t, fmt.Sprintf("revision %d visible as a filler row", r), func() bool {
+	wait.For(t, fmt.Sprintf("revision %d visible as a filler row", r), func() bool {
 		err := e.pool.QueryRow(context.Background(), "select key = '' from walwatch.kv where revision = $1", r).Scan(&filler)
 		return err == nil
 	})

@@ -16,13 +16,13 @@ import (
 	"github.com/jackc/pgx/v5/pgxpool"
 
 	"github.com/walwatch/walwatch/replication"
-	"github.com/walwatch/walwatch/test/pgcluster"
+	"github.com/walwatch/walwatch/test/pgtest"
 )
 
 // slotPool connects to a fresh database of the shared cluster.
 func slotPool(t *testing.T) (*pgxpool.Pool, string) {
 	t.Helper()
-	url := pgcluster.NewDatabase(t)
+	url := pgtest.NewDatabase(t)
 	pool, err := pgxpool.New(t.Context(), url)
 	if err != nil {
 		t.Fatal(err)

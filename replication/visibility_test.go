@@ -12,6 +12,7 @@ import (
 	"github.com/walwatch/walwatch/replication"
 	"github.com/walwatch/walwatch/store"
 	"github.com/walwatch/walwatch/test/pgcluster"
+	"github.com/walwatch/walwatch/test/pgtest"
 )
 
 // TestCommittedNotYetVisible holds a put between its commit and its
@@ -23,7 +24,7 @@ import (
 // and settles revisions above it, but a read at those revisions, and a
 // watcher catching up from the table, must not pass over it.
 func TestCommittedNotYetVisible(t *testing.T) {
-	c := pgcluster.StartPrivate(t, pgcluster.Options{Settings: map[string]string{
+	c := pgtest.StartPrivate(t, pgcluster.Options{Settings: map[string]string{
 		// Every session commits locally unless it asks for more; the one
 		// that asks waits for a standby that never comes.
 		"synchronous_standby_names": "walwatch_test_no_standby",

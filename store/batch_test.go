@@ -11,6 +11,7 @@ import (
 	"github.com/jackc/pgx/v5/pgxpool"
 
 	"github.com/walwatch/walwatch/store"
+	"github.com/walwatch/walwatch/test/wait"
 )
 
 // occupyPutWorkers holds /busy's lock and puts to it until every put worker
@@ -33,7 +34,7 @@ func occupyPutWorkers(t *testing.T, s *store.Store, pool *pgxpool.Pool) (release
 		}()
 		// One more worker waits for the lock before the next put starts, so
 		// each worker holds exactly one of them.
-		waitFor(t, func() bool {
+		wait.For(t, "the next worker to wait for the key lock", func() bool {
 			var n int
 			err := pool.QueryRow(ctx, "select count(*) from pg_locks where locktype = 'advisory' and not granted").Scan(&n)
 			return err == nil && n == i+1
@@ -68,7 +69,7 @@ func queuePuts(t *testing.T, s *store.Store, keys ...[]byte) <-chan putResult {
 			out <- putResult{string(k), res.Revision, err}
 		}()
 	}
-	waitFor(t, func() bool { return store.QueuedPuts(s) == len(keys) })
+	wait.For(t, "every put to be queued", func() bool { return store.QueuedPuts(s) == len(keys) })
 	return out
 }
 
@@ -228,7 +229,7 @@ func TestQueuedPutGivenUpIsNotWritten(t *testing.T) {
 		_, err := s.Put(ctx, []byte("/gave-up"), []byte("v"))
 		gaveUp <- err
 	}()
-	waitFor(t, func() bool { return store.QueuedPuts(s) == 1 })
+	wait.For(t, "one queued put", func() bool { return store.QueuedPuts(s) == 1 })
 	cancel()
 	if err := <-gaveUp; !errors.Is(err, context.Canceled) {
 		t.Fatalf("put after its caller gave up: %v, want %v", err, context.Canceled)
@@ -238,7 +239,7 @@ func TestQueuedPutGivenUpIsNotWritten(t *testing.T) {
 		_, err := s.Put(testContext(t), []byte("/kept"), []byte("v"))
 		kept <- err
 	}()
-	waitFor(t, func() bool { return store.QueuedPuts(s) == 2 }) // one batch with the given-up put
+	wait.For(t, "two queued puts", func() bool { return store.QueuedPuts(s) == 2 }) // one batch with the given-up put
 	release()
 	if err := <-kept; err != nil {
 		t.Fatalf("put /kept: %v", err)

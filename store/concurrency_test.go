@@ -8,6 +8,7 @@ import (
 	"testing"
 
 	"github.com/walwatch/walwatch/store"
+	"github.com/walwatch/walwatch/test/wait"
 )
 
 func TestConcurrentPutsToOneKey(t *testing.T) {
@@ -101,7 +102,7 @@ func TestWritersOfDifferentKeysDoNotWait(t *testing.T) {
 		sameKey <- res
 	}()
 	// The second writer of /a is blocked on the first one's key lock.
-	waitFor(t, func() bool {
+	wait.For(t, "the second writer to wait for the key lock", func() bool {
 		var waiting bool
 		err := pool.QueryRow(ctx, "select exists (select 1 from pg_locks where locktype = 'advisory' and not granted)").Scan(&waiting)
 		return err == nil && waiting

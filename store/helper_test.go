@@ -11,16 +11,16 @@ import (
 
 	"github.com/walwatch/walwatch/sql"
 	"github.com/walwatch/walwatch/store"
-	"github.com/walwatch/walwatch/test/pgcluster"
+	"github.com/walwatch/walwatch/test/pgtest"
 )
 
-func TestMain(m *testing.M) { os.Exit(pgcluster.Main(m)) }
+func TestMain(m *testing.M) { os.Exit(pgtest.Main(m)) }
 
 // newStore returns a store on a fresh, migrated database.
 func newStore(tb testing.TB, limits store.Limits) (*store.Store, *pgxpool.Pool) {
 	tb.Helper()
 	ctx := context.Background()
-	cfg, err := pgxpool.ParseConfig(pgcluster.NewDatabase(tb))
+	cfg, err := pgxpool.ParseConfig(pgtest.NewDatabase(tb))
 	if err != nil {
 		tb.Fatal(err)
 	}
@@ -67,16 +67,4 @@ func kvs(res store.RangeResponse) []string {
 		out = append(out, fmt.Sprintf("%s=%s@%d/%d/%d", kv.Key, kv.Value, kv.ModRevision, kv.CreateRevision, kv.Version))
 	}
 	return out
-}
-
-// waitFor polls cond until it holds or the test's deadline passes.
-func waitFor(tb testing.TB, cond func() bool) {
-	tb.Helper()
-	deadline := time.Now().Add(30 * time.Second)
-	for !cond() {
-		if time.Now().After(deadline) {
-			tb.Fatal("condition not met within 30s")
-		}
-		time.Sleep(5 * time.Millisecond) // polling interval, not a wait for a result
-	}
 }

@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"os"
+	"os/exec"
 	"strings"
 	"testing"
 
@@ -12,10 +13,10 @@ import (
 	"github.com/spf13/pflag"
 
 	"github.com/walwatch/walwatch/sql"
-	"github.com/walwatch/walwatch/test/pgcluster"
+	"github.com/walwatch/walwatch/test/pgtest"
 )
 
-func TestMain(m *testing.M) { os.Exit(pgcluster.Main(m)) }
+func TestMain(m *testing.M) { os.Exit(pgtest.Main(m)) }
 
 // run runs the CLI in-process with args and returns stdout and the error.
 func run(t *testing.T, url string, args ...string) (string, error) {
@@ -28,7 +29,7 @@ func run(t *testing.T, url string, args ...string) (string, error) {
 }
 
 func TestCLI(t *testing.T) {
-	url := pgcluster.NewDatabase(t)
+	url := pgtest.NewDatabase(t)
 	steps := []struct {
 		args    []string
 		want    string // JSON output, or a substring of the error
@@ -110,4 +111,19 @@ func TestFlagUsageHasNoBackquotes(t *testing.T) {
 		}
 	}
 	visit(newRootCommand(&bytes.Buffer{}, &bytes.Buffer{}))
+}
+
+// The shipped binary carries no test code: the private-PostgreSQL launcher
+// behind demo is test/pgcluster, and the helpers tests build on it live in
+// test/pgtest.
+func TestBinaryDoesNotLinkTesting(t *testing.T) {
+	out, err := exec.Command("go", "list", "-deps", ".").Output()
+	if err != nil {
+		t.Fatalf("go list -deps .: %v", err)
+	}
+	for _, pkg := range strings.Fields(string(out)) {
+		if pkg == "testing" || strings.HasPrefix(pkg, "testing/") {
+			t.Errorf("walwatch links %s", pkg)
+		}
+	}
 }

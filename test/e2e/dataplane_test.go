@@ -11,6 +11,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/walwatch/walwatch/test/wait"
 )
 
 // TestDPUpstreamTimeouts runs a dp with an upstream timeout flag and a
@@ -40,12 +42,12 @@ func TestDPUpstreamTimeouts(t *testing.T) {
 		{"hung", "/hung", "250ms"},   // the dp's flag
 		{"quick", "/quick", "100ms"}, // the route's own
 	} {
-		eventually(t, "dp to answer "+tc.path+" 504", func() bool {
+		wait.For(t, "dp to answer "+tc.path+" 504", func() bool {
 			return get(t, d.url+tc.path, "").status == http.StatusGatewayTimeout
 		})
 		want := []string{"level=WARN", `msg="upstream timed out"`, "route=" + tc.route, "upstream=" + hung.URL,
 			"path=" + tc.path, "timeout=response_header", "after=" + tc.after}
-		eventually(t, fmt.Sprintf("dp to log a line with all of %q", want), func() bool { return countAll(d.log(), want...) >= 1 })
+		wait.For(t, fmt.Sprintf("dp to log a line with all of %q", want), func() bool { return countAll(d.log(), want...) >= 1 })
 	}
 	if n := d.count(`msg="upstream failed"`); n != 0 {
 		t.Errorf("dp logged %d upstream failures for timeouts", n)

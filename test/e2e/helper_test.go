@@ -31,7 +31,8 @@ import (
 
 	"github.com/jackc/pgx/v5"
 
-	"github.com/walwatch/walwatch/test/pgcluster"
+	"github.com/walwatch/walwatch/test/pgtest"
+	"github.com/walwatch/walwatch/test/wait"
 )
 
 // binary is the walwatch binary TestMain built.
@@ -49,7 +50,7 @@ func TestMain(m *testing.M) {
 		os.RemoveAll(dir)
 		os.Exit(1)
 	}
-	code := pgcluster.Main(m)
+	code := pgtest.Main(m)
 	os.RemoveAll(dir)
 	os.Exit(code)
 }
@@ -83,24 +84,10 @@ func build(dir string) (string, error) {
 // Timeouts. None of them is a timing assertion: each bounds a wait for a
 // condition that should hold long before.
 const (
-	waitTimeout = 30 * time.Second // eventually
+	waitTimeout = wait.Timeout     // a stream message, a log line
 	stopTimeout = 8 * time.Second  // a SIGTERM'd process exits within this
 	httpTimeout = 15 * time.Second // one plain HTTP request
 )
-
-// eventually polls cond until it holds, failing the test at the deadline.
-func eventually(t testing.TB, what string, cond func() bool) {
-	t.Helper()
-	deadline := time.Now().Add(waitTimeout)
-	tick := time.NewTicker(5 * time.Millisecond)
-	defer tick.Stop()
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out after %v waiting for %s", waitTimeout, what)
-		}
-		<-tick.C
-	}
-}
 
 // slotSeq makes slot names unique in the test binary; the pid makes them
 // unique across test binaries sharing a cluster.
@@ -121,7 +108,7 @@ func newDatabase(t testing.TB) string {
 			checkNoSlots(t, url)
 		}
 	})
-	url = pgcluster.NewDatabase(t)
+	url = pgtest.NewDatabase(t)
 	runCLI(t, url, "migrate")
 	return url
 }
@@ -273,7 +260,7 @@ func (p *proc) count(s string) int {
 // waitLog waits until the log has n lines containing s.
 func (p *proc) waitLog(t testing.TB, s string, n int) {
 	t.Helper()
-	eventually(t, fmt.Sprintf("%s to log %q %d time(s)", p.name, s, n), func() bool { return p.count(s) >= n })
+	wait.For(t, fmt.Sprintf("%s to log %q %d time(s)", p.name, s, n), func() bool { return p.count(s) >= n })
 }
 
 // stop sends SIGTERM and checks for a clean exit (status 0) within
@@ -382,7 +369,7 @@ func (c *cp) restart(t testing.TB) {
 	if !c.exited() {
 		t.Fatal("cp.restart: the control plane is still running")
 	}
-	eventually(t, "cp to start again on "+c.addr, func() bool { return c.launch(t) })
+	wait.For(t, "cp to start again on "+c.addr, func() bool { return c.launch(t) })
 }
 
 // launch starts the process on c.addr; false means the address was taken.
@@ -394,7 +381,7 @@ func (c *cp) launch(t testing.TB) bool {
 	if c.waitListening(t, "control plane listening") {
 		return false
 	}
-	eventually(t, "cp /readyz to answer 200", func() bool {
+	wait.For(t, "cp /readyz to answer 200", func() bool {
 		return get(t, c.url+"/readyz", "").status == http.StatusOK
 	})
 	return true
@@ -423,7 +410,7 @@ func startDP(t testing.TB, cpURL string, waitReady bool, extra ...string) *dp {
 		}
 		d := &dp{proc: p, url: "http://" + listen, admin: "http://" + admin}
 		if waitReady {
-			eventually(t, "dp /readyz to answer 200", func() bool {
+			wait.For(t, "dp /readyz to answer 200", func() bool {
 				return get(t, d.admin+"/readyz", "").status == http.StatusOK
 			})
 		}
@@ -607,7 +594,7 @@ func proxied(t testing.TB, d *dp, path string) (int, echo) {
 // waitRoute waits until the data plane sends path to upstream name.
 func waitRoute(t testing.TB, d *dp, path, name string) {
 	t.Helper()
-	eventually(t, fmt.Sprintf("dp to send %s to %s", path, name), func() bool {
+	wait.For(t, fmt.Sprintf("dp to send %s to %s", path, name), func() bool {
 		code, e := proxied(t, d, path)
 		return code == http.StatusOK && e.Upstream == name
 	})
@@ -616,7 +603,7 @@ func waitRoute(t testing.TB, d *dp, path, name string) {
 // waitNoRoute waits until the data plane answers 404 "no route" for path.
 func waitNoRoute(t testing.TB, d *dp, path string) {
 	t.Helper()
-	eventually(t, fmt.Sprintf("dp to answer 404 no route for %s", path), func() bool {
+	wait.For(t, fmt.Sprintf("dp to answer 404 no route for %s", path), func() bool {
 		r := get(t, d.url+path, "")
 		return r.status == http.StatusNotFound && strings.TrimSpace(string(r.body)) == "no route"
 	})

@@ -12,6 +12,8 @@ import (
 	"sync/atomic"
 	"testing"
 	"time"
+
+	"github.com/walwatch/walwatch/test/wait"
 )
 
 // TestBigValuesKeepMemoryBounded puts 1 MiB values through PUT /v1/kv/...
@@ -108,7 +110,7 @@ func TestBigValuesKeepMemoryBounded(t *testing.T) {
 	if len(failed) > 0 {
 		t.Fatalf("%d puts failed, the first: %s", len(failed), failed[0])
 	}
-	eventually(t, fmt.Sprintf("the watcher to have all %d puts", clients*putsEach), func() bool {
+	wait.For(t, fmt.Sprintf("the watcher to have all %d puts", clients*putsEach), func() bool {
 		return got.Load() >= clients*putsEach
 	})
 	for range 5 {

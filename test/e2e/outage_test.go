@@ -11,6 +11,8 @@ import (
 	"time"
 
 	"github.com/walwatch/walwatch/test/pgcluster"
+	"github.com/walwatch/walwatch/test/pgtest"
+	"github.com/walwatch/walwatch/test/wait"
 )
 
 // TestPostgresOutage stops PostgreSQL under a running control plane. Every
@@ -28,7 +30,7 @@ func TestPostgresOutage(t *testing.T) {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { _ = os.RemoveAll(dataDir) })
-	pg := pgcluster.StartPrivate(t, pgcluster.Options{DataDir: dataDir})
+	pg := pgtest.StartPrivate(t, pgcluster.Options{DataDir: dataDir})
 	pgURL, err := pg.CreateDatabase(t.Context(), "outage")
 	if err != nil {
 		t.Fatal(err)
@@ -100,7 +102,7 @@ func TestPostgresOutage(t *testing.T) {
 	}
 	// The hub retries its stream (and its other statements) while
 	// PostgreSQL is down, and says so once each, not once per retry.
-	eventually(t, "the hub to retry its replication stream 4 times", func() bool {
+	wait.For(t, "the hub to retry its replication stream 4 times", func() bool {
 		return metricValue(t, string(get(t, c.url+"/metrics", "").body), "walwatch_hub_reconnects_total") >= reconnects+4
 	})
 	hubWarns := map[string]int{}
@@ -119,9 +121,9 @@ func TestPostgresOutage(t *testing.T) {
 	}
 
 	// PostgreSQL comes back on the same port and data dir.
-	pgcluster.StartPrivate(t, pgcluster.Options{DataDir: dataDir, Port: pg.Port()})
+	pgtest.StartPrivate(t, pgcluster.Options{DataDir: dataDir, Port: pg.Port()})
 	var after int64
-	eventually(t, "PUT /v1/kv/x to succeed once PostgreSQL is back", func() bool {
+	wait.For(t, "PUT /v1/kv/x to succeed once PostgreSQL is back", func() bool {
 		r := call(t, http.MethodPut, c.url+"/v1/kv/x", "", "after")
 		if r.status == http.StatusOK {
 			after = revisionOf(t, r)
@@ -135,7 +137,7 @@ func TestPostgresOutage(t *testing.T) {
 	// A read waits for the hub to settle the put, and the hub reconnects
 	// with a backoff of its own: it may say 503 "not settled yet" meanwhile.
 	var r response
-	eventually(t, "GET /v1/kv/x to succeed once PostgreSQL is back", func() bool {
+	wait.For(t, "GET /v1/kv/x to succeed once PostgreSQL is back", func() bool {
 		r = get(t, c.url+"/v1/kv/x", "")
 		if r.status != http.StatusOK && r.status != http.StatusServiceUnavailable {
 			t.Fatalf("GET /v1/kv/x after the outage: %s, want 503 or 200", r)

@@ -6,6 +6,8 @@ import (
 	"regexp"
 	"strconv"
 	"testing"
+
+	"github.com/walwatch/walwatch/test/wait"
 )
 
 // TestCPRestartWhileDPWatches stops the control plane under a watching data
@@ -31,7 +33,7 @@ func TestCPRestartWhileDPWatches(t *testing.T) {
 	d.waitLog(t, "watch source down", 1)
 	connected := func(want float64) {
 		t.Helper()
-		eventually(t, fmt.Sprintf("dp walwatch_dp_source_connected to be %v", want), func() bool {
+		wait.For(t, fmt.Sprintf("dp walwatch_dp_source_connected to be %v", want), func() bool {
 			return metricValue(t, string(get(t, d.admin+"/metrics", "").body), "walwatch_dp_source_connected") == want
 		})
 	}

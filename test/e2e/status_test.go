@@ -6,6 +6,8 @@ import (
 	"regexp"
 	"strings"
 	"testing"
+
+	"github.com/walwatch/walwatch/test/wait"
 )
 
 // TestStatusAndMetrics checks the control plane's status, health and
@@ -38,7 +40,7 @@ func TestStatusAndMetrics(t *testing.T) {
 		}
 	}
 	var st status
-	eventually(t, "status to show the hub caught up and the slot active", func() bool {
+	wait.For(t, "status to show the hub caught up and the slot active", func() bool {
 		st = getStatus(t, c, "")
 		return st.Revision == st.CurrentRevision && st.Slot != nil && st.Slot.Active
 	})

@@ -8,6 +8,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/walwatch/walwatch/test/wait"
 )
 
 // TestWalkthrough is the seed's demo, through cp and dp: routes added,
@@ -182,7 +184,7 @@ func measureDelay(t *testing.T, c *cp, d *dp, urls ...string) {
 		percentile(delays, 1).Round(time.Microsecond))
 
 	var logged []float64
-	eventually(t, "dp to log every change of route lat", func() bool {
+	wait.For(t, "dp to log every change of route lat", func() bool {
 		logged = watchDelays(d.log(), "lat")
 		return len(logged) >= changes
 	})

@@ -12,9 +12,10 @@ import (
 	"github.com/jackc/pgx/v5"
 
 	"github.com/walwatch/walwatch/test/pgcluster"
+	"github.com/walwatch/walwatch/test/pgtest"
 )
 
-func TestMain(m *testing.M) { os.Exit(pgcluster.Main(m)) }
+func TestMain(m *testing.M) { os.Exit(pgtest.Main(m)) }
 
 func connect(t *testing.T, connString string) *pgx.Conn {
 	t.Helper()
@@ -58,7 +59,7 @@ func TestFindBinaries(t *testing.T) {
 
 func TestNewDatabaseQuery(t *testing.T) {
 	t.Parallel()
-	conn := connect(t, pgcluster.NewDatabase(t))
+	conn := connect(t, pgtest.NewDatabase(t))
 	var sum int
 	if err := conn.QueryRow(t.Context(), "SELECT $1::int + 1", 41).Scan(&sum); err != nil {
 		t.Fatal(err)
@@ -73,9 +74,9 @@ func TestNewDatabaseQuery(t *testing.T) {
 
 func TestSocketConnString(t *testing.T) {
 	t.Parallel()
-	tcp := connect(t, pgcluster.NewDatabase(t))
+	tcp := connect(t, pgtest.NewDatabase(t))
 	db := queryString(t, tcp, "SELECT current_database()")
-	unix := connect(t, pgcluster.Shared(t).SocketConnString(db))
+	unix := connect(t, pgtest.Shared(t).SocketConnString(db))
 	if got := queryString(t, unix, "SELECT current_database()"); got != db {
 		t.Errorf("through the socket: database %q, want %q", got, db)
 	}
@@ -89,7 +90,7 @@ func TestSocketConnString(t *testing.T) {
 
 func TestSharedServerSettings(t *testing.T) {
 	t.Parallel()
-	conn := connect(t, pgcluster.NewDatabase(t))
+	conn := connect(t, pgtest.NewDatabase(t))
 	for name, want := range map[string]string{
 		"wal_level":             "logical",
 		"max_replication_slots": "32",
@@ -105,7 +106,7 @@ func TestSharedServerSettings(t *testing.T) {
 
 func TestDatabasesAreIsolated(t *testing.T) {
 	t.Parallel()
-	urlA, urlB := pgcluster.NewDatabase(t), pgcluster.NewDatabase(t)
+	urlA, urlB := pgtest.NewDatabase(t), pgtest.NewDatabase(t)
 	if urlA == urlB {
 		t.Fatalf("two NewDatabase calls returned the same URL %s", urlA)
 	}
@@ -125,14 +126,14 @@ func TestDropDatabaseOnCleanup(t *testing.T) {
 	outer := t
 	t.Run("inner", func(t *testing.T) {
 		// Closed only by the outer test, so the drop must use WITH (FORCE).
-		conn, err := pgx.Connect(t.Context(), pgcluster.NewDatabase(t))
+		conn, err := pgx.Connect(t.Context(), pgtest.NewDatabase(t))
 		if err != nil {
 			t.Fatal(err)
 		}
 		outer.Cleanup(func() { _ = conn.Close(context.Background()) })
 		name = queryString(t, conn, "SELECT current_database()")
 	})
-	conn := connect(t, pgcluster.Shared(t).ConnString("postgres"))
+	conn := connect(t, pgtest.Shared(t).ConnString("postgres"))
 	var n int
 	if err := conn.QueryRow(t.Context(), "SELECT count(*) FROM pg_database WHERE datname = $1", name).Scan(&n); err != nil {
 		t.Fatal(err)
@@ -144,10 +145,10 @@ func TestDropDatabaseOnCleanup(t *testing.T) {
 
 func TestPrivateSettings(t *testing.T) {
 	t.Parallel()
-	c := pgcluster.StartPrivate(t, pgcluster.Options{
+	c := pgtest.StartPrivate(t, pgcluster.Options{
 		Settings: map[string]string{"wal_sender_timeout": "3s"},
 	})
-	if c.Port() == pgcluster.Shared(t).Port() {
+	if c.Port() == pgtest.Shared(t).Port() {
 		t.Errorf("private cluster shares port %d with the shared cluster", c.Port())
 	}
 	conn := connect(t, c.ConnString("postgres"))
@@ -171,7 +172,7 @@ func TestRestartKeepsDataAndPort(t *testing.T) {
 	for _, mode := range []pgcluster.StopMode{pgcluster.StopFast, pgcluster.StopImmediate} {
 		t.Run(mode.String(), func(t *testing.T) {
 			t.Parallel()
-			c := pgcluster.StartPrivate(t, pgcluster.Options{})
+			c := pgtest.StartPrivate(t, pgcluster.Options{})
 			port := c.Port()
 			url, err := c.CreateDatabase(t.Context(), "keep me")
 			if err != nil {
@@ -247,7 +248,7 @@ func TestDataDirReuse(t *testing.T) {
 	}
 	t.Cleanup(func() { _ = os.RemoveAll(dataDir) })
 
-	first := pgcluster.StartPrivate(t, pgcluster.Options{DataDir: dataDir})
+	first := pgtest.StartPrivate(t, pgcluster.Options{DataDir: dataDir})
 	if first.DataDir() != dataDir {
 		t.Errorf("DataDir() = %s, want %s", first.DataDir(), dataDir)
 	}
@@ -262,7 +263,7 @@ func TestDataDirReuse(t *testing.T) {
 		t.Fatalf("Stop removed or damaged the caller's data dir: %v", err)
 	}
 
-	second := pgcluster.StartPrivate(t, pgcluster.Options{DataDir: dataDir})
+	second := pgtest.StartPrivate(t, pgcluster.Options{DataDir: dataDir})
 	conn = connect(t, second.ConnString("postgres"))
 	if got := queryString(t, conn, "SELECT note FROM survivor"); got != "still here" {
 		t.Errorf("survivor.note = %q, want %q", got, "still here")

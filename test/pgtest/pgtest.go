@@ -1,4 +1,9 @@
-package pgcluster
+// Package pgtest gives tests a real PostgreSQL: one shared cluster per test
+// binary, started by test/pgcluster on first use and stopped after the
+// tests, a fresh database for each test, and private clusters for tests that
+// restart or crash the server. It never skips: a machine without PostgreSQL
+// fails loudly instead of passing vacuously.
+package pgtest
 
 import (
 	"context"
@@ -10,6 +15,8 @@ import (
 	"sync/atomic"
 	"testing"
 	"time"
+
+	"github.com/walwatch/walwatch/test/pgcluster"
 )
 
 // testStartTimeout bounds starting a cluster from a test helper; a slow CI
@@ -20,7 +27,7 @@ const testStartTimeout = 2 * time.Minute
 // packages whose tests never ask for a database pay nothing.
 var shared struct {
 	once    sync.Once
-	cluster *Cluster
+	cluster *pgcluster.Cluster
 	err     error
 }
 
@@ -33,20 +40,20 @@ var (
 )
 
 // Main runs the tests and then stops the shared cluster if any test started
-// it. Use it as: func TestMain(m *testing.M) { os.Exit(pgcluster.Main(m)) }
+// it. Use it as: func TestMain(m *testing.M) { os.Exit(pgtest.Main(m)) }
 func Main(m *testing.M) int {
 	inMain.Store(true)
 	code := m.Run()
 
 	// Closing the Once also orders this read after every test's start.
-	shared.once.Do(func() { shared.err = errors.New("pgcluster: Main has already returned") })
+	shared.once.Do(func() { shared.err = errors.New("pgtest: Main has already returned") })
 	if shared.cluster == nil {
 		return code
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()
 	if err := shared.cluster.Stop(ctx); err != nil {
-		fmt.Fprintf(os.Stderr, "pgcluster: stopping the shared test cluster: %v\n", err)
+		fmt.Fprintf(os.Stderr, "pgtest: stopping the shared test cluster: %v\n", err)
 		if code == 0 {
 			code = 1
 		}
@@ -57,18 +64,18 @@ func Main(m *testing.M) int {
 // Shared returns the test binary's shared cluster, starting it if needed.
 // It fails the test if the cluster cannot start; it never skips, so a
 // machine without PostgreSQL fails loudly instead of passing vacuously.
-func Shared(t testing.TB) *Cluster {
+func Shared(t testing.TB) *pgcluster.Cluster {
 	t.Helper()
 	if !inMain.Load() {
-		t.Fatal("pgcluster: the shared cluster needs TestMain to call os.Exit(pgcluster.Main(m)), which stops it after the tests")
+		t.Fatal("pgtest: the shared cluster needs TestMain to call os.Exit(pgtest.Main(m)), which stops it after the tests")
 	}
 	shared.once.Do(func() {
 		ctx, cancel := context.WithTimeout(context.Background(), testStartTimeout)
 		defer cancel()
-		shared.cluster, shared.err = Start(ctx, Options{})
+		shared.cluster, shared.err = pgcluster.Start(ctx, pgcluster.Options{})
 	})
 	if shared.err != nil {
-		t.Fatalf("pgcluster: starting the shared test cluster: %v", shared.err)
+		t.Fatalf("pgtest: starting the shared test cluster: %v", shared.err)
 	}
 	return shared.cluster
 }
@@ -85,14 +92,14 @@ func NewDatabase(t testing.TB) string {
 	defer cancel()
 	connString, err := c.CreateDatabase(ctx, name)
 	if err != nil {
-		t.Fatalf("pgcluster: %v", err)
+		t.Fatalf("pgtest: %v", err)
 	}
 	t.Cleanup(func() {
 		// t.Context() is already cancelled when cleanups run.
 		ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 		defer cancel()
 		if err := c.DropDatabase(ctx, name); err != nil {
-			t.Errorf("pgcluster: %v", err)
+			t.Errorf("pgtest: %v", err)
 		}
 	})
 	return connString
@@ -100,19 +107,19 @@ func NewDatabase(t testing.TB) string {
 
 // StartPrivate starts a cluster of the test's own, for tests that restart or
 // crash the server. It is stopped when the test ends.
-func StartPrivate(t testing.TB, opts Options) *Cluster {
+func StartPrivate(t testing.TB, opts pgcluster.Options) *pgcluster.Cluster {
 	t.Helper()
 	ctx, cancel := context.WithTimeout(t.Context(), testStartTimeout)
 	defer cancel()
-	c, err := Start(ctx, opts)
+	c, err := pgcluster.Start(ctx, opts)
 	if err != nil {
-		t.Fatalf("pgcluster: starting a private cluster: %v", err)
+		t.Fatalf("pgtest: starting a private cluster: %v", err)
 	}
 	t.Cleanup(func() {
 		ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 		defer cancel()
 		if err := c.Stop(ctx); err != nil {
-			t.Errorf("pgcluster: %v", err)
+			t.Errorf("pgtest: %v", err)
 		}
 	})
 	return c
