@@ -10,13 +10,13 @@ import (
 	"testing"
 	"time"
 
-	"github.com/walwatch/walwatch/test/pgcluster"
+	"github.com/walwatch/walwatch/test/pgtest"
 )
 
 // A single-node data plane with a hub of its own: routes written to the
 // table (here by the CLI) reach it without a control plane.
 func TestDPStraightFromPostgres(t *testing.T) {
-	url := pgcluster.NewDatabase(t)
+	url := pgtest.NewDatabase(t)
 	if _, err := run(t, url, "migrate"); err != nil {
 		t.Fatal(err)
 	}

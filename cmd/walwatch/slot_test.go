@@ -17,7 +17,7 @@ import (
 	"github.com/jackc/pgx/v5/pgxpool"
 
 	"github.com/walwatch/walwatch/replication"
-	"github.com/walwatch/walwatch/test/pgcluster"
+	"github.com/walwatch/walwatch/test/pgtest"
 )
 
 var lsnPattern = regexp.MustCompile(`^[0-9A-F]+/[0-9A-F]+$`)
@@ -68,7 +68,7 @@ func findSlot(t *testing.T, out, name string) (map[string]any, bool) {
 
 func TestSlotCLI(t *testing.T) {
 	t.Parallel()
-	url := pgcluster.NewDatabase(t)
+	url := pgtest.NewDatabase(t)
 	name, other := cliSlotName(t), cliSlotName(t)
 	dropSlotsAtEnd(t, url, name, other)
 
@@ -175,7 +175,7 @@ func TestSlotCLI(t *testing.T) {
 
 func TestSlotCLIDropActive(t *testing.T) {
 	t.Parallel()
-	url := pgcluster.NewDatabase(t)
+	url := pgtest.NewDatabase(t)
 	name := cliSlotName(t)
 	dropSlotsAtEnd(t, url, name)
 	if _, err := run(t, url, "slot", "create", name); err != nil {

@@ -11,7 +11,7 @@ import (
 
 	"github.com/jackc/pgx/v5"
 
-	"github.com/walwatch/walwatch/test/pgcluster"
+	"github.com/walwatch/walwatch/test/pgtest"
 )
 
 // syncBuffer is an output a test can read while the command writes it.
@@ -60,7 +60,7 @@ func waitForOutput(t *testing.T, out *syncBuffer, lines int) []string {
 }
 
 func TestWatchCommand(t *testing.T) {
-	url := pgcluster.NewDatabase(t)
+	url := pgtest.NewDatabase(t)
 	if _, err := run(t, url, "migrate"); err != nil {
 		t.Fatal(err)
 	}
