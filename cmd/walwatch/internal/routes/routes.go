@@ -8,6 +8,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"maps"
 	"net/url"
 	"path"
 	"sort"
@@ -261,17 +262,20 @@ func (t *Table) Match(path string) (name string, rt Route, ok bool) {
 	return "", Route{}, false
 }
 
-// With returns a table with name set to rt (or removed, when del).
-func (t *Table) With(name string, rt Route, del bool) *Table {
-	next := make(map[string]Route, len(t.byName)+1)
-	for k, v := range t.byName {
-		next[k] = v
+// With returns a table with the route called name set to rt.
+func (t *Table) With(name string, rt Route) *Table {
+	next := maps.Clone(t.byName)
+	if next == nil {
+		next = map[string]Route{}
 	}
-	if del {
-		delete(next, name)
-	} else {
-		next[name] = rt
-	}
+	next[name] = rt
+	return NewTable(next)
+}
+
+// Without returns a table without the route called name.
+func (t *Table) Without(name string) *Table {
+	next := maps.Clone(t.byName)
+	delete(next, name)
 	return NewTable(next)
 }
 

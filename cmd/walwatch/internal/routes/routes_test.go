@@ -89,7 +89,7 @@ func TestTableMatch(t *testing.T) {
 			t.Errorf("Match(%s) = %v, %v; want %s", tt.path, rt, ok, tt.want)
 		}
 	}
-	empty := tb.With("all", Route{}, true)
+	empty := tb.Without("all")
 	if _, _, ok := empty.Match("/other"); ok {
 		t.Error("removed route still matches")
 	}
