@@ -8,9 +8,9 @@ import (
 
 	"github.com/spf13/cobra"
 
-	"github.com/walwatch/walwatch/cmd/walwatch/internal/wire"
 	"github.com/walwatch/walwatch/sql"
 	"github.com/walwatch/walwatch/store"
+	"github.com/walwatch/walwatch/wire"
 )
 
 func newMigrateCommand(g *globals) *cobra.Command {

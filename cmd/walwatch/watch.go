@@ -10,9 +10,9 @@ import (
 
 	"github.com/spf13/cobra"
 
-	"github.com/walwatch/walwatch/cmd/walwatch/internal/wire"
 	"github.com/walwatch/walwatch/replication"
 	"github.com/walwatch/walwatch/store"
+	"github.com/walwatch/walwatch/wire"
 )
 
 func newWatchCommand(g *globals) *cobra.Command {
@@ -40,21 +40,6 @@ its own temporary replication slot, which disappears when watch exits.`,
 	cmd.Flags().Int64Var(&rev, "rev", 0, "first revision to print (0: changes from now on)")
 	cmd.Flags().BoolVar(&prevKV, "prev-kv", false, "print each key's previous value too")
 	return cmd
-}
-
-// jsonEvent is one line of watch -o json; bytes that are not UTF-8 go in
-// the _base64 fields (package wire).
-type jsonEvent struct {
-	Type            string  `json:"type"`
-	Key             string  `json:"key"`
-	KeyBase64       string  `json:"key_base64,omitempty"`
-	Value           string  `json:"value"`
-	ValueBase64     string  `json:"value_base64,omitempty"`
-	Revision        int64   `json:"revision"`
-	CreateRevision  int64   `json:"create_revision"`
-	Version         int64   `json:"version"`
-	PrevValue       *string `json:"prev_value,omitempty"`
-	PrevValueBase64 string  `json:"prev_value_base64,omitempty"`
 }
 
 func (g *globals) watch(ctx context.Context, req replication.WatchRequest) error {
@@ -96,14 +81,8 @@ func (g *globals) watch(ctx context.Context, req replication.WatchRequest) error
 	for resp := range w.C {
 		for _, ev := range resp.Events {
 			if g.output == "json" {
-				out := jsonEvent{Type: ev.Type.String(), Revision: ev.Revision, CreateRevision: ev.CreateRevision, Version: ev.Version}
-				out.Key, out.KeyBase64 = wire.Text(ev.Key)
-				out.Value, out.ValueBase64 = wire.Text(ev.Value)
-				if req.PrevKV && ev.PrevKV != nil {
-					var v string
-					v, out.PrevValueBase64 = wire.Text(ev.PrevKV.Value)
-					out.PrevValue = &v
-				}
+				out := wire.FromEvent(ev)
+				out.CommitTime = nil // the watch delay is the stream's business
 				if err := enc.Encode(out); err != nil {
 					return err
 				}

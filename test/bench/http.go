@@ -1,10 +1,8 @@
 package main
 
 import (
-	"bufio"
 	"bytes"
 	"context"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
@@ -20,6 +18,7 @@ import (
 	"github.com/jackc/pgx/v5/pgxpool"
 
 	"github.com/walwatch/walwatch/replication"
+	"github.com/walwatch/walwatch/wire"
 )
 
 // cpSlot is the control plane's replication slot; it is dropped after every
@@ -207,61 +206,28 @@ func (s *httpSystem) watch(ctx context.Context, prefix string, fn func(key []byt
 }
 
 // readSSE reads an event stream until it ends, calling fn with the key of
-// each event of every put, delete and txn message (see the cp's package
-// sse: one message per revision, a txn's data is a JSON array).
+// each event of every put, delete and txn message.
 func readSSE(r io.Reader, fn func(key []byte)) error {
-	type event struct {
-		Key string `json:"key"`
-	}
-	br := bufio.NewReaderSize(r, 64<<10)
-	var name string
-	var data []byte
+	rd := wire.NewReader(r)
 	for {
-		line, err := br.ReadSlice('\n')
-		if errors.Is(err, bufio.ErrBufferFull) {
-			return errors.New("sse line over 64 KiB")
+		m, err := rd.Next()
+		if errors.Is(err, io.EOF) {
+			return errors.New("stream ended")
 		}
 		if err != nil {
-			if errors.Is(err, io.EOF) {
-				return errors.New("stream ended")
-			}
 			return err
 		}
-		line = bytes.TrimRight(line, "\r\n")
-		switch {
-		case len(line) == 0:
-			switch name {
-			case "put", "delete":
-				var ev event
-				if err := json.Unmarshal(data, &ev); err != nil {
-					return fmt.Errorf("event data: %w", err)
-				}
+		switch m.Event {
+		case "put", "delete", "txn":
+			evs, err := m.Events()
+			if err != nil {
+				return fmt.Errorf("%s data: %w", m.Event, err)
+			}
+			for _, ev := range evs {
 				fn([]byte(ev.Key))
-			case "txn":
-				var evs []event
-				if err := json.Unmarshal(data, &evs); err != nil {
-					return fmt.Errorf("txn data: %w", err)
-				}
-				for _, ev := range evs {
-					fn([]byte(ev.Key))
-				}
-			case "compacted":
-				return fmt.Errorf("watch compacted: %s", data)
 			}
-			name, data = "", data[:0]
-		case line[0] == ':': // a comment: progress
-		default:
-			field, value, _ := bytes.Cut(line, []byte(":"))
-			value = bytes.TrimPrefix(value, []byte(" "))
-			switch string(field) {
-			case "event":
-				name = string(value)
-			case "data":
-				if len(data) > 0 {
-					data = append(data, '\n')
-				}
-				data = append(data, value...)
-			}
+		case "compacted":
+			return fmt.Errorf("watch compacted: %s", m.Data)
 		}
 	}
 }

@@ -44,7 +44,7 @@ func TestAnyBytes(t *testing.T) {
 
 	for i, wr := range writes {
 		var got anyKV
-		if err := json.Unmarshal(w.next(t).data, &got); err != nil || got != wr.want {
+		if err := json.Unmarshal(w.next(t).Data, &got); err != nil || got != wr.want {
 			t.Errorf("watch event %d: %+v (%v), want %+v", i, got, err, wr.want)
 		}
 	}

@@ -5,7 +5,6 @@
 package e2e_test
 
 import (
-	"bufio"
 	"bytes"
 	"context"
 	"encoding/json"
@@ -33,6 +32,7 @@ import (
 
 	"github.com/walwatch/walwatch/test/pgtest"
 	"github.com/walwatch/walwatch/test/wait"
+	"github.com/walwatch/walwatch/wire"
 )
 
 // binary is the walwatch binary TestMain built.
@@ -611,53 +611,11 @@ func waitNoRoute(t testing.TB, d *dp, path string) {
 
 // ---- Server-Sent Events ----
 
-type sseMsg struct {
-	id, event string
-	data      []byte
-	comment   string
-}
-
-// readSSE reads one message or comment.
-func readSSE(r *bufio.Reader) (sseMsg, error) {
-	var m sseMsg
-	var data [][]byte
-	seen := false
-	for {
-		line, err := r.ReadString('\n')
-		if err != nil {
-			return sseMsg{}, err
-		}
-		line = strings.TrimRight(line, "\r\n")
-		if line == "" {
-			if !seen {
-				continue
-			}
-			m.data = bytes.Join(data, []byte("\n"))
-			return m, nil
-		}
-		seen = true
-		if c, ok := strings.CutPrefix(line, ":"); ok {
-			m.comment = strings.TrimSpace(c)
-			continue
-		}
-		field, value, _ := strings.Cut(line, ":")
-		value = strings.TrimPrefix(value, " ")
-		switch field {
-		case "id":
-			m.id = value
-		case "event":
-			m.event = value
-		case "data":
-			data = append(data, []byte(value))
-		}
-	}
-}
-
 // stream is an open watch.
 type stream struct {
 	resp   *http.Response
 	cancel context.CancelFunc
-	msgs   chan sseMsg
+	msgs   chan wire.Message
 	err    error // set before msgs is closed
 }
 
@@ -684,12 +642,12 @@ func openWatch(t testing.TB, url string, header ...string) *stream {
 		cancel()
 		t.Fatalf("GET %s: %s %s %s, want a 200 event stream", url, resp.Status, resp.Header.Get("Content-Type"), b)
 	}
-	s := &stream{resp: resp, cancel: cancel, msgs: make(chan sseMsg)}
+	s := &stream{resp: resp, cancel: cancel, msgs: make(chan wire.Message)}
 	go func() {
 		defer close(s.msgs)
-		r := bufio.NewReader(resp.Body)
+		r := wire.NewReader(resp.Body)
 		for {
-			m, err := readSSE(r)
+			m, err := r.Next()
 			if err != nil {
 				s.err = err
 				return
@@ -707,7 +665,7 @@ func openWatch(t testing.TB, url string, header ...string) *stream {
 }
 
 // next returns the next message, skipping progress comments.
-func (s *stream) next(t testing.TB) sseMsg {
+func (s *stream) next(t testing.TB) wire.Message {
 	t.Helper()
 	timeout := time.After(waitTimeout)
 	for {
@@ -716,7 +674,7 @@ func (s *stream) next(t testing.TB) sseMsg {
 			if !ok {
 				t.Fatalf("watch stream ended: %v", s.err)
 			}
-			if m.comment != "" && m.id == "" && m.event == "" {
+			if m.Comment != "" && m.ID == "" && m.Event == "" {
 				continue
 			}
 			return m
@@ -728,9 +686,9 @@ func (s *stream) next(t testing.TB) sseMsg {
 
 // ended waits for the stream to end and returns the messages (not
 // comments) it still carried.
-func (s *stream) ended(t testing.TB) []sseMsg {
+func (s *stream) ended(t testing.TB) []wire.Message {
 	t.Helper()
-	var rest []sseMsg
+	var rest []wire.Message
 	timeout := time.After(waitTimeout)
 	for {
 		select {
@@ -741,7 +699,7 @@ func (s *stream) ended(t testing.TB) []sseMsg {
 				}
 				return rest
 			}
-			if m.comment == "" || m.id != "" || m.event != "" {
+			if m.Comment == "" || m.ID != "" || m.Event != "" {
 				rest = append(rest, m)
 			}
 		case <-timeout:
@@ -757,45 +715,29 @@ func (s *stream) close() {
 	}
 }
 
-// wireEvent is one event in a watch message's data.
-type wireEvent struct {
-	Type           string     `json:"type"`
-	Key            string     `json:"key"`
-	Value          string     `json:"value"`
-	Revision       int64      `json:"revision"`
-	CreateRevision int64      `json:"create_revision"`
-	Version        int64      `json:"version"`
-	CommitTime     *time.Time `json:"commit_time"`
-}
-
 // events decodes a put, delete or txn message, checking that its id, event
 // name and data agree.
-func (m sseMsg) events(t testing.TB) []wireEvent {
+func events(t testing.TB, m wire.Message) []wire.Event {
 	t.Helper()
-	var evs []wireEvent
-	switch m.event {
+	evs, err := m.Events()
+	if err != nil {
+		t.Fatalf("message id=%q event=%q data=%s: %v", m.ID, m.Event, m.Data, err)
+	}
+	switch m.Event {
 	case "txn":
-		if err := json.Unmarshal(m.data, &evs); err != nil {
-			t.Fatalf("txn message %s: data is not a JSON array: %v: %s", m.id, err, m.data)
-		}
 		if len(evs) < 2 {
-			t.Errorf("txn message %s carries %d events, want several", m.id, len(evs))
+			t.Errorf("txn message %s carries %d events, want several", m.ID, len(evs))
 		}
 	case "put", "delete":
-		var ev wireEvent
-		if err := json.Unmarshal(m.data, &ev); err != nil {
-			t.Fatalf("%s message %s: data is not a JSON object: %v: %s", m.event, m.id, err, m.data)
+		if strings.ToLower(evs[0].Type) != m.Event {
+			t.Errorf("message %s: event %q but type %q", m.ID, m.Event, evs[0].Type)
 		}
-		if strings.ToLower(ev.Type) != m.event {
-			t.Errorf("message %s: event %q but type %q", m.id, m.event, ev.Type)
-		}
-		evs = []wireEvent{ev}
 	default:
-		t.Fatalf("message id=%q event=%q data=%s: want put, delete or txn", m.id, m.event, m.data)
+		t.Fatalf("message id=%q event=%q data=%s: want put, delete or txn", m.ID, m.Event, m.Data)
 	}
 	for _, ev := range evs {
-		if strconv.FormatInt(ev.Revision, 10) != m.id {
-			t.Errorf("message id %q carries an event at revision %d", m.id, ev.Revision)
+		if strconv.FormatInt(ev.Revision, 10) != m.ID {
+			t.Errorf("message id %q carries an event at revision %d", m.ID, ev.Revision)
 		}
 	}
 	return evs

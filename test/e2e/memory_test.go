@@ -73,7 +73,7 @@ func TestBigValuesKeepMemoryBounded(t *testing.T) {
 	var got atomic.Int64
 	go func() {
 		for m := range s.msgs {
-			if m.event == "put" {
+			if m.Event == "put" {
 				got.Add(1)
 			}
 		}

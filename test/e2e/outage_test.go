@@ -152,8 +152,8 @@ func TestPostgresOutage(t *testing.T) {
 	mustStatus(t, "GET /readyz after the outage", get(t, c.url+"/readyz", ""), http.StatusOK)
 	resumed := openWatch(t, c.url+"/v1/watch?prefix=/", "Last-Event-ID", last)
 	for name, s := range map[string]*stream{"opened before the outage": live, "opened during it": during, "resumed after it": resumed} {
-		if m := s.next(t); m.id != fmt.Sprint(after) {
-			t.Errorf("watch %s: message id=%s event=%s, want the put at revision %d", name, m.id, m.event, after)
+		if m := s.next(t); m.ID != fmt.Sprint(after) {
+			t.Errorf("watch %s: message id=%s event=%s, want the put at revision %d", name, m.ID, m.Event, after)
 		}
 	}
 

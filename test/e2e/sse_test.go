@@ -34,16 +34,16 @@ func TestSSEResume(t *testing.T) {
 		name string
 	}{{ra, "a"}, {rb, "b"}, {rc, "c"}} {
 		m := s.next(t)
-		if m.id != strconv.FormatInt(want.rev, 10) || m.event != "put" {
-			t.Fatalf("message %d: id %q event %q, want id %d event put", i, m.id, m.event, want.rev)
+		if m.ID != strconv.FormatInt(want.rev, 10) || m.Event != "put" {
+			t.Fatalf("message %d: id %q event %q, want id %d event put", i, m.ID, m.Event, want.rev)
 		}
-		ev := m.events(t)[0]
+		ev := events(t, m)[0]
 		var rt route
 		if err := json.Unmarshal([]byte(ev.Value), &rt); err != nil {
 			t.Errorf("message %d value %q: %v", i, ev.Value, err)
 		}
 		if ev.Type != "PUT" || ev.Key != "/routes/"+want.name || rt.URI != "/"+want.name || ev.CreateRevision != want.rev || ev.Version != 1 || ev.CommitTime == nil {
-			t.Errorf("message %d: %s, want a PUT of /routes/%s (version 1, commit_time set)", i, m.data, want.name)
+			t.Errorf("message %d: %s, want a PUT of /routes/%s (version 1, commit_time set)", i, m.Data, want.name)
 		}
 	}
 	s.close()
@@ -60,19 +60,19 @@ func TestSSEResume(t *testing.T) {
 
 	s = openWatch(t, watchURL, "Last-Event-ID", strconv.FormatInt(rc, 10))
 	m := s.next(t)
-	if m.id != strconv.FormatInt(rd, 10) || m.event != "put" || m.events(t)[0].Key != "/routes/d" {
-		t.Errorf("first message after Last-Event-ID %d: id %q event %q %s, want the put of d at %d", rc, m.id, m.event, m.data, rd)
+	if m.ID != strconv.FormatInt(rd, 10) || m.Event != "put" || events(t, m)[0].Key != "/routes/d" {
+		t.Errorf("first message after Last-Event-ID %d: id %q event %q %s, want the put of d at %d", rc, m.ID, m.Event, m.Data, rd)
 	}
 	m = s.next(t)
-	if evs := m.events(t); m.id != strconv.FormatInt(rdelA, 10) || m.event != "delete" || evs[0].Key != "/routes/a" || evs[0].Type != "DELETE" {
-		t.Errorf("second message: id %q event %q %s, want the delete of a at %d", m.id, m.event, m.data, rdelA)
+	if evs := events(t, m); m.ID != strconv.FormatInt(rdelA, 10) || m.Event != "delete" || evs[0].Key != "/routes/a" || evs[0].Type != "DELETE" {
+		t.Errorf("second message: id %q event %q %s, want the delete of a at %d", m.ID, m.Event, m.Data, rdelA)
 	}
 	m = s.next(t)
-	if m.id != strconv.FormatInt(rtxn, 10) || m.event != "txn" {
-		t.Fatalf("third message: id %q event %q %s, want a txn at %d", m.id, m.event, m.data, rtxn)
+	if m.ID != strconv.FormatInt(rtxn, 10) || m.Event != "txn" {
+		t.Fatalf("third message: id %q event %q %s, want a txn at %d", m.ID, m.Event, m.Data, rtxn)
 	}
 	var keys []string
-	for _, ev := range m.events(t) {
+	for _, ev := range events(t, m) {
 		if ev.Type != "DELETE" {
 			t.Errorf("txn event %+v, want a DELETE", ev)
 		}
@@ -84,17 +84,17 @@ func TestSSEResume(t *testing.T) {
 	}
 	// The next message is the next write: nothing repeated, nothing between.
 	re := putRoute(t, c, "e", "/e", "http://127.0.0.1:5")
-	if m := s.next(t); m.id != strconv.FormatInt(re, 10) || m.event != "put" {
-		t.Errorf("message after the resumed ones: id %q event %q %s, want the put at %d", m.id, m.event, m.data, re)
+	if m := s.next(t); m.ID != strconv.FormatInt(re, 10) || m.Event != "put" {
+		t.Errorf("message after the resumed ones: id %q event %q %s, want the put at %d", m.ID, m.Event, m.Data, re)
 	}
 
 	// ?rev= starts at a revision (inclusive); a single key can be watched.
 	k := openWatch(t, fmt.Sprintf("%s/v1/watch?key=%s&rev=%d", c.url, url.QueryEscape("/routes/a"), ra))
-	if m := k.next(t); m.id != strconv.FormatInt(ra, 10) || m.event != "put" {
-		t.Errorf("key watch from %d: first id %q event %q, want the put at %d", ra, m.id, m.event, ra)
+	if m := k.next(t); m.ID != strconv.FormatInt(ra, 10) || m.Event != "put" {
+		t.Errorf("key watch from %d: first id %q event %q, want the put at %d", ra, m.ID, m.Event, ra)
 	}
-	if m := k.next(t); m.id != strconv.FormatInt(rdelA, 10) || m.event != "delete" {
-		t.Errorf("key watch from %d: second id %q event %q, want the delete at %d", ra, m.id, m.event, rdelA)
+	if m := k.next(t); m.ID != strconv.FormatInt(rdelA, 10) || m.Event != "delete" {
+		t.Errorf("key watch from %d: second id %q event %q, want the delete at %d", ra, m.ID, m.Event, rdelA)
 	}
 	k.close()
 
@@ -115,8 +115,8 @@ func TestSSEResume(t *testing.T) {
 		var data struct {
 			CompactRevision int64 `json:"compact_revision"`
 		}
-		if err := json.Unmarshal(m.data, &data); err != nil || m.event != "compacted" || data.CompactRevision != compactRev {
-			t.Errorf("watch from a compacted revision (%v): event %q data %s, want compacted with compact_revision %d", h, m.event, m.data, compactRev)
+		if err := json.Unmarshal(m.Data, &data); err != nil || m.Event != "compacted" || data.CompactRevision != compactRev {
+			t.Errorf("watch from a compacted revision (%v): event %q data %s, want compacted with compact_revision %d", h, m.Event, m.Data, compactRev)
 		}
 		if rest := cs.ended(t); len(rest) != 0 {
 			t.Errorf("after the compacted message the stream carried %d more messages", len(rest))

@@ -17,7 +17,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/walwatch/walwatch/cmd/walwatch/internal/routes"
-	"github.com/walwatch/walwatch/cmd/walwatch/internal/sse"
+	"github.com/walwatch/walwatch/wire"
 )
 
 // Source fills a Proxy's routing table and keeps it current until ctx ends.
@@ -121,7 +121,7 @@ func (p *Proxy) Replace(rev int64, kvs map[string][]byte) {
 
 // Apply applies the events of one revision, unless the table already has it
 // (a replay after a reconnect).
-func (p *Proxy) Apply(evs []sse.Event) {
+func (p *Proxy) Apply(evs []wire.Event) {
 	if len(evs) == 0 {
 		return
 	}
@@ -147,17 +147,17 @@ func (p *Proxy) Apply(evs []sse.Event) {
 			if old, ok := t.Get(name); ok {
 				p.log.Info("del route", append(attrs, "uri", old.URI, "upstream", old.Upstream)...)
 			}
-			t = t.With(name, routes.Route{}, true)
+			t = t.Without(name)
 			continue
 		}
 		rt, err := routes.Parse([]byte(ev.Value))
 		if err != nil {
 			p.log.Warn("invalid route removed", append(attrs, "err", err)...)
-			t = t.With(name, routes.Route{}, true)
+			t = t.Without(name)
 			continue
 		}
 		p.log.Info("add route", append(attrs, "uri", rt.URI, "upstream", rt.Upstream)...)
-		t = t.With(name, rt, false)
+		t = t.With(name, rt)
 	}
 	p.table.Store(t)
 	p.revision.Store(rev)

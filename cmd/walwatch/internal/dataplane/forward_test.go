@@ -13,7 +13,7 @@ import (
 	"time"
 
 	"github.com/walwatch/walwatch/cmd/walwatch/internal/routes"
-	"github.com/walwatch/walwatch/cmd/walwatch/internal/sse"
+	"github.com/walwatch/walwatch/wire"
 )
 
 // short is a timeout the tests wait out; long is one they never reach.
@@ -231,7 +231,7 @@ func TestStreaming(t *testing.T) {
 }
 
 // routeEvent is the watch event that puts rt at name.
-func routeEvent(t *testing.T, rev int64, name string, rt routes.Route) []sse.Event {
+func routeEvent(t *testing.T, rev int64, name string, rt routes.Route) []wire.Event {
 	t.Helper()
-	return []sse.Event{{Type: "PUT", Key: routes.Key(name), Value: string(mustJSON(t, rt)), Revision: rev}}
+	return []wire.Event{{Type: "PUT", Key: routes.Key(name), Value: string(mustJSON(t, rt)), Revision: rev}}
 }

@@ -16,9 +16,9 @@ import (
 	"time"
 
 	"github.com/walwatch/walwatch/cmd/walwatch/internal/routes"
-	"github.com/walwatch/walwatch/cmd/walwatch/internal/sse"
 	"github.com/walwatch/walwatch/replication"
 	"github.com/walwatch/walwatch/store"
+	"github.com/walwatch/walwatch/wire"
 )
 
 // Reconnect backoff bounds: each wait is a random part (jitter) of a
@@ -146,7 +146,7 @@ func (c *ControlPlane) once(ctx context.Context, p *Proxy) error {
 	var idled atomic.Bool
 	idle := time.AfterFunc(c.IdleTimeout, func() { idled.Store(true); cancel() })
 	defer idle.Stop()
-	r := sse.NewReader(resp.Body)
+	r := wire.NewReader(resp.Body)
 	for {
 		m, err := r.Next()
 		if err != nil {
@@ -225,7 +225,7 @@ func (h *Hub) Run(ctx context.Context, p *Proxy) error {
 				p.Progress(resp.Revision)
 				continue
 			}
-			_ = sse.ForEachRevision(resp.Events, func(evs []sse.Event) error { p.Apply(evs); return nil })
+			_ = wire.ForEachRevision(resp.Events, func(evs []wire.Event) error { p.Apply(evs); return nil })
 		}
 		if errors.Is(w.Err(), store.ErrCompacted) {
 			reload = true

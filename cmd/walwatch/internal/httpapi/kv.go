@@ -11,9 +11,9 @@ import (
 	"time"
 
 	"github.com/walwatch/walwatch/cmd/walwatch/internal/routes"
-	"github.com/walwatch/walwatch/cmd/walwatch/internal/wire"
 	"github.com/walwatch/walwatch/replication"
 	"github.com/walwatch/walwatch/store"
+	"github.com/walwatch/walwatch/wire"
 )
 
 // settleTimeout bounds how long a read waits for the hub to settle the

@@ -6,9 +6,9 @@ import (
 	"fmt"
 	"net/http"
 
-	"github.com/walwatch/walwatch/cmd/walwatch/internal/sse"
 	"github.com/walwatch/walwatch/replication"
 	"github.com/walwatch/walwatch/store"
+	"github.com/walwatch/walwatch/wire"
 )
 
 // watch streams changes as Server-Sent Events (see package sse): ?key=K or
@@ -74,7 +74,7 @@ func (s *Server) watch(w http.ResponseWriter, r *http.Request) error {
 	w.WriteHeader(http.StatusOK)
 	rc := http.NewResponseController(w)
 	if ce != nil {
-		_ = sse.WriteCompacted(w, ce.CompactRevision)
+		_ = wire.WriteCompacted(w, ce.CompactRevision)
 		_ = rc.Flush()
 		return nil
 	}
@@ -99,11 +99,11 @@ func writeResponse(w http.ResponseWriter, resp replication.WatchResponse) error 
 	var ce *store.CompactedError
 	switch {
 	case resp.Canceled && errors.As(resp.Err, &ce):
-		return sse.WriteCompacted(w, ce.CompactRevision)
+		return wire.WriteCompacted(w, ce.CompactRevision)
 	case resp.Canceled:
 		return nil
 	case len(resp.Events) == 0:
-		return sse.WriteProgress(w, resp.Revision)
+		return wire.WriteProgress(w, resp.Revision)
 	}
-	return sse.ForEachRevision(resp.Events, func(evs []sse.Event) error { return sse.WriteRevision(w, evs) })
+	return wire.ForEachRevision(resp.Events, func(evs []wire.Event) error { return wire.WriteRevision(w, evs) })
 }

@@ -1,5 +1,7 @@
-// Package wire is how keys, values and events look in walwatch's JSON: the
-// control plane's HTTP API, its watch stream and the CLI's -o json share it.
+// Package wire is how walwatch's control plane puts keys, values and events
+// on the wire, for the control plane, its clients (the data plane, tests,
+// the benchmark) and the CLI's -o json alike: their JSON shapes, and the
+// watch stream's Server-Sent Events, written and read.
 //
 // Keys and values are bytes, as in etcd. Bytes that are UTF-8 text travel as
 // a JSON string in their own field (key, value); bytes that are not travel

@@ -1,6 +1,7 @@
-// Package sse is the control plane's watch stream on the wire: watch events
-// as Server-Sent Events, one message per revision with the revision as its
-// id, and a reader for clients.
+package wire
+
+// The watch stream is Server-Sent Events, one message per revision with the
+// revision as its id:
 //
 //	id: 42
 //	event: put                 (delete; txn when the revision holds several events)
@@ -13,7 +14,6 @@
 //
 // A txn's data is a JSON array of its events. A reconnecting client sends the
 // last id it saw as Last-Event-ID and the stream resumes after it.
-package sse
 
 import (
 	"bufio"
@@ -23,37 +23,9 @@ import (
 	"fmt"
 	"io"
 	"strings"
-	"time"
 
-	"github.com/walwatch/walwatch/cmd/walwatch/internal/wire"
 	"github.com/walwatch/walwatch/replication"
 )
-
-// Event is one watch event in JSON. Keys and values travel as strings, or
-// in the _base64 fields when they are not UTF-8 (package wire).
-type Event struct {
-	Type           string     `json:"type"` // PUT or DELETE
-	Key            string     `json:"key"`
-	KeyBase64      string     `json:"key_base64,omitempty"`
-	Value          string     `json:"value"`
-	ValueBase64    string     `json:"value_base64,omitempty"`
-	Revision       int64      `json:"revision"`
-	CreateRevision int64      `json:"create_revision"`
-	Version        int64      `json:"version"`
-	CommitTime     *time.Time `json:"commit_time,omitempty"` // when the write committed, for watch delay
-}
-
-// FromEvent converts a hub event.
-func FromEvent(ev replication.Event) Event {
-	out := Event{Type: ev.Type.String(), Revision: ev.Revision, CreateRevision: ev.CreateRevision, Version: ev.Version}
-	out.Key, out.KeyBase64 = wire.Text(ev.Key)
-	out.Value, out.ValueBase64 = wire.Text(ev.Value)
-	if !ev.CommitTime.IsZero() {
-		t := ev.CommitTime
-		out.CommitTime = &t
-	}
-	return out
-}
 
 // Compacted is the data of a compacted message.
 type Compacted struct {
