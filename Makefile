@@ -1,7 +1,10 @@
 # The two commands a new user needs: `make demo` and `make test`.
 GO ?= go
 
-.PHONY: build install demo test vet fmt bench-store bench bench-quick
+.PHONY: build install demo test vet lint fmt bench-store bench bench-quick
+
+# staticcheck, pinned: go run fetches this version through the module proxy.
+STATICCHECK ?= honnef.co/go/tools/cmd/staticcheck@v0.8.2
 
 build:
 	$(GO) build -o bin/walwatch ./cmd/walwatch
@@ -19,8 +22,14 @@ demo: build
 vet:
 	$(GO) vet ./...
 
+# gofmt must have nothing to say, and neither must staticcheck, in both modules.
+lint:
+	@out=$$(gofmt -l .); if [ -n "$$out" ]; then echo "gofmt would change:"; echo "$$out"; exit 1; fi
+	$(GO) run $(STATICCHECK) ./...
+	cd test/bench && $(GO) run $(STATICCHECK) ./
+
 # The benchmark is its own module (test/bench): vet it and run its report tests.
-test: vet
+test: vet lint
 	$(GO) test -race -count=1 ./...
 	cd test/bench && $(GO) vet ./ && $(GO) test -count=1 ./
 

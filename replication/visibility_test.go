@@ -134,16 +134,15 @@ func TestVisibleAcrossCompaction(t *testing.T) {
 	e := newEnv(t)
 	h := e.startHub(t, replication.Config{})
 	ctx := context.Background()
-	var last int64
 	for _, v := range []string{"1", "2", "3", "4"} {
-		last = e.put(t, "/c/a", v)
+		e.put(t, "/c/a", v)
 		e.put(t, "/c/gone", v)
-		last = max(last, e.put(t, "/c/gone", "x"))
+		e.put(t, "/c/gone", "x")
 	}
 	if _, err := e.store.Delete(ctx, store.Key([]byte("/c/gone"))); err != nil {
 		t.Fatal(err)
 	}
-	last = e.put(t, "/c/b", "1")
+	last := e.put(t, "/c/b", "1")
 	if _, err := e.store.Compact(ctx, last); err != nil {
 		t.Fatal(err)
 	}
