@@ -34,12 +34,29 @@ func PrefixEnd(p []byte) []byte {
 // Contains reports whether key is in the range.
 func (r KeyRange) Contains(key []byte) bool {
 	switch {
-	case len(r.End) == 0:
+	case r.IsSingleKey():
 		return bytes.Equal(key, r.Key)
-	case len(r.End) == 1 && r.End[0] == 0:
+	case r.IsOpenEnded():
 		return bytes.Compare(key, r.Key) >= 0
 	default:
 		return bytes.Compare(key, r.Key) >= 0 && bytes.Compare(key, r.End) < 0
+	}
+}
+
+// IsOpenEnded reports whether the range has no end: End is "\x00", every key
+// from Key on. The one place that rule is written in Go.
+func (r KeyRange) IsOpenEnded() bool { return len(r.End) == 1 && r.End[0] == 0 }
+
+// Upper returns the range's exclusive upper bound: the key after Key for a
+// single key, End for [Key, End), and nil when the range has no end.
+func (r KeyRange) Upper() []byte {
+	switch {
+	case r.IsSingleKey():
+		return append(bytes.Clone(r.Key), 0)
+	case r.IsOpenEnded():
+		return nil
+	default:
+		return r.End
 	}
 }
 

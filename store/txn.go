@@ -173,13 +173,11 @@ func overlaps(a, b KeyRange) bool {
 	case b.IsSingleKey():
 		return a.Contains(b.Key)
 	}
-	// Two [start, end) ranges; "\x00" as end means no end.
-	aBefore := !isOpenEnd(a.End) && bytes.Compare(a.End, b.Key) <= 0
-	bBefore := !isOpenEnd(b.End) && bytes.Compare(b.End, a.Key) <= 0
+	// Two [start, end) ranges, either perhaps without an end.
+	aBefore := !a.IsOpenEnded() && bytes.Compare(a.End, b.Key) <= 0
+	bBefore := !b.IsOpenEnded() && bytes.Compare(b.End, a.Key) <= 0
 	return !aBefore && !bBefore
 }
-
-func isOpenEnd(end []byte) bool { return len(end) == 1 && end[0] == 0 }
 
 func runTxn(ctx context.Context, tx pgx.Tx, req TxnRequest) (TxnResponse, error) {
 	// Lock every single key the Txn names, in one statement and one order, so
