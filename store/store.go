@@ -69,6 +69,11 @@ type querier interface {
 	QueryRow(ctx context.Context, sql string, args ...any) pgx.Row
 }
 
+var (
+	_ querier = (*pgxpool.Pool)(nil)
+	_ querier = pgx.Tx(nil)
+)
+
 // Revision returns the current and the compacted revision.
 func (s *Store) Revision(ctx context.Context) (current, compacted int64, err error) {
 	err = s.pool.QueryRow(ctx, "select walwatch.current_revision(), walwatch.compact_revision()").Scan(&current, &compacted)
