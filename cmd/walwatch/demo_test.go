@@ -8,14 +8,16 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/walwatch/walwatch/test/logs"
 )
 
 // The demo on a private PostgreSQL of its own: it prints its walkthrough with
 // the addresses it really bound, the walkthrough's first steps work, and
 // Ctrl-C stops everything cleanly.
 func TestDemo(t *testing.T) {
-	out := &syncBuffer{}
-	cmd := newRootCommand(out, &syncBuffer{})
+	out := &logs.Buffer{}
+	cmd := newRootCommand(out, &logs.Buffer{})
 	cmd.SetArgs([]string{"demo", "--cp-listen", "127.0.0.1:0", "--dp-listen", "127.0.0.1:0", "--dp-admin-listen", "127.0.0.1:0",
 		"--upstream-a", "127.0.0.1:0", "--upstream-b", "127.0.0.1:0"})
 	ctx, cancel := context.WithCancel(context.Background())

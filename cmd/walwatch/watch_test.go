@@ -1,42 +1,23 @@
 package main
 
 import (
-	"bytes"
 	"context"
 	"encoding/json"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
 	"github.com/jackc/pgx/v5"
 
+	"github.com/walwatch/walwatch/test/logs"
 	"github.com/walwatch/walwatch/test/pgtest"
 )
 
-// syncBuffer is an output a test can read while the command writes it.
-type syncBuffer struct {
-	mu  sync.Mutex
-	buf bytes.Buffer
-}
-
-func (b *syncBuffer) Write(p []byte) (int, error) {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.Write(p)
-}
-
-func (b *syncBuffer) String() string {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.String()
-}
-
 // startWatch runs `walwatch watch args...` until the returned stop is called.
-func startWatch(t *testing.T, url string, args ...string) (out *syncBuffer, stop func() error) {
+func startWatch(t *testing.T, url string, args ...string) (out *logs.Buffer, stop func() error) {
 	t.Helper()
-	out = &syncBuffer{}
-	cmd := newRootCommand(out, &syncBuffer{})
+	out = &logs.Buffer{}
+	cmd := newRootCommand(out, &logs.Buffer{})
 	cmd.SetArgs(append([]string{"--postgres", url, "watch"}, args...))
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
@@ -44,7 +25,7 @@ func startWatch(t *testing.T, url string, args ...string) (out *syncBuffer, stop
 	return out, func() error { cancel(); return <-done }
 }
 
-func waitForOutput(t *testing.T, out *syncBuffer, lines int) []string {
+func waitForOutput(t *testing.T, out *logs.Buffer, lines int) []string {
 	t.Helper()
 	deadline := time.Now().Add(30 * time.Second)
 	for {

@@ -22,7 +22,6 @@ import (
 	"slices"
 	"strconv"
 	"strings"
-	"sync"
 	"sync/atomic"
 	"syscall"
 	"testing"
@@ -30,6 +29,7 @@ import (
 
 	"github.com/jackc/pgx/v5"
 
+	"github.com/walwatch/walwatch/test/logs"
 	"github.com/walwatch/walwatch/test/pgtest"
 	"github.com/walwatch/walwatch/test/wait"
 	"github.com/walwatch/walwatch/wire"
@@ -177,30 +177,12 @@ func execSQL(t testing.TB, url, sql string, args ...any) string {
 
 // ---- processes ----
 
-// logBuffer collects a process's output; the test polls it.
-type logBuffer struct {
-	mu  sync.Mutex
-	buf bytes.Buffer
-}
-
-func (b *logBuffer) Write(p []byte) (int, error) {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.Write(p)
-}
-
-func (b *logBuffer) String() string {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.String()
-}
-
 // proc is a running walwatch process.
 type proc struct {
 	name string
 	args []string
 	cmd  *exec.Cmd
-	out  *logBuffer // stdout and stderr
+	out  *logs.Buffer // stdout and stderr
 	done chan struct{}
 	err  error // Wait's error, once done is closed
 }
@@ -209,7 +191,7 @@ type proc struct {
 // SIGTERM and checks that it exits 0, unless the test already ended it.
 func startProc(t testing.TB, name string, args ...string) *proc {
 	t.Helper()
-	p := &proc{name: name, args: args, out: &logBuffer{}, done: make(chan struct{})}
+	p := &proc{name: name, args: args, out: &logs.Buffer{}, done: make(chan struct{})}
 	p.cmd = exec.Command(binary, args...)
 	p.cmd.Stdout, p.cmd.Stderr = p.out, p.out
 	if err := p.cmd.Start(); err != nil {
@@ -247,15 +229,7 @@ func (p *proc) exited() bool {
 func (p *proc) log() string { return p.out.String() }
 
 // count counts the log lines containing s.
-func (p *proc) count(s string) int {
-	n := 0
-	for _, line := range strings.Split(p.log(), "\n") {
-		if strings.Contains(line, s) {
-			n++
-		}
-	}
-	return n
-}
+func (p *proc) count(s string) int { return p.out.Count(s) }
 
 // waitLog waits until the log has n lines containing s.
 func (p *proc) waitLog(t testing.TB, s string, n int) {

@@ -31,9 +31,9 @@ func patient() Config {
 // route, its upstream and the path.
 func checkTimedOut(t *testing.T, p *testProxy, timeout, route, upstream, path string) {
 	t.Helper()
-	warns := p.log.lines("level=WARN")
+	warns := p.log.Lines("level=WARN")
 	want := []string{`msg="upstream timed out"`, "timeout=" + timeout, "route=" + route, "upstream=" + upstream, "path=" + path}
-	if len(warns) != 1 || len(p.log.lines(want...)) != 1 {
+	if len(warns) != 1 || len(p.log.Lines(want...)) != 1 {
 		t.Errorf("WARN lines %q, want one with %q", warns, want)
 	}
 }
@@ -77,7 +77,7 @@ func TestResponseHeaderTimeout(t *testing.T) {
 		if status, body := get(t, p.url+"/slow"); status != http.StatusGatewayTimeout {
 			t.Fatalf("GET /slow after the change: %d %q, want 504", status, body)
 		}
-		if n := len(p.log.lines("timeout=response_header", "after=200ms")); n != 1 {
+		if n := len(p.log.Lines("timeout=response_header", "after=200ms")); n != 1 {
 			t.Errorf("%d WARN lines for the changed route's timeout (200ms), want 1", n)
 		}
 	})
@@ -146,7 +146,7 @@ func TestUpstreamDown(t *testing.T) {
 	if status, body := get(t, p.url+"/down"); status != http.StatusBadGateway {
 		t.Fatalf("GET /down: %d %q, want 502", status, body)
 	}
-	if n := len(p.log.lines("level=WARN", `msg="upstream failed"`, "route=down", "path=/down")); n != 1 {
+	if n := len(p.log.Lines("level=WARN", `msg="upstream failed"`, "route=down", "path=/down")); n != 1 {
 		t.Errorf("%d WARN lines for the failure, want 1:\n%s", n, p.log)
 	}
 }

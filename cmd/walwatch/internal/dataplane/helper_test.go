@@ -2,7 +2,6 @@ package dataplane
 
 import (
 	"bufio"
-	"bytes"
 	"encoding/json"
 	"fmt"
 	"io"
@@ -18,46 +17,12 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/walwatch/walwatch/cmd/walwatch/internal/routes"
+	"github.com/walwatch/walwatch/test/logs"
 )
 
 // waitTimeout bounds every wait for something that should happen long
 // before; it is not a timing assertion.
 const waitTimeout = 30 * time.Second
-
-// logBuffer collects a proxy's log lines.
-type logBuffer struct {
-	mu  sync.Mutex
-	buf bytes.Buffer
-}
-
-func (b *logBuffer) Write(p []byte) (int, error) {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.Write(p)
-}
-
-// lines returns the log lines containing every one of subs.
-func (b *logBuffer) lines(subs ...string) []string {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	var out []string
-	for _, line := range strings.Split(b.buf.String(), "\n") {
-		ok := line != ""
-		for _, s := range subs {
-			ok = ok && strings.Contains(line, s)
-		}
-		if ok {
-			out = append(out, line)
-		}
-	}
-	return out
-}
-
-func (b *logBuffer) String() string {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.String()
-}
 
 // testProxy is a Proxy with routes, served on a real server (as dp serves
 // it), and its log.
@@ -65,14 +30,14 @@ type testProxy struct {
 	*Proxy
 	url  string // http://addr
 	addr string
-	log  *logBuffer
+	log  *logs.Buffer
 }
 
 // newTestProxy serves a proxy with cfg and the routes by name; before,
 // when not nil, changes it before it serves anything.
 func newTestProxy(t *testing.T, cfg Config, byName map[string]routes.Route, before func(*Proxy)) *testProxy {
 	t.Helper()
-	lb := &logBuffer{}
+	lb := &logs.Buffer{}
 	p := New(slog.New(slog.NewTextHandler(lb, &slog.HandlerOptions{Level: slog.LevelDebug})), prometheus.NewRegistry(), cfg)
 	kvs := map[string][]byte{}
 	for name, rt := range byName {

@@ -114,7 +114,7 @@ func TestProxyCleansPath(t *testing.T) {
 			t.Errorf("%s %s: %d %q, want %d %q", tt.method, tt.target, status, body, tt.status, tt.body)
 		}
 	}
-	if n := len(p.log.lines("level=WARN")); n != 0 {
+	if n := len(p.log.Lines("level=WARN")); n != 0 {
 		t.Errorf("%d WARN lines for requests the proxy answered itself", n)
 	}
 }

@@ -15,6 +15,7 @@ import (
 
 	"github.com/walwatch/walwatch/replication"
 	"github.com/walwatch/walwatch/store"
+	"github.com/walwatch/walwatch/test/logs"
 )
 
 // TestDatabaseDown: with PostgreSQL unreachable every request that needs it
@@ -22,7 +23,7 @@ import (
 // log says so once, with no ERROR: an outage is not a bug.
 func TestDatabaseDown(t *testing.T) {
 	t.Parallel()
-	s, logs := newOfflineServer(t)
+	s, logged := newOfflineServer(t)
 	requests := []struct{ method, target, body string }{
 		{"PUT", "/v1/kv/x", "v"},
 		{"GET", "/v1/kv/x", ""},
@@ -51,14 +52,14 @@ func TestDatabaseDown(t *testing.T) {
 			}
 		}
 	}
-	if n := logs.count("level=ERROR"); n != 0 {
-		t.Errorf("%d ERROR lines, want none:\n%s", n, logs)
+	if n := logged.Count("level=ERROR"); n != 0 {
+		t.Errorf("%d ERROR lines, want none:\n%s", n, logged)
 	}
-	if n := logs.count("level=WARN", "PostgreSQL is unavailable"); n != 1 {
-		t.Errorf("%d WARN lines saying PostgreSQL is unavailable for %d refused requests, want 1:\n%s", n, rounds*(len(requests)-1), logs)
+	if n := logged.Count("level=WARN", "PostgreSQL is unavailable"); n != 1 {
+		t.Errorf("%d WARN lines saying PostgreSQL is unavailable for %d refused requests, want 1:\n%s", n, rounds*(len(requests)-1), logged)
 	}
-	if n := logs.count("connection refused"); n != 1 {
-		t.Errorf("the WARN line does not say why (connection refused):\n%s", logs)
+	if n := logged.Count("connection refused"); n != 1 {
+		t.Errorf("the WARN line does not say why (connection refused):\n%s", logged)
 	}
 }
 
@@ -91,8 +92,8 @@ func TestWriteError(t *testing.T) {
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
-			logs := &logBuffer{}
-			s := &Server{log: slog.New(slog.NewTextHandler(logs, nil))}
+			logged := &logs.Buffer{}
+			s := &Server{log: slog.New(slog.NewTextHandler(logged, nil))}
 			s.db = &dbHealth{log: s.log}
 			rec := httptest.NewRecorder()
 			req := httptest.NewRequestWithContext(t.Context(), "GET", "/v1/kv/x", nil)
@@ -104,12 +105,12 @@ func TestWriteError(t *testing.T) {
 			if got := rec.Header().Get("Retry-After") != ""; got != tc.retryAfter {
 				t.Errorf("writeError(%v): Retry-After %q, want one: %v", tc.err, rec.Header().Get("Retry-After"), tc.retryAfter)
 			}
-			lines := logs.count("level=")
+			lines := logged.Count("level=")
 			switch {
 			case tc.logged == "" && lines != 0:
-				t.Errorf("writeError(%v) logged:\n%s want nothing", tc.err, logs)
-			case tc.logged != "" && (lines != 1 || logs.count("level="+tc.logged) != 1):
-				t.Errorf("writeError(%v) logged:\n%s want one %s line", tc.err, logs, tc.logged)
+				t.Errorf("writeError(%v) logged:\n%s want nothing", tc.err, logged)
+			case tc.logged != "" && (lines != 1 || logged.Count("level="+tc.logged) != 1):
+				t.Errorf("writeError(%v) logged:\n%s want one %s line", tc.err, logged, tc.logged)
 			}
 		})
 	}
@@ -119,8 +120,8 @@ func TestWriteError(t *testing.T) {
 // is no outage, even if its connection attempt was what it interrupted.
 func TestClientGone(t *testing.T) {
 	t.Parallel()
-	logs := &logBuffer{}
-	s := &Server{log: slog.New(slog.NewTextHandler(logs, nil))}
+	logged := &logs.Buffer{}
+	s := &Server{log: slog.New(slog.NewTextHandler(logged, nil))}
 	s.db = &dbHealth{log: s.log}
 	ctx, cancel := context.WithCancel(t.Context())
 	cancel()
@@ -136,8 +137,8 @@ func TestClientGone(t *testing.T) {
 			t.Errorf("writeError(%v) for a client that went away wrote %d %s", err, rec.Code, rec.Body)
 		}
 	}
-	if logs.String() != "" {
-		t.Errorf("logged for a client that went away:\n%s", logs)
+	if logged.String() != "" {
+		t.Errorf("logged for a client that went away:\n%s", logged)
 	}
 }
 
@@ -145,8 +146,8 @@ func TestClientGone(t *testing.T) {
 // requests that straddle either edge change nothing.
 func TestDBHealth(t *testing.T) {
 	t.Parallel()
-	logs := &logBuffer{}
-	d := &dbHealth{log: slog.New(slog.NewTextHandler(logs, nil))}
+	logged := &logs.Buffer{}
+	d := &dbHealth{log: slog.New(slog.NewTextHandler(logged, nil))}
 	req := httptest.NewRequestWithContext(t.Context(), "PUT", "/v1/kv/x", nil)
 	down := store.FromDB(fmt.Errorf("put: %w", &pgconn.PgError{Code: "57P03", Message: "the database system is starting up"}), 0)
 	other := errors.New("some bug")
@@ -154,8 +155,8 @@ func TestDBHealth(t *testing.T) {
 	at := func() time.Time { tick = tick.Add(time.Millisecond); return tick } // request starts, in order
 	want := func(step string, warn, info int) {
 		t.Helper()
-		if w, i := logs.count("level=WARN"), logs.count("level=INFO"); w != warn || i != info {
-			t.Fatalf("after %s: %d WARN and %d INFO lines, want %d and %d:\n%s", step, w, i, warn, info, logs)
+		if w, i := logged.Count("level=WARN"), logged.Count("level=INFO"); w != warn || i != info {
+			t.Fatalf("after %s: %d WARN and %d INFO lines, want %d and %d:\n%s", step, w, i, warn, info, logged)
 		}
 	}
 
@@ -177,8 +178,8 @@ func TestDBHealth(t *testing.T) {
 	duringOutage := at()
 	d.observe(req, at(), nil)
 	want("a success of a request that started during the outage", 1, 1)
-	if logs.count("refused_requests=6") != 1 {
-		t.Errorf("the INFO line does not count the 6 refused requests:\n%s", logs)
+	if logged.Count("refused_requests=6") != 1 {
+		t.Errorf("the INFO line does not count the 6 refused requests:\n%s", logged)
 	}
 	d.observe(req, duringOutage, down)
 	want("a failure of a request that started during the outage, after it ended", 1, 1)
@@ -193,7 +194,7 @@ func TestDBHealth(t *testing.T) {
 // yet when the server shuts down is a 503, not a bug.
 func TestWatchWhileShuttingDown(t *testing.T) {
 	t.Parallel()
-	s, logs := newOfflineServer(t)
+	s, logged := newOfflineServer(t)
 	stopping := make(chan struct{})
 	close(stopping)
 	s.cfg.Stopping = stopping
@@ -201,7 +202,7 @@ func TestWatchWhileShuttingDown(t *testing.T) {
 	if a.status != http.StatusServiceUnavailable || a.err.Code != "unavailable" || a.header.Get("Retry-After") == "" {
 		t.Errorf("watch while shutting down: %d %s, want 503 unavailable with a Retry-After", a.status, a.body)
 	}
-	if n := logs.count("level=ERROR"); n != 0 {
-		t.Errorf("logged an ERROR:\n%s", logs)
+	if n := logged.Count("level=ERROR"); n != 0 {
+		t.Errorf("logged an ERROR:\n%s", logged)
 	}
 }
