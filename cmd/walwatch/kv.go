@@ -6,6 +6,8 @@ import (
 	"strconv"
 	"text/tabwriter"
 
+	"github.com/jackc/pgx/v5/pgxpool"
+
 	"github.com/spf13/cobra"
 
 	"github.com/walwatch/walwatch/sql"
@@ -19,21 +21,18 @@ func newMigrateCommand(g *globals) *cobra.Command {
 		Short: "Create or upgrade the walwatch schema",
 		Args:  cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, args []string) error {
-			pool, err := g.pool(cmd.Context())
-			if err != nil {
-				return err
-			}
-			defer pool.Close()
-			res, err := sql.Migrate(cmd.Context(), pool)
-			if err != nil {
-				return err
-			}
-			return g.print(map[string]int{"from_version": res.From, "version": res.To}, func(w io.Writer) {
-				if res.From == res.To {
-					fmt.Fprintf(w, "schema is up to date at version %d\n", res.To)
-				} else {
-					fmt.Fprintf(w, "schema migrated from version %d to %d\n", res.From, res.To)
+			return g.withPool(cmd.Context(), func(pool *pgxpool.Pool) error {
+				res, err := sql.Migrate(cmd.Context(), pool)
+				if err != nil {
+					return err
 				}
+				return g.print(map[string]int{"from_version": res.From, "version": res.To}, func(w io.Writer) {
+					if res.From == res.To {
+						fmt.Fprintf(w, "schema is up to date at version %d\n", res.To)
+					} else {
+						fmt.Fprintf(w, "schema migrated from version %d to %d\n", res.From, res.To)
+					}
+				})
 			})
 		},
 	}
@@ -69,10 +68,7 @@ func newGetCommand(g *globals) *cobra.Command {
 		Short: "Read a key, or every key with a prefix, at the current or an older revision",
 		Args:  cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
-			r := store.Key([]byte(args[0]))
-			if prefix {
-				r = store.Prefix([]byte(args[0]))
-			}
+			r := keyRange(args[0], prefix)
 			return g.withStore(cmd.Context(), func(s *store.Store) error {
 				res, err := s.Range(cmd.Context(), store.RangeRequest{KeyRange: r, Revision: rev, Limit: limit})
 				if err != nil {
@@ -115,10 +111,7 @@ func newDelCommand(g *globals) *cobra.Command {
 		Short: "Delete a key, or every key with a prefix, in one revision",
 		Args:  cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
-			r := store.Key([]byte(args[0]))
-			if prefix {
-				r = store.Prefix([]byte(args[0]))
-			}
+			r := keyRange(args[0], prefix)
 			return g.withStore(cmd.Context(), func(s *store.Store) error {
 				res, err := s.Delete(cmd.Context(), r)
 				if err != nil {
@@ -132,4 +125,13 @@ func newDelCommand(g *globals) *cobra.Command {
 	}
 	cmd.Flags().BoolVar(&prefix, "prefix", false, "delete every key that starts with KEY")
 	return cmd
+}
+
+// keyRange is the range a command's KEY argument names: the key, or with
+// --prefix every key that starts with it.
+func keyRange(key string, prefix bool) store.KeyRange {
+	if prefix {
+		return store.Prefix([]byte(key))
+	}
+	return store.Key([]byte(key))
 }

@@ -106,12 +106,18 @@ func (g *globals) poolOf(ctx context.Context, size int32) (*pgxpool.Pool, error)
 
 // withStore runs fn with a store on a fresh pool.
 func (g *globals) withStore(ctx context.Context, fn func(*store.Store) error) error {
+	return g.withPool(ctx, func(pool *pgxpool.Pool) error { return fn(store.New(pool, store.Limits{})) })
+}
+
+// withPool runs fn on a pool that is closed when fn returns: what a
+// short-lived command needs.
+func (g *globals) withPool(ctx context.Context, fn func(*pgxpool.Pool) error) error {
 	pool, err := g.pool(ctx)
 	if err != nil {
 		return err
 	}
 	defer pool.Close()
-	return fn(store.New(pool, store.Limits{}))
+	return fn(pool)
 }
 
 // logger is the log of long-running commands: text on stderr.

@@ -8,6 +8,8 @@ import (
 	"strings"
 	"text/tabwriter"
 
+	"github.com/jackc/pgx/v5/pgxpool"
+
 	"github.com/spf13/cobra"
 
 	"github.com/walwatch/walwatch/replication"
@@ -41,16 +43,13 @@ func newSlotListCommand(g *globals) *cobra.Command {
 		Short: "List every replication slot of the cluster, with warnings",
 		Args:  cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, args []string) error {
-			pool, err := g.pool(cmd.Context())
-			if err != nil {
-				return err
-			}
-			defer pool.Close()
-			slots, err := replication.ListSlots(cmd.Context(), pool)
-			if err != nil {
-				return err
-			}
-			return g.printSlots(slots, largeWAL)
+			return g.withPool(cmd.Context(), func(pool *pgxpool.Pool) error {
+				slots, err := replication.ListSlots(cmd.Context(), pool)
+				if err != nil {
+					return err
+				}
+				return g.printSlots(slots, largeWAL)
+			})
 		},
 	}
 	cmd.Flags().Int64Var(&largeWAL, "large-wal", replication.LargeWALHeld, "flag slots holding at least this many bytes of WAL (0: never)")
@@ -86,17 +85,14 @@ func newSlotCreateCommand(g *globals) *cobra.Command {
 		Short: "Create a persistent logical slot (pgoutput) in the connected database",
 		Args:  cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
-			pool, err := g.pool(cmd.Context())
-			if err != nil {
-				return err
-			}
-			defer pool.Close()
-			s, err := replication.CreateSlot(cmd.Context(), pool, args[0])
-			if err != nil {
-				return err
-			}
-			return g.print(replication.NewSlotView(s, replication.LargeWALHeld), func(w io.Writer) {
-				fmt.Fprintf(w, "slot %s created at LSN %s\n", s.Name, s.ConfirmedFlushLSN)
+			return g.withPool(cmd.Context(), func(pool *pgxpool.Pool) error {
+				s, err := replication.CreateSlot(cmd.Context(), pool, args[0])
+				if err != nil {
+					return err
+				}
+				return g.print(replication.NewSlotView(s, replication.LargeWALHeld), func(w io.Writer) {
+					fmt.Fprintf(w, "slot %s created at LSN %s\n", s.Name, s.ConfirmedFlushLSN)
+				})
 			})
 		},
 	}
@@ -109,20 +105,17 @@ func newSlotDropCommand(g *globals) *cobra.Command {
 		Short: "Drop a replication slot, freeing the WAL it holds",
 		Args:  cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
-			pool, err := g.pool(cmd.Context())
-			if err != nil {
-				return err
-			}
-			defer pool.Close()
-			name := args[0]
-			if err := replication.DropSlot(cmd.Context(), pool, name, force); err != nil {
-				if !force && errors.Is(err, replication.ErrSlotActive) {
-					return fmt.Errorf("%w: use --force to terminate it", err)
+			return g.withPool(cmd.Context(), func(pool *pgxpool.Pool) error {
+				name := args[0]
+				if err := replication.DropSlot(cmd.Context(), pool, name, force); err != nil {
+					if !force && errors.Is(err, replication.ErrSlotActive) {
+						return fmt.Errorf("%w: use --force to terminate it", err)
+					}
+					return err
 				}
-				return err
-			}
-			return g.print(map[string]string{"dropped": name}, func(w io.Writer) {
-				fmt.Fprintf(w, "slot %s dropped\n", name)
+				return g.print(map[string]string{"dropped": name}, func(w io.Writer) {
+					fmt.Fprintf(w, "slot %s dropped\n", name)
+				})
 			})
 		},
 	}
