@@ -14,20 +14,8 @@ import (
 	"github.com/jackc/pgx/v5/pgxpool"
 
 	"github.com/walwatch/walwatch/store"
+	"github.com/walwatch/walwatch/test/pgtest"
 )
-
-// refusedURL is a connection string for a loopback port nothing listens on
-// (nothing did a moment ago): connecting is refused at once.
-func refusedURL(t *testing.T) string {
-	t.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	addr := ln.Addr().String()
-	ln.Close()
-	return "postgres://postgres@" + addr + "/walwatch?sslmode=disable&connect_timeout=5"
-}
 
 // connectErr returns a real *pgconn.ConnectError: a refused connection, or
 // one given up because ctx ended.
@@ -47,7 +35,7 @@ func connectErr(t *testing.T, ctx context.Context, url string) error {
 
 func TestFromDBMarksTransientErrors(t *testing.T) {
 	t.Parallel()
-	url := refusedURL(t)
+	url := pgtest.RefusedURL(t)
 	canceled, cancel := context.WithCancel(context.Background())
 	cancel()
 	pg := func(code string) error {
@@ -127,7 +115,7 @@ func TestFromDBKeepsTypedErrors(t *testing.T) {
 // connections fails with ErrUnavailable.
 func TestStoreUnreachable(t *testing.T) {
 	t.Parallel()
-	pool, err := pgxpool.New(context.Background(), refusedURL(t))
+	pool, err := pgxpool.New(context.Background(), pgtest.RefusedURL(t))
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -12,7 +12,6 @@ import (
 	"fmt"
 	"io"
 	"math"
-	"net"
 	"net/http"
 	"net/http/httptest"
 	"os"
@@ -298,19 +297,6 @@ func (p *proc) waitListening(t testing.TB, marker string) (bindFailed bool) {
 	}
 }
 
-// freeAddr returns a loopback address whose port was free a moment ago.
-// Callers retry when another process took it in between.
-func freeAddr(t testing.TB) string {
-	t.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	addr := ln.Addr().String()
-	ln.Close()
-	return addr
-}
-
 // cp is a running control plane.
 type cp struct {
 	*proc
@@ -326,7 +312,7 @@ type cp struct {
 func startCP(t testing.TB, pg, slot string, extra ...string) *cp {
 	t.Helper()
 	for attempt := 0; ; attempt++ {
-		c := &cp{addr: freeAddr(t), pg: pg, slot: slot, args: extra}
+		c := &cp{addr: pgtest.FreeAddr(t), pg: pg, slot: slot, args: extra}
 		if c.launch(t) {
 			return c
 		}
@@ -373,7 +359,7 @@ type dp struct {
 func startDP(t testing.TB, cpURL string, waitReady bool, extra ...string) *dp {
 	t.Helper()
 	for attempt := 0; ; attempt++ {
-		listen, admin := freeAddr(t), freeAddr(t)
+		listen, admin := pgtest.FreeAddr(t), pgtest.FreeAddr(t)
 		args := append([]string{"dp", "--cp", cpURL, "--listen", listen, "--admin-listen", admin}, extra...)
 		p := startProc(t, "dp", args...)
 		if p.waitListening(t, "data plane listening") {

@@ -5,7 +5,6 @@ import (
 	"encoding/json"
 	"io"
 	"log/slog"
-	"net"
 	"net/http"
 	"net/http/httptest"
 	"strings"
@@ -17,6 +16,7 @@ import (
 	"github.com/walwatch/walwatch/replication"
 	"github.com/walwatch/walwatch/store"
 	"github.com/walwatch/walwatch/test/logs"
+	"github.com/walwatch/walwatch/test/pgtest"
 )
 
 // newOfflineServer returns a server whose PostgreSQL refuses connections
@@ -24,13 +24,7 @@ import (
 // level INFO, as the control plane logged.
 func newOfflineServer(t *testing.T) (*Server, *logs.Buffer) {
 	t.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	addr := ln.Addr().String()
-	ln.Close()
-	pool, err := pgxpool.New(context.Background(), "postgres://postgres@"+addr+"/walwatch?sslmode=disable&connect_timeout=5")
+	pool, err := pgxpool.New(context.Background(), pgtest.RefusedURL(t))
 	if err != nil {
 		t.Fatal(err)
 	}
