@@ -16,10 +16,10 @@ import (
 	"github.com/prometheus/client_golang/prometheus/collectors"
 	"github.com/spf13/cobra"
 
+	"github.com/walwatch/walwatch"
 	"github.com/walwatch/walwatch/cmd/walwatch/internal/httpapi"
 	"github.com/walwatch/walwatch/replication"
 	"github.com/walwatch/walwatch/sql"
-	"github.com/walwatch/walwatch/store"
 )
 
 // shutdownTimeout bounds a graceful shutdown: requests in flight finish,
@@ -112,38 +112,36 @@ func runCP(ctx context.Context, log *slog.Logger, pool *pgxpool.Pool, o cpOption
 	reg := prometheus.NewRegistry()
 	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	reg.MustRegister(slotLagGauge(pool, o.slot))
-	hub, err := replication.New(replication.Config{
-		Pool: pool, Slot: o.slot, HolderLimit: o.holderLimit, ProgressInterval: o.progress,
-		WindowBytes: int(o.windowBytes), BufferBytes: int(o.bufferBytes), WatcherBytes: int(o.watcherBytes),
-		Logger: log.With("component", "hub"), Metrics: replication.NewMetrics(reg),
+	client, err := walwatch.New(pool, walwatch.Config{
+		Hub: replication.Config{
+			Slot: o.slot, HolderLimit: o.holderLimit, ProgressInterval: o.progress,
+			WindowBytes: int(o.windowBytes), BufferBytes: int(o.bufferBytes), WatcherBytes: int(o.watcherBytes),
+			Logger: log.With("component", "hub"), Metrics: replication.NewMetrics(reg),
+		},
+		Logger: log,
 	})
 	if err != nil {
 		return err
 	}
+	defer client.Close()
 	stopping := make(chan struct{})
 	api := httpapi.New(httpapi.Config{
-		Store: store.New(pool, store.Limits{}), Hub: hub, Slot: o.slot, Tokens: tokens,
+		Client: client, Slot: o.slot, Tokens: tokens,
 		Registry: reg, Logger: log.With("component", "api"), Stopping: stopping,
 	})
-	return serve(ctx, log, o.listen, api, hub, stopping, o.ready, "control plane")
+	return serve(ctx, log, o.listen, api, client, stopping, o.ready, "control plane")
 }
 
-// serve runs hub and an HTTP server for h until ctx ends, then shuts both
-// down: streams are told to end (stopping), requests in flight finish.
-func serve(ctx context.Context, log *slog.Logger, addr string, h http.Handler, hub *replication.Hub,
+// serve runs an HTTP server for h until ctx ends or client's hub fails, then
+// shuts both down: streams are told to end (stopping), requests in flight
+// finish, and then the client closes.
+func serve(ctx context.Context, log *slog.Logger, addr string, h http.Handler, client *walwatch.Client,
 	stopping chan struct{}, ready func(net.Addr), what string) error {
 	ln, err := net.Listen("tcp", addr)
 	if err != nil {
 		return fmt.Errorf("%s: listen on %s: %w", what, addr, err)
 	}
 	srv := &http.Server{Handler: h, ReadHeaderTimeout: 10 * time.Second, MaxHeaderBytes: 64 << 10}
-	hubCtx, stopHub := context.WithCancel(context.WithoutCancel(ctx))
-	hubDone := make(chan error, 1)
-	if hub != nil {
-		go func() { hubDone <- hub.Run(hubCtx) }()
-	} else {
-		hubDone <- nil
-	}
 	srvDone := make(chan error, 1)
 	go func() { srvDone <- srv.Serve(ln) }()
 	log.Info(what+" listening", "addr", ln.Addr().String())
@@ -155,7 +153,8 @@ func serve(ctx context.Context, log *slog.Logger, addr string, h http.Handler, h
 	select {
 	case <-ctx.Done():
 	case serveErr = <-srvDone:
-	case serveErr = <-hubDone:
+	case <-client.Done():
+		serveErr = client.Err()
 	}
 	log.Info(what + " shutting down")
 	if stopping != nil {
@@ -166,10 +165,7 @@ func serve(ctx context.Context, log *slog.Logger, addr string, h http.Handler, h
 	if err := srv.Shutdown(sctx); err != nil {
 		log.Warn("graceful shutdown incomplete", "err", err)
 	}
-	stopHub()
-	if hub != nil {
-		<-hub.Stopped()
-	}
+	client.Close() //nolint:errcheck // its failure, if any, is serveErr already
 	if errors.Is(serveErr, http.ErrServerClosed) {
 		serveErr = nil
 	}

@@ -16,11 +16,11 @@ import (
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 	"github.com/spf13/cobra"
 
+	"github.com/walwatch/walwatch"
 	"github.com/walwatch/walwatch/cmd/walwatch/internal/dataplane"
 	"github.com/walwatch/walwatch/cmd/walwatch/internal/routes"
 	"github.com/walwatch/walwatch/replication"
 	"github.com/walwatch/walwatch/sql"
-	"github.com/walwatch/walwatch/store"
 )
 
 type dpOptions struct {
@@ -107,14 +107,15 @@ func runDP(ctx context.Context, g *globals, log *slog.Logger, o dpOptions) error
 		if err := sql.CheckVersion(ctx, pool); err != nil {
 			return err
 		}
-		hub, err := replication.New(replication.Config{Pool: pool, Logger: log.With("component", "hub"), Metrics: replication.NewMetrics(reg)})
+		client, err := walwatch.New(pool, walwatch.Config{
+			Hub:    replication.Config{Logger: log.With("component", "hub"), Metrics: replication.NewMetrics(reg)},
+			Logger: log,
+		})
 		if err != nil {
 			return err
 		}
-		hubCtx, stopHub := context.WithCancel(ctx)
-		defer func() { stopHub(); <-hub.Stopped() }()
-		go hub.Run(hubCtx) //nolint:errcheck // it returns when stopped; its failures are logged
-		source = &dataplane.Hub{Hub: hub, Store: store.New(pool, store.Limits{}), Log: log.With("component", "source")}
+		defer client.Close() // before the pool's
+		source = &dataplane.Direct{Client: client, Log: log.With("component", "source")}
 	}
 
 	proxyLn, err := net.Listen("tcp", o.listen)

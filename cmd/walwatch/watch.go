@@ -10,6 +10,7 @@ import (
 
 	"github.com/spf13/cobra"
 
+	"github.com/walwatch/walwatch"
 	"github.com/walwatch/walwatch/replication"
 	"github.com/walwatch/walwatch/store"
 	"github.com/walwatch/walwatch/wire"
@@ -46,31 +47,20 @@ func (g *globals) watch(ctx context.Context, req replication.WatchRequest) error
 	if req.StartRevision < 0 {
 		return fmt.Errorf("%w: --rev %d: must be 0 (now) or positive", store.ErrInvalidRevision, req.StartRevision)
 	}
-	pool, err := g.pool(ctx)
-	if err != nil {
-		return err
-	}
-	defer pool.Close()
-	if _, _, err := store.New(pool, store.Limits{}).Revision(ctx); err != nil {
-		return fmt.Errorf("%w (has `walwatch migrate` run on this database?)", err)
-	}
-	hub, err := replication.New(replication.Config{
-		Pool:   pool,
-		Logger: slog.New(slog.NewTextHandler(g.stderr, &slog.HandlerOptions{Level: slog.LevelWarn})),
-	})
-	if err != nil {
-		return err
-	}
-	ctx, cancel := context.WithCancel(ctx)
-	defer cancel()
-	hubDone := make(chan error, 1)
-	go func() { hubDone <- hub.Run(ctx) }()
-	defer func() { cancel(); <-hubDone }()
-
-	w, err := hub.Watch(ctx, req)
+	client, err := walwatch.Open(ctx, g.connString(),
+		walwatch.WithLogger(slog.New(slog.NewTextHandler(g.stderr, &slog.HandlerOptions{Level: slog.LevelWarn}))))
 	if err != nil {
 		if ctx.Err() != nil {
 			return nil // interrupted before the hub was ready
+		}
+		return err
+	}
+	defer client.Close()
+
+	w, err := client.Watch(ctx, req)
+	if err != nil {
+		if ctx.Err() != nil {
+			return nil
 		}
 		return err
 	}

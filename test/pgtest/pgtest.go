@@ -66,8 +66,17 @@ func Main(m *testing.M) int {
 // machine without PostgreSQL fails loudly instead of passing vacuously.
 func Shared(t testing.TB) *pgcluster.Cluster {
 	t.Helper()
+	c, err := sharedCluster()
+	if err != nil {
+		t.Fatal(err)
+	}
+	return c
+}
+
+// sharedCluster returns the shared cluster, starting it on first use.
+func sharedCluster() (*pgcluster.Cluster, error) {
 	if !inMain.Load() {
-		t.Fatal("pgtest: the shared cluster needs TestMain to call os.Exit(pgtest.Main(m)), which stops it after the tests")
+		return nil, errors.New("pgtest: the shared cluster needs TestMain to call os.Exit(pgtest.Main(m)), which stops it after the tests")
 	}
 	shared.once.Do(func() {
 		ctx, cancel := context.WithTimeout(context.Background(), testStartTimeout)
@@ -75,9 +84,25 @@ func Shared(t testing.TB) *pgcluster.Cluster {
 		shared.cluster, shared.err = pgcluster.Start(ctx, pgcluster.Options{})
 	})
 	if shared.err != nil {
-		t.Fatalf("pgtest: starting the shared test cluster: %v", shared.err)
+		return nil, fmt.Errorf("pgtest: starting the shared test cluster: %w", shared.err)
 	}
-	return shared.cluster
+	return shared.cluster, nil
+}
+
+// CreateDatabase creates a fresh database in the shared cluster for code
+// that has no testing.TB, an Example for one, and returns its connection
+// string. name starts the database's name. The database is not dropped: it
+// goes with the cluster when Main returns.
+func CreateDatabase(ctx context.Context, name string) (string, error) {
+	c, err := sharedCluster()
+	if err != nil {
+		return "", err
+	}
+	connString, err := c.CreateDatabase(ctx, databaseName(name, dbSeq.Add(1)))
+	if err != nil {
+		return "", fmt.Errorf("pgtest: %w", err)
+	}
+	return connString, nil
 }
 
 // NewDatabase creates a fresh database in the shared cluster and returns its

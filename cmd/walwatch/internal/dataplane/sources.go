@@ -15,10 +15,17 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/walwatch/walwatch"
 	"github.com/walwatch/walwatch/cmd/walwatch/internal/routes"
 	"github.com/walwatch/walwatch/replication"
 	"github.com/walwatch/walwatch/store"
 	"github.com/walwatch/walwatch/wire"
+)
+
+// The sources dp follows.
+var (
+	_ Source = (*ControlPlane)(nil)
+	_ Source = (*Direct)(nil)
 )
 
 // Reconnect backoff bounds: each wait is a random part (jitter) of a
@@ -176,29 +183,44 @@ func (c *ControlPlane) once(ctx context.Context, p *Proxy) error {
 	}
 }
 
-// Hub follows a hub of the data plane's own (single node, no cp).
-type Hub struct {
-	Hub   *replication.Hub
-	Store *store.Store
-	Log   *slog.Logger
+// Direct follows PostgreSQL directly, through a client with a watch hub of
+// its own on a temporary slot (a single node, no cp).
+type Direct struct {
+	Client *walwatch.Client
+	Log    *slog.Logger
 }
 
-func (h *Hub) Run(ctx context.Context, p *Proxy) error {
+// Run loads the routes and follows them until ctx ends, or the client's hub
+// fails: then it returns why.
+func (d *Direct) Run(ctx context.Context, p *Proxy) error {
 	select {
-	case <-h.Hub.Ready():
+	case <-d.Client.Hub().Ready():
+	case <-d.Client.Done():
+		return fmt.Errorf("watch hub stopped before it was ready: %w", d.Client.Err())
 	case <-ctx.Done():
 		return nil
 	}
+	runCtx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	go func() {
+		select {
+		case <-d.Client.Done(): // nothing more will come: stop retrying
+			cancel()
+		case <-runCtx.Done():
+		}
+	}()
 	reload := true
-	return retry(ctx, h.Log, p, func(ctx context.Context) error {
+	err := retry(runCtx, d.Log, p, func(ctx context.Context) error {
+		rng := store.Prefix([]byte(routes.Prefix))
 		if reload {
-			// Settled and visible: the read sees everything at or below
-			// rev, and a watch from rev+1 misses nothing.
-			rev, err := h.Hub.ReadRevision(ctx)
+			// At the newest settled revision, which needs no wait: a
+			// transaction holding a revision open does not keep the routes
+			// from loading, and the watch from the next brings the rest.
+			rev, err := d.Client.ReadRevision(ctx)
 			if err != nil {
 				return err
 			}
-			res, err := h.Store.Range(ctx, store.RangeRequest{KeyRange: store.Prefix([]byte(routes.Prefix)), Revision: rev})
+			res, err := d.Client.Range(ctx, store.RangeRequest{KeyRange: rng, Revision: rev})
 			if err != nil {
 				return err
 			}
@@ -206,12 +228,10 @@ func (h *Hub) Run(ctx context.Context, p *Proxy) error {
 			for _, kv := range res.KVs {
 				kvs[string(kv.Key)] = kv.Value
 			}
-			p.Replace(rev, kvs)
+			p.Replace(res.Revision, kvs)
 			reload = false
 		}
-		w, err := h.Hub.Watch(ctx, replication.WatchRequest{
-			Range: store.Prefix([]byte(routes.Prefix)), StartRevision: p.Revision() + 1, ProgressNotify: true,
-		})
+		w, err := d.Client.Watch(ctx, replication.WatchRequest{Range: rng, StartRevision: p.Revision() + 1, ProgressNotify: true})
 		if err != nil {
 			if errors.Is(err, store.ErrCompacted) {
 				reload = true
@@ -232,4 +252,10 @@ func (h *Hub) Run(ctx context.Context, p *Proxy) error {
 		}
 		return w.Err()
 	})
+	if ctx.Err() == nil {
+		if herr := d.Client.Err(); herr != nil {
+			return fmt.Errorf("watch hub stopped: %w", herr)
+		}
+	}
+	return err
 }

@@ -13,14 +13,13 @@ import (
 
 	"github.com/jackc/pgx/v5/pgxpool"
 
-	"github.com/walwatch/walwatch/replication"
-	"github.com/walwatch/walwatch/store"
+	"github.com/walwatch/walwatch"
 	"github.com/walwatch/walwatch/test/logs"
 	"github.com/walwatch/walwatch/test/pgtest"
 )
 
 // newOfflineServer returns a server whose PostgreSQL refuses connections
-// (nothing listens on its port) and whose hub never runs, and its log at
+// (nothing listens on its port), so its hub never gets ready, and its log at
 // level INFO, as the control plane logged.
 func newOfflineServer(t *testing.T) (*Server, *logs.Buffer) {
 	t.Helper()
@@ -29,13 +28,14 @@ func newOfflineServer(t *testing.T) (*Server, *logs.Buffer) {
 		t.Fatal(err)
 	}
 	t.Cleanup(pool.Close)
-	hub, err := replication.New(replication.Config{Pool: pool})
+	client, err := walwatch.New(pool, walwatch.Config{})
 	if err != nil {
 		t.Fatal(err)
 	}
+	t.Cleanup(func() { client.Close() }) // before the pool's: cleanups run last first
 	logged := &logs.Buffer{}
 	log := slog.New(slog.NewTextHandler(logged, &slog.HandlerOptions{Level: slog.LevelInfo}))
-	return New(Config{Store: store.New(pool, store.Limits{}), Hub: hub, Logger: log}), logged
+	return New(Config{Client: client, Logger: log}), logged
 }
 
 // answer is a response as a test sees it.

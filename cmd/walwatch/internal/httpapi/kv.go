@@ -16,10 +16,6 @@ import (
 	"github.com/walwatch/walwatch/wire"
 )
 
-// settleTimeout bounds how long a read waits for the hub to settle the
-// revision it reads at (a transaction holding a lower revision delays it).
-const settleTimeout = 10 * time.Second
-
 // routeKV is a route in responses: a key as package wire shapes it, with a
 // value that is valid JSON shown as JSON, or as a string when someone stored
 // something else there.
@@ -37,35 +33,17 @@ func routeJSON(kv store.KeyValue) routeKV {
 	return out
 }
 
-// read reads r at rev (0: the latest) once the hub has settled that
-// revision, so the answer never changes and a watch from the next revision
-// misses nothing. The latest is the store's current revision, so a client
-// reads its own writes.
+// read reads r at rev (0: the latest, so a client reads its own writes)
+// through the client, which waits until that revision is settled: the
+// answer never changes and a watch from the next revision misses nothing. A
+// wait that runs out is walwatch.ErrNotSettled, a 503.
 func (s *Server) read(ctx context.Context, r store.KeyRange, rev, limit int64) (store.RangeResponse, error) {
-	cur, _, err := s.cfg.Store.Revision(ctx)
-	if err != nil {
-		return store.RangeResponse{}, err
-	}
-	target := rev
-	if target == 0 {
-		target = cur
-	}
-	if target > cur {
-		return store.RangeResponse{}, &store.FutureRevisionError{Revision: target, CurrentRevision: cur}
-	}
-	wctx, cancel := context.WithTimeout(ctx, settleTimeout)
-	defer cancel()
-	if err := s.cfg.Hub.WaitFor(wctx, target); err != nil {
-		// WaitFor asks PostgreSQL what is visible: that may fail too.
-		return store.RangeResponse{}, fmt.Errorf("%w: revision %d is not settled yet (a transaction may hold a lower one open): %w",
-			errNotReady, target, store.FromDB(err, target))
-	}
-	return s.cfg.Store.Range(ctx, store.RangeRequest{KeyRange: r, Revision: target, Limit: limit})
+	return s.cfg.Client.Range(ctx, store.RangeRequest{KeyRange: r, Revision: rev, Limit: limit})
 }
 
 // body returns r's body, refusing more than the store takes as a value.
 func (s *Server) body(w http.ResponseWriter, r *http.Request) ([]byte, error) {
-	b, err := io.ReadAll(http.MaxBytesReader(w, r.Body, int64(s.cfg.Store.Limits().MaxValueSize)))
+	b, err := io.ReadAll(http.MaxBytesReader(w, r.Body, int64(s.cfg.Client.Store().Limits().MaxValueSize)))
 	if err != nil {
 		return nil, fmt.Errorf("read request body: %w", err)
 	}
@@ -89,7 +67,7 @@ func (s *Server) putRoute(w http.ResponseWriter, r *http.Request) error {
 		return err
 	}
 	value, _ := json.Marshal(rt) // stored in one canonical form
-	res, err := s.cfg.Store.Put(r.Context(), []byte(routes.Key(name)), value)
+	res, err := s.cfg.Client.Put(r.Context(), []byte(routes.Key(name)), value)
 	if err != nil {
 		return err
 	}
@@ -157,7 +135,7 @@ func (s *Server) deleteRoute(w http.ResponseWriter, r *http.Request) error {
 	if _, err := queryParams(r); err != nil {
 		return err
 	}
-	res, err := s.cfg.Store.Delete(r.Context(), store.Key([]byte(routes.Key(name))))
+	res, err := s.cfg.Client.Delete(r.Context(), store.Key([]byte(routes.Key(name))))
 	if err != nil {
 		return err
 	}
@@ -198,7 +176,7 @@ func (s *Server) putKey(w http.ResponseWriter, r *http.Request) error {
 	if err != nil {
 		return err
 	}
-	res, err := s.cfg.Store.Put(r.Context(), rng.Key, value)
+	res, err := s.cfg.Client.Put(r.Context(), rng.Key, value)
 	if err != nil {
 		return err
 	}
@@ -251,7 +229,7 @@ func (s *Server) deleteKey(w http.ResponseWriter, r *http.Request) error {
 	if err != nil {
 		return err
 	}
-	res, err := s.cfg.Store.Delete(r.Context(), rng)
+	res, err := s.cfg.Client.Delete(r.Context(), rng)
 	if err != nil {
 		return err
 	}
@@ -292,15 +270,15 @@ func (s *Server) compact(w http.ResponseWriter, r *http.Request) error {
 	}
 	switch {
 	case req.Revision != nil:
-		res, err = s.cfg.Store.Compact(r.Context(), *req.Revision)
+		res, err = s.cfg.Client.Compact(r.Context(), *req.Revision)
 	case req.OlderThan != nil:
 		age, perr := time.ParseDuration(*req.OlderThan)
 		if perr != nil {
 			return fmt.Errorf("%w: older_than: %v", errBadRequest, perr)
 		}
-		res, err = s.cfg.Store.CompactOlderThan(r.Context(), age)
+		res, err = s.cfg.Client.CompactOlderThan(r.Context(), age)
 	default:
-		res, err = s.cfg.Store.CompactKeepLatest(r.Context())
+		res, err = s.cfg.Client.CompactKeepLatest(r.Context())
 	}
 	if err != nil {
 		return err
@@ -326,7 +304,7 @@ func (s *Server) status(w http.ResponseWriter, r *http.Request) error {
 	if _, err := queryParams(r); err != nil {
 		return err
 	}
-	cur, compacted, err := s.cfg.Store.Revision(r.Context())
+	cur, compacted, err := s.cfg.Client.Store().Revision(r.Context())
 	if err != nil {
 		return err
 	}
@@ -335,9 +313,9 @@ func (s *Server) status(w http.ResponseWriter, r *http.Request) error {
 		CurrentRevision int64                 `json:"current_revision"`
 		CompactRevision int64                 `json:"compact_revision"`
 		Slot            *replication.SlotView `json:"slot"`
-	}{Revision: s.cfg.Hub.Revision(), CurrentRevision: cur, CompactRevision: compacted}
+	}{Revision: s.cfg.Client.Hub().Revision(), CurrentRevision: cur, CompactRevision: compacted}
 	if s.cfg.Slot != "" {
-		info, err := replication.GetSlot(r.Context(), s.cfg.Store.Pool(), s.cfg.Slot)
+		info, err := replication.GetSlot(r.Context(), s.cfg.Client.Store().Pool(), s.cfg.Slot)
 		if err != nil && !errors.Is(err, replication.ErrSlotNotFound) {
 			return fmt.Errorf("status: %w", store.FromDB(err, 0))
 		}

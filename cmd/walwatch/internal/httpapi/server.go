@@ -18,6 +18,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 
+	"github.com/walwatch/walwatch"
 	"github.com/walwatch/walwatch/cmd/walwatch/internal/routes"
 	"github.com/walwatch/walwatch/replication"
 	"github.com/walwatch/walwatch/store"
@@ -25,8 +26,9 @@ import (
 
 // Config configures the API.
 type Config struct {
-	Store    *store.Store
-	Hub      *replication.Hub
+	// Client serves every request: reads at a settled revision, writes,
+	// watches. The server does not close it.
+	Client   *walwatch.Client
 	Slot     string               // the hub's slot, for /v1/status
 	Tokens   *Tokens              // nil: no authentication
 	Registry *prometheus.Registry // served at /metrics
@@ -136,19 +138,19 @@ const readyTimeout = 2 * time.Second
 
 func (s *Server) ready(w http.ResponseWriter, r *http.Request) {
 	select {
-	case <-s.cfg.Hub.Ready():
+	case <-s.cfg.Client.Hub().Ready():
 	default:
 		writeUnavailable(w, "watch hub is not ready")
 		return
 	}
-	if !s.cfg.Hub.Streaming() {
+	if !s.cfg.Client.Hub().Streaming() {
 		writeUnavailable(w, "watch hub is reconnecting to its replication slot")
 		return
 	}
 	start := time.Now()
 	ctx, cancel := context.WithTimeout(r.Context(), readyTimeout)
 	defer cancel()
-	if err := s.cfg.Store.Pool().Ping(ctx); err != nil {
+	if err := s.cfg.Client.Store().Pool().Ping(ctx); err != nil {
 		s.db.observe(r, start, fmt.Errorf("ping: %w", store.FromDB(err, 0)))
 		// The error names the server, user and database; /readyz needs no
 		// token, so it stays in the log.
@@ -210,7 +212,8 @@ func (s *Server) writeError(w http.ResponseWriter, r *http.Request, err error) {
 		status, body.Code = http.StatusRequestEntityTooLarge, "too_large"
 	case errors.Is(err, errNotFound):
 		status, body.Code = http.StatusNotFound, "not_found"
-	case errors.Is(err, errNotReady), errors.Is(err, replication.ErrHubStopped),
+	case errors.Is(err, errNotReady), errors.Is(err, walwatch.ErrNotSettled),
+		errors.Is(err, replication.ErrHubStopped), errors.Is(err, walwatch.ErrClosed),
 		// A deadline of ours ran out (the client's context has none): the
 		// database or the hub did not answer in time, waiting for a pooled
 		// connection for instance.

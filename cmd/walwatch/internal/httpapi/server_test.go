@@ -13,6 +13,7 @@ import (
 
 	"github.com/jackc/pgx/v5/pgconn"
 
+	"github.com/walwatch/walwatch"
 	"github.com/walwatch/walwatch/replication"
 	"github.com/walwatch/walwatch/store"
 	"github.com/walwatch/walwatch/test/logs"
@@ -78,8 +79,9 @@ func TestWriteError(t *testing.T) {
 	}{
 		{"PostgreSQL unavailable", unavailable, 503, "unavailable", true, "WARN"},
 		{"transaction aborted", aborted, 503, "unavailable", true, "WARN"},
-		{"settle timed out", fmt.Errorf("%w: revision 9 is not settled yet: %w", errNotReady, context.DeadlineExceeded), 503, "unavailable", true, ""},
-		{"settle hit the database down", fmt.Errorf("%w: revision 9: %w", errNotReady, unavailable), 503, "unavailable", true, "WARN"},
+		{"settle timed out", fmt.Errorf("%w: revision 9: %w", walwatch.ErrNotSettled, context.DeadlineExceeded), 503, "unavailable", true, ""},
+		{"settle hit the database down", fmt.Errorf("%w: revision 9: %w", walwatch.ErrNotSettled, unavailable), 503, "unavailable", true, "WARN"},
+		{"client closed", walwatch.ErrClosed, 503, "unavailable", true, ""},
 		{"hub stopped", replication.ErrHubStopped, 503, "unavailable", true, ""},
 		{"a deadline of ours", fmt.Errorf("acquire: %w", context.DeadlineExceeded), 503, "unavailable", true, ""},
 		{"compacted", &store.CompactedError{Revision: 2, CompactRevision: 5}, 410, "compacted", false, ""},

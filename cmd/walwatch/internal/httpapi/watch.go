@@ -30,7 +30,7 @@ func (s *Server) watch(w http.ResponseWriter, r *http.Request) error {
 	default:
 		return fmt.Errorf("%w: give exactly one of key and prefix", errBadRequest)
 	}
-	if len(rng.Key) > s.cfg.Store.Limits().MaxKeySize {
+	if len(rng.Key) > s.cfg.Client.Store().Limits().MaxKeySize {
 		return store.ErrKeyTooLarge
 	}
 	start, err := q.revision()
@@ -56,7 +56,7 @@ func (s *Server) watch(w http.ResponseWriter, r *http.Request) error {
 			}
 		}()
 	}
-	watcher, err := s.cfg.Hub.Watch(ctx, replication.WatchRequest{Range: rng, StartRevision: start, ProgressNotify: true})
+	watcher, err := s.cfg.Client.Watch(ctx, replication.WatchRequest{Range: rng, StartRevision: start, ProgressNotify: true})
 	var ce *store.CompactedError
 	switch {
 	case err == nil, errors.As(err, &ce):
