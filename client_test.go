@@ -160,7 +160,7 @@ func TestReadYourWrites(t *testing.T) {
 		}, map[string]string{"/ryw/a": "2"}},
 		{"txn", func() (int64, error) {
 			res, err := c.Txn(ctx, store.TxnRequest{
-				If:   []store.Compare{{Key: []byte("/ryw/b"), Target: store.CompareVersion, Result: store.Less, Number: 1000}},
+				If:   []store.Compare{{Key: []byte("/ryw/b"), Target: store.CompareVersion, Result: store.ResultLess, Number: 1000}},
 				Then: []store.Op{store.OpPutKey([]byte("/ryw/b"), []byte("3")), store.OpDeleteRange(store.Key([]byte("/ryw/a")))},
 			})
 			if err == nil && !res.Succeeded {

@@ -24,10 +24,10 @@ const (
 type CompareResult int
 
 const (
-	Equal CompareResult = iota
-	NotEqual
-	Less
-	Greater
+	ResultEqual CompareResult = iota
+	ResultNotEqual
+	ResultLess
+	ResultGreater
 )
 
 // Compare is one condition of a Txn, as etcd's: the key's Target field
@@ -122,7 +122,7 @@ func (s *Store) checkTxn(req TxnRequest) error {
 		if err := s.checkKey(c.Key); err != nil {
 			return err
 		}
-		if c.Target < CompareValue || c.Target > CompareModRevision || c.Result < Equal || c.Result > Greater {
+		if c.Target < CompareValue || c.Target > CompareModRevision || c.Result < ResultEqual || c.Result > ResultGreater {
 			return fmt.Errorf("txn: compare on %s: unknown target or result", keyText(c.Key))
 		}
 	}
@@ -289,11 +289,11 @@ func compare(ctx context.Context, tx pgx.Tx, c Compare) (bool, error) {
 		cmp = compareInt(kv.ModRevision, c.Number)
 	}
 	switch c.Result {
-	case Equal:
+	case ResultEqual:
 		return cmp == 0, nil
-	case NotEqual:
+	case ResultNotEqual:
 		return cmp != 0, nil
-	case Less:
+	case ResultLess:
 		return cmp < 0, nil
 	default:
 		return cmp > 0, nil

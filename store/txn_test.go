@@ -18,18 +18,18 @@ func TestTxn(t *testing.T) {
 		cmp       store.Compare
 		succeeded bool
 	}{
-		{"value equal", store.Compare{Key: cfg, Target: store.CompareValue, Result: store.Equal, Value: []byte("v2")}, true},
-		{"value equal fails", store.Compare{Key: cfg, Target: store.CompareValue, Result: store.Equal, Value: []byte("v1")}, false},
-		{"value not equal", store.Compare{Key: cfg, Target: store.CompareValue, Result: store.NotEqual, Value: []byte("v1")}, true},
-		{"value greater", store.Compare{Key: cfg, Target: store.CompareValue, Result: store.Greater, Value: []byte("v1")}, true},
-		{"value of missing key never holds", store.Compare{Key: []byte("/nope"), Target: store.CompareValue, Result: store.NotEqual, Value: []byte("x")}, false},
-		{"version equal", store.Compare{Key: cfg, Target: store.CompareVersion, Result: store.Equal, Number: 2}, true},
-		{"version less", store.Compare{Key: cfg, Target: store.CompareVersion, Result: store.Less, Number: 2}, false},
-		{"missing key has version 0", store.Compare{Key: []byte("/nope"), Target: store.CompareVersion, Result: store.Equal, Number: 0}, true},
-		{"create revision equal", store.Compare{Key: cfg, Target: store.CompareCreateRevision, Result: store.Equal, Number: 2}, true},
-		{"create revision greater fails", store.Compare{Key: cfg, Target: store.CompareCreateRevision, Result: store.Greater, Number: 2}, false},
-		{"mod revision equal", store.Compare{Key: cfg, Target: store.CompareModRevision, Result: store.Equal, Number: 3}, true},
-		{"mod revision less", store.Compare{Key: cfg, Target: store.CompareModRevision, Result: store.Less, Number: 4}, true},
+		{"value equal", store.Compare{Key: cfg, Target: store.CompareValue, Result: store.ResultEqual, Value: []byte("v2")}, true},
+		{"value equal fails", store.Compare{Key: cfg, Target: store.CompareValue, Result: store.ResultEqual, Value: []byte("v1")}, false},
+		{"value not equal", store.Compare{Key: cfg, Target: store.CompareValue, Result: store.ResultNotEqual, Value: []byte("v1")}, true},
+		{"value greater", store.Compare{Key: cfg, Target: store.CompareValue, Result: store.ResultGreater, Value: []byte("v1")}, true},
+		{"value of missing key never holds", store.Compare{Key: []byte("/nope"), Target: store.CompareValue, Result: store.ResultNotEqual, Value: []byte("x")}, false},
+		{"version equal", store.Compare{Key: cfg, Target: store.CompareVersion, Result: store.ResultEqual, Number: 2}, true},
+		{"version less", store.Compare{Key: cfg, Target: store.CompareVersion, Result: store.ResultLess, Number: 2}, false},
+		{"missing key has version 0", store.Compare{Key: []byte("/nope"), Target: store.CompareVersion, Result: store.ResultEqual, Number: 0}, true},
+		{"create revision equal", store.Compare{Key: cfg, Target: store.CompareCreateRevision, Result: store.ResultEqual, Number: 2}, true},
+		{"create revision greater fails", store.Compare{Key: cfg, Target: store.CompareCreateRevision, Result: store.ResultGreater, Number: 2}, false},
+		{"mod revision equal", store.Compare{Key: cfg, Target: store.CompareModRevision, Result: store.ResultEqual, Number: 3}, true},
+		{"mod revision less", store.Compare{Key: cfg, Target: store.CompareModRevision, Result: store.ResultLess, Number: 4}, true},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -55,7 +55,7 @@ func TestTxn(t *testing.T) {
 	t.Run("writes share one revision", func(t *testing.T) {
 		ctx := testContext(t)
 		res, err := s.Txn(ctx, store.TxnRequest{
-			If:   []store.Compare{{Key: cfg, Target: store.CompareModRevision, Result: store.Equal, Number: 3}},
+			If:   []store.Compare{{Key: cfg, Target: store.CompareModRevision, Result: store.ResultEqual, Number: 3}},
 			Then: []store.Op{put("/t/a", "1"), store.OpDeleteRange(store.Key(cfg)), put("/t/b", "2"), store.OpGet(store.Prefix([]byte("/t/")), 0)},
 			Else: []store.Op{put("/t/else", "x")},
 		})
@@ -74,7 +74,7 @@ func TestTxn(t *testing.T) {
 	t.Run("failed compare runs else", func(t *testing.T) {
 		ctx := testContext(t)
 		res, err := s.Txn(ctx, store.TxnRequest{
-			If:   []store.Compare{{Key: []byte("/t/a"), Target: store.CompareVersion, Result: store.Greater, Number: 5}},
+			If:   []store.Compare{{Key: []byte("/t/a"), Target: store.CompareVersion, Result: store.ResultGreater, Number: 5}},
 			Then: []store.Op{put("/t/then", "x")},
 			Else: []store.Op{put("/t/a", "again")},
 		})
