@@ -222,7 +222,7 @@ func TestPageEnd(t *testing.T) {
 }
 
 // testHub is a hub with no database: enough for the run loop's bookkeeping
-// (accept, advance, spill) and release.
+// (order's accept and spill, the hub's advance) and release.
 func testHub(cfg Config) *Hub { return newHub(cfg, nil) }
 
 // put is a stream transaction of one put of key at rev with a value of size
@@ -239,7 +239,7 @@ func put(rev int64, key string, size int) *txn {
 func TestReorderBufferSpillsNewestValues(t *testing.T) {
 	const value = 1000
 	h := testHub(Config{BufferBytes: 3 * (value + 2 + eventOverhead), WatcherBytes: 1 << 20})
-	h.accept(&txn{base: 1}) // the watermark starts at 1
+	h.order.accept(&txn{base: 1}) // the watermark starts at 1
 	all := &watcher{rng: store.Prefix([]byte("/")), ch: make(chan WatchResponse, 16), next: 2}
 	b := &watcher{rng: store.Key([]byte("/b")), ch: make(chan WatchResponse, 16), next: 2}
 	other := &watcher{rng: store.Prefix([]byte("/z/")), ch: make(chan WatchResponse, 16), next: 2}
@@ -253,15 +253,15 @@ func TestReorderBufferSpillsNewestValues(t *testing.T) {
 		if rev == 5 || rev == 8 {
 			key = "/b"
 		}
-		h.accept(put(rev, key, value))
+		h.order.accept(put(rev, key, value))
 		h.advance()
-		h.spill()
-		if h.bufferBytes > h.cfg.BufferBytes {
-			t.Fatalf("after revision %d the buffer holds %d bytes of values, over its %d", rev, h.bufferBytes, h.cfg.BufferBytes)
+		h.order.spill()
+		if h.order.bufferBytes > h.cfg.BufferBytes {
+			t.Fatalf("after revision %d the buffer holds %d bytes of values, over its %d", rev, h.order.bufferBytes, h.cfg.BufferBytes)
 		}
 	}
 	for rev := int64(3); rev <= 8; rev++ {
-		c := h.buffer[rev]
+		c := h.order.buffer[rev]
 		if c == nil {
 			t.Fatalf("revision %d is not buffered", rev)
 		}
@@ -272,26 +272,26 @@ func TestReorderBufferSpillsNewestValues(t *testing.T) {
 			t.Fatalf("spilled revision %d keeps its key in the value's allocation (cap %d)", rev, cap(c.rows[0].key))
 		}
 	}
-	if h.spillFrom != 6 {
-		t.Fatalf("spillFrom %d, want 6", h.spillFrom)
+	if h.order.spillFrom != 6 {
+		t.Fatalf("spillFrom %d, want 6", h.order.spillFrom)
 	}
 	// A revision arriving in the spilled range comes without its value.
-	h.accept(put(10, "/a", value))
+	h.order.accept(put(10, "/a", value))
 	h.advance()
-	h.spill()
-	if c := h.buffer[10]; !c.spilled {
+	h.order.spill()
+	if c := h.order.buffer[10]; !c.spilled {
 		t.Fatal("revision 10 arrived above spillFrom and kept its value")
 	}
 
 	// The holder commits: 2..8 are released, 9 is still missing.
-	h.accept(put(2, "/a", value))
+	h.order.accept(put(2, "/a", value))
 	h.advance()
-	h.spill()
+	h.order.spill()
 	if got := h.Revision(); got != 8 {
 		t.Fatalf("watermark %d, want 8", got)
 	}
-	if h.spillFrom != 9 {
-		t.Fatalf("spillFrom %d after the release, want 9 (10 is still spilled)", h.spillFrom)
+	if h.order.spillFrom != 9 {
+		t.Fatalf("spillFrom %d after the release, want 9 (10 is still spilled)", h.order.spillFrom)
 	}
 	revsIn := func(wt *watcher) []int64 {
 		var out []int64
@@ -320,23 +320,23 @@ func TestReorderBufferSpillsNewestValues(t *testing.T) {
 	if h.window.from != 9 || len(h.window.entries) != 0 {
 		t.Fatalf("window from %d with %d entries, want from 9 and empty", h.window.from, len(h.window.entries))
 	}
-	if h.bufferBytes != 0 {
-		t.Fatalf("buffer holds %d bytes of values with only spilled revisions left, want 0", h.bufferBytes)
+	if h.order.bufferBytes != 0 {
+		t.Fatalf("buffer holds %d bytes of values with only spilled revisions left, want 0", h.order.bufferBytes)
 	}
 
 	// 9 arrives: above spillFrom, it is spilled too, and all is settled.
-	h.accept(put(9, "/z/x", value))
+	h.order.accept(put(9, "/z/x", value))
 	h.advance()
-	h.spill()
-	if got := h.Revision(); got != 10 || len(h.buffer) != 0 || h.spillFrom != 0 {
-		t.Fatalf("watermark %d, %d buffered, spillFrom %d; want 10, 0, 0", got, len(h.buffer), h.spillFrom)
+	h.order.spill()
+	if got := h.Revision(); got != 10 || len(h.order.buffer) != 0 || h.order.spillFrom != 0 {
+		t.Fatalf("watermark %d, %d buffered, spillFrom %d; want 10, 0, 0", got, len(h.order.buffer), h.order.spillFrom)
 	}
 	if _, ok := h.unsynced[other]; !ok || other.next != 9 {
 		t.Fatalf("/z/ watcher: unsynced %v, next %d; want to catch up from 9", ok, other.next)
 	}
 	// Values arrive with their values again.
-	h.accept(put(12, "/a", value))
-	if c := h.buffer[12]; c.spilled {
+	h.order.accept(put(12, "/a", value))
+	if c := h.order.buffer[12]; c.spilled {
 		t.Fatal("revision 12 spilled with the buffer empty before it")
 	}
 }
@@ -350,16 +350,16 @@ func TestReleaseInResponsesOfBoundedBytes(t *testing.T) {
 	// release settles revisions from..to at once, from held back until last.
 	release := func(h *Hub, from, to int64) {
 		for rev := from + 1; rev <= to; rev++ {
-			h.accept(put(rev, "/a", value))
+			h.order.accept(put(rev, "/a", value))
 		}
 		h.advance()
-		h.accept(put(from, "/a", value))
+		h.order.accept(put(from, "/a", value))
 		h.advance()
 	}
 	t.Run("reader keeps up", func(t *testing.T) {
 		h := testHub(Config{WatcherBytes: 1 << 20})
 		h.responseBytes = 4 * per // as maxResponseBytes would make it for values this size
-		h.accept(&txn{base: 1})
+		h.order.accept(&txn{base: 1})
 		fast := &watcher{rng: store.Prefix([]byte("/")), ch: make(chan WatchResponse, 16), next: 2}
 		h.synced.add(fast)
 		release(h, 2, 10)
@@ -384,7 +384,7 @@ func TestReleaseInResponsesOfBoundedBytes(t *testing.T) {
 	})
 	t.Run("reader does not read", func(t *testing.T) {
 		h := testHub(Config{WatcherBytes: 4 * per})
-		h.accept(&txn{base: 1})
+		h.order.accept(&txn{base: 1})
 		slow := &watcher{rng: store.Prefix([]byte("/")), ch: make(chan WatchResponse, 16), next: 2}
 		h.synced.add(slow)
 		release(h, 2, 11)
@@ -412,7 +412,7 @@ func TestReleaseInResponsesOfBoundedBytes(t *testing.T) {
 func TestDropValues(t *testing.T) {
 	h := testHub(Config{})
 	c := &committed{rows: put(2, "/k", 1<<20).rows}
-	h.dropValues(c)
+	h.order.dropValues(c)
 	if !c.spilled || c.rows[0].value != nil || !bytes.Equal(c.rows[0].key, []byte("/k")) || cap(c.rows[0].key) > 8 {
 		t.Fatalf("after dropValues: spilled %v, value %d bytes, key %q (cap %d)", c.spilled, len(c.rows[0].value), c.rows[0].key, cap(c.rows[0].key))
 	}

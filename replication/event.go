@@ -60,9 +60,15 @@ type WatchResponse struct {
 	Events []Event
 	// Revision: for events, the revision of the last one; for a progress
 	// mark, the revision up to which everything has been delivered.
-	Revision        int64
-	Canceled        bool
-	Err             error // why the watch ended: a *store.CompactedError, ErrWatcherTooSlow, ...
+	Revision int64
+	Canceled bool
+	// Err is why the watch ended: a *store.CompactedError (a watcher
+	// catching up from the table found its revisions compacted), an error
+	// matching ErrHubStopped (wrapping Run's failure when there was one),
+	// the watch's context's deadline, or a failed read of previous values.
+	// A watcher too slow to keep up is not ended: it catches up from the
+	// table.
+	Err             error
 	CompactRevision int64 // set when Err is a compaction
 }
 

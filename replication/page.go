@@ -3,8 +3,24 @@ package replication
 import (
 	"context"
 	"fmt"
+	"strings"
 
 	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgxpool"
+
+	"github.com/walwatch/walwatch/store"
+)
+
+// Tunables of the table reads.
+var (
+	// pageRows bounds the rows of a page of any table read: the first read
+	// of a session (and the read after a reconnect) and a catch-up read. A
+	// revision larger than a page is read whole, alone.
+	pageRows = 5000
+	// firstReadPageBytes bounds the bytes of keys and values of a page of
+	// the first table read of a session; a catch-up page takes at most a
+	// response's bytes.
+	firstReadPageBytes = 16 << 20
 )
 
 // Table reads (the first read of a session, a watcher's catch-up) go in
@@ -17,6 +33,79 @@ import (
 // pageEnd picks the last revision that keeps the page within its bounds.
 // When every row up to it came whole, that is the page; otherwise the second
 // statement reads the rows up to it, whole revisions with no limit.
+
+// tableRead is one paged read of walwatch.kv: the rows after a revision (up
+// to another, in a key range), in (revision, sub) order, a page at a time.
+// The first read of a session takes every row, fillers too (they settle
+// their revisions); a catch-up takes the rows of its watcher's range, which
+// never holds a filler (their key is empty).
+type tableRead struct {
+	q        querier
+	keys     *store.KeyRange // nil: every row, fillers included
+	after    int64           // the last revision read: the next page starts after it
+	upto     int64           // the last revision to read; 0: no bound
+	maxRows  int
+	maxBytes int
+	done     bool // the last page has been read
+}
+
+// next reads the next page: whole revisions, at most maxRows rows and
+// maxBytes bytes (rowsSize), or else the next revision alone, whole, however
+// large. Once done it returns no rows. compacted is the compacted revision,
+// read in the same snapshot as the rows; 0 when the page is empty.
+func (r *tableRead) next(ctx context.Context) (page []row, compacted int64, err error) {
+	if r.done {
+		return nil, 0, nil
+	}
+	where, args := r.filter()
+	page, compacted, more, err := readPage(ctx, r.q, where, args, r.maxRows, r.maxBytes)
+	if err != nil {
+		return nil, 0, err
+	}
+	if len(page) > 0 {
+		r.after = page[len(page)-1].revision
+	}
+	r.done = !more || len(page) == 0
+	return page, compacted, nil
+}
+
+// filter is the read's where clause and its parameters. Each kind of read
+// keeps one text, so its statement description stays cached.
+func (r *tableRead) filter() (string, []any) {
+	var (
+		conds []string
+		args  []any
+	)
+	arg := func(cond string, v any) {
+		args = append(args, v)
+		conds = append(conds, fmt.Sprintf(cond, len(args)))
+	}
+	if r.keys != nil {
+		arg("key >= $%d", r.keys.Key)
+		if hi := rangeUpper(*r.keys); hi != nil {
+			arg("key < $%d", hi)
+		}
+		conds = append(conds, "key <> ''")
+	}
+	arg("revision > $%d", r.after)
+	if r.upto > 0 {
+		arg("revision <= $%d", r.upto)
+	}
+	return strings.Join(conds, " and "), args
+}
+
+// rangeUpper is the exclusive upper bound of rng for a table read: nil means
+// no bound.
+func rangeUpper(rng store.KeyRange) []byte {
+	switch {
+	case len(rng.End) == 0:
+		return append(append([]byte{}, rng.Key...), 0)
+	case len(rng.End) == 1 && rng.End[0] == 0:
+		return nil
+	default:
+		return rng.End
+	}
+}
 
 // rowSize is one row's revision and the memory it will take (rowsSize).
 type rowSize struct {
@@ -40,6 +129,11 @@ type querier interface {
 	Query(ctx context.Context, sql string, args ...any) (pgx.Rows, error)
 }
 
+var (
+	_ querier = (*pgxpool.Pool)(nil)
+	_ querier = pgx.Tx(nil)
+)
+
 // pageMode plans each page read for its own parameters, as changes_between
 // does (a prefix of everything and a single key want different indexes; a
 // cached generic plan made a catch-up page three times slower), with binary
@@ -51,7 +145,7 @@ const pageMode = pgx.QueryExecModeCacheDescribe
 // maxRows rows and maxBytes bytes (rowsSize), or else the first revision
 // alone, whole, however large. more reports whether rows may follow the
 // page. compacted is the compacted revision, read in the same snapshot as
-// the rows; 0 when the page is empty.
+// the rows; 0 when the page is empty. tableRead.next is its caller.
 func readPage(ctx context.Context, q querier, where string, args []any, maxRows, maxBytes int) (page []row, compacted int64, more bool, err error) {
 	n := len(args)
 	// Rows up to inline bytes come whole with the sizes: maxRows+1 of them

@@ -1,6 +1,7 @@
 package replication
 
 import (
+	"cmp"
 	"context"
 	"errors"
 	"fmt"
@@ -20,7 +21,8 @@ import (
 )
 
 // streamLoop runs replication sessions until ctx ends, reconnecting with
-// backoff and jitter after each failure.
+// backoff and jitter after each failure that may be an outage. It returns
+// nil when ctx ends, and the first failure no retry mends (setupFailure).
 func (h *Hub) streamLoop(ctx context.Context) error {
 	backoff := reconnectBackoffMin
 	for {
@@ -28,16 +30,17 @@ func (h *Hub) streamLoop(ctx context.Context) error {
 		if ctx.Err() != nil {
 			return nil
 		}
+		if err := setupFailure(err); err != nil {
+			return err
+		}
 		h.metrics.reconnect()
 		if streamed {
 			backoff = reconnectBackoffMin
 		}
 		wait := backoff/2 + rand.N(backoff/2+1)
 		h.troubles.stream.failed(err, "reconnect_in", wait.Round(time.Millisecond))
-		select {
-		case <-ctx.Done():
+		if !sleep(ctx, wait) {
 			return nil
-		case <-time.After(wait):
 		}
 		backoff = min(backoff*2, reconnectBackoffMax)
 	}
@@ -52,10 +55,14 @@ var pluginArgs = []string{
 	"binary 'true'",
 }
 
-// session is one replication connection's life: make sure the slot exists,
-// read what the table holds beyond the watermark, then stream. streamed
-// reports whether it got as far as streaming.
+// session is one replication connection's life: check the server's setup,
+// make sure the slot exists, read what the table holds beyond the
+// watermark, then stream. streamed reports whether it got as far as
+// streaming.
 func (h *Hub) session(ctx context.Context) (streamed bool, err error) {
+	if err := h.checkSetup(ctx); err != nil {
+		return false, err
+	}
 	conn, err := pgconn.ConnectConfig(ctx, h.repl)
 	if err != nil {
 		return false, fmt.Errorf("open replication connection: %w", err)
@@ -92,6 +99,12 @@ func (h *Hub) prepareSlot(ctx context.Context, conn *pgconn.PgConn) (name, snaps
 		name = fmt.Sprintf("walwatch_tmp_%d_%d", os.Getpid(), rand.Uint32())
 	} else {
 		info, err := GetSlot(ctx, h.cfg.Pool, name)
+		if err == nil {
+			// The server's default database is the user's name.
+			if err := checkSlot(info, cmp.Or(h.repl.Database, h.repl.User)); err != nil {
+				return "", "", err
+			}
+		}
 		switch {
 		case err == nil && info.WALStatus == "lost":
 			h.log.Warn("replication slot was invalidated; replacing it and catching up from the table", "slot", name)
@@ -149,21 +162,17 @@ func (h *Hub) readTable(ctx context.Context, snapshot string) error {
 	// than a page comes whole, alone; see readPage), each read once the hub
 	// has taken the one before: the reorder buffer bounds what stays behind
 	// a hole.
-	for {
+	read := tableRead{q: tx, after: from, maxRows: pageRows, maxBytes: firstReadPageBytes}
+	for !read.done {
 		if err := h.inbox.waitBelow(ctx, 0); err != nil {
-			return fmt.Errorf("read table after revision %d: %w", from, err)
+			return fmt.Errorf("read table after revision %d: %w", read.after, err)
 		}
-		page, _, more, err := readPage(ctx, tx, "revision > $1", []any{from}, tablePage, tablePageBytes)
+		page, _, err := read.next(ctx)
 		if err != nil {
 			return err
 		}
-		if len(page) == 0 {
-			break
-		}
-		from = page[len(page)-1].revision
-		h.inbox.push(&txn{rows: page})
-		if !more {
-			break
+		if len(page) > 0 {
+			h.inbox.push(&txn{rows: page})
 		}
 	}
 	if first {
@@ -188,7 +197,7 @@ func (h *Hub) receive(ctx context.Context, conn *pgconn.PgConn) error {
 		nextStatus = time.Now().Add(h.cfg.StatusInterval)
 	)
 	sendStatus := func() error {
-		pos := pglogrepl.LSN(h.settledLSN.Load())
+		pos := h.order.confirmed()
 		// Nothing in flight: confirm the server's WAL end, so a quiet
 		// revision table does not pin the WAL other tables write.
 		if !dec.inTxn() && pos >= handedOff && serverEnd > pos {

@@ -27,9 +27,6 @@ var (
 	// release after a long-held revision may carry a whole reorder buffer.
 	// Whole revisions are never split, so one big revision may exceed it.
 	maxResponseBytes = 4 << 20
-	// catchUpPage is how many rows a catch-up read takes from the table; it
-	// takes at most a response's bytes too.
-	catchUpPage = 5000
 	// catchUpBackoffMax bounds the wait between catch-up reads while they
 	// fail (PostgreSQL is down): the wait doubles from syncInterval.
 	catchUpBackoffMax = time.Second
@@ -44,9 +41,13 @@ var (
 // trySend, but for cancelLocked's last word), so a check for room in ch
 // stays true until the send.
 type watcher struct {
-	rng          store.KeyRange
-	ch           chan WatchResponse
-	next         int64          // the first revision not yet delivered (or skipped as not matching)
+	rng store.KeyRange
+	ch  chan WatchResponse
+	// next is the first revision not yet delivered (or skipped as not
+	// matching) to a watcher that is not live. A live one's is the
+	// watermark's successor, or its start if that is later: it is written
+	// down when the watcher leaves the live group.
+	next         int64
 	pending      *WatchResponse // a victim's response that did not fit in ch
 	pendingBytes int            // its events' size
 	err          error          // why the watch ended, once it has
@@ -170,7 +171,7 @@ func (h *Hub) Watch(ctx context.Context, req WatchRequest) (*Watcher, error) {
 	select {
 	case <-h.ready:
 	case <-h.stopped:
-		return nil, ErrHubStopped
+		return nil, h.stopError()
 	case <-ctx.Done():
 		return nil, ctx.Err()
 	}
@@ -185,14 +186,15 @@ func (h *Hub) Watch(ctx context.Context, req WatchRequest) (*Watcher, error) {
 	}
 	wt := &watcher{rng: req.Range, progress: req.ProgressNotify, ch: make(chan WatchResponse, chanBufLen), next: req.StartRevision}
 	h.mu.Lock()
-	if h.closed {
+	if h.closed != nil {
+		err := h.closed
 		h.mu.Unlock()
-		return nil, ErrHubStopped
+		return nil, err
 	}
 	if wt.next == 0 {
-		wt.next = h.watermark + 1
+		wt.next = h.order.watermark + 1
 	}
-	if wt.next > h.watermark {
+	if wt.next > h.order.watermark {
 		h.synced.add(wt)
 	} else {
 		h.unsynced[wt] = struct{}{}
@@ -239,16 +241,29 @@ func (h *Hub) cancelLocked(wt *watcher, err error) {
 	h.metrics.watchers(h.synced.len() + len(h.unsynced) + len(h.victims))
 }
 
-func (h *Hub) closeWatchers() {
+// closeWatchers ends every watch, and any later one, with reason: the hub
+// has stopped.
+func (h *Hub) closeWatchers(reason error) {
 	h.mu.Lock()
 	defer h.mu.Unlock()
-	h.closed = true
-	h.synced.each(func(wt *watcher) { h.cancelLocked(wt, ErrHubStopped) })
+	h.closed = reason
+	h.synced.each(func(wt *watcher) { h.cancelLocked(wt, reason) })
 	for _, set := range []watcherSet{h.unsynced, h.victims} {
 		for wt := range set {
-			h.cancelLocked(wt, ErrHubStopped)
+			h.cancelLocked(wt, reason)
 		}
 	}
+}
+
+// stopError is why the hub stopped, once Stopped is closed: ErrHubStopped,
+// or an error wrapping it and Run's failure.
+func (h *Hub) stopError() error {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	if h.closed == nil {
+		return ErrHubStopped
+	}
+	return h.closed
 }
 
 func (h *Hub) wake() {
@@ -291,15 +306,14 @@ func matching(rng store.KeyRange, from int64, revs []revEvents, all []Event) []E
 	return out
 }
 
-// release publishes revisions that just became settled: they join the window
-// and go to every live watcher, in runs of at most a response's bytes. A
-// watcher with no room for its response (a full channel, or too many bytes
-// queued) becomes a victim instead of holding anyone up. A run of spilled
-// revisions (released without their values) sends the live watchers it
-// concerns to catch up from the table, and moves the window past it.
-func (h *Hub) release(revs []revEvents, watermark int64) {
-	h.mu.Lock()
-	defer h.mu.Unlock()
+// release publishes revisions that just became settled, as the watermark
+// moved past them (advance, which holds mu): they join the window and go to
+// every live watcher, in runs of at most a response's bytes. A watcher with
+// no room for its response (a full channel, or too many bytes queued)
+// becomes a victim instead of holding anyone up. A run of spilled revisions
+// (released without their values) sends the live watchers it concerns to
+// catch up from the table, and moves the window past it.
+func (h *Hub) release(revs []revEvents) {
 	caughtUp := false
 	for len(revs) > 0 {
 		n, size := 1, revs[0].bytes
@@ -322,7 +336,6 @@ func (h *Hub) release(revs []revEvents, watermark int64) {
 		}
 		h.deliver(run)
 	}
-	h.watermark = watermark
 	close(h.advanced)
 	h.advanced = make(chan struct{})
 	h.metrics.windowSize(h.window.bytes)
@@ -396,7 +409,7 @@ func (h *Hub) syncVictimsLoop(ctx context.Context) {
 			}
 			wt.pending, wt.pendingBytes = nil, 0
 			delete(h.victims, wt)
-			if wt.next > h.watermark {
+			if wt.next > h.order.watermark {
 				h.synced.add(wt)
 			} else {
 				h.unsynced[wt] = struct{}{}
@@ -439,6 +452,10 @@ func (h *Hub) syncWatchersLoop(ctx context.Context) {
 			more = more || behind
 		}
 		if err != nil {
+			if err := setupFailure(err); err != nil {
+				h.fail(err)
+				return
+			}
 			// Back off: without it, each watcher behind would query a
 			// PostgreSQL that is down every syncInterval.
 			h.troubles.catchUp.failed(err)
@@ -470,7 +487,7 @@ func (h *Hub) syncWatcher(ctx context.Context, wt *watcher) (behind bool, err er
 		return false, nil
 	}
 	limit := min(room, h.responseBytes)
-	w := h.watermark
+	w := h.order.watermark
 	if wt.next > w {
 		delete(h.unsynced, wt)
 		h.synced.add(wt)
@@ -494,7 +511,7 @@ func (h *Hub) syncWatcher(ctx context.Context, wt *watcher) (behind bool, err er
 	// Read the table only as far as every transaction is visible: a read
 	// past one that has committed but is not visible yet would skip it for
 	// good.
-	upto, err := h.visibleUpTo(ctx, w)
+	upto, err := h.visible.upTo(ctx, w)
 	if err == nil && upto < from {
 		return false, nil // not visible yet: try again on the next tick
 	}
@@ -541,26 +558,20 @@ func (h *Hub) deliverLocked(wt *watcher, evs []Event, next int64) {
 			return
 		}
 	}
-	if wt.next > h.watermark {
+	if wt.next > h.order.watermark {
 		delete(h.unsynced, wt)
 		h.synced.add(wt)
 	}
 }
 
 // readChanges reads the changes in rng from revision from up to upto from the
-// table, whole revisions only, at most catchUpPage rows and maxBytes bytes
+// table, whole revisions only, at most a page's rows and maxBytes bytes
 // (but one revision whole, however large), and returns them with the next
 // revision to read. A from below the compacted revision fails with a
 // *store.CompactedError, as changes_between does.
 func (h *Hub) readChanges(ctx context.Context, rng store.KeyRange, from, upto int64, maxBytes int) ([]Event, int64, error) {
-	lo, hi := rng.Key, rangeUpper(rng)
-	where := "key >= $1 and key < $2 and key <> '' and revision > $3 and revision <= $4"
-	args := []any{lo, hi, from - 1, upto}
-	if hi == nil {
-		where = "key >= $1 and key <> '' and revision > $2 and revision <= $3"
-		args = []any{lo, from - 1, upto}
-	}
-	page, compacted, more, err := readPage(ctx, h.cfg.Pool, where, args, catchUpPage, maxBytes)
+	read := tableRead{q: h.cfg.Pool, keys: &rng, after: from - 1, upto: upto, maxRows: pageRows, maxBytes: maxBytes}
+	page, compacted, err := read.next(ctx)
 	if err != nil {
 		return nil, 0, err
 	}
@@ -576,27 +587,14 @@ func (h *Hub) readChanges(ctx context.Context, rng store.KeyRange, from, upto in
 		return nil, 0, &store.CompactedError{Revision: from, CompactRevision: compacted}
 	}
 	next := upto + 1
-	if more {
-		next = page[len(page)-1].revision + 1
+	if !read.done {
+		next = read.after + 1
 	}
 	evs := make([]Event, len(page))
 	for i := range page {
 		evs[i] = page[i].event(0, time.Time{})
 	}
 	return evs, next, nil
-}
-
-// rangeUpper is the exclusive upper bound of rng for a table read: nil means
-// no bound.
-func rangeUpper(rng store.KeyRange) []byte {
-	switch {
-	case len(rng.End) == 0:
-		return append(append([]byte{}, rng.Key...), 0)
-	case len(rng.End) == 1 && rng.End[0] == 0:
-		return nil
-	default:
-		return rng.End
-	}
 }
 
 // progressLoop sends progress marks to idle live watchers that asked for
@@ -611,7 +609,7 @@ func (h *Hub) progressLoop(ctx context.Context) {
 		case <-t.C:
 		}
 		h.mu.Lock()
-		w := h.watermark
+		w := h.order.watermark
 		h.synced.each(func(wt *watcher) {
 			// Live, so everything up to the watermark has been sent, unless
 			// the watcher starts in the future.

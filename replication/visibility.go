@@ -1,0 +1,151 @@
+package replication
+
+import (
+	"context"
+	"fmt"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/jackc/pgx/v5/pgxpool"
+)
+
+// Tunables of the visibility check.
+var (
+	// visibleCheck bounds the revisions one visibility check reads.
+	visibleCheck int64 = 10000
+	// visibleRetryMax bounds the wait between visibility checks while a
+	// committed transaction is not visible yet.
+	visibleRetryMax = 100 * time.Millisecond
+)
+
+// visibility knows up to which settled revision every revision is visible.
+// The stream has a transaction once its commit is flushed, a moment before
+// other sessions can see it (longer while it waits for a synchronous
+// standby), so settled is not enough for a read: reads at a revision,
+// WaitFor and catch-up from the table stop at the visible mark (DESIGN.md,
+// "Consumer rules"). Its methods are safe for concurrent use.
+type visibility struct {
+	pool *pgxpool.Pool
+	// mark is a revision at or below the watermark up to which every
+	// revision's row is visible to any snapshot taken from now on. It only
+	// rises.
+	mark atomic.Int64
+	// mu lets one check of the table at a time raise mark; callers waiting
+	// for it share its answer. It is never held with Hub.mu.
+	mu sync.Mutex
+}
+
+// assume raises the mark to rev without a check: rev is known visible (an
+// earlier hub recorded it as the table's settled revision), and checks
+// start above it rather than at the table's first revision.
+func (v *visibility) assume(rev int64) {
+	for {
+		m := v.mark.Load()
+		if m >= rev || v.mark.CompareAndSwap(m, rev) {
+			return
+		}
+	}
+}
+
+// upTo returns the highest revision at or below upto (a settled one) up to
+// which every revision is visible, checking the table for what it does not
+// know yet.
+func (v *visibility) upTo(ctx context.Context, upto int64) (int64, error) {
+	if m := v.mark.Load(); m >= upto {
+		return upto, nil
+	}
+	v.mu.Lock()
+	defer v.mu.Unlock()
+	m := v.mark.Load()
+	for m < upto {
+		hi := min(upto, m+visibleCheck)
+		next, err := v.check(ctx, m, hi)
+		if err != nil {
+			return m, err
+		}
+		v.mark.Store(next)
+		if next < hi {
+			return next, nil // a transaction at next+1 is not visible yet
+		}
+		m = next
+	}
+	return upto, nil
+}
+
+// check returns the highest revision r in [after, hi] such that every
+// revision in (after, r] is visible. Every settled revision has a row with
+// sub 0 (a write's first row or a filler), and a row one snapshot sees
+// belongs to a transaction every later snapshot sees too. Compaction
+// removes rows below its revision, where reads fail anyway: those need no
+// check.
+func (v *visibility) check(ctx context.Context, after, hi int64) (int64, error) {
+	var (
+		compacted int64
+		revs      []int64
+	)
+	err := v.pool.QueryRow(ctx,
+		`select m.compact_revision,
+		        array(select k.revision from walwatch.kv k
+		               where k.revision > greatest($1, m.compact_revision) and k.revision <= $2 and k.sub = 0
+		               order by k.revision)
+		   from walwatch.meta m`, after, hi).Scan(&compacted, &revs)
+	if err != nil {
+		return after, fmt.Errorf("check which revisions after %d are visible: %w", after, err)
+	}
+	next := min(max(after, compacted), hi)
+	for _, rev := range revs {
+		if rev != next+1 {
+			break
+		}
+		next = rev
+	}
+	return next, nil
+}
+
+// WaitFor waits until rev is settled and every transaction at or below it
+// is visible: from then on a read at rev sees every write at or below it and
+// will never change. A reader that wants its own writes (read at the store's
+// current revision) waits for that.
+func (h *Hub) WaitFor(ctx context.Context, rev int64) error {
+	for {
+		h.mu.Lock()
+		w, advanced := h.order.watermark, h.advanced
+		h.mu.Unlock()
+		if w >= rev {
+			break
+		}
+		select {
+		case <-advanced:
+		case <-ctx.Done():
+			return fmt.Errorf("wait for revision %d (settled up to %d): %w", rev, w, ctx.Err())
+		case <-h.stopped:
+			return h.stopError()
+		}
+	}
+	retry := time.Millisecond
+	for {
+		v, err := h.visible.upTo(ctx, rev)
+		if err != nil {
+			return fmt.Errorf("wait for revision %d: %w", rev, err)
+		}
+		if v >= rev {
+			return nil
+		}
+		select {
+		case <-time.After(retry):
+		case <-ctx.Done():
+			return fmt.Errorf("wait for revision %d (visible up to %d): %w", rev, v, ctx.Err())
+		case <-h.stopped:
+			return h.stopError()
+		}
+		retry = min(2*retry, visibleRetryMax)
+	}
+}
+
+// ReadRevision returns the highest revision a read can use knowing that it
+// sees everything the hub has delivered or will deliver at or below it, and
+// will never change: load state at it, then watch from the next one.
+func (h *Hub) ReadRevision(ctx context.Context) (int64, error) {
+	return h.visible.upTo(ctx, h.Revision())
+}
