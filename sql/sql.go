@@ -1,10 +1,29 @@
 // Package sql holds walwatch's schema and SQL functions, embedded into the
 // build, and applies them to a database.
 //
-// Migrations are numbered files in migrations/; each runs once, in order, in
-// the transaction that records it, so a re-run is a no-op and a newer binary
-// upgrades an older schema. Functions are created with "create or replace", so
-// a later migration changes one by defining it again.
+// What a database has is written down once, in three kinds of file:
+//
+//   - schema.sql: the tables, sequence, index and publication as this
+//     version has them. A fresh database gets this file.
+//   - functions.sql: every function, each defined once with "create or
+//     replace". Migrate runs it every time, after the tables, so a function
+//     changes by being edited there.
+//   - upgrades/NNNN_name.sql: what must happen once to bring an older
+//     database to version NNNN: a change to a table, the index, the sequence
+//     or the publication, or dropping a function (which "create or replace"
+//     cannot do). schema.sql holds the result too, so a fresh database never
+//     runs these.
+//
+// The schema version goes up by one with every change that reaches the
+// database, in any of the three files, so that CheckVersion sends a database
+// that lacks it to `walwatch migrate`. A change to functions.sql needs only
+// that bump. TestUpgradeEqualsFresh checks that an upgraded database ends
+// with the same catalog as a fresh one.
+//
+// Versions 1 to 10 were numbered migrations that each defined some functions
+// again; version 11 squashed them into the files above. A database at 9 or 10
+// (the versions that existed when they were squashed) is upgraded in place;
+// older ones are refused.
 package sql
 
 import (
@@ -20,8 +39,16 @@ import (
 	"github.com/jackc/pgx/v5"
 )
 
-//go:embed migrations/*.sql
+//go:embed schema.sql functions.sql upgrades/*.sql
 var files embed.FS
+
+// version is the schema version this build brings (Latest).
+const version = 11
+
+// oldestUpgradable is the oldest schema version Migrate upgrades in place:
+// the squashed history's last two versions, 9 and 10, have the tables
+// schema.sql has.
+const oldestUpgradable = 9
 
 // Schema is the PostgreSQL schema that holds every walwatch object.
 const Schema = "walwatch"
@@ -33,49 +60,44 @@ const Publication = "walwatch"
 // (any fixed number nobody else uses; this one spells "walwatch" in ASCII).
 const migrateLock int64 = 0x77616c7761746368
 
-// Migration is one numbered schema change.
-type Migration struct {
-	Version int
-	Name    string
-	SQL     string
+// upgrade is one step in upgrades/: it brings a database at an older version
+// to version.
+type upgrade struct {
+	version int
+	name    string
+	sql     string
 }
 
-// Migrations returns the embedded migrations in version order.
-func Migrations() ([]Migration, error) {
-	entries, err := fs.ReadDir(files, "migrations")
+// upgrades returns the embedded upgrade steps in version order.
+func upgrades() ([]upgrade, error) {
+	entries, err := fs.ReadDir(files, "upgrades")
 	if err != nil {
-		return nil, fmt.Errorf("read embedded migrations: %w", err)
+		return nil, fmt.Errorf("read embedded upgrades: %w", err)
 	}
-	var ms []Migration
+	var us []upgrade
 	for _, e := range entries {
 		num, _, ok := strings.Cut(e.Name(), "_")
 		v, err := strconv.Atoi(num)
-		if !ok || err != nil || v <= 0 {
-			return nil, fmt.Errorf("migration %s: name must start with a positive number and '_'", e.Name())
+		if !ok || err != nil || v <= oldestUpgradable || v > version {
+			return nil, fmt.Errorf("upgrade %s: name must start with a version from %d to %d and '_'", e.Name(), oldestUpgradable+1, version)
 		}
-		body, err := fs.ReadFile(files, "migrations/"+e.Name())
+		body, err := fs.ReadFile(files, "upgrades/"+e.Name())
 		if err != nil {
-			return nil, fmt.Errorf("read migration %s: %w", e.Name(), err)
+			return nil, fmt.Errorf("read upgrade %s: %w", e.Name(), err)
 		}
-		ms = append(ms, Migration{Version: v, Name: e.Name(), SQL: string(body)})
+		us = append(us, upgrade{version: v, name: e.Name(), sql: string(body)})
 	}
-	sort.Slice(ms, func(i, j int) bool { return ms[i].Version < ms[j].Version })
-	for i := range ms {
-		if ms[i].Version != i+1 {
-			return nil, fmt.Errorf("migration %s: versions must run 1, 2, 3... without gaps", ms[i].Name)
+	sort.Slice(us, func(i, j int) bool { return us[i].version < us[j].version })
+	for i := 1; i < len(us); i++ {
+		if us[i].version == us[i-1].version {
+			return nil, fmt.Errorf("upgrades %s and %s: one step per version", us[i-1].name, us[i].name)
 		}
 	}
-	return ms, nil
+	return us, nil
 }
 
 // Latest returns the schema version this build brings.
-func Latest() int {
-	ms, err := Migrations()
-	if err != nil || len(ms) == 0 {
-		return 0
-	}
-	return ms[len(ms)-1].Version
-}
+func Latest() int { return version }
 
 // Beginner is what Migrate needs of a connection or pool.
 type Beginner interface {
@@ -87,13 +109,24 @@ type Result struct {
 	From, To int // schema version before and after
 }
 
-// Migrate brings the walwatch schema up to this build's version. It is safe to
-// run concurrently and repeatedly. A database whose schema is newer than this
-// build is an error: an older binary must not write to it.
+// Migrate brings the walwatch schema up to this build's version: schema.sql
+// on a database without it, the steps in upgrades/ on an older one, and
+// functions.sql on every call, all in one transaction. It is safe to run
+// concurrently and repeatedly. A database whose schema is newer than this
+// build is an error: an older binary must not write to it. So is one older
+// than version 9.
 func Migrate(ctx context.Context, db Beginner) (Result, error) {
-	ms, err := Migrations()
+	us, err := upgrades()
 	if err != nil {
 		return Result{}, err
+	}
+	schema, err := fs.ReadFile(files, "schema.sql")
+	if err != nil {
+		return Result{}, fmt.Errorf("read embedded schema.sql: %w", err)
+	}
+	functions, err := fs.ReadFile(files, "functions.sql")
+	if err != nil {
+		return Result{}, fmt.Errorf("read embedded functions.sql: %w", err)
 	}
 	tx, err := db.Begin(ctx)
 	if err != nil {
@@ -115,28 +148,57 @@ func Migrate(ctx context.Context, db Beginner) (Result, error) {
 			return Result{}, fmt.Errorf("migrate: prepare schema %s: %w", Schema, err)
 		}
 	}
-	var res Result
-	if err := tx.QueryRow(ctx, "select coalesce(max(version), 0) from "+Schema+".schema_migrations").Scan(&res.From); err != nil {
+	var from int
+	if err := tx.QueryRow(ctx, "select coalesce(max(version), 0) from "+Schema+".schema_migrations").Scan(&from); err != nil {
 		return Result{}, fmt.Errorf("migrate: read schema version: %w", err)
 	}
-	res.To = res.From
-	if res.From > len(ms) {
-		return res, fmt.Errorf("migrate: database schema is at version %d, newer than this build's %d: upgrade walwatch", res.From, len(ms))
+	unchanged := Result{From: from, To: from}
+	// run runs one file (no arguments: the simple protocol runs all its
+	// statements) and, when v is above the version recorded so far, records
+	// v as reached by it.
+	recorded := from
+	run := func(name, body string, v int) error {
+		if _, err := tx.Exec(ctx, body); err != nil {
+			return fmt.Errorf("migrate: apply %s: %w", name, err)
+		}
+		if v <= recorded {
+			return nil
+		}
+		if _, err := tx.Exec(ctx, "insert into "+Schema+".schema_migrations (version, name) values ($1, $2)", v, name); err != nil {
+			return fmt.Errorf("migrate: record version %d (%s): %w", v, name, err)
+		}
+		recorded = v
+		return nil
 	}
-	for _, m := range ms[res.From:] {
-		// No arguments: the simple protocol runs the whole file, several statements.
-		if _, err := tx.Exec(ctx, m.SQL); err != nil {
-			return Result{From: res.From, To: res.From}, fmt.Errorf("migrate: apply %s: %w", m.Name, err)
+	switch {
+	case from > version:
+		return unchanged, fmt.Errorf("migrate: database schema is at version %d, newer than this build's %d: upgrade walwatch", from, version)
+	case from == 0:
+		if err := run("schema.sql", string(schema), version); err != nil {
+			return unchanged, err
 		}
-		if _, err := tx.Exec(ctx, "insert into "+Schema+".schema_migrations (version, name) values ($1, $2)", m.Version, m.Name); err != nil {
-			return Result{From: res.From, To: res.From}, fmt.Errorf("migrate: record %s: %w", m.Name, err)
+	case from < oldestUpgradable:
+		return unchanged, fmt.Errorf("migrate: database schema is at version %d, older than %d, the oldest this build upgrades: "+
+			"upgrade it with an older walwatch first, or drop it (drop schema %s cascade; drop publication %s) and migrate again",
+			from, oldestUpgradable, Schema, Publication)
+	default:
+		for _, u := range us {
+			if u.version > from {
+				if err := run(u.name, u.sql, u.version); err != nil {
+					return unchanged, err
+				}
+			}
 		}
-		res.To = m.Version
+	}
+	// A version that changed only functions has no step: functions.sql
+	// reaches it.
+	if err := run("functions.sql", string(functions), version); err != nil {
+		return unchanged, err
 	}
 	if err := tx.Commit(ctx); err != nil {
-		return Result{From: res.From, To: res.From}, fmt.Errorf("migrate: commit: %w", err)
+		return unchanged, fmt.Errorf("migrate: commit: %w", err)
 	}
-	return res, nil
+	return Result{From: from, To: version}, nil
 }
 
 // Querier is what Version needs of a connection or pool.

@@ -1,0 +1,621 @@
+-- Every walwatch function, each defined once, as the current schema version
+-- (sql.Latest) has it.
+--
+-- Migrate runs this whole file on every call, after schema.sql (a fresh
+-- database) or the steps in upgrades/ (an older one), in the same
+-- transaction. "create or replace" keeps each function's grants; a new
+-- function gets the default privileges.
+--
+-- To change a function, change it here and raise the version in sql.go, so
+-- that CheckVersion sends a database with the old functions to `walwatch
+-- migrate` (TestSQLPinnedToVersion reminds you); no step is needed. A step
+-- in upgrades/ is needed only for what create or replace cannot do:
+-- dropping a function, or changing its result type or parameter names (drop
+-- it there; this file creates it again).
+--
+-- A SQL-language function's body is checked when it is created, so each one
+-- comes after the functions it calls. The measurements behind the shapes
+-- chosen here are in docs/benchmarks/sql-notes.md.
+
+
+-- Errors --------------------------------------------------------------------
+
+-- Errors callers tell apart by SQLSTATE (the Go store maps them to typed
+-- errors in store/errors.go):
+--   WWC01  revision compacted; detail: the compacted revision
+--   WWF01  revision in the future; detail: the current revision
+--   WWK01  empty key
+-- Each has one function that raises it, so that its text is written once.
+
+create or replace function walwatch.raise_compacted(p_rev bigint, p_compacted bigint) returns void
+language plpgsql as $$
+begin
+    raise exception 'required revision % has been compacted (compacted revision %)', p_rev, p_compacted
+        using errcode = 'WWC01', detail = p_compacted::text;
+end
+$$;
+
+create or replace function walwatch.raise_future(p_rev bigint, p_current bigint) returns void
+language plpgsql as $$
+begin
+    raise exception 'required revision % is a future revision (current revision %)', p_rev, p_current
+        using errcode = 'WWF01', detail = p_current::text;
+end
+$$;
+
+create or replace function walwatch.raise_empty_key() returns void
+language plpgsql as $$
+begin
+    raise exception 'key is empty' using errcode = 'WWK01';
+end
+$$;
+
+-- Whether p_key is a key: at least one byte. A filler row is the only row
+-- with an empty key, and nobody may write or read one. A SQL expression
+-- the planner inlines, so that checking costs what the expression costs;
+-- a PL/pgSQL call would cost a put 2%.
+create or replace function walwatch.is_key(p_key bytea) returns boolean
+language sql immutable as $$
+    select coalesce(length(p_key) > 0, false)
+$$;
+
+
+-- Revisions -----------------------------------------------------------------
+
+-- The current and the compacted revision, in one read. The current revision
+-- is the newest one written, never below the compacted one (compaction may
+-- remove the newest row when it is a tombstone); an empty store is at 1.
+-- Set-returning so that the planner inlines it into the statements of
+-- current_revision and read_revision, which cache their plans.
+create or replace function walwatch.revisions(out current_revision bigint, out compact_revision bigint)
+returns setof record
+language sql stable as $$
+    select greatest(coalesce((select max(k.revision) from walwatch.kv k), 1), m.compact_revision),
+           m.compact_revision
+    from walwatch.meta m
+$$;
+
+-- These two are PL/pgSQL, not SQL: a SQL function called on its own is
+-- planned on every call, a PL/pgSQL one caches its plan.
+create or replace function walwatch.compact_revision() returns bigint
+language plpgsql stable as $$
+begin
+    return (select m.compact_revision from walwatch.meta m);
+end
+$$;
+
+create or replace function walwatch.current_revision() returns bigint
+language plpgsql stable as $$
+begin
+    return (select r.current_revision from walwatch.revisions() r);
+end
+$$;
+
+-- The revision a read uses: 0 (or null) means the current one. Fails below
+-- the compacted revision and above the current one; the compacted revision
+-- itself still reads.
+create or replace function walwatch.read_revision(p_rev bigint) returns bigint
+language plpgsql stable as $$
+declare
+    cur bigint;
+    compacted bigint;
+begin
+    select r.current_revision, r.compact_revision into cur, compacted from walwatch.revisions() r;
+    if p_rev is null or p_rev = 0 then
+        return cur;
+    end if;
+    if p_rev < 0 then
+        raise exception 'invalid revision %: must be 0 (latest) or positive', p_rev
+            using errcode = '22023';
+    end if;
+    if p_rev < compacted then
+        perform walwatch.raise_compacted(p_rev, compacted);
+    end if;
+    if p_rev > cur then
+        perform walwatch.raise_future(p_rev, cur);
+    end if;
+    return p_rev;
+end
+$$;
+
+
+-- Key ranges ----------------------------------------------------------------
+
+-- The end of the range holding every key that starts with p, as etcd
+-- computes it: the prefix with its last byte below 0xff incremented, or
+-- '\x00' (no end) when every byte is 0xff.
+create or replace function walwatch.prefix_end(p bytea) returns bytea
+language plpgsql immutable strict as $$
+declare
+    i integer := length(p);
+begin
+    while i > 0 loop
+        if get_byte(p, i - 1) < 255 then
+            return set_byte(substr(p, 1, i), i - 1, get_byte(p, i - 1) + 1);
+        end if;
+        i := i - 1;
+    end loop;
+    return '\x00'::bytea;
+end
+$$;
+
+-- The exclusive upper bound of a range given as etcd gives it, key and
+-- range_end: no end (null or empty) means the single key p_key, so the bound
+-- is p_key || '\x00'; the end '\x00' means every key from p_key on, so no
+-- bound (null); any other end is the bound. Every function here turns a
+-- range into bounds with this one, and a range is a single key exactly when
+-- its bound is range_upper(key, null).
+create or replace function walwatch.range_upper(p_key bytea, p_end bytea) returns bytea
+language sql immutable as $$
+    select case
+        when p_end is null or length(p_end) = 0 then p_key || '\x00'::bytea
+        when p_end = '\x00'::bytea then null
+        else p_end
+    end
+$$;
+
+
+-- Locks ---------------------------------------------------------------------
+
+-- The advisory lock that serialises writers of one key, so that version and
+-- create_revision stay exact; writers of different keys never wait for each
+-- other (a hash collision only makes two of them wait). Held until commit.
+create or replace function walwatch.key_lock(p_key bytea) returns bigint
+language sql immutable strict as $$
+    select hashtextextended(encode(p_key, 'escape'), 0)
+$$;
+
+-- Locks several keys in the order of their locks, so that two writers of the
+-- same keys cannot deadlock. put_batch takes its keys' locks in this order
+-- too.
+create or replace function walwatch.lock_keys(p_keys bytea[]) returns void
+language sql volatile as $$
+    select pg_advisory_xact_lock(h)
+    from (select distinct walwatch.key_lock(k) as h from unnest(p_keys) as k) as hs
+    order by h
+$$;
+
+
+-- Writes --------------------------------------------------------------------
+
+-- The row a write of p_key at (p_rev, p_sub) appends, worked out from the
+-- key's newest row as etcd counts: a put stores its value (a missing one as
+-- empty); a put to a key that has no row, or whose newest row is a
+-- tombstone, creates it (create_revision p_rev, version 1), and a later put
+-- keeps create_revision and adds one to version; a delete (p_tombstone)
+-- stores a tombstone with no value and both 0. prev_revision is the newest
+-- row's revision, 0 when there is none; created_at is the transaction's
+-- start, as the column's default. The caller holds the key's lock, so no
+-- other writer of the key comes in between.
+--
+-- The one definition of these rules: append and put_batch insert what it
+-- returns. It is set-returning, stable and not strict so that the planner
+-- inlines it into their inserts: the newest row is read inside the insert,
+-- with no call of its own.
+create or replace function walwatch.new_row(p_rev bigint, p_sub integer, p_key bytea, p_value bytea,
+                                            p_tombstone boolean, p_lease bigint)
+returns setof walwatch.kv
+language sql stable as $$
+    select p_rev, p_sub, p_key,
+           case when p_tombstone then null else coalesce(p_value, ''::bytea) end,
+           p_tombstone,
+           -- prev.tombstone is null when the key has no row
+           case when p_tombstone then 0 when prev.tombstone is not false then p_rev else prev.create_revision end,
+           case when p_tombstone then 0 when prev.tombstone is not false then 1 else prev.version + 1 end,
+           coalesce(prev.revision, 0),
+           coalesce(p_lease, 0),
+           now()
+    from (select) as one
+    left join (select k.revision, k.create_revision, k.version, k.tombstone
+                 from walwatch.kv k where k.key = p_key
+                order by k.revision desc limit 1) as prev on true
+$$;
+
+-- Appends one row for p_key at revision p_rev, or at a new revision from the
+-- sequence when p_rev is null, and returns the revision written. Takes the
+-- key's lock (advisory locks nest, so a caller that holds it already loses
+-- nothing).
+--
+-- A new revision can meet a filler: the watch hub settles a revision that
+-- outlives a grace period by inserting (revision, 0) itself. Only the first
+-- row of a revision can meet one, and losing to it just means taking the
+-- next revision, so no write fails for it. A given revision that is taken
+-- is an error.
+create or replace function walwatch.append(p_rev bigint, p_sub integer, p_key bytea, p_value bytea,
+                                           p_tombstone boolean, p_lease bigint default 0)
+returns bigint
+language plpgsql volatile as $$
+declare
+    rev bigint := p_rev;
+begin
+    if not walwatch.is_key(p_key) then
+        perform walwatch.raise_empty_key();
+    end if;
+    perform pg_advisory_xact_lock(walwatch.key_lock(p_key));
+    loop
+        if p_rev is null then
+            rev := nextval('walwatch.revision');
+        end if;
+        insert into walwatch.kv
+        select * from walwatch.new_row(rev, p_sub, p_key, p_value, p_tombstone, p_lease)
+        on conflict (revision, sub) do nothing;
+        if found then
+            return rev;
+        end if;
+        if p_rev is not null then
+            raise exception 'revision % sub % is already taken', p_rev, p_sub using errcode = '23505';
+        end if;
+    end loop;
+end
+$$;
+
+-- Puts one key: one revision, one round trip. A plain SQL wrapper, which
+-- the planner inlines into the caller's statement.
+create or replace function walwatch.put(p_key bytea, p_value bytea, p_lease bigint default 0) returns bigint
+language sql volatile as $$
+    select walwatch.append(null, 0, p_key, p_value, false, p_lease)
+$$;
+
+-- Puts p_values[i] at p_keys[i] for every i, each at a new revision of its
+-- own (as in etcd), and returns the revisions in the order given. The Go
+-- store sends the puts that arrive while earlier ones are in flight here, in
+-- one transaction.
+--
+-- Its rows go in with plain inserts, not append's ON CONFLICT DO NOTHING, a
+-- speculative insertion that costs an index probe and one more WAL record
+-- per row. So a batch whose new revision the hub has already taken with a
+-- filler fails with unique_violation (23505) instead of taking the next
+-- one; the Go store then writes its puts one by one through put, which
+-- steps over fillers.
+create or replace function walwatch.put_batch(p_keys bytea[], p_values bytea[]) returns bigint[]
+language plpgsql volatile as $$
+declare
+    n integer := coalesce(cardinality(p_keys), 0);
+    revs bigint[] := '{}';
+    i integer;
+    k bytea;
+    v bytea;
+    rev bigint;
+begin
+    if n <> coalesce(cardinality(p_values), 0) then
+        raise exception 'put_batch got % keys and % values', n, coalesce(cardinality(p_values), 0)
+            using errcode = '22023';
+    end if;
+    -- Keys in the order of their locks, as lock_keys takes them, so that
+    -- batches and transactions over the same keys cannot deadlock; a key
+    -- given twice is written twice, in the order given.
+    for i, k, v in select t.o, t.k, t.v from unnest(p_keys, p_values) with ordinality as t(k, v, o)
+                   order by walwatch.key_lock(t.k), t.o loop
+        if not walwatch.is_key(k) then
+            perform walwatch.raise_empty_key();
+        end if;
+        perform pg_advisory_xact_lock(walwatch.key_lock(k));
+        rev := nextval('walwatch.revision');
+        insert into walwatch.kv select * from walwatch.new_row(rev, 0, k, v, false, 0);
+        revs[i] := rev;
+    end loop;
+    return revs;
+end
+$$;
+
+
+-- Reads ---------------------------------------------------------------------
+
+-- The newest row of each key in [p_lo, p_hi) at or below p_rev, live keys
+-- only, in key order, at most p_limit (null: all). p_hi null means no upper
+-- bound; the two cases are two queries so that each keeps its index bounds.
+-- Planned for each call's values: a cached generic plan guessed a handful
+-- of rows and scanned a whole prefix through the key index, then sorted.
+create or replace function walwatch.latest_rows(p_lo bytea, p_hi bytea, p_rev bigint, p_limit bigint)
+returns setof walwatch.kv
+language plpgsql stable
+set plan_cache_mode = force_custom_plan
+as $$
+begin
+    if p_hi is null then
+        return query
+            select * from (select distinct on (k.key) k.* from walwatch.kv k
+                           where k.key >= p_lo and k.revision <= p_rev
+                           order by k.key, k.revision desc) t
+            where not t.tombstone order by t.key limit p_limit;
+    else
+        return query
+            select * from (select distinct on (k.key) k.* from walwatch.kv k
+                           where k.key >= p_lo and k.key < p_hi and k.revision <= p_rev
+                           order by k.key, k.revision desc) t
+            where not t.tombstone order by t.key limit p_limit;
+    end if;
+end
+$$;
+
+-- Reads a key or range (etcd's key and range_end) at revision p_rev (0: the
+-- current one), at most p_limit keys (0: all), in one snapshot. Returns the
+-- revision read at and the keys as parallel arrays. A single key is read
+-- with one index probe rather than through latest_rows, which plans every
+-- call afresh.
+create or replace function walwatch.range(p_key bytea, p_end bytea, p_rev bigint default 0, p_limit bigint default 0,
+    out revision bigint, out more boolean, out keys bytea[], out vals bytea[],
+    out create_revisions bigint[], out mod_revisions bigint[], out versions bigint[])
+language plpgsql stable as $$
+declare
+    lim bigint := nullif(p_limit, 0);
+    hi bytea := walwatch.range_upper(p_key, p_end);
+    one record;
+begin
+    if not walwatch.is_key(p_key) then
+        perform walwatch.raise_empty_key();
+    end if;
+    if p_limit < 0 then
+        raise exception 'invalid limit %: must be 0 (no limit) or positive', p_limit using errcode = '22023';
+    end if;
+    revision := walwatch.read_revision(p_rev);
+    more := false;
+    if hi = walwatch.range_upper(p_key, null) then
+        select k.key, k.value, k.create_revision, k.revision, k.version, k.tombstone into one
+          from walwatch.kv k where k.key = p_key and k.revision <= range.revision
+         order by k.revision desc limit 1;
+        if one.key is null or one.tombstone then
+            keys := '{}'; vals := '{}'; create_revisions := '{}'; mod_revisions := '{}'; versions := '{}';
+        else
+            keys := array[one.key]; vals := array[one.value]; create_revisions := array[one.create_revision];
+            mod_revisions := array[one.revision]; versions := array[one.version];
+        end if;
+        return;
+    end if;
+    select coalesce(array_agg(r.key order by r.key) filter (where r.n <= coalesce(lim, r.n)), '{}'),
+           coalesce(array_agg(r.value order by r.key) filter (where r.n <= coalesce(lim, r.n)), '{}'),
+           coalesce(array_agg(r.create_revision order by r.key) filter (where r.n <= coalesce(lim, r.n)), '{}'),
+           coalesce(array_agg(r.revision order by r.key) filter (where r.n <= coalesce(lim, r.n)), '{}'),
+           coalesce(array_agg(r.version order by r.key) filter (where r.n <= coalesce(lim, r.n)), '{}'),
+           coalesce(bool_or(r.n > lim), false)
+      into keys, vals, create_revisions, mod_revisions, versions, more
+      from (select l.*, row_number() over (order by l.key) as n
+            from walwatch.latest_rows(p_key, hi, revision, lim + 1) l) r;
+end
+$$;
+
+-- Deletes a key or range (etcd's key and range_end): one revision for all
+-- the keys it deletes, none when it deletes nothing. Inside a Txn that
+-- already writes at p_rev, its rows follow at sub p_sub onwards. Returns the
+-- revision (the current one when nothing was deleted) and the number of keys
+-- deleted.
+create or replace function walwatch.delete_range(p_key bytea, p_end bytea, p_rev bigint default null, p_sub integer default 0,
+    out revision bigint, out deleted bigint)
+language plpgsql volatile as $$
+declare
+    hi bytea := walwatch.range_upper(p_key, p_end);
+    candidates bytea[];
+    k bytea;
+begin
+    if not walwatch.is_key(p_key) then
+        perform walwatch.raise_empty_key();
+    end if;
+    candidates := array(select l.key from walwatch.latest_rows(p_key, hi, walwatch.current_revision(), null) l);
+    revision := p_rev;
+    deleted := 0;
+    if cardinality(candidates) > 0 then
+        perform walwatch.lock_keys(candidates);
+        -- A concurrent writer may have deleted some before we held their locks.
+        foreach k in array candidates loop
+            if (select not kv.tombstone from walwatch.kv where kv.key = k order by kv.revision desc limit 1) then
+                revision := walwatch.append(revision, p_sub + deleted::integer, k, null, true);
+                deleted := deleted + 1;
+            end if;
+        end loop;
+    end if;
+    if revision is null then
+        revision := walwatch.current_revision();
+    end if;
+end
+$$;
+
+
+-- Compaction ----------------------------------------------------------------
+
+-- Compacts at p_rev: deletes every row no read at or above p_rev can see
+-- (rows superseded at or below p_rev, tombstones and fillers below it) and
+-- records p_rev. The newest row of a live key always survives; rows at p_rev
+-- and above are kept, so a watch from p_rev still sees them. With p_strict,
+-- compacting at or below the compacted revision fails as etcd's does;
+-- without, it is a no-op.
+create or replace function walwatch.compact_to(p_rev bigint, p_strict boolean,
+    out compact_revision bigint, out removed bigint)
+language plpgsql volatile as $$
+#variable_conflict use_column
+declare
+    old bigint;
+    cur bigint;
+begin
+    select m.compact_revision into old from walwatch.meta m for update; -- one compaction at a time
+    cur := walwatch.current_revision();
+    if p_rev > cur then
+        perform walwatch.raise_future(p_rev, cur);
+    end if;
+    if p_rev <= old then
+        if p_strict then
+            perform walwatch.raise_compacted(p_rev, old);
+        end if;
+        compact_revision := old;
+        removed := 0;
+        return;
+    end if;
+    delete from walwatch.kv k
+     where k.revision < p_rev
+       and (k.tombstone
+            or exists (select 1 from walwatch.kv n
+                        where n.key = k.key and n.revision > k.revision and n.revision <= p_rev));
+    get diagnostics removed = row_count;
+    update walwatch.meta set compact_revision = p_rev;
+    compact_revision := p_rev;
+end
+$$;
+
+-- The first revision, in revision order, of a row written at or after p_at;
+-- null when every row is older. Rows are stamped with their transaction's
+-- start, which follows revision order to within the length of a write
+-- transaction, so a binary search over the primary key finds where an age
+-- begins in about forty probes, and puts pay for no index on created_at.
+create or replace function walwatch.first_revision_since(p_at timestamptz) returns bigint
+language plpgsql stable as $$
+declare
+    lo bigint;
+    hi bigint;
+    mid bigint;
+    stamp timestamptz;
+begin
+    select min(k.revision), max(k.revision) into lo, hi from walwatch.kv k;
+    if hi is null or (select k.created_at from walwatch.kv k where k.revision = hi order by k.sub limit 1) < p_at then
+        return null;
+    end if;
+    -- Smallest mid whose first row at or above it is young enough; the
+    -- newest row is, so the search always ends on a row.
+    while lo < hi loop
+        mid := lo + (hi - lo) / 2;
+        select k.created_at into stamp from walwatch.kv k where k.revision >= mid order by k.revision, k.sub limit 1;
+        if stamp >= p_at then
+            hi := mid;
+        else
+            lo := mid + 1;
+        end if;
+    end loop;
+    return (select k.revision from walwatch.kv k where k.revision >= lo order by k.revision limit 1);
+end
+$$;
+
+create or replace function walwatch.compact(p_rev bigint) returns table (compact_revision bigint, removed bigint)
+language sql volatile as $$
+    select * from walwatch.compact_to(p_rev, true)
+$$;
+
+-- Compacts at the oldest revision written within p_age (or at the current
+-- revision when nothing was), so history older than p_age goes.
+create or replace function walwatch.compact_older_than(p_age interval) returns table (compact_revision bigint, removed bigint)
+language sql volatile as $$
+    select * from walwatch.compact_to(
+        coalesce(walwatch.first_revision_since(now() - p_age), walwatch.current_revision()),
+        false)
+$$;
+
+-- Keeps only the newest row of each live key.
+create or replace function walwatch.compact_keep_latest() returns table (compact_revision bigint, removed bigint)
+language sql volatile as $$
+    select * from walwatch.compact_to(walwatch.current_revision(), false)
+$$;
+
+
+-- The watch hub -------------------------------------------------------------
+
+-- Raises the hint of where a hub may start reading (meta.settled_revision);
+-- never lowers it.
+create or replace function walwatch.settle(p_rev bigint) returns void
+language sql volatile as $$
+    update walwatch.meta set settled_revision = p_rev where settled_revision < p_rev
+$$;
+
+-- Settles revisions no transaction committed, as the watch hub does for a
+-- hole that outlives its grace period: inserts a filler at (revision, 0) for
+-- each. PostgreSQL makes each insert wait for a transaction still holding
+-- that revision; if it commits, the filler does nothing; if it rolled back,
+-- or the value was never used, the filler takes it. Returns how many it took.
+create or replace function walwatch.fill(p_revs bigint[]) returns bigint
+language sql volatile as $$
+    with f as (
+        insert into walwatch.kv (revision, sub, key, value, tombstone)
+        select r, 0, ''::bytea, null, true from unnest(p_revs) as r order by r
+        -- No conflict target: two hubs filling the same revision meet on
+        -- the (key, revision) index too, fillers all having the empty key.
+        on conflict do nothing
+        returning 1
+    )
+    select count(*) from f
+$$;
+
+
+-- The text API, for psql ----------------------------------------------------
+
+-- Keys and values as text, revisions as bigint:
+--   select walwatch.set('/routes/foo', '{"uri":"/get"}');
+-- Text goes in as UTF-8. Keys and values are bytes, and anyone may write any
+-- bytes through the Go store, so what comes out is shown by text_of.
+
+-- b as text when it is UTF-8 without NUL, else in bytea's hex form ('\x'
+-- and hex, as psql shows a bytea), so that no key or value can make a read
+-- of its prefix fail. ASCII without NUL, the common case, is recognised
+-- without a subtransaction: encode(b, 'escape') escapes exactly NUL, bytes
+-- above 0x7f and the backslash, so a result without a backslash is b itself.
+create or replace function walwatch.text_of(b bytea) returns text
+language plpgsql immutable strict parallel safe as $$
+declare
+    t text := encode(b, 'escape');
+begin
+    if strpos(t, '\') = 0 then
+        return t;
+    end if;
+    begin
+        return convert_from(b, 'UTF8');
+    exception when character_not_in_repertoire then -- invalid UTF-8 or a NUL
+        return '\x' || encode(b, 'hex');
+    end;
+end
+$$;
+
+create or replace function walwatch.set(p_key text, p_value text) returns bigint
+language sql volatile as $$
+    select walwatch.put(convert_to(p_key, 'UTF8'), convert_to(p_value, 'UTF8'))
+$$;
+
+-- Returns the revision of the delete, or null when the key did not exist.
+create or replace function walwatch.del(p_key text) returns bigint
+language sql volatile as $$
+    select case when d.deleted > 0 then d.revision end
+    from walwatch.delete_range(convert_to(p_key, 'UTF8'), null) d
+$$;
+
+create or replace function walwatch.get(p_key text, p_rev bigint default 0)
+returns table (key text, value text, revision bigint, create_revision bigint, version bigint)
+language sql stable as $$
+    select walwatch.text_of(l.key), walwatch.text_of(l.value), l.revision, l.create_revision, l.version
+    from walwatch.latest_rows(convert_to(p_key, 'UTF8'), walwatch.range_upper(convert_to(p_key, 'UTF8'), null),
+                              walwatch.read_revision(p_rev), null) l
+$$;
+
+create or replace function walwatch.get_all(p_prefix text, p_rev bigint default 0)
+returns table (key text, value text, revision bigint, create_revision bigint, version bigint)
+language sql stable as $$
+    select walwatch.text_of(l.key), walwatch.text_of(l.value), l.revision, l.create_revision, l.version
+    from walwatch.latest_rows(convert_to(p_prefix, 'UTF8'),
+                              walwatch.range_upper(convert_to(p_prefix, 'UTF8'),
+                                                   walwatch.prefix_end(convert_to(p_prefix, 'UTF8'))),
+                              walwatch.read_revision(p_rev), null) l
+$$;
+
+-- Every change (deletes included, fillers never) to keys with the prefix
+-- after revision p_after_rev, in revision order. Fails when changes after
+-- p_after_rev have been compacted away. It walks the primary key in revision
+-- order and filters by key, as etcd's catch-up reads do, whatever the
+-- statistics say: with sorts off, that is the only plan left; right after a
+-- bulk write under a new prefix the statistics said the prefix was empty,
+-- and the plan they gave read the whole prefix and sorted it.
+create or replace function walwatch.changes(p_prefix text, p_after_rev bigint)
+returns table (revision bigint, key text, value text, tombstone boolean,
+               create_revision bigint, version bigint, prev_revision bigint)
+language plpgsql stable
+set plan_cache_mode = force_custom_plan
+set enable_sort = off
+as $$
+declare
+    lo bytea := convert_to(p_prefix, 'UTF8');
+    hi bytea := walwatch.range_upper(lo, walwatch.prefix_end(lo));
+    compacted bigint := walwatch.compact_revision();
+begin
+    if p_after_rev + 1 < compacted then
+        perform walwatch.raise_compacted(p_after_rev + 1, compacted);
+    end if;
+    return query
+        select c.revision, walwatch.text_of(c.key), walwatch.text_of(c.value), c.tombstone,
+               c.create_revision, c.version, c.prev_revision
+          from walwatch.kv c
+         where c.key >= lo and (hi is null or c.key < hi) and c.key <> ''::bytea and c.revision > p_after_rev
+         order by c.revision, c.sub;
+end
+$$;

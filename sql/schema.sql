@@ -1,0 +1,55 @@
+-- walwatch's tables, sequence, index and publication, as a fresh database
+-- gets them at the current schema version (sql.Latest). Migrate runs this
+-- once, on a database with no walwatch schema version, and then
+-- functions.sql. A database at an older version gets the steps in upgrades/
+-- instead; TestUpgradeEqualsFresh checks that both ways end in the same
+-- catalog. walwatch.schema_migrations, which records the version, is made
+-- by Migrate itself (sql.go).
+
+-- One revision per write transaction, from one sequence. CACHE 1 hands
+-- values out in order. An empty store is at revision 1 and the first write
+-- gets 2, as in etcd.
+create sequence walwatch.revision as bigint start with 2 minvalue 1 cache 1;
+
+-- The revision table, append-only: a put inserts a row, a delete a tombstone
+-- row, and nothing is updated in place. The rows of one revision (a Txn's
+-- writes) are ordered by sub, so (revision, sub) is etcd's {main, sub}.
+-- create_revision and version count as etcd's do (walwatch.new_row).
+create table walwatch.kv (
+    revision        bigint      not null,
+    sub             integer     not null default 0,
+    key             bytea       not null,
+    value           bytea,
+    tombstone       boolean     not null default false,
+    create_revision bigint      not null default 0,
+    version         bigint      not null default 0,
+    prev_revision   bigint      not null default 0,
+    lease           bigint      not null default 0,
+    created_at      timestamptz not null default now(),
+    primary key (revision, sub)
+);
+
+comment on table walwatch.kv is
+    'One row per change. A row with an empty key is a filler: it settles a revision that no transaction committed and is never shown.';
+
+-- Point and range reads at any revision: the newest row of a key at or below
+-- R. Unique because a revision writes a key at most once. There is no index
+-- on created_at: age compaction finds its revision through the primary key
+-- (walwatch.first_revision_since), and such an index cost every put a tenth
+-- of its time.
+create unique index kv_key_revision on walwatch.kv (key, revision desc);
+
+-- One row. compact_revision: reads below it fail, reads at it work.
+-- settled_revision: a hint a watch hub keeps, every revision from the
+-- compacted one up to it has its rows in the table (fillers included), so a
+-- hub starting afresh reads the table from there.
+create table walwatch.meta (
+    id               boolean primary key default true check (id),
+    compact_revision bigint  not null default 0,
+    settled_revision bigint  not null default 0
+);
+insert into walwatch.meta default values;
+
+-- What watchers read through a logical replication slot: INSERTs only, so
+-- that compaction, which deletes, sends them nothing.
+create publication walwatch for table walwatch.kv with (publish = 'insert');

@@ -1,0 +1,12 @@
+-- Version 11, from version 9 or 10: the history squashed into schema.sql and
+-- functions.sql.
+--
+-- Versions 1 to 10 were migrations that each defined some functions again.
+-- At 9 and 10 the tables, index, sequence and publication are already as
+-- schema.sql makes them (the last change to them was 7's drop of the index
+-- on created_at; 10 changed only functions), and functions.sql, which
+-- Migrate runs after this step, replaces every function. What is left is the
+-- one function version 11 no longer has: changes_between, whose last caller
+-- outside this file, the hub's catch-up, reads the table itself now
+-- (replication/page.go); walwatch.changes reads the table itself too.
+drop function if exists walwatch.changes_between(bytea, bytea, bigint, bigint, bigint);
