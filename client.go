@@ -99,21 +99,12 @@ func Open(ctx context.Context, connString string, opts ...Option) (*Client, erro
 // prepare checks that PostgreSQL answers, can serve a hub, and has this
 // build's schema, applying it if migrate is set.
 func prepare(ctx context.Context, pool *pgxpool.Pool, migrate bool) error {
-	var (
-		walLevel  string
-		hasSchema bool
-	)
-	err := pool.QueryRow(ctx, "select current_setting('wal_level'), to_regclass('walwatch.schema_migrations') is not null").Scan(&walLevel, &hasSchema)
-	if err != nil {
+	var walLevel string
+	if err := pool.QueryRow(ctx, "select current_setting('wal_level')").Scan(&walLevel); err != nil {
 		return fmt.Errorf("walwatch: connect to PostgreSQL: %w", err)
 	}
 	if walLevel != "logical" {
 		return fmt.Errorf("walwatch: PostgreSQL runs with wal_level=%s; watches need wal_level=logical (postgresql.conf, then a restart)", walLevel)
-	}
-	if !hasSchema && !migrate {
-		// sql.CheckVersion cannot say so: its query fails on the missing table.
-		return fmt.Errorf("walwatch: %w (the database has none; this build needs version %d), or open with walwatch.WithMigrate()",
-			sql.ErrSchemaOutdated, sql.Latest())
 	}
 	if migrate {
 		if _, err := sql.Migrate(ctx, pool); err != nil {

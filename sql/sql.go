@@ -212,10 +212,17 @@ var ErrSchemaOutdated = errors.New("walwatch schema is missing or outdated: run 
 
 // Version returns the database's walwatch schema version, 0 when it has none.
 func Version(ctx context.Context, q Querier) (int, error) {
+	// Two statements: one naming a table that does not exist fails when it
+	// is parsed, whatever a case around it says.
+	var exists bool
+	if err := q.QueryRow(ctx, "select to_regclass('walwatch.schema_migrations') is not null").Scan(&exists); err != nil {
+		return 0, fmt.Errorf("read walwatch schema version: %w", err)
+	}
+	if !exists {
+		return 0, nil
+	}
 	var v int
-	err := q.QueryRow(ctx, `select case when to_regclass('walwatch.schema_migrations') is null then 0
-	                               else (select coalesce(max(version), 0) from walwatch.schema_migrations) end`).Scan(&v)
-	if err != nil {
+	if err := q.QueryRow(ctx, "select coalesce(max(version), 0) from walwatch.schema_migrations").Scan(&v); err != nil {
 		return 0, fmt.Errorf("read walwatch schema version: %w", err)
 	}
 	return v, nil

@@ -398,3 +398,15 @@ func TestSQLPinnedToVersion(t *testing.T) {
 	}
 	t.Fatalf("the schema version is now %d: write this line to testdata/sql.sha256:\n%s", sql.Latest(), got)
 }
+
+// A database without the schema is at version 0, and CheckVersion says to
+// migrate it, rather than failing on the table that is not there.
+func TestVersionOfEmptyDatabase(t *testing.T) {
+	db := newDB(t)
+	if v, err := sql.Version(t.Context(), db); err != nil || v != 0 {
+		t.Fatalf("Version of an empty database = %d, %v; want 0", v, err)
+	}
+	if err := sql.CheckVersion(t.Context(), db); !errors.Is(err, sql.ErrSchemaOutdated) {
+		t.Fatalf("CheckVersion of an empty database = %v, want ErrSchemaOutdated", err)
+	}
+}
