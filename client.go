@@ -284,7 +284,7 @@ func (c *Client) settled(ctx context.Context, rev int64) (int64, error) {
 	defer cancel()
 	if err := c.hub.WaitFor(wctx, rev); err != nil {
 		// WaitFor asks PostgreSQL what is visible: that may fail too.
-		return 0, fmt.Errorf("%w: revision %d (a transaction may hold a lower one open): %w", ErrNotSettled, rev, store.FromDB(err, rev))
+		return 0, fmt.Errorf("%w: revision %d (a transaction may hold a lower one open): %w", ErrNotSettled, rev, store.TypedError(err, rev))
 	}
 	return rev, nil
 }
@@ -309,7 +309,7 @@ func (c *Client) ReadRevision(ctx context.Context) (int64, error) {
 	}
 	rev, err := c.hub.ReadRevision(wctx)
 	if err != nil {
-		return 0, fmt.Errorf("%w: %w", ErrNotSettled, store.FromDB(err, 0))
+		return 0, fmt.Errorf("%w: %w", ErrNotSettled, store.TypedError(err, 0))
 	}
 	return rev, nil
 }

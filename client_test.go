@@ -351,7 +351,7 @@ func TestListThenWatchWhileARevisionIsHeld(t *testing.T) {
 				if ev.Revision <= res.Revision {
 					t.Errorf("event at revision %d, at or below the list's %d", ev.Revision, res.Revision)
 				}
-				if ev.Type == replication.Delete {
+				if ev.Type == replication.EventDelete {
 					delete(seen, string(ev.Key))
 				} else {
 					seen[string(ev.Key)] = string(ev.Value)

@@ -110,7 +110,7 @@ func ExampleClient_ListAndWatch() {
 			log.Fatal(w.Err())
 		}
 		for _, ev := range resp.Events {
-			if ev.Type == replication.Delete {
+			if ev.Type == replication.EventDelete {
 				delete(routes, string(ev.Key))
 			} else {
 				routes[string(ev.Key)] = string(ev.Value)

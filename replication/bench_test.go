@@ -307,7 +307,7 @@ func BenchmarkCatchUp(b *testing.B) {
 	if _, err := e.pool.Exec(ctx, `analyze walwatch.kv`); err != nil {
 		b.Fatal(err)
 	}
-	wait.For(b, "hub at the last written revision", func() bool { return h.Revision() == catchUpRevisions+1 })
+	wait.For(b, "hub at the last written revision", func() bool { return h.Watermark() == catchUpRevisions+1 })
 
 	b.Run(fmt.Sprintf("revisions=%d", catchUpRevisions), func(b *testing.B) {
 		timer := time.NewTimer(benchWait)

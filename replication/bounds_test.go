@@ -287,7 +287,7 @@ func TestReorderBufferSpillsNewestValues(t *testing.T) {
 	h.order.accept(put(2, "/a", value))
 	h.advance()
 	h.order.spill()
-	if got := h.Revision(); got != 8 {
+	if got := h.Watermark(); got != 8 {
 		t.Fatalf("watermark %d, want 8", got)
 	}
 	if h.order.spillFrom != 9 {
@@ -328,7 +328,7 @@ func TestReorderBufferSpillsNewestValues(t *testing.T) {
 	h.order.accept(put(9, "/z/x", value))
 	h.advance()
 	h.order.spill()
-	if got := h.Revision(); got != 10 || len(h.order.buffer) != 0 || h.order.spillFrom != 0 {
+	if got := h.Watermark(); got != 10 || len(h.order.buffer) != 0 || h.order.spillFrom != 0 {
 		t.Fatalf("watermark %d, %d buffered, spillFrom %d; want 10, 0, 0", got, len(h.order.buffer), h.order.spillFrom)
 	}
 	if _, ok := h.unsynced[other]; !ok || other.next != 9 {

@@ -34,12 +34,12 @@ const rowColumns = "revision, sub, key, value, tombstone, create_revision, versi
 
 func (r *row) event(lsn pglogrepl.LSN, at time.Time) Event {
 	ev := Event{
-		Type: Put, Key: r.key, Value: r.value, Revision: r.revision, Sub: r.sub,
+		Type: EventPut, Key: r.key, Value: r.value, Revision: r.revision, Sub: r.sub,
 		CreateRevision: r.createRevision, Version: r.version, PrevRevision: r.prevRevision, Lease: r.lease,
 		CommitLSN: lsn, CommitTime: at,
 	}
 	if r.tombstone {
-		ev.Type, ev.Value = Delete, nil
+		ev.Type, ev.Value = EventDelete, nil
 	}
 	return ev
 }

@@ -12,12 +12,12 @@ import (
 type EventType int
 
 const (
-	Put EventType = iota
-	Delete
+	EventPut EventType = iota
+	EventDelete
 )
 
 func (t EventType) String() string {
-	if t == Delete {
+	if t == EventDelete {
 		return "DELETE"
 	}
 	return "PUT"

@@ -186,7 +186,7 @@ func (r *reader) wait(t *testing.T, n int, timeout time.Duration) []seen {
 // it falls behind, leaves the live group and must catch up.
 func standardWatchers(t *testing.T, h *replication.Hub, hub string, past int64) []*watched {
 	t.Helper()
-	now := h.Revision() + 1
+	now := h.Watermark() + 1
 	ws := []*watched{
 		{name: hub + " / from now", rng: store.Prefix([]byte("/")), start: now},
 		{name: hub + " /a/ from now", rng: store.Prefix([]byte("/a/")), start: now},
@@ -203,7 +203,7 @@ func standardWatchers(t *testing.T, h *replication.Hub, hub string, past int64) 
 			x.r = readAll(x.w)
 		}
 	}
-	if got := h.Revision() + 1; got != now {
+	if got := h.Watermark() + 1; got != now {
 		t.Fatalf("%s: the watermark moved from %d to %d while the watchers started", hub, now-1, got-1)
 	}
 	return ws
@@ -248,7 +248,7 @@ func checkHistories(t *testing.T, e *env, hubs []*replication.Hub, ws []*watched
 		compareHistory(t, x.name, got, want)
 	}
 	for i, h := range hubs {
-		if w := h.Revision(); w < end {
+		if w := h.Watermark(); w < end {
 			t.Errorf("hub %d: watermark %d below the last revision %d", i, w, end)
 		}
 	}
@@ -448,7 +448,7 @@ func seed(t *testing.T, e *env) (first, last int64) {
 
 func waitRevision(t *testing.T, h *replication.Hub, rev int64) {
 	t.Helper()
-	wait.For(t, fmt.Sprintf("hub watermark reaches %d", rev), func() bool { return h.Revision() >= rev })
+	wait.For(t, fmt.Sprintf("hub watermark reaches %d", rev), func() bool { return h.Watermark() >= rev })
 }
 
 // ---- 1. server restart ----------------------------------------------------
@@ -624,7 +624,7 @@ func TestWalSenderNeverTimesOut(t *testing.T) {
 	log, _ := hubLogger(t, "temporary")
 	m, reg := hubMetrics()
 	h := e.startHub(t, replication.Config{Logger: log, Metrics: m}) // StatusInterval: the default
-	start := h.Revision() + 1
+	start := h.Watermark() + 1
 	stuck := watch(t, h, replication.WatchRequest{Range: store.Prefix([]byte("/"))})
 	_ = stuck // never read
 	live := readAll(watch(t, h, replication.WatchRequest{Range: store.Prefix([]byte("/"))}))
@@ -817,7 +817,7 @@ func TestHubAsReplicationRole(t *testing.T) {
 		return err == nil && n > 0
 	})
 	for _, h := range []*replication.Hub{persistent, temporary} {
-		if w := h.Revision(); w >= held {
+		if w := h.Watermark(); w >= held {
 			t.Fatalf("watermark %d passed the open revision %d", w, held)
 		}
 	}
@@ -880,7 +880,7 @@ func TestHubsFillTheSameHoleTogether(t *testing.T) {
 		hs = append(hs, e.startHub(t, replication.Config{Logger: log}))
 		logs = append(logs, l)
 	}
-	start := hs[0].Revision() + 1
+	start := hs[0].Watermark() + 1
 	w := readAll(watch(t, hs[0], replication.WatchRequest{Range: store.Prefix([]byte("/"))}))
 	for round := range rounds {
 		var rollbacks []func()

@@ -69,12 +69,12 @@ func TestOutOfOrderCommitWaitsForHolder(t *testing.T) {
 	}
 	waitFillerBlocked(t, e)
 	assertNothing(t, w)
-	if got := h.Revision(); got >= r {
+	if got := h.Watermark(); got >= r {
 		t.Fatalf("watermark %d passed the open revision %d", got, r)
 	}
 	commit()
 	got := collect(t, w, 2, 10*time.Second)
-	want := []seen{{r, 0, replication.Put, "/a", "held", 1}, {r1, 0, replication.Put, "/b", "after", 1}}
+	want := []seen{{r, 0, replication.EventPut, "/a", "held", 1}, {r1, 0, replication.EventPut, "/b", "after", 1}}
 	if !slices.Equal(got, want) {
 		t.Fatalf("got %v, want %v", got, want)
 	}
@@ -91,7 +91,7 @@ func TestRolledBackRevisionIsFilledAndNeverDelivered(t *testing.T) {
 	assertNothing(t, w)
 	rollback()
 	got := collect(t, w, 1, 10*time.Second)
-	if want := []seen{{r1, 0, replication.Put, "/b", "after", 1}}; !slices.Equal(got, want) {
+	if want := []seen{{r1, 0, replication.EventPut, "/b", "after", 1}}; !slices.Equal(got, want) {
 		t.Fatalf("got %v, want %v", got, want)
 	}
 	// The filler's commit reached the hub through the stream, but a new
@@ -108,7 +108,7 @@ func TestRolledBackRevisionIsFilledAndNeverDelivered(t *testing.T) {
 	}
 	// The next write to /a is its first version: the rolled back one never was.
 	r2 := e.put(t, "/a", "real")
-	if got := collect(t, w, 1, 10*time.Second); got[0] != (seen{r2, 0, replication.Put, "/a", "real", 1}) {
+	if got := collect(t, w, 1, 10*time.Second); got[0] != (seen{r2, 0, replication.EventPut, "/a", "real", 1}) {
 		t.Fatalf("got %v", got)
 	}
 }
@@ -127,7 +127,7 @@ func TestSkippedRevisionIsFilled(t *testing.T) {
 	if got := collect(t, w, 1, 10*time.Second); got[0].Rev != r || r != skipped+1 {
 		t.Fatalf("got %v, want revision %d after skipped %d", got, r, skipped)
 	}
-	if got := h.Revision(); got != r {
+	if got := h.Watermark(); got != r {
 		t.Fatalf("watermark %d, want %d", got, r)
 	}
 }

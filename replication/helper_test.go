@@ -191,7 +191,7 @@ func (e *env) history(tb testing.TB, rng store.KeyRange, start int64) []seen {
 		}
 		s.Key, s.Value = string(key), string(value)
 		if tomb {
-			s.Type = replication.Delete
+			s.Type = replication.EventDelete
 		}
 		out = append(out, s)
 	}

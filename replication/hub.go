@@ -236,11 +236,11 @@ func (h *Hub) Ready() <-chan struct{} { return h.ready }
 // rather than reconnecting after losing it: whether it is current.
 func (h *Hub) Streaming() bool { return h.streaming.Load() }
 
-// Revision returns the watermark: every revision at or below it is settled
+// Watermark returns the watermark: every revision at or below it is settled
 // and delivered to live watchers. A read at it may still miss a transaction
 // that has committed but is not visible yet; read at ReadRevision, or wait
 // with WaitFor.
-func (h *Hub) Revision() int64 {
+func (h *Hub) Watermark() int64 {
 	h.mu.Lock()
 	defer h.mu.Unlock()
 	return h.order.watermark
@@ -378,7 +378,7 @@ func (h *Hub) settleLoop(ctx context.Context) {
 			return
 		case <-t.C:
 		}
-		w := h.Revision()
+		w := h.Watermark()
 		if w <= settled {
 			continue
 		}

@@ -24,9 +24,9 @@ func TestWatchPrefixFromNow(t *testing.T) {
 	}
 	got := collect(t, w, 3, 10*time.Second)
 	want := []seen{
-		{3, 0, replication.Put, "/routes/a", "1", 1},
-		{5, 0, replication.Put, "/routes/a", "2", 2},
-		{6, 0, replication.Delete, "/routes/a", "", 0},
+		{3, 0, replication.EventPut, "/routes/a", "1", 1},
+		{5, 0, replication.EventPut, "/routes/a", "2", 2},
+		{6, 0, replication.EventDelete, "/routes/a", "", 0},
 	}
 	if !slices.Equal(got, want) {
 		t.Fatalf("got %v, want %v", got, want)
@@ -41,7 +41,7 @@ func TestStartAfterManyUnsettledRows(t *testing.T) {
 		t.Fatal(err)
 	}
 	h := e.startHub(t, replication.Config{})
-	if got := h.Revision(); got != 12002 {
+	if got := h.Watermark(); got != 12002 {
 		t.Fatalf("ready at revision %d, want 12002", got)
 	}
 	w := watch(t, h, replication.WatchRequest{Range: store.Prefix([]byte("/"))})
@@ -63,7 +63,7 @@ func TestRevisionLargerThanAPage(t *testing.T) {
 		t.Fatalf("delete = %+v, %v", del, err)
 	}
 	h := e.startHub(t, replication.Config{Window: 2})
-	if got := h.Revision(); got != del.Revision {
+	if got := h.Watermark(); got != del.Revision {
 		t.Fatalf("ready at revision %d, want %d", got, del.Revision)
 	}
 	w := watch(t, h, replication.WatchRequest{Range: store.Prefix([]byte("/k/")), StartRevision: del.Revision - 2})

@@ -41,7 +41,7 @@ func testSpillBehindHeldRevision(t *testing.T, commit bool) {
 	past := e.put(t, "/a/before", "x")
 	waitRevision(t, h, past)
 
-	now := h.Revision() + 1
+	now := h.Watermark() + 1
 	ws := []*watched{
 		{name: "/ from now", rng: store.Prefix([]byte("/")), start: now},
 		{name: "/a/ from now", rng: store.Prefix([]byte("/a/")), start: now},
@@ -76,7 +76,7 @@ func testSpillBehindHeldRevision(t *testing.T, commit bool) {
 	wait.For(t, "every put buffered behind the held revision", func() bool {
 		return metric(t, reg, "walwatch_hub_reorder_buffer_revisions") >= writers*perWriter
 	})
-	if got := h.Revision(); got >= held {
+	if got := h.Watermark(); got >= held {
 		t.Fatalf("watermark %d passed the held revision %d", got, held)
 	}
 	if spilled := metric(t, reg, "walwatch_hub_spilled_revisions_total"); spilled == 0 {

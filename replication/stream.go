@@ -115,7 +115,7 @@ func (h *Hub) prepareSlot(ctx context.Context, conn *pgconn.PgConn) (name, snaps
 		case err == nil:
 			return name, "", nil
 		case errors.Is(err, ErrSlotNotFound):
-			if h.Revision() > 0 {
+			if h.Watermark() > 0 {
 				h.log.Warn("replication slot is gone; creating it again and catching up from the table", "slot", name)
 				h.metrics.slotRecreated()
 			}
@@ -150,7 +150,7 @@ func (h *Hub) readTable(ctx context.Context, snapshot string) error {
 			return fmt.Errorf("read table: import snapshot %s: %w", snapshot, err)
 		}
 	}
-	from := h.Revision()
+	from := h.Watermark()
 	first := from == 0
 	if first {
 		if err := tx.QueryRow(ctx, "select greatest(settled_revision, compact_revision - 1, 1) from walwatch.meta").Scan(&from); err != nil {

@@ -147,5 +147,5 @@ func (h *Hub) WaitFor(ctx context.Context, rev int64) error {
 // sees everything the hub has delivered or will deliver at or below it, and
 // will never change: load state at it, then watch from the next one.
 func (h *Hub) ReadRevision(ctx context.Context) (int64, error) {
-	return h.visible.upTo(ctx, h.Revision())
+	return h.visible.upTo(ctx, h.Watermark())
 }

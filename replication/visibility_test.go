@@ -102,9 +102,9 @@ func TestCommittedNotYetVisible(t *testing.T) {
 		t.Errorf("read at %d after WaitFor: /v/a=%q, want 1", after, got)
 	}
 	want := []seen{
-		{first, 0, replication.Put, "/v/a", "0", 1},
-		{heldRev, 0, replication.Put, "/v/a", "1", 2},
-		{after, 0, replication.Put, "/v/b", "1", 1},
+		{first, 0, replication.EventPut, "/v/a", "0", 1},
+		{heldRev, 0, replication.EventPut, "/v/a", "1", 2},
+		{after, 0, replication.EventPut, "/v/b", "1", 1},
 	}
 	if got := collect(t, behind, 3, 10*time.Second); !slices.Equal(got, want) {
 		t.Errorf("watcher from the table: got %v, want %v", got, want)

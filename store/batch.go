@@ -165,14 +165,14 @@ func (b *putBatcher) run(calls []*putCall) {
 	// The connection failed: whether the batch committed is unknown, as for
 	// a single put whose connection fails.
 	for _, c := range batch {
-		c.err = fmt.Errorf("put %s: %w", keyText(c.key), FromDB(err, 0))
+		c.err = fmt.Errorf("put %s: %w", keyText(c.key), TypedError(err, 0))
 	}
 }
 
 func putOne(ctx context.Context, pool *pgxpool.Pool, key, value []byte) (int64, error) {
 	var rev int64
 	if err := pool.QueryRow(ctx, "select walwatch.put($1, $2)", key, value).Scan(&rev); err != nil {
-		return 0, fmt.Errorf("put %s: %w", keyText(key), FromDB(err, 0))
+		return 0, fmt.Errorf("put %s: %w", keyText(key), TypedError(err, 0))
 	}
 	return rev, nil
 }

@@ -43,7 +43,7 @@ func (s *Store) CompactKeepLatest(ctx context.Context) (CompactResponse, error) 
 func (s *Store) compact(ctx context.Context, rev int64, query string, args ...any) (CompactResponse, error) {
 	var res CompactResponse
 	if err := s.pool.QueryRow(ctx, query, args...).Scan(&res.CompactRevision, &res.Removed); err != nil {
-		return CompactResponse{}, fmt.Errorf("compact: %w", FromDB(err, rev))
+		return CompactResponse{}, fmt.Errorf("compact: %w", TypedError(err, rev))
 	}
 	return res, nil
 }

@@ -61,12 +61,12 @@ const (
 	codeLimitExceeded = "54000"
 )
 
-// FromDB turns an error raised by walwatch's SQL functions into the typed error
-// it stands for; rev is the revision the caller asked for. An error that says
+// TypedError turns an error raised by walwatch's SQL functions into the
+// typed error it stands for; rev is the revision the caller asked for. An error that says
 // PostgreSQL cannot serve the request for now is marked with ErrUnavailable,
 // or with ErrAborted for a serialization failure or a deadlock, keeping the
 // original in its chain. Other errors pass through unchanged.
-func FromDB(err error, rev int64) error {
+func TypedError(err error, rev int64) error {
 	var pe *pgconn.PgError
 	if !errors.As(err, &pe) {
 		return markTransient(err)

@@ -62,7 +62,7 @@ func deleteRange(ctx context.Context, q querier, r KeyRange, rev *int64, sub int
 	err := q.QueryRow(ctx, "select revision, deleted from walwatch.delete_range($1, $2, $3, $4)",
 		r.Key, r.end(), rev, sub).Scan(&res.Revision, &res.Deleted)
 	if err != nil {
-		return DeleteResponse{}, fmt.Errorf("delete %s: %w", keyText(r.Key), FromDB(err, 0))
+		return DeleteResponse{}, fmt.Errorf("delete %s: %w", keyText(r.Key), TypedError(err, 0))
 	}
 	return res, nil
 }
@@ -94,7 +94,7 @@ func rangeKeys(ctx context.Context, q querier, req RangeRequest) (RangeResponse,
 		req.Key, req.end(), req.Revision, req.Limit,
 	).Scan(&res.Revision, &res.More, &keys, &values, &creates, &mods, &versions)
 	if err != nil {
-		return RangeResponse{}, fmt.Errorf("range %s at revision %d: %w", keyText(req.Key), req.Revision, FromDB(err, req.Revision))
+		return RangeResponse{}, fmt.Errorf("range %s at revision %d: %w", keyText(req.Key), req.Revision, TypedError(err, req.Revision))
 	}
 	res.KVs = make([]KeyValue, len(keys))
 	for i := range keys {

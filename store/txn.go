@@ -229,7 +229,7 @@ func runTxn(ctx context.Context, tx pgx.Tx, req TxnRequest) (TxnResponse, error)
 		case OpPut:
 			var r PutResponse
 			if err := tx.QueryRow(ctx, "select walwatch.append($1, $2, $3, $4, false)", rev, sub, op.Range.Key, op.Value).Scan(&r.Revision); err != nil {
-				return TxnResponse{}, fmt.Errorf("put %s: %w", keyText(op.Range.Key), FromDB(err, 0))
+				return TxnResponse{}, fmt.Errorf("put %s: %w", keyText(op.Range.Key), TypedError(err, 0))
 			}
 			rev, sub = &r.Revision, sub+1
 			res.Responses = append(res.Responses, OpResponse{Put: &r})

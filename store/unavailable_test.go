@@ -33,7 +33,7 @@ func connectErr(t *testing.T, ctx context.Context, url string) error {
 	return err
 }
 
-func TestFromDBMarksTransientErrors(t *testing.T) {
+func TestTypedErrorMarksTransientErrors(t *testing.T) {
 	t.Parallel()
 	url := pgtest.RefusedURL(t)
 	canceled, cancel := context.WithCancel(context.Background())
@@ -73,41 +73,41 @@ func TestFromDBMarksTransientErrors(t *testing.T) {
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
-			got := store.FromDB(tc.err, 0)
+			got := store.TypedError(tc.err, 0)
 			unavailable, aborted := errors.Is(got, store.ErrUnavailable), errors.Is(got, store.ErrAborted)
 			switch {
 			case tc.want == nil && (unavailable || aborted):
-				t.Errorf("FromDB(%v) = %v: marked transient, want it unchanged", tc.err, got)
+				t.Errorf("TypedError(%v) = %v: marked transient, want it unchanged", tc.err, got)
 			case tc.want == nil && got != tc.err:
-				t.Errorf("FromDB(%v) = %v, want it unchanged", tc.err, got)
+				t.Errorf("TypedError(%v) = %v, want it unchanged", tc.err, got)
 			case tc.want == store.ErrUnavailable && (!unavailable || aborted):
-				t.Errorf("FromDB(%v) = %v, want ErrUnavailable only", tc.err, got)
+				t.Errorf("TypedError(%v) = %v, want ErrUnavailable only", tc.err, got)
 			case tc.want == store.ErrAborted && (!aborted || unavailable):
-				t.Errorf("FromDB(%v) = %v, want ErrAborted only", tc.err, got)
+				t.Errorf("TypedError(%v) = %v, want ErrAborted only", tc.err, got)
 			}
 			if !errors.Is(got, tc.err) {
-				t.Errorf("FromDB(%v) = %v: the original error is no longer in its chain", tc.err, got)
+				t.Errorf("TypedError(%v) = %v: the original error is no longer in its chain", tc.err, got)
 			}
 			var pe *pgconn.PgError
 			if errors.As(tc.err, &pe) {
 				var after *pgconn.PgError
 				if !errors.As(got, &after) || after.Code != pe.Code {
-					t.Errorf("FromDB(%v) = %v: the *pgconn.PgError is no longer reachable", tc.err, got)
+					t.Errorf("TypedError(%v) = %v: the *pgconn.PgError is no longer reachable", tc.err, got)
 				}
 			}
-			if again := store.FromDB(got, 0); again != got {
-				t.Errorf("FromDB twice = %v, want the first answer %v", again, got)
+			if again := store.TypedError(got, 0); again != got {
+				t.Errorf("TypedError twice = %v, want the first answer %v", again, got)
 			}
 		})
 	}
 }
 
-func TestFromDBKeepsTypedErrors(t *testing.T) {
+func TestTypedErrorKeepsTypedErrors(t *testing.T) {
 	t.Parallel()
-	err := store.FromDB(&pgconn.PgError{Code: "WWC01", Detail: "7"}, 3)
+	err := store.TypedError(&pgconn.PgError{Code: "WWC01", Detail: "7"}, 3)
 	var ce *store.CompactedError
 	if !errors.As(err, &ce) || ce.CompactRevision != 7 || ce.Revision != 3 || errors.Is(err, store.ErrUnavailable) {
-		t.Errorf("FromDB(WWC01) = %v, want a CompactedError at 3 (compacted 7) only", err)
+		t.Errorf("TypedError(WWC01) = %v, want a CompactedError at 3 (compacted 7) only", err)
 	}
 }
 

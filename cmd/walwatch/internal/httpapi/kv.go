@@ -313,11 +313,11 @@ func (s *Server) status(w http.ResponseWriter, r *http.Request) error {
 		CurrentRevision int64                 `json:"current_revision"`
 		CompactRevision int64                 `json:"compact_revision"`
 		Slot            *replication.SlotView `json:"slot"`
-	}{Revision: s.cfg.Client.Hub().Revision(), CurrentRevision: cur, CompactRevision: compacted}
+	}{Revision: s.cfg.Client.Hub().Watermark(), CurrentRevision: cur, CompactRevision: compacted}
 	if s.cfg.Slot != "" {
 		info, err := replication.GetSlot(r.Context(), s.cfg.Client.Store().Pool(), s.cfg.Slot)
 		if err != nil && !errors.Is(err, replication.ErrSlotNotFound) {
-			return fmt.Errorf("status: %w", store.FromDB(err, 0))
+			return fmt.Errorf("status: %w", store.TypedError(err, 0))
 		}
 		if err == nil {
 			v := replication.NewSlotView(info, replication.LargeWALHeld)

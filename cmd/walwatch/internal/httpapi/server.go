@@ -151,7 +151,7 @@ func (s *Server) ready(w http.ResponseWriter, r *http.Request) {
 	ctx, cancel := context.WithTimeout(r.Context(), readyTimeout)
 	defer cancel()
 	if err := s.cfg.Client.Store().Pool().Ping(ctx); err != nil {
-		s.db.observe(r, start, fmt.Errorf("ping: %w", store.FromDB(err, 0)))
+		s.db.observe(r, start, fmt.Errorf("ping: %w", store.TypedError(err, 0)))
 		// The error names the server, user and database; /readyz needs no
 		// token, so it stays in the log.
 		writeUnavailable(w, "PostgreSQL is not answering")

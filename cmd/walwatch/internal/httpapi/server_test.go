@@ -67,8 +67,8 @@ func TestDatabaseDown(t *testing.T) {
 // TestWriteError maps each kind of error to its status and code.
 func TestWriteError(t *testing.T) {
 	t.Parallel()
-	unavailable := store.FromDB(fmt.Errorf("put: %w", &pgconn.PgError{Code: "57P01", Message: "terminating connection due to administrator command"}), 0)
-	aborted := store.FromDB(&pgconn.PgError{Code: "40P01", Message: "deadlock detected"}, 0)
+	unavailable := store.TypedError(fmt.Errorf("put: %w", &pgconn.PgError{Code: "57P01", Message: "terminating connection due to administrator command"}), 0)
+	aborted := store.TypedError(&pgconn.PgError{Code: "40P01", Message: "deadlock detected"}, 0)
 	cases := []struct {
 		name       string
 		err        error
@@ -89,7 +89,7 @@ func TestWriteError(t *testing.T) {
 		{"bad request", fmt.Errorf("%w: nope", errBadRequest), 400, "invalid_argument", false, ""},
 		{"not found", fmt.Errorf("%w: key", errNotFound), 404, "not_found", false, ""},
 		{"too large", store.ErrValueTooLarge, 413, "too_large", false, ""},
-		{"a wrong password", store.FromDB(&pgconn.PgError{Code: "28P01", Message: "password authentication failed"}, 0), 500, "internal", false, "ERROR"},
+		{"a wrong password", store.TypedError(&pgconn.PgError{Code: "28P01", Message: "password authentication failed"}, 0), 500, "internal", false, "ERROR"},
 		{"a bug", errors.New("scan: cannot scan NULL"), 500, "internal", false, "ERROR"},
 	}
 	for _, tc := range cases {
@@ -130,7 +130,7 @@ func TestClientGone(t *testing.T) {
 	req := httptest.NewRequestWithContext(ctx, "GET", "/v1/kv/x", nil)
 	for _, err := range []error{
 		fmt.Errorf("range: %w", context.Canceled),
-		store.FromDB(fmt.Errorf("connect: %w", context.Canceled), 0),
+		store.TypedError(fmt.Errorf("connect: %w", context.Canceled), 0),
 	} {
 		rec := httptest.NewRecorder()
 		s.writeError(rec, req, err)
@@ -151,7 +151,7 @@ func TestDBHealth(t *testing.T) {
 	logged := &logs.Buffer{}
 	d := &dbHealth{log: slog.New(slog.NewTextHandler(logged, nil))}
 	req := httptest.NewRequestWithContext(t.Context(), "PUT", "/v1/kv/x", nil)
-	down := store.FromDB(fmt.Errorf("put: %w", &pgconn.PgError{Code: "57P03", Message: "the database system is starting up"}), 0)
+	down := store.TypedError(fmt.Errorf("put: %w", &pgconn.PgError{Code: "57P03", Message: "the database system is starting up"}), 0)
 	other := errors.New("some bug")
 	tick := time.Now()
 	at := func() time.Time { tick = tick.Add(time.Millisecond); return tick } // request starts, in order

@@ -65,7 +65,7 @@ func (s *Server) watch(w http.ResponseWriter, r *http.Request) error {
 		return fmt.Errorf("%w: the server is shutting down", errNotReady)
 	default:
 		// A watch from a revision reads the compacted one from PostgreSQL.
-		return store.FromDB(err, start)
+		return store.TypedError(err, start)
 	}
 	h := w.Header()
 	h.Set("Content-Type", "text/event-stream")
