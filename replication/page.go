@@ -82,7 +82,7 @@ func (r *tableRead) filter() (string, []any) {
 	}
 	if r.keys != nil {
 		arg("key >= $%d", r.keys.Key)
-		if hi := rangeUpper(*r.keys); hi != nil {
+		if hi := r.keys.Upper(); hi != nil {
 			arg("key < $%d", hi)
 		}
 		conds = append(conds, "key <> ''")
@@ -92,19 +92,6 @@ func (r *tableRead) filter() (string, []any) {
 		arg("revision <= $%d", r.upto)
 	}
 	return strings.Join(conds, " and "), args
-}
-
-// rangeUpper is the exclusive upper bound of rng for a table read: nil means
-// no bound.
-func rangeUpper(rng store.KeyRange) []byte {
-	switch {
-	case len(rng.End) == 0:
-		return append(append([]byte{}, rng.Key...), 0)
-	case len(rng.End) == 1 && rng.End[0] == 0:
-		return nil
-	default:
-		return rng.End
-	}
 }
 
 // rowSize is one row's revision and the memory it will take (rowsSize).
@@ -134,8 +121,8 @@ var (
 	_ querier = pgx.Tx(nil)
 )
 
-// pageMode plans each page read for its own parameters, as changes_between
-// does (a prefix of everything and a single key want different indexes; a
+// pageMode plans each page read for its own parameters (a prefix of
+// everything and a single key want different indexes; a
 // cached generic plan made a catch-up page three times slower), with binary
 // results: an unnamed statement each time, its description cached.
 const pageMode = pgx.QueryExecModeCacheDescribe

@@ -568,7 +568,7 @@ func (h *Hub) deliverLocked(wt *watcher, evs []Event, next int64) {
 // table, whole revisions only, at most a page's rows and maxBytes bytes
 // (but one revision whole, however large), and returns them with the next
 // revision to read. A from below the compacted revision fails with a
-// *store.CompactedError, as changes_between does.
+// *store.CompactedError, as a read of the store does.
 func (h *Hub) readChanges(ctx context.Context, rng store.KeyRange, from, upto int64, maxBytes int) ([]Event, int64, error) {
 	read := tableRead{q: h.cfg.Pool, keys: &rng, after: from - 1, upto: upto, maxRows: pageRows, maxBytes: maxBytes}
 	page, compacted, err := read.next(ctx)

@@ -37,6 +37,7 @@ import (
 	"strings"
 
 	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgxpool"
 )
 
 //go:embed schema.sql functions.sql upgrades/*.sql
@@ -103,6 +104,11 @@ func Latest() int { return version }
 type Beginner interface {
 	Begin(ctx context.Context) (pgx.Tx, error)
 }
+
+var (
+	_ Beginner = (*pgxpool.Pool)(nil)
+	_ Beginner = (*pgx.Conn)(nil)
+)
 
 // Result says what Migrate did.
 type Result struct {
@@ -205,6 +211,12 @@ func Migrate(ctx context.Context, db Beginner) (Result, error) {
 type Querier interface {
 	QueryRow(ctx context.Context, sql string, args ...any) pgx.Row
 }
+
+var (
+	_ Querier = (*pgxpool.Pool)(nil)
+	_ Querier = (*pgx.Conn)(nil)
+	_ Querier = pgx.Tx(nil)
+)
 
 // ErrSchemaOutdated is returned by CheckVersion when the database needs
 // `walwatch migrate`.

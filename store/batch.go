@@ -140,7 +140,7 @@ func (b *putBatcher) run(calls []*putCall) {
 	keys := make([][]byte, len(batch))
 	values := make([][]byte, len(batch))
 	for i, c := range batch {
-		keys[i], values[i] = c.key, c.value // nil is stored as empty: walwatch.append sees to it
+		keys[i], values[i] = c.key, c.value // nil is stored as empty: walwatch.new_row sees to it
 	}
 	var revs []int64
 	err := b.pool.QueryRow(ctx, "select walwatch.put_batch($1, $2)", keys, values).Scan(&revs)
