@@ -10,10 +10,10 @@ package replication_test
 // duplicate.
 
 import (
-	"bytes"
 	"context"
 	"crypto/rand"
 	"fmt"
+	"io"
 	"log/slog"
 	"net/url"
 	"os"
@@ -30,6 +30,7 @@ import (
 
 	"github.com/walwatch/walwatch/replication"
 	"github.com/walwatch/walwatch/store"
+	"github.com/walwatch/walwatch/test/logs"
 	"github.com/walwatch/walwatch/test/pgcluster"
 	"github.com/walwatch/walwatch/test/pgtest"
 	"github.com/walwatch/walwatch/test/wait"
@@ -300,53 +301,16 @@ func compareHistory(t *testing.T, name string, got, want []seen) {
 
 // ---- hubs, logs, metrics, slots -----------------------------------------
 
-// logBuf keeps a hub's log, printed when the test fails; with
-// WALWATCH_TEST_LOG set it also goes to stderr as it is written.
-type logBuf struct {
-	mu  sync.Mutex
-	b   bytes.Buffer
-	tee *os.File
-}
-
-func (l *logBuf) Write(p []byte) (int, error) {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	l.b.Write(p)
-	if l.tee != nil {
-		l.tee.Write(p) //nolint:errcheck // best effort
-	}
-	return len(p), nil
-}
-
-func (l *logBuf) String() string {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.String()
-}
-
-// lines returns the log lines that contain every one of words.
-func (l *logBuf) lines(words ...string) []string {
-	var out []string
-	for line := range strings.SplitSeq(l.String(), "\n") {
-		ok := line != ""
-		for _, w := range words {
-			ok = ok && strings.Contains(line, w)
-		}
-		if ok {
-			out = append(out, line)
-		}
-	}
-	return out
-}
-
 // hubLogger returns a logger whose output the test prints (the last lines)
 // if it fails. Call it before starting the hub, so the hub has stopped by
 // the time the log is printed.
-func hubLogger(t *testing.T, hub string) (*slog.Logger, *logBuf) {
+// With WALWATCH_TEST_LOG set it also goes to stderr as it is written.
+func hubLogger(t *testing.T, hub string) (*slog.Logger, *logs.Buffer) {
 	t.Helper()
-	l := &logBuf{}
+	l := &logs.Buffer{}
+	var out io.Writer = l
 	if os.Getenv("WALWATCH_TEST_LOG") != "" {
-		l.tee = os.Stderr
+		out = io.MultiWriter(l, os.Stderr)
 	}
 	t.Cleanup(func() {
 		if t.Failed() {
@@ -357,7 +321,7 @@ func hubLogger(t *testing.T, hub string) (*slog.Logger, *logBuf) {
 			t.Logf("hub %q log:\n%s", hub, strings.Join(lines, "\n"))
 		}
 	})
-	return slog.New(slog.NewTextHandler(l, &slog.HandlerOptions{Level: slog.LevelDebug})).With("hub", hub), l
+	return slog.New(slog.NewTextHandler(out, &slog.HandlerOptions{Level: slog.LevelDebug})).With("hub", hub), l
 }
 
 // hubMetrics returns metrics of the hub's own and their registry.
@@ -463,13 +427,8 @@ func TestRestartImmediateMidStream(t *testing.T) { testRestartMidStream(t, pgclu
 // writers write. An immediate stop also makes the revision sequence skip
 // values and loses transactions in flight: holes the hubs must fill.
 func testRestartMidStream(t *testing.T, mode pgcluster.StopMode) {
-	c := pgtest.StartPrivate(t, pgcluster.Options{})
-	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
-	defer cancel()
-	dbURL, err := c.CreateDatabase(ctx, "walwatch")
-	if err != nil {
-		t.Fatal(err)
-	}
+	c, dbURL := pgtest.PrivateDatabase(t, pgcluster.Options{})
+	ctx := t.Context()
 	e := newEnvAt(t, dbURL)
 	first, last := seed(t, e)
 
@@ -613,13 +572,8 @@ func TestSlotDroppedUnderHub(t *testing.T) {
 // whatever its watchers do), and the watcher that reads gets everything.
 func TestWalSenderNeverTimesOut(t *testing.T) {
 	const timeout = 2 * time.Second
-	c := pgtest.StartPrivate(t, pgcluster.Options{Settings: map[string]string{"wal_sender_timeout": "2s"}})
-	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
-	defer cancel()
-	dbURL, err := c.CreateDatabase(ctx, "walwatch")
-	if err != nil {
-		t.Fatal(err)
-	}
+	_, dbURL := pgtest.PrivateDatabase(t, pgcluster.Options{Settings: map[string]string{"wal_sender_timeout": "2s"}})
+	ctx := t.Context()
 	e := newEnvAt(t, dbURL)
 	log, _ := hubLogger(t, "temporary")
 	m, reg := hubMetrics()
@@ -676,13 +630,8 @@ func TestWalSenderNeverTimesOut(t *testing.T) {
 // the server's WAL end from keepalives, and its slot moves past that WAL.
 func TestQuietTableDoesNotPinWAL(t *testing.T) {
 	// Keepalives come at half of wal_sender_timeout when nothing else does.
-	c := pgtest.StartPrivate(t, pgcluster.Options{Settings: map[string]string{"wal_sender_timeout": "4s"}})
-	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
-	defer cancel()
-	dbURL, err := c.CreateDatabase(ctx, "walwatch")
-	if err != nil {
-		t.Fatal(err)
-	}
+	_, dbURL := pgtest.PrivateDatabase(t, pgcluster.Options{Settings: map[string]string{"wal_sender_timeout": "4s"}})
+	ctx := t.Context()
 	e := newEnvAt(t, dbURL)
 	log, _ := hubLogger(t, "temporary")
 	e.startHub(t, replication.Config{Logger: log})
@@ -847,14 +796,14 @@ func TestHubAsReplicationRole(t *testing.T) {
 	if err != nil || !info.Active {
 		t.Fatalf("slot %s: %+v, %v", slot, info, err)
 	}
-	for _, l := range []*logBuf{plogs, tlogs} {
-		if bad := l.lines("denied"); len(bad) > 0 {
+	for _, l := range []*logs.Buffer{plogs, tlogs} {
+		if bad := l.Lines("denied"); len(bad) > 0 {
 			t.Errorf("permission errors in the hub log:\n%s", strings.Join(bad, "\n"))
 		}
 		// Expected: the filler waited for the held revision. Two hubs
 		// filling the same hole may also collide (SQLSTATE 23505):
 		// TestHubsFillTheSameHoleTogether is about that.
-		bad := slices.DeleteFunc(l.lines("level=WARN"), func(s string) bool {
+		bad := slices.DeleteFunc(l.Lines("level=WARN"), func(s string) bool {
 			return strings.Contains(s, "holds a revision open") || strings.Contains(s, "23505")
 		})
 		if len(bad) > 0 {
@@ -874,11 +823,11 @@ func TestHubsFillTheSameHoleTogether(t *testing.T) {
 	e := newEnv(t)
 	const hubs, rounds, held = 4, 8, 3
 	var hs []*replication.Hub
-	var logs []*logBuf
+	var hubLogs []*logs.Buffer
 	for i := range hubs {
 		log, l := hubLogger(t, fmt.Sprint("hub", i))
 		hs = append(hs, e.startHub(t, replication.Config{Logger: log}))
-		logs = append(logs, l)
+		hubLogs = append(hubLogs, l)
 	}
 	start := hs[0].Watermark() + 1
 	w := readAll(watch(t, hs[0], replication.WatchRequest{Range: store.Prefix([]byte("/"))}))
@@ -916,8 +865,8 @@ func TestHubsFillTheSameHoleTogether(t *testing.T) {
 		t.Errorf("%d filler rows, want %d", fillers, rounds*held)
 	}
 	var failed []string
-	for _, l := range logs {
-		failed = append(failed, l.lines("settling a hole with a filler row failed")...)
+	for _, l := range hubLogs {
+		failed = append(failed, l.Lines("settling a hole with a filler row failed")...)
 	}
 	if len(failed) > 0 {
 		t.Errorf("%d filler statements failed; the first:\n%s", len(failed), failed[0])

@@ -172,29 +172,22 @@ func New(cfg Config) (*Hub, error) {
 	return newHub(cfg, replConfig), nil
 }
 
+// orDefault sets a setting left at zero (or below) to its default.
+func orDefault[T int | time.Duration](v *T, def T) {
+	if *v <= 0 {
+		*v = def
+	}
+}
+
 // newHub builds a hub on cfg, zero settings taking their defaults.
 func newHub(cfg Config, replConfig *pgconn.Config) *Hub {
-	if cfg.FillGrace <= 0 {
-		cfg.FillGrace = DefaultFillGrace
-	}
-	if cfg.Window <= 0 {
-		cfg.Window = DefaultWindow
-	}
-	if cfg.StatusInterval <= 0 {
-		cfg.StatusInterval = DefaultStatusInterval
-	}
-	if cfg.ProgressInterval <= 0 {
-		cfg.ProgressInterval = DefaultProgressInterval
-	}
-	if cfg.WindowBytes <= 0 {
-		cfg.WindowBytes = DefaultWindowBytes
-	}
-	if cfg.BufferBytes <= 0 {
-		cfg.BufferBytes = DefaultBufferBytes
-	}
-	if cfg.WatcherBytes <= 0 {
-		cfg.WatcherBytes = DefaultWatcherBytes
-	}
+	orDefault(&cfg.FillGrace, DefaultFillGrace)
+	orDefault(&cfg.Window, DefaultWindow)
+	orDefault(&cfg.StatusInterval, DefaultStatusInterval)
+	orDefault(&cfg.ProgressInterval, DefaultProgressInterval)
+	orDefault(&cfg.WindowBytes, DefaultWindowBytes)
+	orDefault(&cfg.BufferBytes, DefaultBufferBytes)
+	orDefault(&cfg.WatcherBytes, DefaultWatcherBytes)
 	log := cfg.Logger
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)

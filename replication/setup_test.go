@@ -180,13 +180,7 @@ func TestRunFailsOnSchemaVersion(t *testing.T) {
 
 // A server without wal_level=logical can never serve a logical slot.
 func TestRunFailsWithoutLogicalWAL(t *testing.T) {
-	c := pgtest.StartPrivate(t, pgcluster.Options{Settings: map[string]string{"wal_level": "replica"}})
-	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
-	defer cancel()
-	dbURL, err := c.CreateDatabase(ctx, "walwatch")
-	if err != nil {
-		t.Fatal(err)
-	}
+	_, dbURL := pgtest.PrivateDatabase(t, pgcluster.Options{Settings: map[string]string{"wal_level": "replica"}})
 	e := newEnvAt(t, dbURL) // a publication can be made; no slot can read it
 	for _, slot := range []string{"", "ws_wal_level"} {
 		h := runHub(t, e.pool, replication.Config{Slot: slot})

@@ -1,7 +1,6 @@
 package replication
 
 import (
-	"context"
 	"log/slog"
 	"sync"
 	"time"
@@ -45,17 +44,4 @@ func (t *trouble) ok() {
 	}
 	t.log.Info(t.what+": works again", "after", time.Since(t.since).Round(time.Millisecond), "retries", t.retries)
 	t.since, t.retries = time.Time{}, 0
-}
-
-// sleep waits d, or less if ctx ends first; it reports whether ctx is still
-// alive.
-func sleep(ctx context.Context, d time.Duration) bool {
-	t := time.NewTimer(d)
-	defer t.Stop()
-	select {
-	case <-ctx.Done():
-		return false
-	case <-t.C:
-		return true
-	}
 }

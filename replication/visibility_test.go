@@ -24,18 +24,13 @@ import (
 // and settles revisions above it, but a read at those revisions, and a
 // watcher catching up from the table, must not pass over it.
 func TestCommittedNotYetVisible(t *testing.T) {
-	c := pgtest.StartPrivate(t, pgcluster.Options{Settings: map[string]string{
+	_, dbURL := pgtest.PrivateDatabase(t, pgcluster.Options{Settings: map[string]string{
 		// Every session commits locally unless it asks for more; the one
 		// that asks waits for a standby that never comes.
 		"synchronous_standby_names": "walwatch_test_no_standby",
 		"synchronous_commit":        "local",
 	}})
-	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
-	defer cancel()
-	dbURL, err := c.CreateDatabase(ctx, "walwatch")
-	if err != nil {
-		t.Fatal(err)
-	}
+	ctx := t.Context()
 	e := newEnvAt(t, dbURL)
 	// A window of one revision: a watcher from further back reads the table.
 	h := e.startHub(t, replication.Config{Window: 1})

@@ -394,14 +394,7 @@ func (h *Hub) leaveForTable(run []revEvents) bool {
 // syncVictimsLoop retries the responses of watchers that were too slow;
 // once one is delivered, the watcher catches up (or goes live again).
 func (h *Hub) syncVictimsLoop(ctx context.Context) {
-	t := time.NewTicker(syncInterval)
-	defer t.Stop()
-	for {
-		select {
-		case <-ctx.Done():
-			return
-		case <-t.C:
-		}
+	every(ctx, syncInterval, func() {
 		h.mu.Lock()
 		for wt := range h.victims {
 			if !wt.trySend(*wt.pending, wt.pendingBytes, h.queue) {
@@ -417,7 +410,7 @@ func (h *Hub) syncVictimsLoop(ctx context.Context) {
 		}
 		h.mu.Unlock()
 		h.wake()
-	}
+	})
 }
 
 // syncWatchersLoop serves watchers that are behind, from the window when it
@@ -600,15 +593,9 @@ func (h *Hub) readChanges(ctx context.Context, rng store.KeyRange, from, upto in
 // progressLoop sends progress marks to idle live watchers that asked for
 // them: only when everything up to the watermark has been delivered.
 func (h *Hub) progressLoop(ctx context.Context) {
-	t := time.NewTicker(h.cfg.ProgressInterval)
-	defer t.Stop()
-	for {
-		select {
-		case <-ctx.Done():
-			return
-		case <-t.C:
-		}
+	every(ctx, h.cfg.ProgressInterval, func() {
 		h.mu.Lock()
+		defer h.mu.Unlock()
 		w := h.order.watermark
 		h.synced.each(func(wt *watcher) {
 			// Live, so everything up to the watermark has been sent, unless
@@ -617,8 +604,7 @@ func (h *Hub) progressLoop(ctx context.Context) {
 				wt.trySend(WatchResponse{Revision: w}, 0, h.queue)
 			}
 		})
-		h.mu.Unlock()
-	}
+	})
 }
 
 // withPrevKV forwards wt's responses with each event's previous key-value

@@ -167,3 +167,18 @@ func databaseName(testName string, seq int64) string {
 	}
 	return fmt.Sprintf("%s_%d", b.String(), seq)
 }
+
+// PrivateDatabase starts a cluster of the test's own with opts, as
+// StartPrivate does, and returns it with the connection string of a database
+// named walwatch in it.
+func PrivateDatabase(t testing.TB, opts pgcluster.Options) (*pgcluster.Cluster, string) {
+	t.Helper()
+	c := StartPrivate(t, opts)
+	ctx, cancel := context.WithTimeout(t.Context(), time.Minute)
+	defer cancel()
+	url, err := c.CreateDatabase(ctx, "walwatch")
+	if err != nil {
+		t.Fatalf("pgtest: %v", err)
+	}
+	return c, url
+}
