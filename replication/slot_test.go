@@ -10,7 +10,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/jackc/pglogrepl"
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgconn"
 	"github.com/jackc/pgx/v5/pgxpool"
@@ -243,21 +242,12 @@ func TestDropActiveSlot(t *testing.T) {
 		t.Fatal(err)
 	}
 
-	conn, err := pgconn.Connect(ctx, url+"&replication=database")
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { conn.Close(context.Background()) })
-	// START succeeds without the publication; pgoutput looks it up only
-	// when there is a change to send, and this database has none.
-	err = pglogrepl.StartReplication(ctx, conn, name, 0, pglogrepl.StartReplicationOptions{
-		PluginArgs: []string{"proto_version '1'", "publication_names 'x'"},
-	})
-	if err != nil {
-		t.Fatal(err)
-	}
+	pgtest.ReadSlot(t, url, name)
 
-	var s replication.SlotInfo
+	var (
+		s   replication.SlotInfo
+		err error
+	)
 	for {
 		s, err = replication.GetSlot(ctx, pool, name)
 		if err != nil {

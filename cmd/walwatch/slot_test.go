@@ -12,8 +12,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/jackc/pglogrepl"
-	"github.com/jackc/pgx/v5/pgconn"
 	"github.com/jackc/pgx/v5/pgxpool"
 
 	"github.com/walwatch/walwatch/replication"
@@ -182,19 +180,9 @@ func TestSlotCLIDropActive(t *testing.T) {
 		t.Fatal(err)
 	}
 
+	pgtest.ReadSlot(t, url, name)
 	ctx, cancel := context.WithTimeout(t.Context(), time.Minute)
 	defer cancel()
-	conn, err := pgconn.Connect(ctx, url+"&replication=database")
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { conn.Close(context.Background()) })
-	err = pglogrepl.StartReplication(ctx, conn, name, 0, pglogrepl.StartReplicationOptions{
-		PluginArgs: []string{"proto_version '1'", "publication_names 'x'"},
-	})
-	if err != nil {
-		t.Fatal(err)
-	}
 
 	var pid float64
 	for {
