@@ -228,6 +228,16 @@ func putRetry(t *testing.T, e *env, key, value string) int64 {
 	return 0
 }
 
+// received waits for the n events x should have received, from its hub
+// watcher or its bare slot reader.
+func (x *watched) received(t *testing.T, n int) []seen {
+	t.Helper()
+	if x.r != nil {
+		return x.r.wait(t, n, 60*time.Second)
+	}
+	return collect(t, x.w, n, 60*time.Second)
+}
+
 // checkHistories writes a last key every watcher matches, then checks that
 // each one received exactly the table's history from its start: an event
 // delivered twice, or one that is not in the table, shows as a difference
@@ -240,13 +250,7 @@ func checkHistories(t *testing.T, e *env, hubs []*replication.Hub, ws []*watched
 		if len(want) == 0 || want[len(want)-1].Rev != end {
 			t.Fatalf("%s: the table history does not end with the last put at %d: %d events", x.name, end, len(want))
 		}
-		var got []seen
-		if x.r != nil {
-			got = x.r.wait(t, len(want), 60*time.Second)
-		} else {
-			got = collect(t, x.w, len(want), 60*time.Second)
-		}
-		compareHistory(t, x.name, got, want)
+		compareHistory(t, x.name, x.received(t, len(want)), want)
 	}
 	for i, h := range hubs {
 		if w := h.Watermark(); w < end {

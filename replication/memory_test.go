@@ -99,13 +99,7 @@ func testSpillBehindHeldRevision(t *testing.T, commit bool) {
 	waitRevision(t, h, last)
 	for _, x := range ws {
 		want := e.history(t, x.rng, x.start)
-		var got []seen
-		if x.r != nil {
-			got = x.r.wait(t, len(want), 60*time.Second)
-		} else {
-			got = collect(t, x.w, len(want), 60*time.Second)
-		}
-		compareHistory(t, x.name, got, want)
+		compareHistory(t, x.name, x.received(t, len(want)), want)
 	}
 	if b := metric(t, reg, "walwatch_hub_window_bytes"); b > 256<<10 {
 		t.Errorf("the window holds %.0f bytes, over its %d", b, 256<<10)
