@@ -221,7 +221,7 @@ func (c *Client) Err() error {
 // revision may not follow: read through the client.
 func (c *Client) Store() *store.Store { return c.store }
 
-// Hub returns the client's hub, for its state (Ready, Streaming, Revision)
+// Hub returns the client's hub, for its state (Ready, Streaming, Watermark)
 // and metrics. The client runs it: do not call Run.
 func (c *Client) Hub() *replication.Hub { return c.hub }
 
