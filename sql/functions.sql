@@ -328,14 +328,38 @@ begin
 end
 $$;
 
+-- How many live keys [p_lo, p_hi) holds at revision p_rev (p_hi null: no
+-- upper bound), for a range whose limit cut it short: etcd's count. It
+-- reads no values.
+create or replace function walwatch.range_count(p_lo bytea, p_hi bytea, p_rev bigint) returns bigint
+language plpgsql stable
+set plan_cache_mode = force_custom_plan
+as $$
+begin
+    if p_hi is null then
+        return (select count(*) from (select distinct on (k.key) k.tombstone from walwatch.kv k
+                                       where k.key >= p_lo and k.revision <= p_rev
+                                       order by k.key, k.revision desc) t
+                 where not t.tombstone);
+    end if;
+    return (select count(*) from (select distinct on (k.key) k.tombstone from walwatch.kv k
+                                   where k.key >= p_lo and k.key < p_hi and k.revision <= p_rev
+                                   order by k.key, k.revision desc) t
+             where not t.tombstone);
+end
+$$;
+
 -- Reads a key or range (etcd's key and range_end) at revision p_rev (0: the
 -- current one), at most p_limit keys (0: all), in one snapshot. Returns the
--- revision read at and the keys as parallel arrays. A single key is read
+-- revision read at, whether the limit cut the answer short, how many keys
+-- the range holds (count, whatever the limit, as etcd's), and the keys as
+-- parallel arrays; with p_count_only, the count alone. A single key is read
 -- with one index probe rather than through latest_rows, which plans every
 -- call afresh.
 create or replace function walwatch.range(p_key bytea, p_end bytea, p_rev bigint default 0, p_limit bigint default 0,
-    out revision bigint, out more boolean, out keys bytea[], out vals bytea[],
-    out create_revisions bigint[], out mod_revisions bigint[], out versions bigint[])
+    p_count_only boolean default false,
+    out revision bigint, out more boolean, out count bigint, out keys bytea[], out vals bytea[],
+    out create_revisions bigint[], out mod_revisions bigint[], out versions bigint[], out leases bigint[])
 language plpgsql stable as $$
 declare
     lim bigint := nullif(p_limit, 0);
@@ -350,16 +374,24 @@ begin
     end if;
     revision := walwatch.read_revision(p_rev);
     more := false;
+    keys := '{}'; vals := '{}'; create_revisions := '{}'; mod_revisions := '{}'; versions := '{}'; leases := '{}';
     if hi = walwatch.range_upper(p_key, null) then
-        select k.key, k.value, k.create_revision, k.revision, k.version, k.tombstone into one
+        select k.key, k.value, k.create_revision, k.revision, k.version, k.lease, k.tombstone into one
           from walwatch.kv k where k.key = p_key and k.revision <= range.revision
          order by k.revision desc limit 1;
         if one.key is null or one.tombstone then
-            keys := '{}'; vals := '{}'; create_revisions := '{}'; mod_revisions := '{}'; versions := '{}';
+            count := 0;
         else
-            keys := array[one.key]; vals := array[one.value]; create_revisions := array[one.create_revision];
-            mod_revisions := array[one.revision]; versions := array[one.version];
+            count := 1;
+            if not p_count_only then
+                keys := array[one.key]; vals := array[one.value]; create_revisions := array[one.create_revision];
+                mod_revisions := array[one.revision]; versions := array[one.version]; leases := array[one.lease];
+            end if;
         end if;
+        return;
+    end if;
+    if p_count_only then
+        count := walwatch.range_count(p_key, hi, revision);
         return;
     end if;
     select coalesce(array_agg(r.key order by r.key) filter (where r.n <= coalesce(lim, r.n)), '{}'),
@@ -367,10 +399,16 @@ begin
            coalesce(array_agg(r.create_revision order by r.key) filter (where r.n <= coalesce(lim, r.n)), '{}'),
            coalesce(array_agg(r.revision order by r.key) filter (where r.n <= coalesce(lim, r.n)), '{}'),
            coalesce(array_agg(r.version order by r.key) filter (where r.n <= coalesce(lim, r.n)), '{}'),
+           coalesce(array_agg(r.lease order by r.key) filter (where r.n <= coalesce(lim, r.n)), '{}'),
            coalesce(bool_or(r.n > lim), false)
-      into keys, vals, create_revisions, mod_revisions, versions, more
+      into keys, vals, create_revisions, mod_revisions, versions, leases, more
       from (select l.*, row_number() over (order by l.key) as n
             from walwatch.latest_rows(p_key, hi, revision, lim + 1) l) r;
+    if more then
+        count := walwatch.range_count(p_key, hi, revision);
+    else
+        count := cardinality(keys);
+    end if;
 end
 $$;
 

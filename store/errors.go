@@ -18,6 +18,13 @@ var (
 	ErrDuplicateKey    = errors.New("duplicate key given in txn request")
 	ErrTooManyOps      = errors.New("too many operations in txn request")
 	ErrNegativeAge     = errors.New("compaction age must not be negative")
+	// ErrKeyNotFound: a put that keeps the key's value or lease
+	// (IgnoreValue, IgnoreLease) found no key.
+	ErrKeyNotFound = errors.New("key not found")
+	// ErrValueProvided, ErrLeaseProvided: a put that keeps the key's value
+	// or lease gave one.
+	ErrValueProvided = errors.New("value is provided")
+	ErrLeaseProvided = errors.New("lease is provided")
 )
 
 // ErrCompacted matches (errors.Is) every *CompactedError.

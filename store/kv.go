@@ -10,6 +10,8 @@ type RangeRequest struct {
 	KeyRange
 	Revision int64 // 0: the current revision
 	Limit    int64 // 0: no limit
+	// CountOnly asks for Count alone, no keys.
+	CountOnly bool
 }
 
 // RangeResponse is what a read returns.
@@ -17,17 +19,22 @@ type RangeResponse struct {
 	Revision int64 // the revision read at
 	KVs      []KeyValue
 	More     bool // Limit cut the result short
+	// Count is how many keys the range holds at Revision, whatever Limit
+	// says, as etcd's count.
+	Count int64
 }
 
 // PutResponse is what a put returns.
 type PutResponse struct {
 	Revision int64
+	PrevKV   *KeyValue // asked for with Op.PrevKV; nil when there was no key
 }
 
 // DeleteResponse is what a delete returns.
 type DeleteResponse struct {
 	Revision int64 // of the delete; the current one when nothing was deleted
 	Deleted  int64
+	PrevKVs  []KeyValue // asked for with Op.PrevKV: the keys deleted, as they were
 }
 
 // Put sets key to value at a revision of its own. Puts made while others are
@@ -85,20 +92,20 @@ func (s *Store) Range(ctx context.Context, req RangeRequest) (RangeResponse, err
 
 func rangeKeys(ctx context.Context, q querier, req RangeRequest) (RangeResponse, error) {
 	var (
-		res                     RangeResponse
-		keys, values            [][]byte
-		creates, mods, versions []int64
+		res                             RangeResponse
+		keys, values                    [][]byte
+		creates, mods, versions, leases []int64
 	)
 	err := q.QueryRow(ctx,
-		"select revision, more, keys, vals, create_revisions, mod_revisions, versions from walwatch.range($1, $2, $3, $4)",
-		req.Key, req.end(), req.Revision, req.Limit,
-	).Scan(&res.Revision, &res.More, &keys, &values, &creates, &mods, &versions)
+		"select revision, more, count, keys, vals, create_revisions, mod_revisions, versions, leases from walwatch.range($1, $2, $3, $4, $5)",
+		req.Key, req.end(), req.Revision, req.Limit, req.CountOnly,
+	).Scan(&res.Revision, &res.More, &res.Count, &keys, &values, &creates, &mods, &versions, &leases)
 	if err != nil {
 		return RangeResponse{}, fmt.Errorf("range %s at revision %d: %w", keyText(req.Key), req.Revision, TypedError(err, req.Revision))
 	}
 	res.KVs = make([]KeyValue, len(keys))
 	for i := range keys {
-		res.KVs[i] = KeyValue{Key: keys[i], Value: values[i], CreateRevision: creates[i], ModRevision: mods[i], Version: versions[i]}
+		res.KVs[i] = KeyValue{Key: keys[i], Value: values[i], CreateRevision: creates[i], ModRevision: mods[i], Version: versions[i], Lease: leases[i]}
 	}
 	return res, nil
 }

@@ -62,6 +62,7 @@ type KeyValue struct {
 	CreateRevision int64 // revision of the put that created the key
 	ModRevision    int64 // revision of its last change
 	Version        int64 // 1 on create, +1 per put
+	Lease          int64 // the lease the key is attached to; 0: none
 }
 
 // querier is what the store's operations need: a pool or a transaction.

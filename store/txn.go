@@ -18,6 +18,7 @@ const (
 	CompareVersion
 	CompareCreateRevision
 	CompareModRevision
+	CompareLease
 )
 
 // CompareResult is how a Compare relates the key's field to its operand.
@@ -32,9 +33,13 @@ const (
 
 // Compare is one condition of a Txn, as etcd's: the key's Target field
 // compared with Value (for CompareValue) or Number (the others). A missing key
-// has version, create and mod revision 0, and no value compare holds for it.
+// has version, create and mod revision and lease 0, and no value compare
+// holds for it. With End, the compare is over the range [Key, End) (End
+// "\x00": every key from Key on) and holds when it holds for every key there,
+// or, when there is none, as for a missing key.
 type Compare struct {
 	Key    []byte
+	End    []byte
 	Target CompareTarget
 	Result CompareResult
 	Value  []byte
@@ -48,6 +53,7 @@ const (
 	OpRange OpKind = iota
 	OpPut
 	OpDelete
+	OpTxn
 )
 
 // Op is one operation of a Txn branch.
@@ -55,7 +61,26 @@ type Op struct {
 	Kind  OpKind
 	Range KeyRange // the key for a put
 	Value []byte   // for a put
-	Limit int64    // for a range
+
+	// For a range: at most Limit keys (0: all), at Revision (0: the Txn's
+	// own view, with its writes so far), or with CountOnly the count alone.
+	Limit     int64
+	Revision  int64
+	CountOnly bool
+
+	// For a put: the key's lease (0: none). IgnoreValue keeps the key's
+	// value and IgnoreLease its lease (Value, Lease must then be empty);
+	// both fail with ErrKeyNotFound when there is no key.
+	Lease       int64
+	IgnoreValue bool
+	IgnoreLease bool
+
+	// For a put or a delete: answer with the key-values before the write.
+	PrevKV bool
+
+	// For a nested Txn (OpTxn): its compares are checked with the outer
+	// ones, before any write, and its writes share the outer revision.
+	Txn *TxnRequest
 }
 
 // OpGet reads a range at the Txn's own revision.
@@ -66,6 +91,9 @@ func OpPutKey(key, value []byte) Op { return Op{Kind: OpPut, Range: Key(key), Va
 
 // OpDeleteRange deletes a key or range.
 func OpDeleteRange(r KeyRange) Op { return Op{Kind: OpDelete, Range: r} }
+
+// OpNested runs req inside the Txn, as etcd's RequestOp_RequestTxn.
+func OpNested(req TxnRequest) Op { return Op{Kind: OpTxn, Txn: &req} }
 
 // TxnRequest is etcd's transaction: if every compare holds, Then runs, else Else.
 type TxnRequest struct {
@@ -79,6 +107,7 @@ type OpResponse struct {
 	Range  *RangeResponse
 	Put    *PutResponse
 	Delete *DeleteResponse
+	Txn    *TxnResponse
 }
 
 // TxnResponse is the result of a Txn.
@@ -96,7 +125,13 @@ const txnRetries = 5
 // runs with every key it names locked, and all its writes share one revision.
 // A Txn that writes nothing takes no revision.
 func (s *Store) Txn(ctx context.Context, req TxnRequest) (TxnResponse, error) {
-	if err := s.checkTxn(req); err != nil {
+	if err := s.checkTxn(req, s.limits.MaxTxnOps); err != nil {
+		return TxnResponse{}, err
+	}
+	if _, _, err := writeSets(req.Then); err != nil {
+		return TxnResponse{}, err
+	}
+	if _, _, err := writeSets(req.Else); err != nil {
 		return TxnResponse{}, err
 	}
 	for attempt := 1; ; attempt++ {
@@ -117,166 +152,371 @@ func (s *Store) Txn(ctx context.Context, req TxnRequest) (TxnResponse, error) {
 	}
 }
 
-func (s *Store) checkTxn(req TxnRequest) error {
+// checkTxn checks req's shape and sizes, as etcd does: no part (compares,
+// either branch) longer than maxOps, and a nested Txn within what its
+// parent leaves (maxOps less the parent's longest part).
+func (s *Store) checkTxn(req TxnRequest, maxOps int) error {
+	n := max(len(req.If), len(req.Then), len(req.Else))
+	if n > maxOps {
+		return fmt.Errorf("%w: %d, limit %d", ErrTooManyOps, n, maxOps)
+	}
 	for _, c := range req.If {
-		if err := s.checkKey(c.Key); err != nil {
+		if err := s.checkRange(KeyRange{Key: c.Key, End: c.End}); err != nil {
 			return err
 		}
-		if c.Target < CompareValue || c.Target > CompareModRevision || c.Result < ResultEqual || c.Result > ResultGreater {
+		if c.Target < CompareValue || c.Target > CompareLease || c.Result < ResultEqual || c.Result > ResultGreater {
 			return fmt.Errorf("txn: compare on %s: unknown target or result", keyText(c.Key))
 		}
 	}
 	for _, ops := range [][]Op{req.Then, req.Else} {
-		if len(ops) > s.limits.MaxTxnOps {
-			return fmt.Errorf("%w: %d, limit %d", ErrTooManyOps, len(ops), s.limits.MaxTxnOps)
-		}
-		var writes []KeyRange
 		for _, op := range ops {
-			if err := s.checkRange(op.Range); err != nil {
+			if err := s.checkOp(op, maxOps-n); err != nil {
 				return err
 			}
-			switch op.Kind {
-			case OpRange:
-				if op.Limit < 0 {
-					return fmt.Errorf("%w: %d", ErrInvalidLimit, op.Limit)
-				}
-				continue
-			case OpPut:
-				if !op.Range.IsSingleKey() {
-					return fmt.Errorf("txn: put on %s names a range", keyText(op.Range.Key))
-				}
-				if err := s.checkValue(op.Value); err != nil {
-					return err
-				}
-			case OpDelete:
-			default:
-				return fmt.Errorf("txn: unknown op kind %d", op.Kind)
-			}
-			// etcd refuses a branch that writes one key twice: its revision
-			// would hold two rows for the key.
-			for _, w := range writes {
-				if overlaps(w, op.Range) {
-					return fmt.Errorf("%w: %s", ErrDuplicateKey, keyText(op.Range.Key))
-				}
-			}
-			writes = append(writes, op.Range)
 		}
 	}
 	return nil
 }
 
-// overlaps reports whether two ranges share a key.
-func overlaps(a, b KeyRange) bool {
-	switch {
-	case a.IsSingleKey():
-		return b.Contains(a.Key)
-	case b.IsSingleKey():
-		return a.Contains(b.Key)
+func (s *Store) checkOp(op Op, maxOps int) error {
+	if op.Kind == OpTxn {
+		if op.Txn == nil {
+			return errors.New("txn: nested txn missing")
+		}
+		return s.checkTxn(*op.Txn, maxOps)
 	}
-	// Two [start, end) ranges, either perhaps without an end.
-	aBefore := !a.IsOpenEnded() && bytes.Compare(a.End, b.Key) <= 0
-	bBefore := !b.IsOpenEnded() && bytes.Compare(b.End, a.Key) <= 0
-	return !aBefore && !bBefore
+	if err := s.checkRange(op.Range); err != nil {
+		return err
+	}
+	switch op.Kind {
+	case OpRange:
+		if op.Limit < 0 {
+			return fmt.Errorf("%w: %d", ErrInvalidLimit, op.Limit)
+		}
+		return checkRevision(op.Revision)
+	case OpPut:
+		if !op.Range.IsSingleKey() {
+			return fmt.Errorf("txn: put on %s names a range", keyText(op.Range.Key))
+		}
+		if op.IgnoreValue && len(op.Value) > 0 {
+			return ErrValueProvided
+		}
+		if op.IgnoreLease && op.Lease != 0 {
+			return ErrLeaseProvided
+		}
+		return s.checkValue(op.Value)
+	case OpDelete:
+		return nil
+	}
+	return fmt.Errorf("txn: unknown op kind %d", op.Kind)
+}
+
+// writeSets applies etcd's rule for what one branch may write: a key is put
+// at most once, and never in a range the branch (or a Txn nested in it)
+// deletes, since its revision would hold two rows for the key; deletes may
+// overlap. The two branches of a nested Txn exclude each other, so both may
+// put the same key. It returns the keys put and the ranges deleted.
+func writeSets(ops []Op) (map[string]bool, []KeyRange, error) {
+	var dels []KeyRange
+	for _, op := range ops {
+		if op.Kind == OpDelete {
+			dels = append(dels, op.Range)
+		}
+	}
+	deleted := func(k string) bool {
+		for _, d := range dels {
+			if d.Contains([]byte(k)) {
+				return true
+			}
+		}
+		return false
+	}
+	puts := map[string]bool{}
+	for _, op := range ops {
+		if op.Kind != OpTxn {
+			continue
+		}
+		thenPuts, thenDels, err := writeSets(op.Txn.Then)
+		if err != nil {
+			return nil, nil, err
+		}
+		elsePuts, elseDels, err := writeSets(op.Txn.Else)
+		if err != nil {
+			return nil, nil, err
+		}
+		for k := range thenPuts {
+			if puts[k] || deleted(k) {
+				return nil, nil, fmt.Errorf("%w: %s", ErrDuplicateKey, keyText([]byte(k)))
+			}
+			puts[k] = true
+		}
+		for k := range elsePuts {
+			if puts[k] && !thenPuts[k] || deleted(k) {
+				return nil, nil, fmt.Errorf("%w: %s", ErrDuplicateKey, keyText([]byte(k)))
+			}
+			puts[k] = true
+		}
+		dels = append(append(dels, thenDels...), elseDels...)
+	}
+	for _, op := range ops {
+		if op.Kind != OpPut {
+			continue
+		}
+		k := string(op.Range.Key)
+		if puts[k] || deleted(k) {
+			return nil, nil, fmt.Errorf("%w: %s", ErrDuplicateKey, keyText(op.Range.Key))
+		}
+		puts[k] = true
+	}
+	return puts, dels, nil
+}
+
+// lockedKeys appends every single key req names, in its compares and in
+// both branches, nested Txns included.
+func lockedKeys(keys [][]byte, req TxnRequest) [][]byte {
+	for _, c := range req.If {
+		if len(c.End) == 0 {
+			keys = append(keys, c.Key)
+		}
+	}
+	for _, ops := range [][]Op{req.Then, req.Else} {
+		for _, op := range ops {
+			switch {
+			case op.Kind == OpTxn:
+				keys = lockedKeys(keys, *op.Txn)
+			case op.Kind != OpRange && op.Range.IsSingleKey():
+				keys = append(keys, op.Range.Key)
+			}
+		}
+	}
+	return keys
+}
+
+// txnPath is the branch a Txn takes, and those of the Txns nested in that
+// branch, in order.
+type txnPath struct {
+	succeeded bool
+	nested    []*txnPath
+}
+
+// choosePath checks the compares of req and of every Txn nested on the
+// branch taken, all before any write, as etcd does.
+func choosePath(ctx context.Context, tx pgx.Tx, req TxnRequest) (*txnPath, error) {
+	p := &txnPath{succeeded: true}
+	for _, c := range req.If {
+		ok, err := compare(ctx, tx, c)
+		if err != nil {
+			return nil, err
+		}
+		if !ok {
+			p.succeeded = false
+			break
+		}
+	}
+	for _, op := range p.branch(req) {
+		if op.Kind == OpTxn {
+			n, err := choosePath(ctx, tx, *op.Txn)
+			if err != nil {
+				return nil, err
+			}
+			p.nested = append(p.nested, n)
+		}
+	}
+	return p, nil
+}
+
+func (p *txnPath) branch(req TxnRequest) []Op {
+	if p.succeeded {
+		return req.Then
+	}
+	return req.Else
+}
+
+// txnWriter runs a Txn's ops: the revision is taken by its first write, and
+// every row of the Txn, nested ones included, gets the next sub.
+type txnWriter struct {
+	tx  pgx.Tx
+	rev *int64
+	sub int
 }
 
 func runTxn(ctx context.Context, tx pgx.Tx, req TxnRequest) (TxnResponse, error) {
 	// Lock every single key the Txn names, in one statement and one order, so
 	// the compares still hold when the branch writes. Range deletes lock the
 	// keys they find themselves.
-	var keys [][]byte
-	for _, c := range req.If {
-		keys = append(keys, c.Key)
-	}
-	for _, ops := range [][]Op{req.Then, req.Else} {
-		for _, op := range ops {
-			if op.Kind != OpRange && op.Range.IsSingleKey() {
-				keys = append(keys, op.Range.Key)
-			}
-		}
-	}
-	if len(keys) > 0 {
+	if keys := lockedKeys(nil, req); len(keys) > 0 {
 		if _, err := tx.Exec(ctx, "select walwatch.lock_keys($1)", keys); err != nil {
 			return TxnResponse{}, fmt.Errorf("lock keys: %w", err)
 		}
 	}
+	path, err := choosePath(ctx, tx, req)
+	if err != nil {
+		return TxnResponse{}, err
+	}
+	w := &txnWriter{tx: tx}
+	res, err := w.run(ctx, req, path)
+	if err != nil {
+		return TxnResponse{}, err
+	}
+	if w.rev == nil {
+		if err := tx.QueryRow(ctx, "select walwatch.current_revision()").Scan(&res.Revision); err != nil {
+			return TxnResponse{}, fmt.Errorf("read revision: %w", err)
+		}
+		setRevision(&res, res.Revision)
+	}
+	return res, nil
+}
 
-	res := TxnResponse{Succeeded: true}
-	for _, c := range req.If {
-		ok, err := compare(ctx, tx, c)
+// setRevision gives a Txn that wrote nothing, and those nested in it, the
+// revision it was read at.
+func setRevision(res *TxnResponse, rev int64) {
+	res.Revision = rev
+	for _, r := range res.Responses {
+		if r.Txn != nil {
+			setRevision(r.Txn, rev)
+		}
+	}
+}
+
+// run runs the branch path chose. Each op reports the revision as etcd's
+// do: the Txn's once it has written (a range after a write reads it), the
+// one read at before.
+func (w *txnWriter) run(ctx context.Context, req TxnRequest, path *txnPath) (TxnResponse, error) {
+	res := TxnResponse{Succeeded: path.succeeded}
+	nested := path.nested
+	for _, op := range path.branch(req) {
+		var r OpResponse
+		var err error
+		switch op.Kind {
+		case OpRange:
+			r.Range, err = w.rangeOp(ctx, op)
+		case OpPut:
+			r.Put, err = w.put(ctx, op)
+		case OpDelete:
+			r.Delete, err = w.delete(ctx, op)
+		case OpTxn:
+			var t TxnResponse
+			t, err = w.run(ctx, *op.Txn, nested[0])
+			nested = nested[1:]
+			r.Txn = &t
+		}
 		if err != nil {
 			return TxnResponse{}, err
 		}
-		if !ok {
-			res.Succeeded = false
-			break
-		}
+		res.Responses = append(res.Responses, r)
 	}
-	ops := req.Then
-	if !res.Succeeded {
-		ops = req.Else
-	}
-
-	var rev *int64 // the Txn's revision, taken by its first write
-	sub := 0
-	for _, op := range ops {
-		switch op.Kind {
-		case OpRange:
-			r, err := rangeKeys(ctx, tx, RangeRequest{KeyRange: op.Range, Limit: op.Limit})
-			if err != nil {
-				return TxnResponse{}, err
+	if w.rev != nil {
+		res.Revision = *w.rev
+		for _, r := range res.Responses {
+			switch {
+			case r.Put != nil:
+				r.Put.Revision = *w.rev
+			case r.Delete != nil:
+				r.Delete.Revision = *w.rev
 			}
-			res.Responses = append(res.Responses, OpResponse{Range: &r})
-		case OpPut:
-			var r PutResponse
-			if err := tx.QueryRow(ctx, "select walwatch.append($1, $2, $3, $4, false)", rev, sub, op.Range.Key, op.Value).Scan(&r.Revision); err != nil {
-				return TxnResponse{}, fmt.Errorf("put %s: %w", keyText(op.Range.Key), TypedError(err, 0))
-			}
-			rev, sub = &r.Revision, sub+1
-			res.Responses = append(res.Responses, OpResponse{Put: &r})
-		case OpDelete:
-			r, err := deleteRange(ctx, tx, op.Range, rev, sub)
-			if err != nil {
-				return TxnResponse{}, err
-			}
-			if r.Deleted > 0 {
-				rev, sub = &r.Revision, sub+int(r.Deleted)
-			}
-			res.Responses = append(res.Responses, OpResponse{Delete: &r})
-		}
-	}
-	if rev != nil {
-		res.Revision = *rev
-	} else if err := tx.QueryRow(ctx, "select walwatch.current_revision()").Scan(&res.Revision); err != nil {
-		return TxnResponse{}, fmt.Errorf("read revision: %w", err)
-	}
-	// Every op of a branch reports the Txn's revision, as etcd's headers do.
-	for _, r := range res.Responses {
-		switch {
-		case r.Range != nil:
-			r.Range.Revision = res.Revision
-		case r.Put != nil:
-			r.Put.Revision = res.Revision
-		case r.Delete != nil:
-			r.Delete.Revision = res.Revision
 		}
 	}
 	return res, nil
 }
 
-// compare checks one condition against the key's newest version.
+func (w *txnWriter) rangeOp(ctx context.Context, op Op) (*RangeResponse, error) {
+	r, err := rangeKeys(ctx, w.tx, RangeRequest{KeyRange: op.Range, Revision: op.Revision, Limit: op.Limit, CountOnly: op.CountOnly})
+	if err != nil {
+		return nil, err
+	}
+	if w.rev != nil && op.Revision == 0 {
+		r.Revision = *w.rev
+	}
+	return &r, nil
+}
+
+func (w *txnWriter) put(ctx context.Context, op Op) (*PutResponse, error) {
+	key, value, lease := op.Range.Key, op.Value, op.Lease
+	var prev *KeyValue
+	if op.PrevKV || op.IgnoreValue || op.IgnoreLease {
+		// The Txn holds the key's lock: nobody writes it between this
+		// read and the put.
+		cur, err := rangeKeys(ctx, w.tx, RangeRequest{KeyRange: Key(key)})
+		if err != nil {
+			return nil, err
+		}
+		if len(cur.KVs) > 0 {
+			prev = &cur.KVs[0]
+		}
+		if prev == nil && (op.IgnoreValue || op.IgnoreLease) {
+			return nil, fmt.Errorf("put %s: %w", keyText(key), ErrKeyNotFound)
+		}
+		if op.IgnoreValue {
+			value = prev.Value
+		}
+		if op.IgnoreLease {
+			lease = prev.Lease
+		}
+	}
+	var r PutResponse
+	if err := w.tx.QueryRow(ctx, "select walwatch.append($1, $2, $3, $4, false, $5)", w.rev, w.sub, key, value, lease).Scan(&r.Revision); err != nil {
+		return nil, fmt.Errorf("put %s: %w", keyText(key), TypedError(err, 0))
+	}
+	w.rev, w.sub = &r.Revision, w.sub+1
+	if op.PrevKV {
+		r.PrevKV = prev
+	}
+	return &r, nil
+}
+
+func (w *txnWriter) delete(ctx context.Context, op Op) (*DeleteResponse, error) {
+	first := w.sub
+	r, err := deleteRange(ctx, w.tx, op.Range, w.rev, w.sub)
+	if err != nil {
+		return nil, err
+	}
+	if r.Deleted == 0 {
+		return &r, nil
+	}
+	w.rev, w.sub = &r.Revision, w.sub+int(r.Deleted)
+	if op.PrevKV {
+		// Each tombstone names the row it ends (prev_revision), in the
+		// order of the keys deleted.
+		rows, err := w.tx.Query(ctx,
+			`select p.key, p.value, p.create_revision, p.revision, p.version, p.lease
+			   from walwatch.kv t join walwatch.kv p on p.key = t.key and p.revision = t.prev_revision
+			  where t.revision = $1 and t.sub >= $2 and t.sub < $3 order by t.sub`,
+			r.Revision, first, w.sub)
+		if err != nil {
+			return nil, fmt.Errorf("delete %s: read previous values: %w", keyText(op.Range.Key), err)
+		}
+		r.PrevKVs, err = pgx.CollectRows(rows, func(row pgx.CollectableRow) (KeyValue, error) {
+			var kv KeyValue
+			err := row.Scan(&kv.Key, &kv.Value, &kv.CreateRevision, &kv.ModRevision, &kv.Version, &kv.Lease)
+			return kv, err
+		})
+		if err != nil {
+			return nil, fmt.Errorf("delete %s: read previous values: %w", keyText(op.Range.Key), err)
+		}
+	}
+	return &r, nil
+}
+
+// compare checks one condition against the newest version of its key, or of
+// every key in its range.
 func compare(ctx context.Context, tx pgx.Tx, c Compare) (bool, error) {
-	r, err := rangeKeys(ctx, tx, RangeRequest{KeyRange: Key(c.Key)})
+	r, err := rangeKeys(ctx, tx, RangeRequest{KeyRange: KeyRange{Key: c.Key, End: c.End}})
 	if err != nil {
 		return false, err
 	}
-	var kv KeyValue
 	if len(r.KVs) == 0 {
-		if c.Target == CompareValue {
+		// A missing key: no value to compare, every number 0.
+		return c.Target != CompareValue && compareKV(c, KeyValue{}), nil
+	}
+	for _, kv := range r.KVs {
+		if !compareKV(c, kv) {
 			return false, nil
 		}
-	} else {
-		kv = r.KVs[0]
 	}
+	return true, nil
+}
+
+func compareKV(c Compare, kv KeyValue) bool {
 	var cmp int
 	switch c.Target {
 	case CompareValue:
@@ -287,16 +527,18 @@ func compare(ctx context.Context, tx pgx.Tx, c Compare) (bool, error) {
 		cmp = compareInt(kv.CreateRevision, c.Number)
 	case CompareModRevision:
 		cmp = compareInt(kv.ModRevision, c.Number)
+	case CompareLease:
+		cmp = compareInt(kv.Lease, c.Number)
 	}
 	switch c.Result {
 	case ResultEqual:
-		return cmp == 0, nil
+		return cmp == 0
 	case ResultNotEqual:
-		return cmp != 0, nil
+		return cmp != 0
 	case ResultLess:
-		return cmp < 0, nil
+		return cmp < 0
 	default:
-		return cmp > 0, nil
+		return cmp > 0
 	}
 }
 
