@@ -37,6 +37,12 @@ func toGRPC(err error) error {
 		return rpctypes.ErrGRPCTooManyOps
 	case errors.Is(err, store.ErrDuplicateKey):
 		return rpctypes.ErrGRPCDuplicateKey
+	case errors.Is(err, store.ErrKeyNotFound):
+		return rpctypes.ErrGRPCKeyNotFound
+	case errors.Is(err, store.ErrValueProvided):
+		return rpctypes.ErrGRPCValueProvided
+	case errors.Is(err, store.ErrLeaseProvided):
+		return rpctypes.ErrGRPCLeaseProvided
 	case errors.Is(err, walwatch.ErrNotSettled):
 		// A transaction holds a lower revision open: etcd's answer when a
 		// request could not be applied in time. Clients retry it.
@@ -54,3 +60,11 @@ func toGRPC(err error) error {
 	}
 	return status.Error(codes.Unknown, err.Error())
 }
+
+// Errors of etcd's that its rpctypes package does not name.
+var (
+	// etcd 3.7's answers to a RangeStream that sorts or filters by revision.
+	errRangeStreamSort    = status.Error(codes.Unimplemented, "RangeStream does not support custom sort orders")
+	errRangeStreamFilters = status.Error(codes.Unimplemented, "RangeStream does not support revision filters")
+	errUnknownCompare     = status.Error(codes.InvalidArgument, "etcdserver: unknown compare target or result")
+)

@@ -7,10 +7,6 @@ import (
 // The services filled in by their own files; the embedded Unimplemented
 // servers answer the methods not written yet with codes.Unimplemented.
 type (
-	kvServer struct {
-		pb.UnimplementedKVServer
-		s *Server
-	}
 	watchServer struct {
 		pb.UnimplementedWatchServer
 		s *Server
