@@ -325,6 +325,38 @@ func choosePath(ctx context.Context, tx pgx.Tx, req TxnRequest) (*txnPath, error
 	return p, nil
 }
 
+// checkPath finds, before the first write, what would make an op on the
+// path fail: a range at a revision that is compacted or in the future, a
+// put that keeps the value or lease of a key that does not exist. etcd checks
+// these first too; here it also keeps a Txn that fails from taking a
+// revision from the sequence, which would leave a gap.
+func checkPath(ctx context.Context, tx pgx.Tx, req TxnRequest, path *txnPath) error {
+	nested := path.nested
+	for _, op := range path.branch(req) {
+		switch {
+		case op.Kind == OpTxn:
+			if err := checkPath(ctx, tx, *op.Txn, nested[0]); err != nil {
+				return err
+			}
+			nested = nested[1:]
+		case op.Kind == OpRange && op.Revision != 0:
+			if _, err := tx.Exec(ctx, "select walwatch.read_revision($1)", op.Revision); err != nil {
+				return fmt.Errorf("range %s at revision %d: %w", keyText(op.Range.Key), op.Revision, TypedError(err, op.Revision))
+			}
+		case op.Kind == OpPut && (op.IgnoreValue || op.IgnoreLease):
+			// The key is locked: it cannot go before the put.
+			r, err := rangeKeys(ctx, tx, RangeRequest{KeyRange: op.Range, CountOnly: true})
+			if err != nil {
+				return err
+			}
+			if r.Count == 0 {
+				return fmt.Errorf("put %s: %w", keyText(op.Range.Key), ErrKeyNotFound)
+			}
+		}
+	}
+	return nil
+}
+
 func (p *txnPath) branch(req TxnRequest) []Op {
 	if p.succeeded {
 		return req.Then
@@ -351,6 +383,9 @@ func runTxn(ctx context.Context, tx pgx.Tx, req TxnRequest) (TxnResponse, error)
 	}
 	path, err := choosePath(ctx, tx, req)
 	if err != nil {
+		return TxnResponse{}, err
+	}
+	if err := checkPath(ctx, tx, req, path); err != nil {
 		return TxnResponse{}, err
 	}
 	w := &txnWriter{tx: tx}

@@ -66,5 +66,4 @@ var (
 	// etcd 3.7's answers to a RangeStream that sorts or filters by revision.
 	errRangeStreamSort    = status.Error(codes.Unimplemented, "RangeStream does not support custom sort orders")
 	errRangeStreamFilters = status.Error(codes.Unimplemented, "RangeStream does not support revision filters")
-	errUnknownCompare     = status.Error(codes.InvalidArgument, "etcdserver: unknown compare target or result")
 )

@@ -5,6 +5,7 @@ import (
 	"cmp"
 	"context"
 	"slices"
+	"sync/atomic"
 
 	pb "go.etcd.io/etcd/api/v3/etcdserverpb"
 	"go.etcd.io/etcd/api/v3/mvccpb"
@@ -22,6 +23,20 @@ import (
 type kvServer struct {
 	pb.UnimplementedKVServer
 	s *Server
+	// lastWrite is the newest revision a write through this server
+	// returned: a serializable read waits for it, so that, as on one etcd
+	// member, a client reads its own writes.
+	lastWrite atomic.Int64
+}
+
+// wrote records a write's revision and returns it.
+func (k *kvServer) wrote(rev int64) int64 {
+	for {
+		last := k.lastWrite.Load()
+		if rev <= last || k.lastWrite.CompareAndSwap(last, rev) {
+			return rev
+		}
+	}
 }
 
 var _ pb.KVServer = (*kvServer)(nil)
@@ -31,6 +46,7 @@ func (k *kvServer) Range(ctx context.Context, r *pb.RangeRequest) (*pb.RangeResp
 	if err := checkRange(r); err != nil {
 		return nil, err
 	}
+	normalizeRange(r)
 	rev, err := k.readRevision(ctx, r)
 	if err != nil {
 		return nil, toGRPC(err)
@@ -40,27 +56,41 @@ func (k *kvServer) Range(ctx context.Context, r *pb.RangeRequest) (*pb.RangeResp
 		return nil, toGRPC(err)
 	}
 	resp := rangeResponse(r, res)
-	head := res.Revision
-	if r.Revision != 0 {
-		// The header carries the current revision, also for a read at an
-		// older one.
-		if head, _, err = k.s.cfg.Client.Store().Revision(ctx); err != nil {
-			return nil, toGRPC(err)
-		}
+	head, err := k.headRevision(ctx, r, res.Revision)
+	if err != nil {
+		return nil, toGRPC(err)
 	}
 	resp.Header = k.s.header(head)
 	return resp, nil
 }
 
+// headRevision is the revision a read's header carries: the current one,
+// also for a read at an older one (one more round trip then).
+func (k *kvServer) headRevision(ctx context.Context, r *pb.RangeRequest, read int64) (int64, error) {
+	if r.Revision == 0 {
+		return read, nil
+	}
+	cur, _, err := k.s.cfg.Client.Store().Revision(ctx)
+	return cur, err
+}
+
 // readRevision is the revision a Range reads at: the one it names, or for
 // a serializable read the newest one the hub knows settled (no round trip
-// for the newest); 0 leaves it to the client: the current revision, once
-// settled.
+// for the newest), or this server's last write if newer; 0 leaves it to the
+// client: the current revision, once settled.
 func (k *kvServer) readRevision(ctx context.Context, r *pb.RangeRequest) (int64, error) {
 	if r.Revision != 0 || !r.Serializable {
 		return r.Revision, nil
 	}
-	return k.s.cfg.Client.ReadRevision(ctx)
+	rev, err := k.s.cfg.Client.ReadRevision(ctx)
+	return max(rev, k.lastWrite.Load()), err
+}
+
+// normalizeRange reads a negative revision or limit as etcd does: the
+// current revision, no limit.
+func normalizeRange(r *pb.RangeRequest) {
+	r.Revision = max(r.Revision, 0)
+	r.Limit = max(r.Limit, 0)
 }
 
 // RangeStream sends a range in chunks, as etcd 3.7 does: each chunk a
@@ -76,6 +106,7 @@ func (k *kvServer) RangeStream(r *pb.RangeRequest, stream grpc.ServerStreamingSe
 	if hasRevisionFilters(r) {
 		return errRangeStreamFilters
 	}
+	normalizeRange(r)
 	ctx := stream.Context()
 	rev, err := k.readRevision(ctx, r)
 	if err != nil {
@@ -86,7 +117,11 @@ func (k *kvServer) RangeStream(r *pb.RangeRequest, stream grpc.ServerStreamingSe
 		if err != nil {
 			return toGRPC(err)
 		}
-		return stream.Send(&pb.RangeStreamResponse{RangeResponse: &pb.RangeResponse{Header: k.s.header(res.Revision), Count: res.Count}})
+		head, err := k.headRevision(ctx, r, res.Revision)
+		if err != nil {
+			return toGRPC(err)
+		}
+		return stream.Send(&pb.RangeStreamResponse{RangeResponse: &pb.RangeResponse{Header: k.s.header(head), Count: res.Count}})
 	}
 	total := r.Limit
 	if total == 0 {
@@ -106,7 +141,11 @@ func (k *kvServer) RangeStream(r *pb.RangeRequest, stream grpc.ServerStreamingSe
 		sent += int64(len(out.Kvs))
 		done := !res.More || sent == total
 		if done {
-			out.Header, out.More, out.Count = k.s.header(rev), res.More, sent
+			head, err := k.headRevision(ctx, r, rev)
+			if err != nil {
+				return toGRPC(err)
+			}
+			out.Header, out.More, out.Count = k.s.header(head), res.More, sent
 			if res.More {
 				// What is left of the range after the last key sent.
 				rest := storeRange(r, rev)
@@ -156,14 +195,14 @@ func (k *kvServer) Put(ctx context.Context, r *pb.PutRequest) (*pb.PutResponse, 
 		if err != nil {
 			return nil, toGRPC(err)
 		}
-		return &pb.PutResponse{Header: k.s.header(res.Revision)}, nil
+		return &pb.PutResponse{Header: k.s.header(k.wrote(res.Revision))}, nil
 	}
 	res, err := k.s.cfg.Client.Txn(ctx, store.TxnRequest{Then: []store.Op{putOp(r)}})
 	if err != nil {
 		return nil, toGRPC(err)
 	}
 	put := res.Responses[0].Put
-	return &pb.PutResponse{Header: k.s.header(res.Revision), PrevKv: kvOf(put.PrevKV)}, nil
+	return &pb.PutResponse{Header: k.s.header(k.wrote(res.Revision)), PrevKv: kvOf(put.PrevKV)}, nil
 }
 
 // DeleteRange deletes a key or range as etcd's DeleteRange does.
@@ -179,13 +218,13 @@ func (k *kvServer) DeleteRange(ctx context.Context, r *pb.DeleteRangeRequest) (*
 		if err != nil {
 			return nil, toGRPC(err)
 		}
-		return &pb.DeleteRangeResponse{Header: k.s.header(res.Revision), Deleted: res.Deleted}, nil
+		return &pb.DeleteRangeResponse{Header: k.s.header(k.wrote(res.Revision)), Deleted: res.Deleted}, nil
 	}
 	res, err := k.s.cfg.Client.Txn(ctx, store.TxnRequest{Then: []store.Op{deleteOp(r)}})
 	if err != nil {
 		return nil, toGRPC(err)
 	}
-	return deleteResponse(k.s.header(res.Revision), res.Responses[0].Delete), nil
+	return deleteResponse(k.s.header(k.wrote(res.Revision)), res.Responses[0].Delete), nil
 }
 
 // Txn runs a transaction as etcd's Txn does: every compare of the path
@@ -205,8 +244,8 @@ func (k *kvServer) Txn(ctx context.Context, r *pb.TxnRequest) (*pb.TxnResponse, 
 	if err != nil {
 		return nil, toGRPC(err)
 	}
-	resp := txnResponse(r, res)
-	resp.Header = k.s.header(res.Revision)
+	resp := txnResponse(r, res, res.Revision)
+	resp.Header = k.s.header(k.wrote(res.Revision))
 	return resp, nil
 }
 
@@ -214,6 +253,18 @@ func (k *kvServer) Txn(ctx context.Context, r *pb.TxnRequest) (*pb.TxnResponse, 
 // in the same transaction, so every compaction is physical: when it
 // returns, the rows are gone.
 func (k *kvServer) Compact(ctx context.Context, r *pb.CompactionRequest) (*pb.CompactionResponse, error) {
+	if r.Revision <= 0 {
+		// etcd starts compacted below 0: compacting at 0 before any
+		// compaction does nothing, anything else at or below 0 is compacted.
+		cur, compacted, err := k.s.cfg.Client.Store().Revision(ctx)
+		if err != nil {
+			return nil, toGRPC(err)
+		}
+		if r.Revision < 0 || compacted > 0 {
+			return nil, rpctypes.ErrGRPCCompacted
+		}
+		return &pb.CompactionResponse{Header: k.s.header(cur)}, nil
+	}
 	if _, err := k.s.cfg.Client.Compact(ctx, r.Revision); err != nil {
 		return nil, toGRPC(err)
 	}
@@ -413,6 +464,14 @@ func deleteResponse(h *pb.ResponseHeader, d *store.DeleteResponse) *pb.DeleteRan
 func storeTxn(r *pb.TxnRequest) (store.TxnRequest, error) {
 	var req store.TxnRequest
 	for _, c := range r.Compare {
+		if !knownCompare(c) {
+			// etcd compares an unknown target as equal and lets an unknown
+			// result hold: the compare is a constant.
+			if c.Result == pb.Compare_NOT_EQUAL || c.Result == pb.Compare_LESS || c.Result == pb.Compare_GREATER {
+				req.If = append(req.If, neverHolds(c.Key))
+			}
+			continue
+		}
 		sc := store.Compare{Key: c.Key, End: c.RangeEnd}
 		switch c.Target {
 		case pb.Compare_VALUE:
@@ -425,8 +484,6 @@ func storeTxn(r *pb.TxnRequest) (store.TxnRequest, error) {
 			sc.Target, sc.Number = store.CompareModRevision, c.GetModRevision()
 		case pb.Compare_LEASE:
 			sc.Target, sc.Number = store.CompareLease, c.GetLease()
-		default:
-			return store.TxnRequest{}, errUnknownCompare
 		}
 		switch c.Result {
 		case pb.Compare_EQUAL:
@@ -437,8 +494,6 @@ func storeTxn(r *pb.TxnRequest) (store.TxnRequest, error) {
 			sc.Result = store.ResultLess
 		case pb.Compare_GREATER:
 			sc.Result = store.ResultGreater
-		default:
-			return store.TxnRequest{}, errUnknownCompare
 		}
 		req.If = append(req.If, sc)
 	}
@@ -452,11 +507,24 @@ func storeTxn(r *pb.TxnRequest) (store.TxnRequest, error) {
 	return req, nil
 }
 
+func knownCompare(c *pb.Compare) bool {
+	_, target := pb.Compare_CompareTarget_name[int32(c.Target)]
+	_, result := pb.Compare_CompareResult_name[int32(c.Result)]
+	return target && result
+}
+
+// neverHolds is a compare on key that fails whatever the key holds: no
+// version is below 0.
+func neverHolds(key []byte) store.Compare {
+	return store.Compare{Key: key, Target: store.CompareVersion, Result: store.ResultLess, Number: 0}
+}
+
 func storeOps(ops []*pb.RequestOp) ([]store.Op, error) {
 	out := make([]store.Op, 0, len(ops))
 	for _, op := range ops {
 		switch o := op.GetRequest().(type) {
 		case *pb.RequestOp_RequestRange:
+			normalizeRange(o.RequestRange)
 			rr := storeRange(o.RequestRange, o.RequestRange.Revision)
 			out = append(out, store.Op{Kind: store.OpRange, Range: rr.KeyRange, Limit: rr.Limit, Revision: rr.Revision, CountOnly: rr.CountOnly})
 		case *pb.RequestOp_RequestPut:
@@ -474,10 +542,11 @@ func storeOps(ops []*pb.RequestOp) ([]store.Op, error) {
 	return out, nil
 }
 
-// txnResponse is the store's answer to r as etcd's: ranges shaped by their
-// requests, each op's header with its revision, as etcd's apply sets them;
+// txnResponse is the store's answer to r, a Txn at revision rev, as etcd's:
+// ranges shaped by their requests, each op's header with its revision, as
+// etcd's apply sets them (a range at an older revision reports the Txn's);
 // a nested Txn's header is empty, as etcd's is.
-func txnResponse(r *pb.TxnRequest, res store.TxnResponse) *pb.TxnResponse {
+func txnResponse(r *pb.TxnRequest, res store.TxnResponse, rev int64) *pb.TxnResponse {
 	reqs := r.Success
 	if !res.Succeeded {
 		reqs = r.Failure
@@ -487,8 +556,12 @@ func txnResponse(r *pb.TxnRequest, res store.TxnResponse) *pb.TxnResponse {
 		var out pb.ResponseOp
 		switch {
 		case op.Range != nil:
-			rr := rangeResponse(reqs[i].GetRequestRange(), *op.Range)
+			req := reqs[i].GetRequestRange()
+			rr := rangeResponse(req, *op.Range)
 			rr.Header = &pb.ResponseHeader{Revision: op.Range.Revision}
+			if req.Revision != 0 {
+				rr.Header.Revision = rev
+			}
 			out.Response = &pb.ResponseOp_ResponseRange{ResponseRange: rr}
 		case op.Put != nil:
 			out.Response = &pb.ResponseOp_ResponsePut{ResponsePut: &pb.PutResponse{
@@ -498,7 +571,7 @@ func txnResponse(r *pb.TxnRequest, res store.TxnResponse) *pb.TxnResponse {
 			out.Response = &pb.ResponseOp_ResponseDeleteRange{ResponseDeleteRange: deleteResponse(
 				&pb.ResponseHeader{Revision: op.Delete.Revision}, op.Delete)}
 		case op.Txn != nil:
-			out.Response = &pb.ResponseOp_ResponseTxn{ResponseTxn: txnResponse(reqs[i].GetRequestTxn(), *op.Txn)}
+			out.Response = &pb.ResponseOp_ResponseTxn{ResponseTxn: txnResponse(reqs[i].GetRequestTxn(), *op.Txn, rev)}
 		}
 		resp.Responses = append(resp.Responses, &out)
 	}

@@ -430,3 +430,81 @@ func TestCompact(t *testing.T) {
 		t.Fatalf("%d rows of k after compacting at 4, want 3 (4, 5, 6): %v", rows, err)
 	}
 }
+
+// TestEtcdCorners holds what a differential run against etcd v3.7.3 found
+// walwatch answering differently, each now as etcd answers.
+func TestEtcdCorners(t *testing.T) {
+	e := newEnv(t)
+	c := e.etcd
+	ctx := callCtx(t)
+	kv := pb.NewKVClient(c.ActiveConnection())
+
+	// Compacting at 0 before any compaction does nothing.
+	if _, err := c.Compact(ctx, 0); err != nil {
+		t.Fatalf("compact 0 on a fresh store: %v", err)
+	}
+	mustPut(t, c, "a", "1") // 2
+	mustPut(t, c, "a", "2") // 3
+	mustPut(t, c, "b", "1") // 4
+
+	// A negative revision reads the current one, a negative limit is none.
+	res, err := kv.Range(ctx, &pb.RangeRequest{Key: []byte("a"), RangeEnd: []byte("c"), Revision: -1, Limit: -1})
+	if err != nil || len(res.Kvs) != 2 || res.Header.Revision != 4 {
+		t.Fatalf("negative revision and limit: %+v, %v", res, err)
+	}
+
+	// An unknown compare target compares as equal; an unknown result holds.
+	for _, tt := range []struct {
+		cmp  *pb.Compare
+		want bool
+	}{
+		{&pb.Compare{Key: []byte("a"), Target: 9, Result: pb.Compare_EQUAL}, true},
+		{&pb.Compare{Key: []byte("a"), Target: 9, Result: pb.Compare_GREATER}, false},
+		{&pb.Compare{Key: []byte("a"), Target: pb.Compare_VERSION, Result: 9}, true},
+	} {
+		res, err := kv.Txn(ctx, &pb.TxnRequest{Compare: []*pb.Compare{tt.cmp}})
+		if err != nil || res.Succeeded != tt.want {
+			t.Errorf("compare %v: %+v, %v; want succeeded %v", tt.cmp, res, err, tt.want)
+		}
+	}
+
+	// A range at an older revision inside a Txn reports the Txn's revision.
+	tx, err := c.Txn(ctx).Then(clientv3.OpGet("a", clientv3.WithRev(2))).Commit()
+	if err != nil || tx.Responses[0].GetResponseRange().Header.Revision != 4 || string(tx.Responses[0].GetResponseRange().Kvs[0].Value) != "1" {
+		t.Fatalf("txn range at 2: %+v, %v", tx, err)
+	}
+
+	// A Txn that fails after a write takes no revision: the next write gets
+	// the next one.
+	for _, ops := range [][]clientv3.Op{
+		{clientv3.OpPut("c", "1"), clientv3.OpPut("missing", "", clientv3.WithIgnoreValue())},
+		{clientv3.OpPut("c", "1"), clientv3.OpGet("a", clientv3.WithRev(99))},
+		{clientv3.OpPut("c", "1"), clientv3.OpTxn(nil, []clientv3.Op{clientv3.OpPut("missing", "", clientv3.WithIgnoreLease())}, nil)},
+	} {
+		if _, err := c.Txn(ctx).Then(ops...).Commit(); err == nil {
+			t.Fatalf("txn %v succeeded", ops)
+		}
+	}
+	if rev := mustPut(t, c, "d", "1"); rev != 5 {
+		t.Fatalf("put after failed txns at %d, want 5", rev)
+	}
+
+	// A serializable read after a write through this server sees it.
+	for i := range 20 {
+		rev := mustPut(t, c, "s", fmt.Sprint(i))
+		res, err := c.Get(ctx, "s", clientv3.WithSerializable())
+		if err != nil || res.Header.Revision < rev || string(res.Kvs[0].Value) != fmt.Sprint(i) {
+			t.Fatalf("serializable read after put at %d: %+v, %v", rev, res, err)
+		}
+	}
+
+	// Once compacted, compacting at 0 or below is compacted.
+	if _, err := c.Compact(ctx, 3); err != nil {
+		t.Fatal(err)
+	}
+	for _, rev := range []int64{0, -1} {
+		if _, err := c.Compact(ctx, rev); !errors.Is(err, rpctypes.ErrCompacted) {
+			t.Errorf("compact %d: %v", rev, err)
+		}
+	}
+}
