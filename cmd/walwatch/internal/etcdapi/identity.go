@@ -16,8 +16,9 @@ import (
 // cluster's system identifier and the database's OID: stable for a
 // database, the same for every cp that serves it, and different for a
 // database restored elsewhere (a new initdb has a new identifier). The
-// member ID adds the member's client URLs, so each cp of a database has its
-// own, stable across its restarts.
+// member ID adds the member's name and client URLs, so each cp of a
+// database has its own, stable across its restarts, even where several
+// hosts serve on the same loopback URL (each its own host name).
 type identity struct {
 	clusterID uint64
 	memberID  uint64
@@ -27,7 +28,7 @@ type identity struct {
 	raftTerm uint64
 }
 
-func readIdentity(ctx context.Context, pool *pgxpool.Pool, clientURLs []string) (identity, error) {
+func readIdentity(ctx context.Context, pool *pgxpool.Pool, name string, clientURLs []string) (identity, error) {
 	var (
 		system   string
 		dbOID    uint32
@@ -50,7 +51,7 @@ func readIdentity(ctx context.Context, pool *pgxpool.Pool, clientURLs []string) 
 	cluster := hash64(system, fmt.Sprint(dbOID))
 	return identity{
 		clusterID: cluster,
-		memberID:  hash64(fmt.Sprint(cluster), strings.Join(clientURLs, ",")),
+		memberID:  hash64(fmt.Sprint(cluster), name, strings.Join(clientURLs, ",")),
 		raftTerm:  uint64(max(timeline, 1)),
 	}, nil
 }

@@ -8,12 +8,15 @@ package etcdapi
 import (
 	"context"
 	"crypto/tls"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"log/slog"
 	"net"
 	"net/http"
 	"strings"
+	"sync"
+	"sync/atomic"
 	"time"
 
 	grpcprom "github.com/grpc-ecosystem/go-grpc-middleware/providers/prometheus"
@@ -22,6 +25,7 @@ import (
 	"github.com/soheilhy/cmux"
 	pb "go.etcd.io/etcd/api/v3/etcdserverpb"
 	etcdgw "go.etcd.io/etcd/api/v3/etcdserverpb/gw"
+	"go.etcd.io/etcd/api/v3/v3rpc/rpctypes"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials/insecure"
 	"google.golang.org/grpc/keepalive"
@@ -50,7 +54,19 @@ const (
 	// bufconnSize is the buffer of the in-process connection the JSON
 	// gateway uses to reach the gRPC server.
 	bufconnSize = 1 << 20
+	// gatewaySlackBytes is what a gateway request's body may hold beyond
+	// the base64 of the largest gRPC message: field names, other fields.
+	gatewaySlackBytes = 64 << 10
 )
+
+// gatewayBodyBytes bounds the body of a JSON gateway request: the base64
+// of the largest message gRPC takes, and some slack, so a request the gRPC
+// server would take is never refused for its JSON, and one over the limit
+// gets the gRPC server's answer, as from etcd. (A watch's body carries all
+// its requests; they are small.)
+func gatewayBodyBytes(maxRequestBytes int) int64 {
+	return int64(maxRequestBytes+grpcOverheadBytes)/3*4 + gatewaySlackBytes
+}
 
 // Config configures a Server.
 type Config struct {
@@ -86,6 +102,11 @@ type Server struct {
 	id      identity
 	grpc    *grpc.Server
 	metrics *metrics
+	// stopping is closed when Serve begins to stop: streams end then (with
+	// etcd's "server stopped", which clients retry elsewhere or later),
+	// rather than hold the graceful stop until its timeout.
+	stopping chan struct{}
+	stopOnce sync.Once
 }
 
 // New returns a server on cfg.Client. It reads the database's identity
@@ -110,17 +131,17 @@ func New(ctx context.Context, cfg Config) (*Server, error) {
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
 	}
-	id, err := readIdentity(ctx, cfg.Client.Store().Pool(), cfg.ClientURLs)
+	id, err := readIdentity(ctx, cfg.Client.Store().Pool(), cfg.Name, cfg.ClientURLs)
 	if err != nil {
 		return nil, err
 	}
-	s := &Server{cfg: cfg, log: log, id: id, metrics: newMetrics(cfg.Registry)}
+	s := &Server{cfg: cfg, log: log, id: id, metrics: newMetrics(cfg.Registry), stopping: make(chan struct{})}
 	s.grpc = grpc.NewServer(
 		grpc.MaxRecvMsgSize(cfg.MaxRequestBytes+grpcOverheadBytes),
 		grpc.MaxSendMsgSize(maxSendBytes),
 		grpc.MaxConcurrentStreams(1<<31-1),
 		grpc.ChainUnaryInterceptor(s.metrics.grpc.UnaryServerInterceptor()),
-		grpc.ChainStreamInterceptor(s.metrics.grpc.StreamServerInterceptor()),
+		grpc.ChainStreamInterceptor(s.metrics.grpc.StreamServerInterceptor(), s.endOnStop),
 		// etcd's defaults: a client may ping every 5 s; the server pings an
 		// idle connection after 2 h and gives it 20 s to answer.
 		grpc.KeepaliveEnforcementPolicy(keepalive.EnforcementPolicy{MinTime: 5 * time.Second, PermitWithoutStream: false}),
@@ -160,7 +181,7 @@ func (s *Server) Serve(ctx context.Context, l net.Listener) error {
 		return err
 	}
 	httpSrv := &http.Server{
-		Handler:           http.MaxBytesHandler(mux, int64(s.cfg.MaxRequestBytes+grpcOverheadBytes)),
+		Handler:           http.MaxBytesHandler(mux, gatewayBodyBytes(s.cfg.MaxRequestBytes)),
 		ReadHeaderTimeout: 10 * time.Second,
 		MaxHeaderBytes:    64 << 10,
 		ErrorLog:          slog.NewLogLogger(s.log.Handler(), slog.LevelDebug),
@@ -182,6 +203,9 @@ func (s *Server) Serve(ctx context.Context, l net.Listener) error {
 		// Over TLS, net/http terminates it and hands gRPC requests (HTTP/2,
 		// application/grpc) to the gRPC server, as etcd does.
 		httpSrv.TLSConfig = s.cfg.TLS.Clone()
+		if len(httpSrv.TLSConfig.NextProtos) == 0 {
+			httpSrv.TLSConfig.NextProtos = []string{"h2", "http/1.1"} // gRPC needs HTTP/2
+		}
 		httpSrv.Handler = grpcOrHTTP(s.grpc, httpSrv.Handler)
 		go func() { errs <- httpSrv.ServeTLS(l, "", "") }()
 	}
@@ -191,6 +215,7 @@ func (s *Server) Serve(ctx context.Context, l net.Listener) error {
 	case <-ctx.Done():
 	case serveErr = <-errs:
 	}
+	s.stopOnce.Do(func() { close(s.stopping) })
 	stopped := make(chan struct{})
 	go func() {
 		s.grpc.GracefulStop()
@@ -220,8 +245,40 @@ func (s *Server) Serve(ctx context.Context, l net.Listener) error {
 // shutdownTimeout bounds how long Serve waits for calls in flight.
 const shutdownTimeout = 10 * time.Second
 
+// endOnStop ends a stream once the server is stopping: its handler sees its
+// context end, and the client gets etcd's "server stopped" (Unavailable),
+// on which clientv3 reconnects and resumes a watch from its last revision.
+func (s *Server) endOnStop(srv any, ss grpc.ServerStream, _ *grpc.StreamServerInfo, handler grpc.StreamHandler) error {
+	ctx, cancel := context.WithCancel(ss.Context())
+	var cut atomic.Bool // by the stop, not by the client or the handler
+	go func() {
+		select {
+		case <-s.stopping:
+			cut.Store(true)
+			cancel()
+		case <-ctx.Done():
+		}
+	}()
+	err := handler(srv, &stoppableStream{ServerStream: ss, ctx: ctx})
+	cancel()
+	if cut.Load() && ss.Context().Err() == nil {
+		return rpctypes.ErrGRPCStopped
+	}
+	return err
+}
+
+// stoppableStream is a server stream whose context ends when the server
+// stops.
+type stoppableStream struct {
+	grpc.ServerStream
+	ctx context.Context
+}
+
+func (s *stoppableStream) Context() context.Context { return s.ctx }
+
 // gateway returns etcd's JSON gateway on conn, with etcd's marshaling:
-// proto field names, zero values left out, unknown fields ignored.
+// proto field names, zero values left out, unknown fields ignored, and
+// etcd's /version and /health beside it.
 func (s *Server) gateway(ctx context.Context, conn *grpc.ClientConn) (http.Handler, error) {
 	mux := gw.NewServeMux(gw.WithMarshalerOption(gw.MIMEWildcard, &gw.HTTPBodyMarshaler{
 		Marshaler: &gw.JSONPb{
@@ -241,7 +298,59 @@ func (s *Server) gateway(ctx context.Context, conn *grpc.ClientConn) (http.Handl
 			return nil, fmt.Errorf("etcd gateway: %w", err)
 		}
 	}
-	return mux, nil
+	root := http.NewServeMux()
+	root.Handle("/", fullDuplex(mux))
+	root.HandleFunc("GET /version", s.version)
+	root.HandleFunc("GET /health", s.health)
+	return root, nil
+}
+
+// fullDuplex lets a handler read the request body while it writes the
+// response, which an HTTP/1 streaming call needs to take requests after
+// its first response (a watch created after the first events). Without
+// it, as with etcd's gateway, net/http first reads the body to its end,
+// and such a client waits for ever; a client that sends its whole body at
+// once, as curl -d does, is served either way.
+func fullDuplex(h http.Handler) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.ProtoMajor == 1 {
+			_ = http.NewResponseController(w).EnableFullDuplex() // best effort
+		}
+		h.ServeHTTP(w, r)
+	})
+}
+
+// version answers etcd's GET /version, which some clients (APISIX, for one)
+// read before anything else to check the cluster's version.
+func (s *Server) version(w http.ResponseWriter, _ *http.Request) {
+	w.Header().Set("Content-Type", "application/json")
+	v := storageVersion(s.cfg.EmulatedVersion)
+	json.NewEncoder(w).Encode(struct { //nolint:errcheck // the client went away
+		Server  string `json:"etcdserver"`
+		Cluster string `json:"etcdcluster"`
+		Storage string `json:"storage"`
+	}{s.cfg.EmulatedVersion, v, v})
+}
+
+// healthTimeout bounds the read /health makes.
+const healthTimeout = 5 * time.Second
+
+// health answers etcd's GET /health: healthy when PostgreSQL answers a
+// read of the revision.
+func (s *Server) health(w http.ResponseWriter, r *http.Request) {
+	ctx, cancel := context.WithTimeout(r.Context(), healthTimeout)
+	defer cancel()
+	type answer struct {
+		Health string `json:"health"`
+		Reason string `json:"reason"`
+	}
+	a, code := answer{Health: "true"}, http.StatusOK
+	if _, _, err := s.cfg.Client.Store().Revision(ctx); err != nil {
+		a, code = answer{Health: "false", Reason: "walwatch: " + err.Error()}, http.StatusServiceUnavailable
+	}
+	w.Header().Set("Content-Type", "application/json")
+	w.WriteHeader(code)
+	json.NewEncoder(w).Encode(a) //nolint:errcheck // the client went away
 }
 
 // grpcOrHTTP sends gRPC requests to g and the rest to h.
