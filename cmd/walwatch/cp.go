@@ -2,12 +2,16 @@ package main
 
 import (
 	"context"
+	"crypto/tls"
+	"crypto/x509"
 	"errors"
 	"fmt"
 	"log/slog"
 	"net"
 	"net/http"
+	"net/url"
 	"os"
+	"strconv"
 	"strings"
 	"time"
 
@@ -17,6 +21,7 @@ import (
 	"github.com/spf13/cobra"
 
 	"github.com/walwatch/walwatch"
+	"github.com/walwatch/walwatch/cmd/walwatch/internal/etcdapi"
 	"github.com/walwatch/walwatch/cmd/walwatch/internal/httpapi"
 	"github.com/walwatch/walwatch/replication"
 	"github.com/walwatch/walwatch/sql"
@@ -37,7 +42,119 @@ type cpOptions struct {
 	windowBytes  byteSize
 	bufferBytes  byteSize
 	watcherBytes byteSize
+	etcd         etcdOptions
 	ready        func(addr net.Addr) // called once listening (tests, demo)
+}
+
+// etcdOptions configure the control plane's etcd v3 API.
+type etcdOptions struct {
+	listen          string // "": off
+	certFile        string
+	keyFile         string
+	trustedCAFile   string
+	advertise       []string // client URLs; empty: derived from the address bound
+	name            string
+	progress        time.Duration
+	emulatedVersion string
+	tls             *tls.Config         // from the files, set by check
+	ready           func(addr net.Addr) // called once listening (tests, demo)
+}
+
+// defaultEtcdListen is where cp serves etcd's API unless told: etcd's own
+// client address.
+const defaultEtcdListen = "127.0.0.1:2379"
+
+// defaultEtcdName is the member name MemberList gives: the host's.
+func defaultEtcdName() string {
+	if host, err := os.Hostname(); err == nil && host != "" {
+		return host
+	}
+	return "walwatch"
+}
+
+// addEtcdFlags adds the flags of etcd's API to a command's flags.
+func addEtcdFlags(cmd *cobra.Command, o *etcdOptions) {
+	o.progress = etcdapi.DefaultProgressInterval
+	o.emulatedVersion = etcdapi.DefaultEmulatedVersion
+	fs := cmd.Flags()
+	fs.StringVar(&o.listen, "etcd-listen", defaultEtcdListen, `address to serve etcd's v3 API on (gRPC and its JSON gateway); "" turns it off`)
+	fs.StringVar(&o.certFile, "etcd-cert-file", "", "TLS certificate of the etcd API (PEM); with --etcd-key-file it serves TLS only")
+	fs.StringVar(&o.keyFile, "etcd-key-file", "", "TLS private key of the etcd API (PEM)")
+	fs.StringVar(&o.trustedCAFile, "etcd-trusted-ca-file", "", "CA certificates (PEM) a client's certificate must be signed by: client certificates are then required")
+	fs.StringSliceVar(&o.advertise, "etcd-advertise-client-urls", nil, "client URLs of this member, as MemberList gives them (default: http(s)://ADDRESS of --etcd-listen, with the port bound)")
+	fs.StringVar(&o.name, "etcd-name", defaultEtcdName(), "this member's name in MemberList")
+	fs.DurationVar(&o.progress, "etcd-progress-interval", o.progress, "how often an idle etcd watch that asked for progress notifications gets one")
+	fs.StringVar(&o.emulatedVersion, "etcd-emulated-version", o.emulatedVersion, "the etcd version Status reports (clients switch features on by it)")
+}
+
+// check validates the etcd flags and loads the TLS files, before anything
+// connects.
+func (o *etcdOptions) check() error {
+	if o.listen == "" {
+		for flag, v := range map[string]string{"--etcd-cert-file": o.certFile, "--etcd-key-file": o.keyFile,
+			"--etcd-trusted-ca-file": o.trustedCAFile, "--etcd-advertise-client-urls": strings.Join(o.advertise, ",")} {
+			if v != "" {
+				return fmt.Errorf(`%s given, but the etcd API is off (--etcd-listen "")`, flag)
+			}
+		}
+		return nil
+	}
+	switch {
+	case o.certFile != "" && o.keyFile == "":
+		return errors.New("--etcd-cert-file needs --etcd-key-file")
+	case o.keyFile != "" && o.certFile == "":
+		return errors.New("--etcd-key-file needs --etcd-cert-file")
+	case o.trustedCAFile != "" && o.certFile == "":
+		return errors.New("--etcd-trusted-ca-file needs --etcd-cert-file and --etcd-key-file: client certificates are checked over TLS")
+	case o.progress <= 0:
+		return fmt.Errorf("--etcd-progress-interval %v: must be positive", o.progress)
+	}
+	if err := checkVersion(o.emulatedVersion); err != nil {
+		return fmt.Errorf("--etcd-emulated-version %q: %w", o.emulatedVersion, err)
+	}
+	for _, u := range o.advertise {
+		p, err := url.Parse(u)
+		if err != nil || (p.Scheme != "http" && p.Scheme != "https") || p.Host == "" {
+			return fmt.Errorf("--etcd-advertise-client-urls: %q is not an http(s)://host:port URL", u)
+		}
+	}
+	if o.certFile == "" {
+		o.tls = nil
+		return nil
+	}
+	cert, err := tls.LoadX509KeyPair(o.certFile, o.keyFile)
+	if err != nil {
+		return fmt.Errorf("etcd API: load --etcd-cert-file and --etcd-key-file: %w", err)
+	}
+	o.tls = &tls.Config{Certificates: []tls.Certificate{cert}, MinVersion: tls.VersionTLS12}
+	if o.trustedCAFile != "" {
+		pem, err := os.ReadFile(o.trustedCAFile)
+		if err != nil {
+			return fmt.Errorf("etcd API: read --etcd-trusted-ca-file: %w", err)
+		}
+		pool := x509.NewCertPool()
+		if !pool.AppendCertsFromPEM(pem) {
+			return fmt.Errorf("etcd API: --etcd-trusted-ca-file %s holds no PEM certificate", o.trustedCAFile)
+		}
+		o.tls.ClientCAs = pool
+		o.tls.ClientAuth = tls.RequireAndVerifyClientCert
+	}
+	return nil
+}
+
+// checkVersion accepts a version of the form MAJOR.MINOR.PATCH, as etcd's
+// clients parse it.
+func checkVersion(v string) error {
+	parts := strings.Split(v, ".")
+	if len(parts) != 3 {
+		return errors.New("want MAJOR.MINOR.PATCH, such as 3.7.3")
+	}
+	for _, p := range parts {
+		if _, err := strconv.ParseUint(p, 10, 32); err != nil {
+			return errors.New("want MAJOR.MINOR.PATCH, such as 3.7.3")
+		}
+	}
+	return nil
 }
 
 func newCPCommand(g *globals) *cobra.Command {
@@ -49,11 +166,16 @@ func newCPCommand(g *globals) *cobra.Command {
 	cmd := &cobra.Command{
 		Use:   "cp",
 		Short: "Run the control plane: the HTTP API for routes, keys and watches",
-		Long: `cp serves routes and keys as JSON and watches as Server-Sent Events. One
-watch hub reads one named replication slot and fans out to every client, so
-any number of data planes cost one slot.`,
+		Long: `cp serves routes and keys as JSON and watches as Server-Sent Events, and
+etcd's v3 API (gRPC and its JSON gateway, on --etcd-listen) for etcdctl, the
+etcd Go client and Kubernetes. One watch hub reads one named replication
+slot and fans out to every client of both, so any number of data planes and
+etcd watchers cost one slot.`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, args []string) error {
+			if err := o.etcd.check(); err != nil {
+				return err
+			}
 			pool, err := g.poolOf(cmd.Context(), serverPoolSize)
 			if err != nil {
 				return err
@@ -70,6 +192,7 @@ any number of data planes cost one slot.`,
 	cmd.Flags().Var(&o.windowBytes, "window-bytes", "memory for recent events, so a watch a little behind is served without PostgreSQL")
 	cmd.Flags().Var(&o.bufferBytes, "buffer-bytes", "memory for values committed behind a revision a transaction holds open; watchers read the rest from PostgreSQL")
 	cmd.Flags().Var(&o.watcherBytes, "watcher-bytes", "memory for events queued to one watch stream; a slower stream catches up from the window or PostgreSQL")
+	addEtcdFlags(cmd, &o.etcd)
 	return cmd
 }
 
@@ -109,6 +232,15 @@ func runCP(ctx context.Context, log *slog.Logger, pool *pgxpool.Pool, o cpOption
 			return fmt.Errorf("%s: %w", o.tokenFile, err)
 		}
 	}
+	var etcdLn net.Listener
+	if o.etcd.listen != "" {
+		ln, err := net.Listen("tcp", o.etcd.listen)
+		if err != nil {
+			return fmt.Errorf(`etcd API: listen on %s: %w (choose another address with --etcd-listen, or turn it off with --etcd-listen "")`, o.etcd.listen, err)
+		}
+		etcdLn = ln
+		defer etcdLn.Close() // closed already once served
+	}
 	reg := prometheus.NewRegistry()
 	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	reg.MustRegister(slotLagGauge(pool, o.slot))
@@ -124,22 +256,94 @@ func runCP(ctx context.Context, log *slog.Logger, pool *pgxpool.Pool, o cpOption
 		return err
 	}
 	defer client.Close()
+	var sides []sideServer
+	if etcdLn != nil {
+		side, err := etcdServer(ctx, log.With("component", "etcd"), client, reg, o.etcd, etcdLn)
+		if err != nil {
+			return err
+		}
+		sides = append(sides, side)
+	}
 	stopping := make(chan struct{})
 	api := httpapi.New(httpapi.Config{
 		Client: client, Slot: o.slot, Tokens: tokens,
 		Registry: reg, Logger: log.With("component", "api"), Stopping: stopping,
 	})
-	return serve(ctx, log, o.listen, api, client, stopping, o.ready, "control plane")
+	return serve(ctx, log, o.listen, api, client, stopping, o.ready, "control plane", sides...)
 }
 
-// serve runs an HTTP server for h until ctx ends or client's hub fails, then
-// shuts both down: streams are told to end (stopping), requests in flight
-// finish, and then the client closes.
+// etcdServer returns etcd's v3 API on client, to serve on ln: its client
+// URLs are the ones given or, by default, ln's address (the port bound,
+// the host name for an unspecified address).
+func etcdServer(ctx context.Context, log *slog.Logger, client *walwatch.Client, reg prometheus.Registerer,
+	o etcdOptions, ln net.Listener) (sideServer, error) {
+	scheme, security := "http", "none"
+	if o.tls != nil {
+		scheme, security = "https", "TLS"
+		if o.tls.ClientAuth == tls.RequireAndVerifyClientCert {
+			security = "TLS with client certificates"
+		}
+	}
+	urls := o.advertise
+	addr := ln.Addr().(*net.TCPAddr)
+	if len(urls) == 0 {
+		host := addr.IP.String()
+		if addr.IP.IsUnspecified() {
+			host = defaultEtcdName()
+		}
+		urls = []string{scheme + "://" + net.JoinHostPort(host, strconv.Itoa(addr.Port))}
+	}
+	srv, err := etcdapi.New(ctx, etcdapi.Config{
+		Client: client, Name: o.name, ClientURLs: urls, TLS: o.tls,
+		EmulatedVersion: o.emulatedVersion, ProgressInterval: o.progress,
+		Registry: reg, Logger: log,
+	})
+	if err != nil {
+		return sideServer{}, fmt.Errorf("etcd API: %w", err)
+	}
+	if o.tls == nil && !addr.IP.IsLoopback() {
+		log.Warn("etcd API without TLS on a non-loopback address: whoever reaches it may read and write every key; "+
+			"give --etcd-cert-file, --etcd-key-file and --etcd-trusted-ca-file", "addr", addr.String())
+	}
+	log.Info("etcd API listening", "addr", addr.String(), "client_urls", strings.Join(urls, ","), "security", security,
+		"version", o.emulatedVersion)
+	if o.ready != nil {
+		o.ready(addr)
+	}
+	return sideServer{what: "etcd API", serve: func(ctx context.Context) error { return srv.Serve(ctx, ln) }}, nil
+}
+
+// sideServer is a server that runs beside the control plane's HTTP API,
+// until its context ends.
+type sideServer struct {
+	what  string
+	serve func(ctx context.Context) error
+}
+
+// serve runs an HTTP server for h, and the side servers, until ctx ends,
+// one of them stops or client's hub fails, then shuts all down: streams are
+// told to end (stopping), requests in flight finish, and then the client
+// closes.
 func serve(ctx context.Context, log *slog.Logger, addr string, h http.Handler, client *walwatch.Client,
-	stopping chan struct{}, ready func(net.Addr), what string) error {
+	stopping chan struct{}, ready func(net.Addr), what string, sides ...sideServer) error {
 	ln, err := net.Listen("tcp", addr)
 	if err != nil {
 		return fmt.Errorf("%s: listen on %s: %w", what, addr, err)
+	}
+	sideCtx, stopSides := context.WithCancel(context.WithoutCancel(ctx))
+	defer stopSides()
+	sideDone := make(chan error, len(sides))
+	for _, side := range sides {
+		go func() {
+			err := side.serve(sideCtx)
+			if err == nil && sideCtx.Err() == nil {
+				err = errors.New("stopped")
+			}
+			if err != nil {
+				err = fmt.Errorf("%s: %w", side.what, err)
+			}
+			sideDone <- err
+		}()
 	}
 	srv := &http.Server{Handler: h, ReadHeaderTimeout: 10 * time.Second, MaxHeaderBytes: 64 << 10}
 	srvDone := make(chan error, 1)
@@ -150,9 +354,12 @@ func serve(ctx context.Context, log *slog.Logger, addr string, h http.Handler, c
 	}
 
 	var serveErr error
+	running := len(sides)
 	select {
 	case <-ctx.Done():
 	case serveErr = <-srvDone:
+	case serveErr = <-sideDone:
+		running--
 	case <-client.Done():
 		serveErr = client.Err()
 	}
@@ -160,10 +367,16 @@ func serve(ctx context.Context, log *slog.Logger, addr string, h http.Handler, c
 	if stopping != nil {
 		close(stopping)
 	}
+	stopSides() // each bounds its own graceful stop
 	sctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), shutdownTimeout)
 	defer cancel()
 	if err := srv.Shutdown(sctx); err != nil {
 		log.Warn("graceful shutdown incomplete", "err", err)
+	}
+	for ; running > 0; running-- {
+		if err := <-sideDone; err != nil {
+			log.Warn("graceful shutdown incomplete", "err", err)
+		}
 	}
 	client.Close() //nolint:errcheck // its failure, if any, is serveErr already
 	if errors.Is(serveErr, http.ErrServerClosed) {

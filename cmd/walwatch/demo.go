@@ -13,6 +13,7 @@ import (
 	"github.com/jackc/pgx/v5/pgconn"
 	"github.com/spf13/cobra"
 
+	"github.com/walwatch/walwatch/cmd/walwatch/internal/etcdapi"
 	"github.com/walwatch/walwatch/cmd/walwatch/internal/upstream"
 	"github.com/walwatch/walwatch/replication"
 	"github.com/walwatch/walwatch/sql"
@@ -20,12 +21,13 @@ import (
 )
 
 type demoOptions struct {
-	dataDir   string
-	withCP    bool
-	cpListen  string
-	dpListen  string
-	dpAdmin   string
-	upstreams [2]string
+	dataDir    string
+	withCP     bool
+	cpListen   string
+	etcdListen string
+	dpListen   string
+	dpAdmin    string
+	upstreams  [2]string
 }
 
 func newDemoCommand(g *globals) *cobra.Command {
@@ -34,10 +36,11 @@ func newDemoCommand(g *globals) *cobra.Command {
 		Use:   "demo",
 		Short: "Run everything on a private PostgreSQL: cp, dp, two upstreams, and print a walkthrough",
 		Long: `demo starts a private PostgreSQL (initdb in a temporary directory, removed on
-exit, unless --data-dir), migrates it, and runs a control plane, a data plane
-that follows it, and two built-in echo upstreams, then prints the curl
-commands of a walkthrough. Ctrl-C stops everything. With --postgres it uses
-that server instead of a private one.`,
+exit, unless --data-dir), migrates it, and runs a control plane (with etcd's
+v3 API on --etcd-listen), a data plane that follows it, and two built-in
+echo upstreams, then prints the curl, etcdctl and Go commands of a
+walkthrough. Ctrl-C stops everything. With --postgres it uses that server
+instead of a private one.`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, args []string) error {
 			url := ""
@@ -50,6 +53,7 @@ that server instead of a private one.`,
 	cmd.Flags().StringVar(&o.dataDir, "data-dir", "", "keep the private PostgreSQL's data here (default: a temporary directory, removed on exit)")
 	cmd.Flags().BoolVar(&o.withCP, "cp", true, "run the control plane too (--cp=false: run it yourself with walwatch cp, e.g. to restart it)")
 	cmd.Flags().StringVar(&o.cpListen, "cp-listen", "127.0.0.1:9180", "control plane address")
+	cmd.Flags().StringVar(&o.etcdListen, "etcd-listen", "127.0.0.1:2379", `the control plane's etcd API address ("" turns it off)`)
 	cmd.Flags().StringVar(&o.dpListen, "dp-listen", "127.0.0.1:9080", "data plane address")
 	cmd.Flags().StringVar(&o.dpAdmin, "dp-admin-listen", "127.0.0.1:9081", "data plane admin address")
 	cmd.Flags().StringVar(&o.upstreams[0], "upstream-a", "127.0.0.1:9380", "address of the first built-in upstream")
@@ -125,17 +129,24 @@ func runDemo(ctx context.Context, g *globals, url string, o demoOptions) error {
 		context.AfterFunc(ctx, func() { srv.Close() })
 	}
 	cpReady, dpReady := make(chan string, 1), make(chan [2]string, 1)
+	etcdReady := make(chan string, 1)
 	if o.withCP {
 		// A temporary slot: nothing stays behind on a server of your own.
+		etcd := etcdOptions{listen: o.etcdListen, name: "demo", progress: etcdapi.DefaultProgressInterval,
+			emulatedVersion: etcdapi.DefaultEmulatedVersion, ready: func(a net.Addr) { etcdReady <- a.String() }}
 		run(func() error {
 			return runCP(ctx, log.With("program", "cp"), pool, cpOptions{listen: o.cpListen, progress: replication.DefaultProgressInterval,
-				ready: func(a net.Addr) { cpReady <- "http://" + a.String() }})
+				etcd: etcd, ready: func(a net.Addr) { cpReady <- "http://" + a.String() }})
 		})
 	} else {
 		cpReady <- "http://" + o.cpListen
+		etcdReady <- o.etcdListen // your cp's, if you keep its default
 	}
 	select {
 	case addrs.cp = <-cpReady:
+		if o.etcdListen != "" {
+			addrs.etcd = <-etcdReady // bound before the control plane's API
+		}
 	case <-ctx.Done():
 	}
 	run(func() error {
@@ -158,6 +169,7 @@ func runDemo(ctx context.Context, g *globals, url string, o demoOptions) error {
 // demoAddrs are the demo's addresses as URLs.
 type demoAddrs struct {
 	cp, dp, dpAdmin string
+	etcd            string // host:port of the etcd API; "": off
 	upstreams       [2]string
 }
 
@@ -169,12 +181,16 @@ func printWalkthrough(w io.Writer, url string, private bool, dataDir string, a d
 			where = "(private; data kept in " + dataDir + ")"
 		}
 	}
+	etcdLine := ""
+	if a.etcd != "" {
+		etcdLine = "  etcd API       http://" + a.etcd + "  (etcdctl, the etcd Go client, Kubernetes)\n"
+	}
 	fmt.Fprintf(w, `
 walwatch demo is running.
   PostgreSQL     %s  %s
   control plane  %s
-  data plane     %s  (admin: %s/metrics)
-  upstreams      %s (upstream-a), %s (upstream-b)
+%[8]s  data plane     %[4]s  (admin: %[5]s/metrics)
+  upstreams      %[6]s (upstream-a), %[7]s (upstream-b)
 
 The walkthrough, in another terminal:
 
@@ -191,7 +207,28 @@ The walkthrough, in another terminal:
   curl -i %[4]s/anything/x           # 404 no route again
   curl -N '%[3]s/v1/watch?prefix=/routes/&rev=1'   # every change, as Server-Sent Events
   psql '%[1]s' -c "select walwatch.set('/routes/sql', '{\"uri\": \"/sql\", \"upstream\": \"%[6]s\"}')"
+`, url, where, a.cp, a.dp, a.dpAdmin, a.upstreams[0], a.upstreams[1], etcdLine)
+	if a.etcd != "" {
+		fmt.Fprintf(w, `
+etcd's v3 API serves the same keys on %[1]s: etcdctl (v3.7; the README says
+how to build it), the etcd Go client and Kubernetes work unchanged.
 
-Ctrl-C stops everything.
-`, url, where, a.cp, a.dp, a.dpAdmin, a.upstreams[0], a.upstreams[1])
+  etcdctl --endpoints %[1]s put /routes/baz '{"uri": "/baz", "upstream": "%[3]s"}'
+  curl -i %[2]s/baz                  # the data plane follows a write made through etcd's API
+  etcdctl --endpoints %[1]s get /routes/ --prefix
+  etcdctl --endpoints %[1]s watch /routes/ --prefix --rev 1
+  etcdctl --endpoints %[1]s endpoint status -w table
+
+From Go, with go.etcd.io/etcd/client/v3:
+
+  cli, err := clientv3.New(clientv3.Config{Endpoints: []string{"%[1]s"}})
+  resp, err := cli.Get(ctx, "/routes/", clientv3.WithPrefix())
+  for wr := range cli.Watch(ctx, "/routes/", clientv3.WithPrefix(), clientv3.WithRev(resp.Header.Revision+1)) {
+      for _, ev := range wr.Events {
+          fmt.Println(ev.Type, string(ev.Kv.Key), string(ev.Kv.Value))
+      }
+  }
+`, a.etcd, a.dp, a.upstreams[0])
+	}
+	fmt.Fprint(w, "\nCtrl-C stops everything.\n")
 }

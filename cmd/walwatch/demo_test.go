@@ -9,6 +9,9 @@ import (
 	"testing"
 	"time"
 
+	clientv3 "go.etcd.io/etcd/client/v3"
+	"go.uber.org/zap"
+
 	"github.com/walwatch/walwatch/test/logs"
 )
 
@@ -19,7 +22,7 @@ func TestDemo(t *testing.T) {
 	out := &logs.Buffer{}
 	cmd := newRootCommand(out, &logs.Buffer{})
 	cmd.SetArgs([]string{"demo", "--cp-listen", "127.0.0.1:0", "--dp-listen", "127.0.0.1:0", "--dp-admin-listen", "127.0.0.1:0",
-		"--upstream-a", "127.0.0.1:0", "--upstream-b", "127.0.0.1:0"})
+		"--upstream-a", "127.0.0.1:0", "--upstream-b", "127.0.0.1:0", "--etcd-listen", "127.0.0.1:0"})
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
 	go func() { done <- cmd.ExecuteContext(ctx) }()
@@ -48,7 +51,13 @@ func TestDemo(t *testing.T) {
 		}
 		return m[1]
 	}
-	cp, dp, upstreamA := field("control plane"), field("data plane"), field("upstreams")
+	cp, dp, upstreamA, etcdURL := field("control plane"), field("data plane"), field("upstreams"), field("etcd API")
+	etcdAddr := strings.TrimPrefix(etcdURL, "http://")
+	for _, want := range []string{"etcdctl --endpoints " + etcdAddr + " put /routes/baz", `Endpoints: []string{"` + etcdAddr + `"}`} {
+		if !strings.Contains(out.String(), want) {
+			t.Errorf("the walkthrough has no %q:\n%s", want, out.String())
+		}
+	}
 
 	get := func(url string) (int, string) {
 		resp, err := http.Get(url)
@@ -68,14 +77,34 @@ func TestDemo(t *testing.T) {
 		t.Fatalf("put route: %v %v", resp, err)
 	}
 	resp.Body.Close()
-	for {
-		code, body := get(dp + "/get")
-		if code == http.StatusOK && strings.Contains(body, `"upstream": "upstream-a"`) {
-			break
+	waitRouted := func(path string) {
+		t.Helper()
+		for {
+			code, body := get(dp + path)
+			if code == http.StatusOK && strings.Contains(body, `"upstream": "upstream-a"`) {
+				return
+			}
+			if time.Now().After(deadline) {
+				t.Fatalf("dp never routed %s: %d %q", path, code, body)
+			}
+			time.Sleep(5 * time.Millisecond) // polling interval
 		}
-		if time.Now().After(deadline) {
-			t.Fatalf("dp never routed /get: %d %q", code, body)
-		}
-		time.Sleep(5 * time.Millisecond) // polling interval
 	}
+	waitRouted("/get")
+
+	// The etcd API's steps: a route put with the etcd client is followed
+	// by the data plane too.
+	etcd, err := clientv3.New(clientv3.Config{Endpoints: []string{etcdAddr}, DialTimeout: 10 * time.Second, Logger: zap.NewNop()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer etcd.Close()
+	st, err := etcd.Status(ctx, etcdAddr)
+	if err != nil || st.Version != "3.7.3" {
+		t.Fatalf("etcd Status: %v, %v", st, err)
+	}
+	if _, err := etcd.Put(ctx, "/routes/baz", `{"uri": "/baz", "upstream": "`+upstreamA+`"}`); err != nil {
+		t.Fatalf("etcd put: %v", err)
+	}
+	waitRouted("/baz")
 }

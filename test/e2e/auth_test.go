@@ -30,7 +30,7 @@ func TestAuth(t *testing.T) {
 	if err := os.WriteFile(short, []byte("tooshort rw\n"), 0o600); err != nil {
 		t.Fatal(err)
 	}
-	p := startProc(t, "cp-short-token", "--postgres", pg, "cp", "--listen", pgtest.FreeAddr(t), "--slot", slotName(t, "authshort"), "--token-file", short)
+	p := startProc(t, "cp-short-token", "--postgres", pg, "cp", "--listen", pgtest.FreeAddr(t), "--etcd-listen", "", "--slot", slotName(t, "authshort"), "--token-file", short)
 	select {
 	case <-p.done:
 	case <-time.After(waitTimeout):

@@ -336,7 +336,9 @@ func (c *cp) restart(t testing.TB) {
 func (c *cp) launch(t testing.TB) bool {
 	t.Helper()
 	c.url = "http://" + c.addr
-	args := append([]string{"--postgres", c.pg, "cp", "--listen", c.addr, "--slot", c.slot}, c.args...)
+	// etcd's API is off unless a test serves it (c.args, later, wins): many
+	// cps run side by side, and 2379 is one port.
+	args := append([]string{"--postgres", c.pg, "cp", "--listen", c.addr, "--slot", c.slot, "--etcd-listen", ""}, c.args...)
 	c.proc = startProc(t, "cp", args...)
 	if c.waitListening(t, "control plane listening") {
 		return false
