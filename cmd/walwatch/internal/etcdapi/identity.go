@@ -34,10 +34,9 @@ func readIdentity(ctx context.Context, pool *pgxpool.Pool, name string, clientUR
 		dbOID    uint32
 		timeline int64
 	)
-	// pg_control_system and pg_control_checkpoint are readable by
-	// superusers and members of pg_read_server_files... in practice
-	// by roles with EXECUTE on them; a role without it gets the database's
-	// name and the server's address instead of the system identifier.
+	// Where an administrator revoked EXECUTE on pg_control_system or
+	// pg_control_checkpoint, the database's name and the server's address
+	// stand in for the system identifier.
 	err := pool.QueryRow(ctx, `select (select system_identifier::text from pg_control_system()),
 		(select oid from pg_database where datname = current_database()),
 		(select timeline_id from pg_control_checkpoint())`).Scan(&system, &dbOID, &timeline)
