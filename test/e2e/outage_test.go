@@ -149,7 +149,12 @@ func TestPostgresOutage(t *testing.T) {
 	}
 	mustStatus(t, "GET /v1/status after the outage", get(t, c.url+"/v1/status", ""), http.StatusOK)
 	mustStatus(t, "GET /routes/ after the outage", get(t, c.url+"/routes/", ""), http.StatusOK)
-	mustStatus(t, "GET /readyz after the outage", get(t, c.url+"/readyz", ""), http.StatusOK)
+	// The hub's first stream after the restart is sometimes cut again at
+	// once (unexpected EOF, seen at 41bc636 too): ready comes back, but not
+	// necessarily by the time a read does.
+	wait.For(t, "GET /readyz to answer 200 after the outage", func() bool {
+		return get(t, c.url+"/readyz", "").status == http.StatusOK
+	})
 	resumed := openWatch(t, c.url+"/v1/watch?prefix=/", "Last-Event-ID", last)
 	for name, s := range map[string]*stream{"opened before the outage": live, "opened during it": during, "resumed after it": resumed} {
 		if m := s.next(t); m.ID != fmt.Sprint(after) {
