@@ -232,6 +232,14 @@ begin
         perform walwatch.raise_empty_key();
     end if;
     perform pg_advisory_xact_lock(walwatch.key_lock(p_key));
+    -- A put with a lease shares the lease's row until commit, so a revoke
+    -- cannot delete it meanwhile (and leave the key behind).
+    if coalesce(p_lease, 0) <> 0 and not p_tombstone then
+        perform 1 from walwatch.lease l where l.id = p_lease for key share;
+        if not found then
+            perform walwatch.raise_lease_not_found(p_lease);
+        end if;
+    end if;
     loop
         if p_rev is null then
             rev := nextval('walwatch.revision');
@@ -538,6 +546,163 @@ $$;
 create or replace function walwatch.compact_keep_latest() returns table (compact_revision bigint, removed bigint)
 language sql volatile as $$
     select * from walwatch.compact_to(walwatch.current_revision(), false)
+$$;
+
+
+
+-- Leases --------------------------------------------------------------------
+
+-- A lease, as etcd's: keys put with it are deleted, in one revision, when it
+-- is revoked or expires. Its deadline is kept by the database's clock
+-- (clock_timestamp, so that a long transaction does not age a keep-alive),
+-- and moving it is not watched data: walwatch.lease is not in the
+-- publication, so a keep-alive costs one row update and no event.
+--
+-- Errors callers tell apart by SQLSTATE (store/errors.go):
+--   WWL01  lease not found; detail: the lease
+--   WWL02  lease already exists; detail: the lease
+--   WWL03  lease TTL too large
+
+create or replace function walwatch.raise_lease_not_found(p_id bigint) returns void
+language plpgsql as $$
+begin
+    raise exception 'requested lease % not found', p_id using errcode = 'WWL01', detail = p_id::text;
+end
+$$;
+
+-- etcd's bounds on a lease's TTL, in seconds: a shorter one is raised to
+-- the minimum (etcd's 3/2 of its default election timeout, rounded up), a
+-- longer one than the maximum refused.
+create or replace function walwatch.min_lease_ttl() returns bigint
+language sql immutable as $$ select 2::bigint $$;
+
+create or replace function walwatch.max_lease_ttl() returns bigint
+language sql immutable as $$ select 9000000000::bigint $$;
+
+-- Grants a lease of p_ttl seconds with ID p_id, or with an ID of the
+-- database's choosing (positive, random, as etcd's) when p_id is 0.
+create or replace function walwatch.grant(p_ttl bigint, p_id bigint default 0, out id bigint, out ttl bigint)
+language plpgsql volatile as $$
+declare
+    new_id bigint;
+    new_ttl bigint := greatest(coalesce(p_ttl, 0), walwatch.min_lease_ttl());
+begin
+    if p_ttl > walwatch.max_lease_ttl() then
+        raise exception 'lease TTL % is too large (at most %)', p_ttl, walwatch.max_lease_ttl() using errcode = 'WWL03';
+    end if;
+    if p_id < 0 then
+        raise exception 'invalid lease ID %: must be 0 (any) or positive', p_id using errcode = '22023';
+    end if;
+    loop
+        new_id := case when coalesce(p_id, 0) = 0 then 1 + floor(random() * 9223372036854775806)::bigint else p_id end;
+        insert into walwatch.lease values (new_id, new_ttl, clock_timestamp() + make_interval(secs => new_ttl))
+        on conflict do nothing;
+        exit when found;
+        if coalesce(p_id, 0) <> 0 then
+            raise exception 'lease % already exists', p_id using errcode = 'WWL02', detail = p_id::text;
+        end if;
+    end loop;
+    id := new_id;
+    ttl := new_ttl;
+end
+$$;
+
+-- Renews each lease of p_ids that has not expired to its full TTL, and
+-- returns those it renewed with their TTL. One statement for many leases:
+-- the Go store sends the keep-alives that arrive together here.
+create or replace function walwatch.keep_alive(p_ids bigint[]) returns table (id bigint, ttl bigint)
+language sql volatile as $$
+    update walwatch.lease l
+       set deadline = clock_timestamp() + make_interval(secs => l.ttl)
+     where l.id = any(p_ids) and l.deadline > clock_timestamp()
+    returning l.id, l.ttl
+$$;
+
+-- The keys whose newest row carries lease p_id, in key order.
+create or replace function walwatch.lease_keys(p_id bigint) returns setof bytea
+language sql stable as $$
+    select n.key
+      from (select distinct k.key from walwatch.kv k where k.lease = p_id and k.lease <> 0) a
+      cross join lateral (select k.key, k.lease, k.tombstone from walwatch.kv k
+                           where k.key = a.key order by k.revision desc limit 1) n
+     where n.lease = p_id and not n.tombstone
+     order by n.key
+$$;
+
+-- Revokes lease p_id: deletes every key attached to it at one revision
+-- (none when it has no keys), then the lease. Returns that revision (the
+-- current one when nothing was deleted) and how many keys went.
+--
+-- The keys' locks come before the lease's row lock, in the order writers
+-- take them (a put with a lease holds its key's lock, then shares the
+-- lease's row), so a revoke and a put do not deadlock; a key attached
+-- between the first look and the lease's lock is found by the second.
+create or replace function walwatch.revoke(p_id bigint, out revision bigint, out deleted bigint)
+language plpgsql volatile as $$
+declare
+    keys bytea[];
+    k bytea;
+begin
+    perform walwatch.lock_keys(array(select walwatch.lease_keys(p_id)));
+    perform 1 from walwatch.lease l where l.id = p_id for update;
+    if not found then
+        perform walwatch.raise_lease_not_found(p_id);
+    end if;
+    keys := array(select walwatch.lease_keys(p_id));
+    perform walwatch.lock_keys(keys); -- those already held cost nothing
+    revision := null;
+    deleted := 0;
+    foreach k in array keys loop
+        revision := walwatch.append(revision, deleted::integer, k, null, true);
+        deleted := deleted + 1;
+    end loop;
+    delete from walwatch.lease l where l.id = p_id;
+    if revision is null then
+        revision := walwatch.current_revision();
+    end if;
+end
+$$;
+
+-- Revokes up to p_limit leases whose deadline has passed, each at a
+-- revision of its own, as etcd's leader revokes them, and returns them. The
+-- one cp that holds the expiry duty calls it.
+create or replace function walwatch.expire_leases(p_limit integer default 1000)
+returns table (id bigint, revision bigint, deleted bigint)
+language plpgsql volatile as $$
+declare
+    l record;
+begin
+    for l in select e.id from walwatch.lease e where e.deadline <= clock_timestamp()
+             order by e.deadline limit p_limit loop
+        id := l.id;
+        select r.revision, r.deleted into revision, deleted from walwatch.revoke(l.id) r;
+        return next;
+    end loop;
+end
+$$;
+
+-- Gives every lease its full TTL from now, as etcd's new leader does, so
+-- that a lease whose owner kept it alive does not expire while the expiry
+-- duty changes hands. Returns how many leases it extended.
+create or replace function walwatch.extend_leases() returns bigint
+language sql volatile as $$
+    with u as (
+        update walwatch.lease l set deadline = greatest(l.deadline, clock_timestamp() + make_interval(secs => l.ttl))
+        returning 1
+    )
+    select count(*) from u
+$$;
+
+-- A lease's granted TTL and the seconds it has left (rounded up, as etcd's),
+-- and with p_keys its keys; no row when there is no such lease.
+create or replace function walwatch.lease_ttl(p_id bigint, p_keys boolean default false,
+    out ttl bigint, out remaining bigint, out keys bytea[])
+returns setof record
+language sql stable as $$
+    select l.ttl,
+           greatest(ceil(extract(epoch from l.deadline - clock_timestamp())), 0)::bigint,
+           case when p_keys then array(select walwatch.lease_keys(p_id)) else '{}'::bytea[] end
+      from walwatch.lease l where l.id = p_id
 $$;
 
 

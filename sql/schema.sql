@@ -53,3 +53,18 @@ insert into walwatch.meta default values;
 -- What watchers read through a logical replication slot: INSERTs only, so
 -- that compaction, which deletes, sends them nothing.
 create publication walwatch for table walwatch.kv with (publish = 'insert');
+
+-- Leases (walwatch.grant and its neighbours in functions.sql): a key
+-- carries its lease in kv.lease. Not in the publication: a keep-alive moves
+-- deadline and is no event. No index on deadline, so that a keep-alive is a
+-- HOT update; the expiry scan reads the whole table, which is small.
+create table walwatch.lease (
+    id         bigint      primary key check (id > 0),
+    ttl        bigint      not null check (ttl > 0), -- seconds, as granted
+    deadline   timestamptz not null,
+    granted_at timestamptz not null default now()
+);
+
+-- The keys of a lease, for revoke and expiry; puts without a lease (most)
+-- are not in it.
+create index kv_lease on walwatch.kv (lease) where lease <> 0;

@@ -27,6 +27,13 @@ var (
 	ErrLeaseProvided = errors.New("lease is provided")
 )
 
+// Lease errors, as etcd's.
+var (
+	ErrLeaseNotFound    = errors.New("requested lease not found")
+	ErrLeaseExists      = errors.New("lease already exists")
+	ErrLeaseTTLTooLarge = errors.New("too large lease TTL")
+)
+
 // ErrCompacted matches (errors.Is) every *CompactedError.
 var ErrCompacted = errors.New("required revision has been compacted")
 
@@ -62,6 +69,9 @@ const (
 	codeCompacted       = "WWC01"
 	codeFutureRevision  = "WWF01"
 	codeEmptyKey        = "WWK01"
+	codeLeaseNotFound   = "WWL01"
+	codeLeaseExists     = "WWL02"
+	codeLeaseTTL        = "WWL03"
 	codeInvalidArgument = "22023"
 	// PostgreSQL's program_limit_exceeded: for our rows only an index entry
 	// can exceed one, and only the key is large in any index.
@@ -86,6 +96,12 @@ func TypedError(err error, rev int64) error {
 		return &FutureRevisionError{Revision: rev, CurrentRevision: detail}
 	case codeEmptyKey:
 		return ErrEmptyKey
+	case codeLeaseNotFound:
+		return fmt.Errorf("%w: %s", ErrLeaseNotFound, pe.Detail)
+	case codeLeaseExists:
+		return fmt.Errorf("%w: %s", ErrLeaseExists, pe.Detail)
+	case codeLeaseTTL:
+		return fmt.Errorf("%w: %s", ErrLeaseTTLTooLarge, pe.Message)
 	case codeInvalidArgument:
 		return fmt.Errorf("%w: %s", ErrInvalidRevision, pe.Message)
 	case codeLimitExceeded:

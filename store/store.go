@@ -33,6 +33,7 @@ type Store struct {
 	pool   *pgxpool.Pool
 	limits Limits
 	puts   *putBatcher
+	renews *keepAliveBatcher
 }
 
 // New returns a Store on pool. Zero fields of limits take DefaultLimits.
@@ -46,7 +47,7 @@ func New(pool *pgxpool.Pool, limits Limits) *Store {
 	if limits.MaxTxnOps <= 0 {
 		limits.MaxTxnOps = DefaultLimits.MaxTxnOps
 	}
-	return &Store{pool: pool, limits: limits, puts: &putBatcher{pool: pool, limit: putWorkers}}
+	return &Store{pool: pool, limits: limits, puts: &putBatcher{pool: pool, limit: putWorkers}, renews: &keepAliveBatcher{pool: pool}}
 }
 
 // Limits returns the limits the store enforces.
