@@ -25,6 +25,7 @@ import (
 
 	"github.com/jackc/pgx/v5/pgxpool"
 
+	"github.com/walwatch/walwatch/expiry"
 	"github.com/walwatch/walwatch/replication"
 	"github.com/walwatch/walwatch/sql"
 	"github.com/walwatch/walwatch/store"
@@ -50,9 +51,10 @@ type Client struct {
 	settle   time.Duration
 	log      *slog.Logger
 
-	stopHub context.CancelFunc // ends the hub's run
-	done    chan struct{}      // closed once the hub's run has returned and err is set
-	err     error              // why the hub stopped, if it failed; written before done closes
+	stopHub    context.CancelFunc // ends the hub's run
+	done       chan struct{}      // closed once the hub's run has returned and err is set
+	expiryDone chan struct{}      // closed once the lease expiry duty has stopped; nil without it
+	err        error              // why the hub stopped, if it failed; written before done closes
 
 	closed    atomic.Bool
 	closeOnce sync.Once
@@ -167,6 +169,18 @@ func newClient(pool *pgxpool.Pool, cfg Config, ownsPool bool) (*Client, error) {
 		done:     make(chan struct{}),
 	}
 	go c.run(ctx)
+	if cfg.LeaseExpiry != nil {
+		ecfg := *cfg.LeaseExpiry
+		ecfg.Pool = pool
+		if ecfg.Logger == nil {
+			ecfg.Logger = log.With("component", "expiry")
+		}
+		c.expiryDone = make(chan struct{})
+		go func() {
+			defer close(c.expiryDone)
+			expiry.Run(ctx, ecfg) //nolint:errcheck // it returns only when ctx ends
+		}()
+	}
 	return c, nil
 }
 
@@ -188,6 +202,9 @@ func (c *Client) Close() error {
 		c.closed.Store(true)
 		c.stopHub()
 		<-c.done
+		if c.expiryDone != nil {
+			<-c.expiryDone
+		}
 		if c.ownsPool {
 			c.pool.Close()
 		}

@@ -4,6 +4,8 @@ import (
 	"log/slog"
 	"time"
 
+	"github.com/walwatch/walwatch/expiry"
+
 	"github.com/walwatch/walwatch/replication"
 	"github.com/walwatch/walwatch/store"
 )
@@ -30,6 +32,12 @@ type Config struct {
 	// Logger receives what the client has to say (a hub that failed), and
 	// is the hub's when Hub.Logger is nil. Nil discards.
 	Logger *slog.Logger
+	// LeaseExpiry, when set, makes the client take part in the lease
+	// expiry duty (package expiry): of every process on the database that
+	// does, one at a time revokes the leases past their deadline. A cp
+	// does; a program that only reads and watches need not. Its Pool is the
+	// client's (leave it nil); a nil Logger takes the client's.
+	LeaseExpiry *expiry.Config
 }
 
 // Option configures Open.

@@ -675,7 +675,11 @@ begin
     for l in select e.id from walwatch.lease e where e.deadline <= clock_timestamp()
              order by e.deadline limit p_limit loop
         id := l.id;
-        select r.revision, r.deleted into revision, deleted from walwatch.revoke(l.id) r;
+        begin
+            select r.revision, r.deleted into revision, deleted from walwatch.revoke(l.id) r;
+        exception when sqlstate 'WWL01' then
+            continue; -- revoked by its owner meanwhile
+        end;
         return next;
     end loop;
 end

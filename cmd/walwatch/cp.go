@@ -23,6 +23,7 @@ import (
 	"github.com/walwatch/walwatch"
 	"github.com/walwatch/walwatch/cmd/walwatch/internal/etcdapi"
 	"github.com/walwatch/walwatch/cmd/walwatch/internal/httpapi"
+	"github.com/walwatch/walwatch/expiry"
 	"github.com/walwatch/walwatch/replication"
 	"github.com/walwatch/walwatch/sql"
 )
@@ -250,7 +251,9 @@ func runCP(ctx context.Context, log *slog.Logger, pool *pgxpool.Pool, o cpOption
 			WindowBytes: int(o.windowBytes), BufferBytes: int(o.bufferBytes), WatcherBytes: int(o.watcherBytes),
 			Logger: log.With("component", "hub"), Metrics: replication.NewMetrics(reg),
 		},
-		Logger: log,
+		// Every cp takes part in the lease expiry duty; one holds it.
+		LeaseExpiry: &expiry.Config{Logger: log.With("component", "expiry")},
+		Logger:      log,
 	})
 	if err != nil {
 		return err

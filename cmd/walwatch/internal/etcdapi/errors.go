@@ -43,6 +43,12 @@ func toGRPC(err error) error {
 		return rpctypes.ErrGRPCValueProvided
 	case errors.Is(err, store.ErrLeaseProvided):
 		return rpctypes.ErrGRPCLeaseProvided
+	case errors.Is(err, store.ErrLeaseNotFound):
+		return rpctypes.ErrGRPCLeaseNotFound
+	case errors.Is(err, store.ErrLeaseExists):
+		return rpctypes.ErrGRPCLeaseExist
+	case errors.Is(err, store.ErrLeaseTTLTooLarge):
+		return rpctypes.ErrGRPCLeaseTTLTooLarge
 	case errors.Is(err, walwatch.ErrNotSettled):
 		// A transaction holds a lower revision open: etcd's answer when a
 		// request could not be applied in time. Clients retry it.

@@ -189,7 +189,7 @@ func (k *kvServer) Put(ctx context.Context, r *pb.PutRequest) (*pb.PutResponse, 
 	if err := checkPut(r); err != nil {
 		return nil, err
 	}
-	if !r.PrevKv && !r.IgnoreValue && !r.IgnoreLease {
+	if !r.PrevKv && !r.IgnoreValue && !r.IgnoreLease && r.Lease == 0 {
 		// The common case goes through the batching put.
 		res, err := k.s.cfg.Client.Put(ctx, r.Key, r.Value)
 		if err != nil {
@@ -307,9 +307,6 @@ func checkPut(r *pb.PutRequest) error {
 		return rpctypes.ErrGRPCValueProvided
 	case r.IgnoreLease && r.Lease != 0:
 		return rpctypes.ErrGRPCLeaseProvided
-	case r.Lease != 0:
-		// No lease exists until walwatch has leases.
-		return rpctypes.ErrGRPCLeaseNotFound
 	}
 	return nil
 }
