@@ -10,9 +10,11 @@ import (
 	"go.uber.org/zap"
 )
 
-// etcdSystem is the embedded etcd with the etcd Go client: one client (one
-// gRPC connection) per benchmark client, and one for the watcher.
-type etcdSystem struct {
+// etcdClients is how the benchmark drives any server of etcd's v3 API: the
+// etcd Go client, one client (one gRPC connection) per benchmark client, and
+// one for the watcher. The etcd system and walwatch's etcd API both run
+// through it, so they compare like with like.
+type etcdClients struct {
 	url     string
 	clients []*clientv3.Client
 	watcher *clientv3.Client
@@ -26,10 +28,11 @@ func newEtcdClient(url string) (*clientv3.Client, error) {
 	return c, nil
 }
 
-func newEtcdSystem(e *env) (*etcdSystem, error) {
-	s := &etcdSystem{url: e.etcdURL}
+// openEtcdClients connects maxClients clients and the watcher's to url.
+func openEtcdClients(url string) (*etcdClients, error) {
+	s := &etcdClients{url: url}
 	for range maxClients {
-		c, err := newEtcdClient(e.etcdURL)
+		c, err := newEtcdClient(url)
 		if err != nil {
 			s.close()
 			return nil, err
@@ -37,14 +40,14 @@ func newEtcdSystem(e *env) (*etcdSystem, error) {
 		s.clients = append(s.clients, c)
 	}
 	var err error
-	if s.watcher, err = newEtcdClient(e.etcdURL); err != nil {
+	if s.watcher, err = newEtcdClient(url); err != nil {
 		s.close()
 		return nil, err
 	}
 	return s, nil
 }
 
-func (s *etcdSystem) close() {
+func (s *etcdClients) close() {
 	for _, c := range append(s.clients, s.watcher) {
 		if c != nil {
 			_ = c.Close()
@@ -52,17 +55,30 @@ func (s *etcdSystem) close() {
 	}
 }
 
+// etcdSystem is the embedded etcd with the etcd Go client.
+type etcdSystem struct {
+	*etcdClients
+}
+
+func newEtcdSystem(e *env) (*etcdSystem, error) {
+	c, err := openEtcdClients(e.etcdURL)
+	if err != nil {
+		return nil, err
+	}
+	return &etcdSystem{c}, nil
+}
+
 func (s *etcdSystem) name() string                { return "etcd" }
 func (s *etcdSystem) begin(context.Context) error { return nil }
 func (s *etcdSystem) end(context.Context) error   { return nil }
 func (s *etcdSystem) pids() []int                 { return nil }
 
-func (s *etcdSystem) put(ctx context.Context, client int, key, value []byte) error {
+func (s *etcdClients) put(ctx context.Context, client int, key, value []byte) error {
 	_, err := s.clients[client].Put(ctx, string(key), string(value))
 	return err
 }
 
-func (s *etcdSystem) get(ctx context.Context, client int, key []byte) error {
+func (s *etcdClients) get(ctx context.Context, client int, key []byte) error {
 	res, err := s.clients[client].Get(ctx, string(key))
 	if err != nil {
 		return err
@@ -73,7 +89,7 @@ func (s *etcdSystem) get(ctx context.Context, client int, key []byte) error {
 	return nil
 }
 
-func (s *etcdSystem) watch(ctx context.Context, prefix string, fn func(key []byte)) (func() error, error) {
+func (s *etcdClients) watch(ctx context.Context, prefix string, fn func(key []byte)) (func() error, error) {
 	wctx, cancel := context.WithCancel(context.WithoutCancel(ctx))
 	ch, err := createdWatch(ctx, wctx, s.watcher, prefix)
 	if err != nil {
@@ -122,7 +138,7 @@ func createdWatch(ctx, wctx context.Context, c *clientv3.Client, prefix string) 
 }
 
 // preload writes keys in transactions of etcd's default maximum size.
-func (s *etcdSystem) preload(ctx context.Context, keys [][]byte, value []byte) error {
+func (s *etcdClients) preload(ctx context.Context, keys [][]byte, value []byte) error {
 	const batch = 128 // etcd's --max-txn-ops default
 	for i := 0; i < len(keys); i += batch {
 		ops := make([]clientv3.Op, 0, batch)

@@ -177,7 +177,7 @@ func run(ctx context.Context, quick bool, outDir string, log *slog.Logger) error
 	return nil
 }
 
-// openSystems connects the four systems, loads the benchmark's keys into
+// openSystems connects the systems, loads the benchmark's keys into
 // each store, and returns how to close them.
 func (b *bench) openSystems(ctx context.Context) (func(), error) {
 	var closers []func()
@@ -204,13 +204,16 @@ func (b *bench) openSystems(ctx context.Context) (func(), error) {
 	}
 	closers = append(closers, et.close)
 	hs := newHTTPSystem(b.env)
-	closers = append(closers, func() {
-		if err := hs.end(context.Background()); err != nil {
-			b.log.Warn("stop cp", "err", err)
-		}
-	})
+	ea := newEtcdAPISystem(b.env)
+	for _, s := range []system{hs, ea} {
+		closers = append(closers, func() {
+			if err := s.end(context.Background()); err != nil {
+				b.log.Warn("stop cp", "system", s.name(), "err", err)
+			}
+		})
+	}
 	b.walwatch, b.etcd = ww, et
-	b.systems = []system{ww, hs, nt, et}
+	b.systems = []system{ww, hs, ea, et, nt}
 
 	b.log.Info("loading keys", "keys", len(b.keys))
 	if err := errors.Join(
@@ -281,9 +284,10 @@ func (b *bench) results(ctx context.Context, commit string) (*Results, error) {
 		return ks
 	}
 	pct := []string{"p50", "p99", "p999"}
-	var lagNotes, cpuNotes []string
+	var names, lagNotes, cpuNotes []string
 	for _, sys := range b.systems {
 		name := sys.name()
+		names = append(names, name)
 		r.Systems[name] = &SystemResults{
 			PutPerS:          pick(name, "put_per_s", clientKeys(putConcurrency)),
 			PutPerSUnwatched: pick(name, "put_per_s_unwatched", clientKeys(putConcurrency)),
@@ -321,7 +325,7 @@ func (b *bench) results(ctx context.Context, commit string) (*Results, error) {
 		r.MemoryPerWatcher["walwatch"] = v
 	}
 	r.CatchupEventsPerS, _ = b.samples.median("walwatch", "catchup_events_per_s", "")
-	r.Notes = b.notes(lagNotes, cpuNotes)
+	r.Notes = b.notes(names, lagNotes, cpuNotes)
 	return r, nil
 }
 
@@ -338,15 +342,16 @@ func (b *bench) quiesce(ctx context.Context) error {
 	return nil
 }
 
-// notes say how the figures were taken, for the report.
-func (b *bench) notes(lagNotes, cpuNotes []string) []string {
+// notes say how the figures were taken, for the report; names are the
+// systems in turn order.
+func (b *bench) notes(names, lagNotes, cpuNotes []string) []string {
 	c := b.cfg
 	return []string{
 		fmt.Sprintf("Everything ran on this one machine (%d cores), servers and benchmark clients alike: one private PostgreSQL (both databases) and an embedded etcd, fsync on. "+
-			"Systems take turns, all workloads of one system per turn, rounds interleaved (walwatch, walwatch_http, notify, etcd, walwatch, ...); "+
+			"Systems take turns, all workloads of one system per turn, rounds interleaved (%s, %s, ...); "+
 			"every figure is the median of %d rounds. Before each turn, each fan-out and the catch-up the benchmark waits until no autovacuum worker runs, "+
 			"so that no measurement pays for vacuuming what earlier ones wrote (%v in all in this run).",
-			runtime.NumCPU(), c.rounds, b.quiesced.Round(100*time.Millisecond)),
+			runtime.NumCPU(), strings.Join(names, ", "), names[0], c.rounds, b.quiesced.Round(100*time.Millisecond)),
 		fmt.Sprintf("Puts: %d keys under %s, %d-byte values, random keys, each client on its own connection; %v per measurement. "+
 			"With a watcher, the watcher must have every event before the next measurement; how long it lagged behind the writers after each phase "+
 			"(median, by client count; polled every millisecond): %s.", numKeys, prefix, valueSize, c.putDur, strings.Join(lagNotes, "; ")),
@@ -355,7 +360,10 @@ func (b *bench) notes(lagNotes, cpuNotes []string) []string {
 			"walwatch without a watcher runs no hub and holds no slot. walwatch with a watcher runs one hub on a temporary slot in this process and one watcher on it. " +
 			"walwatch_http is the walwatch binary's control plane (cp) as a subprocess on its own slot, which it holds for its whole turn, so its " +
 			"'unwatched' puts still feed a hub; writes are PUT /v1/kv/..., reads GET /v1/kv/... (which wait until the hub has settled the revision read at), " +
-			"the watcher one Server-Sent Events stream; the cp uses its own pool of 32 connections, whatever the client count.",
+			"the watcher one Server-Sent Events stream; the cp uses its own pool of 32 connections, whatever the client count, and its etcd API is off. " +
+			"walwatch_etcd is the same cp (its own slot, held for its turn) with its etcd v3 gRPC API on (--etcd-listen), driven by the same code as etcd: " +
+			"the etcd Go client, one client (one gRPC connection) per benchmark client and one for the watcher; puts are KV.Put, gets linearizable KV.Range " +
+			"of one key, the watcher one etcd Watch on the prefix; its gRPC server shares the cp's pool of 32 connections.",
 		"notify: the seed's design written afresh: a revision table with an AFTER INSERT trigger calling pg_notify only when a listener holds the shared " +
 			"advisory lock (a writer that can take it exclusively knows nobody listens), one LISTEN connection as the watcher.",
 		fmt.Sprintf("Round trip: one client puts a probe key and waits until the watcher has its event, so it includes the put's own latency; "+
@@ -365,7 +373,7 @@ func (b *bench) notes(lagNotes, cpuNotes []string) []string {
 			"(cluster-wide, so what the watching side writes counts).", c.walPuts),
 		fmt.Sprintf("CPU per 10,000 puts: %d puts by %d clients, watcher attached, until the watcher had them all; user+system time of every PostgreSQL process "+
 			"(postmaster and all its children, from /proc) plus this benchmark process (which holds the benchmark clients, the walwatch hub, and the embedded etcd), "+
-			"plus the cp for walwatch_http. Counted alike for every system, so every figure includes its clients' CPU and the idle other servers' housekeeping. "+
+			"plus the cp for walwatch_http and walwatch_etcd. Counted alike for every system, so every figure includes its clients' CPU and the idle other servers' housekeeping. "+
 			"Split (medians): %s.",
 			c.cpuPuts, cpuClients, strings.Join(cpuNotes, "; ")),
 		fmt.Sprintf("Fan-out: N watchers on %s, then %d puts of one key, each timed until every watcher has its event. walwatch: one hub (one slot), "+
@@ -379,7 +387,7 @@ func (b *bench) notes(lagNotes, cpuNotes []string) []string {
 
 // printSummary prints the figures as a table, one column per system.
 func printSummary(w io.Writer, r *Results) {
-	names := []string{"walwatch", "walwatch_http", "notify", "etcd"}
+	names := systemOrder
 	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', tabwriter.AlignRight)
 	defer tw.Flush()
 	fmt.Fprintf(tw, "\t%s\t\n", strings.Join(names, "\t"))

@@ -22,7 +22,12 @@ import (
 
 // The systems in the order the tables and the chart show them; any other
 // system found in the results follows, sorted by name.
-var systemOrder = []string{"walwatch", "walwatch_http", "notify", "etcd"}
+var systemOrder = []string{"walwatch", "walwatch_http", "walwatch_etcd", "etcd", "notify"}
+
+// versus are the pairs of systems the report also compares directly, the
+// first's figures divided by the second's: walwatch's etcd API against
+// etcd, both driven by the same etcd client code.
+var versus = [][2]string{{"walwatch_etcd", "etcd"}}
 
 // Client counts of the put workloads, and of the get workload.
 var (
@@ -37,8 +42,8 @@ const manualMarker = "<!-- manual -->"
 const defaultManual = manualMarker + "\n## Changes and their effect\n\n(none yet)\n"
 
 const (
-	dash        = "—" // a figure that was not measured
-	chartWidth  = 900
+	dash        = "—"  // a figure that was not measured
+	chartWidth  = 1000 // five bars a group, each wide enough for its label
 	chartHeight = 500
 	chartTitle  = "puts/s with one watcher attached (higher is better)"
 )
@@ -263,6 +268,14 @@ func cell(v float64, ok bool, base float64, baseOK bool, isBase bool, format fun
 	return s
 }
 
+// orDash formats a figure, or says it was not measured.
+func orDash(v float64, ok bool, format func(float64) string) string {
+	if !ok {
+		return dash
+	}
+	return format(v)
+}
+
 func orUnknown(s string) string {
 	if strings.TrimSpace(s) == "" {
 		return "unknown"
@@ -318,6 +331,49 @@ func systemTable(r *Results, m metric, keys, headers []string, format func(float
 	return t
 }
 
+// versusTable has one row per figure the two systems share, each with
+// both figures and sys's divided by other's.
+func versusTable(r *Results, sys, other string) table {
+	t := table{header: []string{"figure", sys, other, sys + " ÷ " + other}}
+	add := func(label string, v float64, ok bool, o float64, ook bool, format func(float64) string) {
+		q, qok := ratio(v, ok, o, ook)
+		qs := dash
+		if qok {
+			qs = fmtRatio(q)
+		}
+		t.rows = append(t.rows, []string{label, orDash(v, ok, format), orDash(o, ook, format), qs})
+	}
+	for _, f := range []struct {
+		label  string
+		m      metric
+		keys   []string
+		format func(float64) string
+	}{
+		{"puts/s, watched", putWatched, putClients, fmtCount},
+		{"puts/s, no watcher", putUnwatched, putClients, fmtCount},
+		{"gets/s", gets, getClients, fmtCount},
+		{"round trip, idle", rttIdle, []string{"p50", "p99", "p999"}, fmtUs},
+		{"round trip, loaded", rttLoaded, []string{"p50", "p99", "p999"}, fmtUs},
+	} {
+		for _, k := range f.keys {
+			label := f.label + ", " + k
+			switch k {
+			case "1":
+				label += " client"
+			case "8", "32", "64":
+				label += " clients"
+			}
+			v, ok := sysValue(r, sys, f.m, k)
+			o, ook := sysValue(r, other, f.m, k)
+			add(label, v, ok, o, ook, f.format)
+		}
+	}
+	v, ok := mapValue(r.CPUSPer10kPuts, sys)
+	o, ook := mapValue(r.CPUSPer10kPuts, other)
+	add("CPU per 10k puts", v, ok, o, ook, fmtSeconds)
+	return t
+}
+
 // ---- README ----
 
 func renderReadme(r *Results) string {
@@ -333,6 +389,8 @@ func renderReadme(r *Results) string {
 	fmt.Fprintf(&b, "This compares **walwatch** (etcd semantics on PostgreSQL: the store for writes, "+
 		"a hub fed by a logical replication slot for watches) with **walwatch_http** (the same, "+
 		"driven through `cp`'s HTTP API and SSE, to show what the HTTP layer costs), "+
+		"**walwatch_etcd** (the same `cp` serving etcd's v3 gRPC API, driven by the same etcd Go client "+
+		"code as etcd, so that the two compare like with like), "+
 		"**notify** (the seed's LISTEN/NOTIFY design that walwatch replaces: an AFTER INSERT trigger "+
 		"calling `pg_notify` while a listener holds the shared advisory lock, and a LISTEN "+
 		"connection as the watcher) and **etcd** (the embedded etcd server, single member, with the "+
@@ -362,7 +420,7 @@ func renderReadme(r *Results) string {
 	b.WriteString("\n")
 
 	b.WriteString("To rerun, from the repository root: `make bench` (the full run) or `make bench-quick` " +
-		"(a short run, under two minutes, with the same keys). Either rewrites this file, `chart.png` " +
+		"(a short run, about two minutes, with the same keys). Either rewrites this file, `chart.png` " +
 		"and `results.json`, which holds every figure below.\n\n")
 
 	b.WriteString("![puts/s with one watcher attached, by number of clients](chart.png)\n\n")
@@ -429,7 +487,7 @@ func renderReadme(r *Results) string {
 
 	b.WriteString("## Costs (lower is better)\n\n")
 	b.WriteString("WAL bytes written per put (PostgreSQL systems only); CPU seconds per 10,000 puts counting " +
-		"every process of the system (PostgreSQL backends and walsender plus walwatch; etcd); memory per idle watcher.\n\n")
+		"every process of the system (PostgreSQL backends and walsender plus walwatch, and the cp where there is one; etcd); memory per idle watcher.\n\n")
 	costs := table{header: []string{"system", "WAL bytes per put", "CPU per 10k puts", "memory per watcher"}}
 	for _, sys := range systems(r) {
 		row := []string{sys}
@@ -444,6 +502,14 @@ func renderReadme(r *Results) string {
 		costs.rows = append(costs.rows, row)
 	}
 	costs.write(&b)
+
+	for _, v := range versus {
+		fmt.Fprintf(&b, "## %s against %s\n\n", v[0], v[1])
+		fmt.Fprintf(&b, "%s's figures from the tables above beside %s's, and the first divided by the second. "+
+			"For throughputs higher is better, so below 1× means slower than %[2]s; for latencies and costs "+
+			"lower is better, so above 1× means slower or costlier than %[2]s.\n\n", v[0], v[1])
+		versusTable(r, v[0], v[1]).write(&b)
+	}
 
 	targets := evalTargets(r)
 	nMet, nMeasured := 0, 0
@@ -521,12 +587,7 @@ func judge(ok, pass bool) targetStatus {
 // evalTargets computes issue 5's targets from the figures of this run.
 func evalTargets(r *Results) []target {
 	var out []target
-	opt := func(v float64, ok bool, format func(float64) string) string {
-		if !ok {
-			return dash
-		}
-		return format(v)
-	}
+	opt := orDash
 	ratioStr := func(q float64, ok bool, what string) string {
 		if !ok {
 			return dash
@@ -628,6 +689,7 @@ var (
 	systemColours = map[string]color.RGBA{
 		"walwatch":      {0x1f, 0x5f, 0xb4, 0xff}, // blue
 		"walwatch_http": {0x6b, 0xae, 0xd6, 0xff}, // light blue
+		"walwatch_etcd": {0x26, 0xa6, 0x9a, 0xff}, // teal
 		"notify":        {0xd6, 0x4f, 0x3c, 0xff}, // red
 		"etcd":          {0x3a, 0x9a, 0x3a, 0xff}, // green
 	}
