@@ -292,7 +292,10 @@ func (c *Client) settled(ctx context.Context, rev int64) (int64, error) {
 		return 0, err
 	}
 	if rev == 0 {
-		rev = cur
+		// Never below what the hub has handed to watchers: a client that
+		// saw an event reads at least its revision.
+		rev = max(cur, c.hub.Watermark())
+		cur = rev
 	}
 	if rev > cur {
 		return 0, &store.FutureRevisionError{Revision: rev, CurrentRevision: cur}

@@ -697,14 +697,14 @@ language sql volatile as $$
     select count(*) from u
 $$;
 
--- A lease's granted TTL and the seconds it has left (rounded up, as etcd's),
+-- A lease's granted TTL and the whole seconds it has left (rounded down, as etcd's),
 -- and with p_keys its keys; no row when there is no such lease.
 create or replace function walwatch.lease_ttl(p_id bigint, p_keys boolean default false,
     out ttl bigint, out remaining bigint, out keys bytea[])
 returns setof record
 language sql stable as $$
     select l.ttl,
-           greatest(ceil(extract(epoch from l.deadline - clock_timestamp())), 0)::bigint,
+           greatest(trunc(extract(epoch from l.deadline - clock_timestamp())), 0)::bigint,
            case when p_keys then array(select walwatch.lease_keys(p_id)) else '{}'::bytea[] end
       from walwatch.lease l where l.id = p_id
 $$;
@@ -735,6 +735,20 @@ language sql volatile as $$
         returning 1
     )
     select count(*) from f
+$$;
+
+-- Waits until every revision below p_rev is committed or settled, by
+-- filling each that has no row (walwatch.fill waits for a transaction that
+-- holds one; one that has not written yet moves on to a later revision). A
+-- Txn calls it before a read that follows its first write, so that the read
+-- sees every write ordered before the Txn's, as etcd's serial Txns do. The
+-- revisions at or below the settled and compacted marks need no look.
+create or replace function walwatch.settle_below(p_rev bigint) returns void
+language sql volatile as $$
+    select walwatch.fill(array(
+        select r from generate_series(
+                (select greatest(m.settled_revision, m.compact_revision) from walwatch.meta m) + 1, p_rev - 1) r
+         where not exists (select 1 from walwatch.kv k where k.revision = r)))
 $$;
 
 

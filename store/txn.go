@@ -455,6 +455,16 @@ func (w *txnWriter) run(ctx context.Context, req TxnRequest, path *txnPath) (Txn
 }
 
 func (w *txnWriter) rangeOp(ctx context.Context, op Op) (*RangeResponse, error) {
+	if w.rev != nil && op.Revision == 0 {
+		// etcd runs Txns one at a time, so a read after a write sees every
+		// Txn ordered before this one. Here one with a lower revision may
+		// still be in flight: wait for each (a statement later is a new
+		// snapshot). Without it two clients of concurrency.Mutex, each
+		// putting its key and reading the first, both held the lock.
+		if _, err := w.tx.Exec(ctx, "select walwatch.settle_below($1)", *w.rev); err != nil {
+			return nil, fmt.Errorf("wait for the revisions below %d: %w", *w.rev, TypedError(err, 0))
+		}
+	}
 	r, err := rangeKeys(ctx, w.tx, RangeRequest{KeyRange: op.Range, Revision: op.Revision, Limit: op.Limit, CountOnly: op.CountOnly})
 	if err != nil {
 		return nil, err
