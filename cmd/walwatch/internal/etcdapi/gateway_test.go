@@ -101,10 +101,6 @@ func TestGatewayKV(t *testing.T) {
 	if code != http.StatusOK || field(members, "members", 0, "clientURLs", 0) != e.endpoint {
 		t.Errorf("member list: %d %v", code, members)
 	}
-	code, lease := gatewayPost(t, e, "/v3/lease/grant", `{"TTL": 10}`)
-	if code != http.StatusNotImplemented || !strings.Contains(field(lease, "message"), "leases are not implemented yet") {
-		t.Errorf("lease grant: %d %v", code, lease)
-	}
 }
 
 // etcd's GET /version and /health, beside the gateway.

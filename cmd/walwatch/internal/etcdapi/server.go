@@ -102,6 +102,7 @@ type Server struct {
 	id      identity
 	grpc    *grpc.Server
 	metrics *metrics
+	kv      *kvServer // its last write, which a lease's revoke moves too
 	// stopping is closed when Serve begins to stop: streams end then (with
 	// etcd's "server stopped", which clients retry elsewhere or later),
 	// rather than hold the graceful stop until its timeout.
@@ -147,7 +148,8 @@ func New(ctx context.Context, cfg Config) (*Server, error) {
 		grpc.KeepaliveEnforcementPolicy(keepalive.EnforcementPolicy{MinTime: 5 * time.Second, PermitWithoutStream: false}),
 		grpc.KeepaliveParams(keepalive.ServerParameters{Time: 2 * time.Hour, Timeout: 20 * time.Second}),
 	)
-	pb.RegisterKVServer(s.grpc, &kvServer{s: s})
+	s.kv = &kvServer{s: s}
+	pb.RegisterKVServer(s.grpc, s.kv)
 	pb.RegisterWatchServer(s.grpc, &watchServer{s: s})
 	pb.RegisterLeaseServer(s.grpc, &leaseServer{s: s})
 	pb.RegisterClusterServer(s.grpc, &clusterServer{s: s})

@@ -92,23 +92,6 @@ func callAll(t *testing.T, client any) map[string]error {
 	return errs
 }
 
-// Leases are issue 15; until then every Lease RPC says so.
-func TestLeaseUnimplemented(t *testing.T) {
-	e := newEnv(t)
-	errs := callAll(t, pb.NewLeaseClient(e.etcd.ActiveConnection()))
-	if len(errs) != 5 {
-		t.Errorf("called %d Lease methods, want 5: %v", len(errs), errs)
-	}
-	for name, err := range errs {
-		checkUnimplemented(t, name, err, "leases are not implemented yet")
-	}
-	// And so through clientv3.
-	_, err := e.etcd.Grant(callCtx(t), 10)
-	checkUnimplemented(t, "clientv3 Grant", err, "leases are not implemented yet")
-	_, err = e.etcd.TimeToLive(callCtx(t), 1)
-	checkUnimplemented(t, "clientv3 TimeToLive", err, "leases are not implemented yet")
-}
-
 func TestAuthUnimplemented(t *testing.T) {
 	e := newEnv(t)
 	errs := callAll(t, pb.NewAuthClient(e.etcd.ActiveConnection()))
