@@ -1,6 +1,7 @@
 package main
 
 import (
+	"errors"
 	"fmt"
 	"io"
 	"strconv"
@@ -39,13 +40,21 @@ func newMigrateCommand(g *globals) *cobra.Command {
 }
 
 func newPutCommand(g *globals) *cobra.Command {
-	return &cobra.Command{
+	var lease string
+	cmd := &cobra.Command{
 		Use:   "put KEY VALUE",
 		Short: "Set a key",
 		Args:  cobra.ExactArgs(2),
 		RunE: func(cmd *cobra.Command, args []string) error {
+			id, err := parseLeaseArg(lease)
+			if err != nil {
+				return err
+			}
 			return g.withStore(cmd.Context(), func(s *store.Store) error {
-				res, err := s.Put(cmd.Context(), []byte(args[0]), []byte(args[1]))
+				res, err := s.PutLease(cmd.Context(), []byte(args[0]), []byte(args[1]), id)
+				if errors.Is(err, store.ErrLeaseNotFound) {
+					return fmt.Errorf("put %q with lease %016x: %w", args[0], id, store.ErrLeaseNotFound)
+				}
 				if err != nil {
 					return err
 				}
@@ -55,6 +64,8 @@ func newPutCommand(g *globals) *cobra.Command {
 			})
 		},
 	}
+	cmd.Flags().StringVar(&lease, "lease", "0", "lease ID (hex, as etcdctl) to attach the key to; 0: none, which detaches it from any")
+	return cmd
 }
 
 func newGetCommand(g *globals) *cobra.Command {

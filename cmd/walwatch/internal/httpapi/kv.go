@@ -160,8 +160,10 @@ func kvRange(r *http.Request, q params) (store.KeyRange, error) {
 	return store.Key(key), nil
 }
 
+// putKey sets a key, attached to ?lease=ID if given (a put without it
+// detaches the key from its lease, as etcd's).
 func (s *Server) putKey(w http.ResponseWriter, r *http.Request) error {
-	q, err := queryParams(r, "prefix")
+	q, err := queryParams(r, "prefix", "lease")
 	if err != nil {
 		return err
 	}
@@ -172,11 +174,23 @@ func (s *Server) putKey(w http.ResponseWriter, r *http.Request) error {
 	if !rng.IsSingleKey() {
 		return fmt.Errorf("%w: a put names one key, not a prefix", errBadRequest)
 	}
+	lease, err := q.lease()
+	if err != nil {
+		return err
+	}
 	value, err := s.body(w, r)
 	if err != nil {
 		return err
 	}
-	res, err := s.cfg.Client.Put(r.Context(), rng.Key, value)
+	var res store.PutResponse
+	if lease == 0 {
+		res, err = s.cfg.Client.Put(r.Context(), rng.Key, value)
+	} else {
+		res, err = s.cfg.Client.Store().PutLease(r.Context(), rng.Key, value, lease)
+		if errors.Is(err, store.ErrLeaseNotFound) {
+			err = leaseNotFound(lease)
+		}
+	}
 	if err != nil {
 		return err
 	}

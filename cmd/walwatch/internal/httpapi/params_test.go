@@ -43,7 +43,7 @@ func TestStrictParams(t *testing.T) {
 		{"prefix without a value", "DELETE", "/v1/kv/a?prefix", nil, `prefix="" must be true or false`},
 		{"a bad escape", "GET", "/v1/kv/a?rev=%zz", nil, "query string"},
 		{"unknown parameter on a read", "GET", "/v1/kv/a?revision=3", nil, `unknown parameter "revision" (this endpoint takes prefix, rev, limit)`},
-		{"unknown parameter on a put", "PUT", "/v1/kv/a?rev=3", nil, `unknown parameter "rev" (this endpoint takes prefix)`},
+		{"unknown parameter on a put", "PUT", "/v1/kv/a?rev=3", nil, `unknown parameter "rev" (this endpoint takes prefix, lease)`},
 		{"unknown parameter on a delete", "DELETE", "/v1/kv/a?limit=3", nil, `unknown parameter "limit"`},
 		{"unknown parameter on the list", "GET", "/routes/?limit=3", nil, `unknown parameter "limit" (this endpoint takes rev)`},
 		{"unknown parameter on a route put", "PUT", "/routes/foo?force=1", nil, `unknown parameter "force" (this endpoint takes none)`},

@@ -73,6 +73,11 @@ func New(cfg Config) *Server {
 	s.handle("DELETE /v1/kv/{key...}", write, s.deleteKey)
 	s.handleStream("GET /v1/watch", read, s.watch)
 	s.handle("POST /v1/compact", write, s.compact)
+	s.handle("POST /v1/leases", write, s.grantLease)
+	s.handle("GET /v1/leases", read, s.listLeases)
+	s.handle("GET /v1/leases/{id}", read, s.getLease)
+	s.handle("POST /v1/leases/{id}/keepalive", write, s.keepAliveLease)
+	s.handle("DELETE /v1/leases/{id}", write, s.revokeLease)
 	s.handle("GET /v1/status", read, s.status)
 	s.mux.Handle("GET /metrics", promhttp.HandlerFor(cfg.Registry, promhttp.HandlerOpts{}))
 	s.mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, r *http.Request) {
@@ -212,6 +217,10 @@ func (s *Server) writeError(w http.ResponseWriter, r *http.Request, err error) {
 		status, body.Code = http.StatusRequestEntityTooLarge, "too_large"
 	case errors.Is(err, errNotFound):
 		status, body.Code = http.StatusNotFound, "not_found"
+	case errors.Is(err, store.ErrLeaseNotFound):
+		status, body.Code = http.StatusNotFound, "lease_not_found"
+	case errors.Is(err, store.ErrLeaseExists):
+		status, body.Code = http.StatusConflict, "lease_exists"
 	case errors.Is(err, errNotReady), errors.Is(err, walwatch.ErrNotSettled),
 		errors.Is(err, replication.ErrHubStopped), errors.Is(err, walwatch.ErrClosed),
 		// A deadline of ours ran out (the client's context has none): the
@@ -221,7 +230,8 @@ func (s *Server) writeError(w http.ResponseWriter, r *http.Request, err error) {
 		status, body.Code = http.StatusServiceUnavailable, "unavailable"
 	case errors.Is(err, errBadRequest), errors.Is(err, routes.ErrInvalid),
 		errors.Is(err, store.ErrEmptyKey), errors.Is(err, store.ErrInvalidRevision),
-		errors.Is(err, store.ErrInvalidLimit), errors.Is(err, store.ErrDuplicateKey), errors.Is(err, store.ErrNegativeAge):
+		errors.Is(err, store.ErrInvalidLimit), errors.Is(err, store.ErrDuplicateKey), errors.Is(err, store.ErrNegativeAge),
+		errors.Is(err, store.ErrLeaseTTLTooLarge):
 		status, body.Code = http.StatusBadRequest, "invalid_argument"
 	default:
 		s.log.Error("request failed", "method", r.Method, "path", r.URL.Path, "err", err)

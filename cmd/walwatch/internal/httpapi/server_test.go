@@ -36,6 +36,12 @@ func TestDatabaseDown(t *testing.T) {
 		{"PUT", "/routes/foo", `{"uri":"/foo","upstream":"http://127.0.0.1:1"}`},
 		{"DELETE", "/routes/foo", ""},
 		{"POST", "/v1/compact", `{"keep_latest":true}`},
+		{"PUT", "/v1/kv/x?lease=5", "v"},
+		{"POST", "/v1/leases", `{"ttl":10}`},
+		{"GET", "/v1/leases", ""},
+		{"GET", "/v1/leases/5?keys=true", ""},
+		{"POST", "/v1/leases/5/keepalive", ""},
+		{"DELETE", "/v1/leases/5", ""},
 		{"GET", "/readyz", ""}, // the hub never ran here: not ready
 	}
 	const rounds = 3
@@ -89,6 +95,9 @@ func TestWriteError(t *testing.T) {
 		{"bad request", fmt.Errorf("%w: nope", errBadRequest), 400, "invalid_argument", false, ""},
 		{"not found", fmt.Errorf("%w: key", errNotFound), 404, "not_found", false, ""},
 		{"too large", store.ErrValueTooLarge, 413, "too_large", false, ""},
+		{"lease not found", fmt.Errorf("revoke lease 5: %w: 5", store.ErrLeaseNotFound), 404, "lease_not_found", false, ""},
+		{"lease exists", fmt.Errorf("grant: %w: 5", store.ErrLeaseExists), 409, "lease_exists", false, ""},
+		{"lease TTL too large", fmt.Errorf("grant: %w: 9000000001", store.ErrLeaseTTLTooLarge), 400, "invalid_argument", false, ""},
 		{"a wrong password", store.TypedError(&pgconn.PgError{Code: "28P01", Message: "password authentication failed"}, 0), 500, "internal", false, "ERROR"},
 		{"a bug", errors.New("scan: cannot scan NULL"), 500, "internal", false, "ERROR"},
 	}
