@@ -117,3 +117,39 @@ func median(xs []float64) float64 {
 	slices.Sort(xs)
 	return xs[len(xs)/2]
 }
+
+// BenchmarkKeepAlive renews 10,000 leases from 1 and 256 concurrent
+// owners: the batcher puts the keep-alives that arrive together in one
+// statement, so that 10,000 leases renewed every second can be priced.
+func BenchmarkKeepAlive(b *testing.B) {
+	s, pool := newStore(b, store.Limits{})
+	ctx := context.Background()
+	const leases = 10000
+	if _, err := pool.Exec(ctx, "insert into walwatch.lease select g, 10, clock_timestamp() + interval '1 hour' from generate_series(1, $1) g", leases); err != nil {
+		b.Fatal(err)
+	}
+	for _, owners := range []int{1, 256} {
+		b.Run(fmt.Sprintf("owners=%d", owners), func(b *testing.B) {
+			var next atomic.Int64
+			var wg sync.WaitGroup
+			b.ResetTimer()
+			for range owners {
+				wg.Go(func() {
+					for {
+						i := next.Add(1)
+						if i > int64(b.N) {
+							return
+						}
+						if ttl, err := s.KeepAlive(ctx, 1+i%leases); err != nil || ttl != 10 {
+							b.Error(ttl, err)
+							return
+						}
+					}
+				})
+			}
+			wg.Wait()
+			b.StopTimer()
+			b.ReportMetric(float64(b.N)/b.Elapsed().Seconds(), "renewals/s")
+		})
+	}
+}
