@@ -49,10 +49,10 @@ bench-store:
 
 # walwatch vs the seed's LISTEN/NOTIFY design vs etcd, side by side on this
 # machine (its own Go module, so etcd's server stays out of the main one);
-# writes docs/benchmarks/{results.json,README.md,chart.png}. About 10 minutes.
+# writes docs/benchmarks/{results.json,README.md,chart.png}. About 11 minutes.
 bench:
 	cd test/bench && $(GO) run . -out ../../docs/benchmarks
 
-# The same figures from shorter measurements, in under 2 minutes.
+# The same figures from shorter measurements, in about 2 minutes.
 bench-quick:
 	cd test/bench && $(GO) run . -quick -out ../../docs/benchmarks
