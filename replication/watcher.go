@@ -564,7 +564,16 @@ func (h *Hub) deliverLocked(wt *watcher, evs []Event, next int64) {
 // *store.CompactedError, as a read of the store does.
 func (h *Hub) readChanges(ctx context.Context, rng store.KeyRange, from, upto int64, maxBytes int) ([]Event, int64, error) {
 	read := tableRead{q: h.cfg.Pool, keys: &rng, after: from - 1, upto: upto, maxRows: pageRows, maxBytes: maxBytes}
-	page, compacted, err := read.next(ctx)
+	var (
+		page      []row
+		compacted int64
+		err       error
+	)
+	if rng.IsSingleKey() {
+		page, compacted, err = read.next(ctx)
+	} else {
+		page, compacted, err = read.walkRevisions(ctx, h.cfg.Pool)
+	}
 	if err != nil {
 		return nil, 0, err
 	}
