@@ -236,11 +236,7 @@ func (k *kvServer) Txn(ctx context.Context, r *pb.TxnRequest) (*pb.TxnResponse, 
 	if err := checkTxn(r, k.s.cfg.Client.Store().Limits().MaxTxnOps); err != nil {
 		return nil, err
 	}
-	req, err := storeTxn(r)
-	if err != nil {
-		return nil, err
-	}
-	res, err := k.s.cfg.Client.Txn(ctx, req)
+	res, err := k.s.cfg.Client.Txn(ctx, storeTxn(r))
 	if err != nil {
 		return nil, toGRPC(err)
 	}
@@ -458,7 +454,7 @@ func deleteResponse(h *pb.ResponseHeader, d *store.DeleteResponse) *pb.DeleteRan
 }
 
 // storeTxn is r as the store's Txn, checked already by checkTxn.
-func storeTxn(r *pb.TxnRequest) (store.TxnRequest, error) {
+func storeTxn(r *pb.TxnRequest) store.TxnRequest {
 	var req store.TxnRequest
 	for _, c := range r.Compare {
 		if !knownCompare(c) {
@@ -494,14 +490,8 @@ func storeTxn(r *pb.TxnRequest) (store.TxnRequest, error) {
 		}
 		req.If = append(req.If, sc)
 	}
-	var err error
-	if req.Then, err = storeOps(r.Success); err != nil {
-		return store.TxnRequest{}, err
-	}
-	if req.Else, err = storeOps(r.Failure); err != nil {
-		return store.TxnRequest{}, err
-	}
-	return req, nil
+	req.Then, req.Else = storeOps(r.Success), storeOps(r.Failure)
+	return req
 }
 
 func knownCompare(c *pb.Compare) bool {
@@ -516,7 +506,7 @@ func neverHolds(key []byte) store.Compare {
 	return store.Compare{Key: key, Target: store.CompareVersion, Result: store.ResultLess, Number: 0}
 }
 
-func storeOps(ops []*pb.RequestOp) ([]store.Op, error) {
+func storeOps(ops []*pb.RequestOp) []store.Op {
 	out := make([]store.Op, 0, len(ops))
 	for _, op := range ops {
 		switch o := op.GetRequest().(type) {
@@ -529,14 +519,10 @@ func storeOps(ops []*pb.RequestOp) ([]store.Op, error) {
 		case *pb.RequestOp_RequestDeleteRange:
 			out = append(out, deleteOp(o.RequestDeleteRange))
 		case *pb.RequestOp_RequestTxn:
-			nested, err := storeTxn(o.RequestTxn)
-			if err != nil {
-				return nil, err
-			}
-			out = append(out, store.OpNested(nested))
+			out = append(out, store.OpNested(storeTxn(o.RequestTxn)))
 		}
 	}
-	return out, nil
+	return out
 }
 
 // txnResponse is the store's answer to r, a Txn at revision rev, as etcd's:

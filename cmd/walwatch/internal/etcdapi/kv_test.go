@@ -508,3 +508,33 @@ func TestEtcdCorners(t *testing.T) {
 		}
 	}
 }
+
+// TestBinaryKeys: keys and values are bytes, as in etcd: NUL, 0xff and
+// bytes that are not UTF-8 go in and come out as they were, in ranges too.
+func TestBinaryKeys(t *testing.T) {
+	e := newEnv(t)
+	c := e.etcd
+	ctx := callCtx(t)
+	keys := []string{"\x00", "b\x00\xff", "b\xff", "b\xff\xff"}
+	for _, k := range keys {
+		mustPut(t, c, k, "\xfe"+k)
+	}
+	res, err := c.Get(ctx, "\x00", clientv3.WithFromKey())
+	if err != nil || keysOf(res.Kvs) != strings.Join(keys, ",") {
+		t.Fatalf("every key: %q, %v", keysOf(res.Kvs), err)
+	}
+	for _, kv := range res.Kvs {
+		if string(kv.Value) != "\xfe"+string(kv.Key) {
+			t.Errorf("%q = %q", kv.Key, kv.Value)
+		}
+	}
+	// The prefix "b\xff" ends at "c", and "\xff\xff" prefixes end nowhere.
+	res, err = c.Get(ctx, "b\xff", clientv3.WithPrefix())
+	if err != nil || keysOf(res.Kvs) != "b\xff,b\xff\xff" {
+		t.Fatalf("prefix b\\xff: %q, %v", keysOf(res.Kvs), err)
+	}
+	d, err := c.Delete(ctx, "b", clientv3.WithPrefix(), clientv3.WithPrevKV())
+	if err != nil || d.Deleted != 3 || string(d.PrevKvs[0].Key) != "b\x00\xff" {
+		t.Fatalf("delete prefix b: %+v, %v", d, err)
+	}
+}
