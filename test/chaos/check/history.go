@@ -166,6 +166,12 @@ type History struct {
 	Compacted int64 // walwatch.meta's compact_revision at the end
 	Faults    []Fault
 	Diverged  []Divergence // revisions a failover took back (asynchronous standby): see Divergence
+
+	// StartRevision is the store's revision when the first operation was
+	// called. 0 means the store was empty then: the revision before the
+	// first committed row's. Rows at or below it (a store not empty at the
+	// start) must be in Committed too, so the checks know the initial state.
+	StartRevision int64
 }
 
 // Fault is one fault the harness injected.
@@ -184,6 +190,6 @@ type Divergence struct {
 
 // Anomaly is one thing a check found wrong.
 type Anomaly struct {
-	Check  string // "linearizability", "watch", "read", "lost", "filler"
+	Check  string // "linearizability", "watch", "read", "lost", "filler", "committed"
 	Detail string
 }
