@@ -1,7 +1,7 @@
 # The two commands a new user needs: `make demo` and `make test`.
 GO ?= go
 
-.PHONY: build install demo test vet lint fmt bench-store bench bench-quick
+.PHONY: build install demo test vet lint fmt bench-store bench bench-quick chaos
 
 # staticcheck, pinned: go run fetches this version through the module proxy.
 STATICCHECK ?= honnef.co/go/tools/cmd/staticcheck@v0.8.2
@@ -56,3 +56,11 @@ bench:
 # The same figures from shorter measurements, in about 2 minutes.
 bench-quick:
 	cd test/bench && $(GO) run . -quick -out ../../docs/benchmarks
+
+# Chaos histories (test/chaos): CHAOS_HISTORIES of them, about 10 minutes
+# on two cores by default, and a report at CHAOS_REPORT.
+CHAOS_HISTORIES ?= 25
+CHAOS_REPORT ?= $(CURDIR)/test/chaos/report.md
+chaos:
+	CHAOS_HISTORIES=$(CHAOS_HISTORIES) CHAOS_REPORT=$(abspath $(CHAOS_REPORT)) \
+		$(GO) test -count=1 -timeout 0 -run TestChaos -v ./test/chaos/

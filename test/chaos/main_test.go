@@ -1,0 +1,124 @@
+package chaos
+
+import (
+	"errors"
+	"flag"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/walwatch/walwatch/test/pgtest"
+)
+
+var (
+	seedFlag   = flag.Int64("seed", 0, "replay the one history of this seed (0: random seeds)")
+	reportFlag = flag.String("report", os.Getenv("CHAOS_REPORT"), "write a report of the run here (default $CHAOS_REPORT; with CHAOS_HISTORIES set, report.md)")
+)
+
+// binary is the walwatch binary TestMain built, once per test binary.
+var binary string
+
+func TestMain(m *testing.M) {
+	flag.Parse()
+	dir, err := os.MkdirTemp("", "walwatch-chaos-")
+	if err != nil {
+		fmt.Fprintf(os.Stderr, "chaos: %v\n", err)
+		os.Exit(1)
+	}
+	binary, err = build(dir)
+	if err != nil {
+		fmt.Fprintf(os.Stderr, "chaos: building the walwatch binary failed:\n%v\n", err)
+		os.RemoveAll(dir)
+		os.Exit(1)
+	}
+	code := pgtest.Main(m)
+	os.RemoveAll(dir)
+	os.Exit(code)
+}
+
+// build compiles ./cmd/walwatch from the module root into dir.
+func build(dir string) (string, error) {
+	gocmd, err := exec.LookPath("go")
+	if err != nil && os.Getenv("GOROOT") != "" {
+		gocmd, err = filepath.Join(os.Getenv("GOROOT"), "bin", "go"), nil
+	}
+	if err != nil {
+		return "", fmt.Errorf("no go command to build with: %w", err)
+	}
+	out, err := exec.Command(gocmd, "env", "GOMOD").Output()
+	if err != nil {
+		return "", fmt.Errorf("go env GOMOD: %w", err)
+	}
+	gomod := strings.TrimSpace(string(out))
+	if gomod == "" || gomod == os.DevNull {
+		return "", errors.New("go env GOMOD: not inside a module")
+	}
+	bin := filepath.Join(dir, "walwatch")
+	cmd := exec.Command(gocmd, "build", "-o", bin, "./cmd/walwatch")
+	cmd.Dir = filepath.Dir(gomod)
+	if out, err := cmd.CombinedOutput(); err != nil {
+		return "", fmt.Errorf("go build -o %s ./cmd/walwatch (in %s): %w\n%s", bin, cmd.Dir, err, out)
+	}
+	return bin, nil
+}
+
+// config is the size of a run.
+type config struct {
+	histories  int           // how many histories
+	traffic    time.Duration // traffic (and faults) per history
+	faults     int           // faults per history
+	clients    int           // K
+	watchers   int           // W
+	linTimeout time.Duration // the linearizability check's budget per history
+	report     string        // where to write the report; "" for none
+}
+
+// configFromEnv reads the run's size. Without CHAOS_HISTORIES it is the
+// short run `go test ./...` does: about two minutes on two cores.
+func configFromEnv() (config, error) {
+	c := config{histories: 5, traffic: 14 * time.Second, faults: 4, clients: 8, watchers: 8, linTimeout: 20 * time.Second, report: *reportFlag}
+	var errs []error
+	if v := os.Getenv("CHAOS_HISTORIES"); v != "" {
+		c.traffic, c.faults, c.linTimeout = 18*time.Second, 5, time.Minute
+		if c.report == "" {
+			c.report = "report.md" // the package directory: test/chaos/report.md
+		}
+		c.histories = envInt(&errs, "CHAOS_HISTORIES", v)
+	}
+	if v := os.Getenv("CHAOS_TRAFFIC"); v != "" {
+		d, err := time.ParseDuration(v)
+		if err != nil {
+			errs = append(errs, fmt.Errorf("CHAOS_TRAFFIC=%q: %w", v, err))
+		}
+		c.traffic = d
+	}
+	if v := os.Getenv("CHAOS_FAULTS"); v != "" {
+		c.faults = envInt(&errs, "CHAOS_FAULTS", v)
+	}
+	if v := os.Getenv("CHAOS_CLIENTS"); v != "" {
+		c.clients = envInt(&errs, "CHAOS_CLIENTS", v)
+	}
+	if v := os.Getenv("CHAOS_WATCHERS"); v != "" {
+		c.watchers = envInt(&errs, "CHAOS_WATCHERS", v)
+	}
+	if *seedFlag != 0 {
+		c.histories = 1
+	}
+	if c.histories < 1 || c.clients < 1 || c.watchers < 1 || c.traffic <= 0 || c.faults < 0 {
+		errs = append(errs, fmt.Errorf("chaos: a run needs histories, clients and watchers >= 1, traffic > 0, faults >= 0: %+v", c))
+	}
+	return c, errors.Join(errs...)
+}
+
+func envInt(errs *[]error, name, v string) int {
+	n, err := strconv.Atoi(v)
+	if err != nil {
+		*errs = append(*errs, fmt.Errorf("%s=%q: %w", name, v, err))
+	}
+	return n
+}
