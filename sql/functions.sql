@@ -425,32 +425,69 @@ $$;
 -- already writes at p_rev, its rows follow at sub p_sub onwards. Returns the
 -- revision (the current one when nothing was deleted) and the number of keys
 -- deleted.
+--
+-- As in etcd, the keys deleted are exactly those live just below the
+-- answer's revision. A writer holding a lower revision may not have
+-- committed when the range is first read: one key is locked before it is
+-- read, so its writers are done; for a range, the revisions below the
+-- answer's are settled (walwatch.settle_below) and the range read again. A
+-- key that a writer put above our revision in between cannot be deleted
+-- below that put: the delete fails with serialization_failure (40001),
+-- which the Go store runs again.
 create or replace function walwatch.delete_range(p_key bytea, p_end bytea, p_rev bigint default null, p_sub integer default 0,
     out revision bigint, out deleted bigint)
 language plpgsql volatile as $$
 declare
     hi bytea := walwatch.range_upper(p_key, p_end);
+    single boolean := hi = walwatch.range_upper(p_key, null);
     candidates bytea[];
+    cur bigint;
     k bytea;
+    newest walwatch.kv;
 begin
     if not walwatch.is_key(p_key) then
         perform walwatch.raise_empty_key();
     end if;
-    candidates := array(select l.key from walwatch.latest_rows(p_key, hi, walwatch.current_revision(), null) l);
     revision := p_rev;
     deleted := 0;
-    if cardinality(candidates) > 0 then
-        perform walwatch.lock_keys(candidates);
-        -- A concurrent writer may have deleted some before we held their locks.
-        foreach k in array candidates loop
-            if (select not kv.tombstone from walwatch.kv where kv.key = k order by kv.revision desc limit 1) then
-                revision := walwatch.append(revision, p_sub + deleted::integer, k, null, true);
-                deleted := deleted + 1;
-            end if;
-        end loop;
+    if single then
+        perform walwatch.lock_keys(array[p_key]);
     end if;
+    loop
+        if revision is null then
+            cur := walwatch.current_revision();
+        end if;
+        candidates := array(select l.key from walwatch.latest_rows(p_key, hi, coalesce(revision, cur), null) l);
+        if cardinality(candidates) > 0 then
+            perform walwatch.lock_keys(candidates);
+            foreach k in array candidates loop
+                -- A concurrent writer may have written it before we held its lock.
+                select * into newest from walwatch.kv where kv.key = k order by kv.revision desc limit 1;
+                if revision is not null and newest.revision > revision then
+                    raise exception 'delete_range: % was written at revision %, above the delete''s %',
+                        walwatch.text_of(k), newest.revision, revision using errcode = '40001';
+                end if;
+                if not newest.tombstone and (revision is null or newest.revision < revision) then
+                    revision := walwatch.append(revision, p_sub + deleted::integer, k, null, true);
+                    deleted := deleted + 1;
+                end if;
+            end loop;
+        end if;
+        if single then
+            exit;
+        end if;
+        -- With every revision below the answer's settled, a statement later
+        -- (a new snapshot) sees all that committed below it.
+        if revision is null then
+            perform walwatch.settle_below(cur + 1);
+            exit when not exists (select 1 from walwatch.latest_rows(p_key, hi, cur, 1));
+        else
+            perform walwatch.settle_below(revision);
+            exit when not exists (select 1 from walwatch.latest_rows(p_key, hi, revision, 1));
+        end if;
+    end loop;
     if revision is null then
-        revision := walwatch.current_revision();
+        revision := cur;
     end if;
 end
 $$;

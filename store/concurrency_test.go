@@ -221,3 +221,72 @@ func TestSQLTextAPIWithAnyBytes(t *testing.T) {
 		}
 	}
 }
+
+// A delete answers at a revision that holds every write below it, as etcd's
+// do: a put in its range that took a lower revision and is still open when
+// the delete first reads (a later put has committed above it) is waited for
+// and deleted too. Before, the delete missed it and answered "deleted
+// nothing" at the later put's revision, with the key live below it.
+func TestDeleteWaitsForWritesBelowIt(t *testing.T) {
+	tests := []struct {
+		name  string
+		r     store.KeyRange
+		later string // put and committed after the open put, above it
+		want  int64
+	}{
+		{"key", store.Key([]byte("/d/a")), "/e/x", 1},
+		{"prefix", store.Prefix([]byte("/d/")), "/e/x", 1},
+		{"prefix with a later key in it", store.Prefix([]byte("/d/")), "/d/b", 2},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			s, pool := newStore(t, store.Limits{})
+			ctx := testContext(t)
+			tx, err := pool.Begin(ctx)
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer tx.Rollback(ctx) //nolint:errcheck
+			var held int64
+			if err := tx.QueryRow(ctx, "select walwatch.put($1, $2)", []byte("/d/a"), []byte("open")).Scan(&held); err != nil {
+				t.Fatal(err)
+			}
+			mustPut(t, s, tt.later, "later")
+			type result struct {
+				res store.DeleteResponse
+				err error
+			}
+			done := make(chan result, 1)
+			go func() {
+				res, err := s.Delete(ctx, tt.r)
+				done <- result{res, err}
+			}()
+			var early *result
+			wait.For(t, "the delete to wait for the open put", func() bool {
+				select {
+				case r := <-done:
+					early = &r
+					return true
+				default:
+				}
+				var waiting bool
+				err := pool.QueryRow(ctx, "select exists (select 1 from pg_locks where not granted)").Scan(&waiting)
+				return err == nil && waiting
+			})
+			if early != nil {
+				t.Fatalf("the delete answered while a put below it was open: %+v, %v", early.res, early.err)
+			}
+			if err := tx.Commit(ctx); err != nil {
+				t.Fatal(err)
+			}
+			r := <-done
+			if r.err != nil || r.res.Deleted != tt.want || r.res.Revision <= held {
+				t.Fatalf("delete = %+v, %v; want %d deleted above revision %d", r.res, r.err, tt.want, held)
+			}
+			got, err := s.Range(ctx, store.RangeRequest{KeyRange: store.Prefix([]byte("/d/"))})
+			if err != nil || len(got.KVs) != 0 {
+				t.Fatalf("after the delete: %q, %v", kvs(got), err)
+			}
+		})
+	}
+}

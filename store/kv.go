@@ -59,7 +59,13 @@ func (s *Store) Delete(ctx context.Context, r KeyRange) (DeleteResponse, error) 
 	if err := s.checkRange(r); err != nil {
 		return DeleteResponse{}, err
 	}
-	return deleteRange(ctx, s.pool, r, nil, 0)
+	for attempt := 1; ; attempt++ {
+		res, err := deleteRange(ctx, s.pool, r, nil, 0)
+		if aborted(err) && attempt < txnRetries {
+			continue
+		}
+		return res, err
+	}
 }
 
 // deleteRange deletes at revision rev from sub on, or at a new revision when

@@ -117,9 +117,18 @@ type TxnResponse struct {
 	Responses []OpResponse
 }
 
-// txnRetries bounds how often a Txn that lost a deadlock (two range deletes
-// locking keys in different orders) is run again before giving up.
+// txnRetries bounds how often a Txn or a delete that PostgreSQL aborted is
+// run again before giving up: a deadlock (two range deletes locking keys in
+// different orders), or a range delete that found a key written above its
+// revision (walwatch.delete_range).
 const txnRetries = 5
+
+// aborted says whether err is a deadlock or a serialization failure: the
+// transaction was rolled back whole, and running it again may succeed.
+func aborted(err error) bool {
+	var pe *pgconn.PgError
+	return errors.As(err, &pe) && (pe.Code == codeDeadlockDetected || pe.Code == codeSerializationFailure)
+}
 
 // Txn runs req atomically: the compares are checked and the chosen branch
 // runs with every key it names locked, and all its writes share one revision.
@@ -141,9 +150,8 @@ func (s *Store) Txn(ctx context.Context, req TxnRequest) (TxnResponse, error) {
 			res, err = runTxn(ctx, tx, req)
 			return err
 		})
-		var pe *pgconn.PgError
-		if errors.As(err, &pe) && pe.Code == "40P01" && attempt < txnRetries {
-			continue // deadlock detected: PostgreSQL rolled us back, nothing was written
+		if aborted(err) && attempt < txnRetries {
+			continue // PostgreSQL rolled us back, nothing was written
 		}
 		if err != nil {
 			return TxnResponse{}, fmt.Errorf("txn: %w", markTransient(err))
