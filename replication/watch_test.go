@@ -148,8 +148,9 @@ func TestPrevKV(t *testing.T) {
 	if _, err := e.store.Delete(context.Background(), store.Key([]byte("/a"))); err != nil {
 		t.Fatal(err)
 	}
+	e.put(t, "/a", "again") // its previous row is the tombstone: no previous value
 	var prevs []string
-	for len(prevs) < 3 {
+	for len(prevs) < 4 {
 		select {
 		case resp := <-w.C:
 			for _, ev := range resp.Events {
@@ -163,7 +164,7 @@ func TestPrevKV(t *testing.T) {
 			t.Fatalf("got %v", prevs)
 		}
 	}
-	if !slices.Equal(prevs, []string{"<none>", "one", "two"}) {
+	if !slices.Equal(prevs, []string{"<none>", "one", "two", "<none>"}) {
 		t.Fatalf("previous values %v", prevs)
 	}
 }

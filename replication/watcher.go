@@ -627,7 +627,17 @@ func (h *Hub) withPrevKV(ctx context.Context, wt *watcher) <-chan WatchResponse 
 			resp.Events = slices.Clone(resp.Events) // other watchers may share the slice
 			if err := h.attachPrevKVs(ctx, resp.Events); err != nil {
 				h.cancel(wt, fmt.Errorf("watch: read previous values: %w", err))
-				continue // drain what is left; the channel closes
+				// Forward only the cancel: a progress mark queued behind
+				// these events would tell the watcher it had them.
+				for resp := range wt.ch {
+					if resp.Canceled {
+						select {
+						case out <- resp:
+						case <-ctx.Done():
+						}
+					}
+				}
+				return
 			}
 			select {
 			case out <- resp:
@@ -655,7 +665,8 @@ func (h *Hub) attachPrevKVs(ctx context.Context, evs []Event) error {
 	}
 	rows, err := h.cfg.Pool.Query(ctx,
 		`select k.key, k.value, k.create_revision, k.revision, k.version
-		   from walwatch.kv k join unnest($1::bytea[], $2::bigint[]) as p(key, rev) on k.key = p.key and k.revision = p.rev`,
+		   from walwatch.kv k join unnest($1::bytea[], $2::bigint[]) as p(key, rev) on k.key = p.key and k.revision = p.rev
+		  where not k.tombstone`, // a key put after its delete had no previous value, as in etcd
 		keys, revs)
 	if err != nil {
 		return err
