@@ -430,10 +430,11 @@ $$;
 -- answer's revision. A writer holding a lower revision may not have
 -- committed when the range is first read: one key is locked before it is
 -- read, so its writers are done; for a range, the revisions below the
--- answer's are settled (walwatch.settle_below) and the range read again. A
--- key that a writer put above our revision in between cannot be deleted
--- below that put: the delete fails with serialization_failure (40001),
--- which the Go store runs again.
+-- answer's are settled (walwatch.settle_below) and the range read again.
+-- If that finds a key the first read missed, the delete fails with
+-- serialization_failure (40001), which the Go store runs again: every
+-- writer locks a key before it takes the revision that writes it, and a
+-- reader holding the key's lock relies on that.
 create or replace function walwatch.delete_range(p_key bytea, p_end bytea, p_rev bigint default null, p_sub integer default 0,
     out revision bigint, out deleted bigint)
 language plpgsql volatile as $$
@@ -463,11 +464,11 @@ begin
             foreach k in array candidates loop
                 -- A concurrent writer may have written it before we held its lock.
                 select * into newest from walwatch.kv where kv.key = k order by kv.revision desc limit 1;
-                if revision is not null and newest.revision > revision then
+                if newest.revision > revision then -- in a Txn, whose revision came first
                     raise exception 'delete_range: % was written at revision %, above the delete''s %',
                         walwatch.text_of(k), newest.revision, revision using errcode = '40001';
                 end if;
-                if not newest.tombstone and (revision is null or newest.revision < revision) then
+                if not newest.tombstone then
                     revision := walwatch.append(revision, p_sub + deleted::integer, k, null, true);
                     deleted := deleted + 1;
                 end if;
@@ -484,6 +485,12 @@ begin
         else
             perform walwatch.settle_below(revision);
             exit when not exists (select 1 from walwatch.latest_rows(p_key, hi, revision, 1));
+            -- A key put below our revision that we did not lock before taking
+            -- it: deleting it now would break the rule every reader relies on,
+            -- that a key is locked before the revision that writes it is
+            -- taken. Run again: the key is among the candidates then.
+            raise exception 'delete_range: a key was put in the range below revision % meanwhile', revision
+                using errcode = '40001';
         end if;
     end loop;
     if revision is null then
