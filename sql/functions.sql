@@ -786,12 +786,16 @@ $$;
 -- holds one; one that has not written yet moves on to a later revision). A
 -- Txn calls it before a read that follows its first write, so that the read
 -- sees every write ordered before the Txn's, as etcd's serial Txns do. The
--- revisions at or below the settled and compacted marks need no look.
+-- revisions at or below the settled and compacted marks need no look, and
+-- none the sequence has not handed out yet: filling those would take them
+-- from the writers to come (a read at a future revision once filled a
+-- thousand).
 create or replace function walwatch.settle_below(p_rev bigint) returns void
 language sql volatile as $$
     select walwatch.fill(array(
         select r from generate_series(
-                (select greatest(m.settled_revision, m.compact_revision) from walwatch.meta m) + 1, p_rev - 1) r
+                (select greatest(m.settled_revision, m.compact_revision) from walwatch.meta m) + 1,
+                least(p_rev - 1, (select s.last_value from walwatch.revision s))) r
          where not exists (select 1 from walwatch.kv k where k.revision = r)))
 $$;
 
