@@ -794,7 +794,7 @@ create or replace function walwatch.settle_below(p_rev bigint) returns void
 language sql volatile as $$
     select walwatch.fill(array(
         select r from generate_series(
-                (select greatest(m.settled_revision, m.compact_revision) from walwatch.meta m) + 1,
+                (select greatest(m.settled_revision, m.compact_revision, 1) from walwatch.meta m) + 1,
                 least(p_rev - 1, (select s.last_value from walwatch.revision s))) r
          where not exists (select 1 from walwatch.kv k where k.revision = r)))
 $$;
