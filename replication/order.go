@@ -2,6 +2,7 @@ package replication
 
 import (
 	"bytes"
+	"cmp"
 	"log/slog"
 	"slices"
 	"sync/atomic"
@@ -102,6 +103,13 @@ func (o *order) accept(t *txn) {
 	}
 	w := o.floor()
 	var maxRev int64
+	// The txn is ours now: sort its rows in place. One transaction may hold
+	// several revisions, and not one after the other: a writer that settles
+	// the revisions below its own (walwatch.settle_below) inserts their
+	// fillers between its rows.
+	slices.SortFunc(t.rows, func(a, b row) int {
+		return cmp.Or(cmp.Compare(a.revision, b.revision), cmp.Compare(a.sub, b.sub))
+	})
 	for i := 0; i < len(t.rows); {
 		rev := t.rows[i].revision
 		j := i
@@ -110,8 +118,7 @@ func (o *order) accept(t *txn) {
 		}
 		maxRev = max(maxRev, rev)
 		if _, dup := o.buffer[rev]; rev > w && !dup {
-			rows := t.rows[i:j:j] // the txn is ours now: sort its rows in place
-			slices.SortFunc(rows, func(a, b row) int { return int(a.sub - b.sub) })
+			rows := t.rows[i:j:j]
 			c := &committed{rows: rows, lsn: t.commitLSN, at: t.commitTime, bytes: rowsSize(rows)}
 			if o.spillFrom > 0 && rev >= o.spillFrom {
 				o.dropValues(c)
