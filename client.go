@@ -375,6 +375,11 @@ func (c *Client) CompactKeepLatest(ctx context.Context) (store.CompactResponse, 
 // on), delivering every later change in revision order, each exactly once,
 // until ctx ends, the Watcher is closed, or the client closes. To watch what
 // a read returned, start at its Revision+1.
+//
+// A watch ends with an error matching replication.ErrHistoryChanged when
+// PostgreSQL failed over to a standby that lacks revisions already
+// delivered (asynchronous replication): re-list with Get, or ListAndWatch,
+// as after store.ErrCompacted.
 func (c *Client) Watch(ctx context.Context, req replication.WatchRequest) (*replication.Watcher, error) {
 	if c.closed.Load() {
 		return nil, ErrClosed

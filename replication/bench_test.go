@@ -5,6 +5,9 @@
 //	# put→event round trip, idle and under 32 concurrent writers, over
 //	# TCP and over the Unix socket
 //	go test -run '^$' -bench 'BenchmarkPutToEvent' -benchtime 2000x -count 3 ./replication/
+//	# the same with a streaming standby, asynchronous and synchronous
+//	# (where the hub holds each event until its commit is visible), interleaved
+//	go test -run '^$' -bench 'BenchmarkPutToEventStandby' -benchtime 2000x -count 3 ./replication/
 //	# catch-up of a new watcher over 100,000 revisions in the table
 //	go test -run '^$' -bench 'BenchmarkCatchUp' -benchtime 3x -count 3 ./replication/
 //	# puts at 32 writers with one watcher, with a bare slot reader (over
@@ -49,6 +52,7 @@ import (
 	"github.com/walwatch/walwatch/replication"
 	"github.com/walwatch/walwatch/sql"
 	"github.com/walwatch/walwatch/store"
+	"github.com/walwatch/walwatch/test/pgcluster"
 	"github.com/walwatch/walwatch/test/pgtest"
 	"github.com/walwatch/walwatch/test/wait"
 )
@@ -242,6 +246,29 @@ func benchmarkPutToEvent(b *testing.B, e *env) {
 		}
 		b.ReportMetric(loadRate, "load-puts/s")
 	})
+}
+
+// BenchmarkPutToEventStandby is BenchmarkPutToEvent (over TCP) on a
+// primary with a streaming standby, asynchronous and then synchronous
+// (synchronous_standby_names). Synchronous, a commit waits for the standby
+// (put-p50-us), and the hub holds each event until its commit is visible
+// (hub-p50-us: syncrep.go), which the stream delivers before it is.
+func BenchmarkPutToEventStandby(b *testing.B) {
+	primary, url := pgtest.PrivateDatabase(b, pgcluster.Options{})
+	e := newEnvAt(b, url)
+	standby := pgtest.StartStandby(b, primary, pgcluster.StandbyOptions{})
+	for _, sync := range []bool{false, true} {
+		name := "async"
+		if sync {
+			name = "sync"
+		}
+		b.Run(name, func(b *testing.B) {
+			if err := standby.SetSynchronous(context.Background(), sync); err != nil {
+				b.Fatal(err)
+			}
+			benchmarkPutToEvent(b, e)
+		})
+	}
 }
 
 // schedStat is how long a process has run and how long it has waited,

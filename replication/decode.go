@@ -52,10 +52,17 @@ type txn struct {
 	endLSN     pglogrepl.LSN // what to confirm once its revisions are settled
 	commitTime time.Time
 	rows       []row
+	// readLSN, for rows read from the table, bounds the WAL position of
+	// every commit they show: the new slot's consistent point, or the
+	// server's WAL position when read.
+	readLSN pglogrepl.LSN
 	// Markers from the first table read: base is the watermark to start
 	// from, ready says the hub has caught up with the table.
 	base  int64
 	ready bool
+	// change, from the stream before anything else of a session, says the
+	// server is not the one before (failover.go): no rows.
+	change *serverChange
 }
 
 // ErrBrokenStream is wrapped by decoding errors: the stream cannot be trusted

@@ -63,13 +63,18 @@ type WatchResponse struct {
 	Revision int64
 	Canceled bool
 	// Err is why the watch ended: a *store.CompactedError (a watcher
-	// catching up from the table found its revisions compacted), an error
-	// matching ErrHubStopped (wrapping Run's failure when there was one),
-	// the watch's context's deadline, or a failed read of previous values.
-	// A watcher too slow to keep up is not ended: it catches up from the
+	// catching up from the table found its revisions compacted), a
+	// *HistoryChangedError (the database failed over to a server without
+	// revisions already delivered: re-list), an error matching
+	// ErrHubStopped (wrapping Run's failure when there was one), the
+	// watch's context's deadline, or a failed read of previous values. A
+	// watcher too slow to keep up is not ended: it catches up from the
 	// table.
-	Err             error
-	CompactRevision int64 // set when Err is a compaction
+	Err error
+	// CompactRevision is set when Err is a compaction, and when history
+	// changed (HistoryChangedError.Revision+1), so that a front end that
+	// treats both as etcd's compacted cancel makes clients re-list.
+	CompactRevision int64
 }
 
 // IsProgress reports whether the response is a progress mark.

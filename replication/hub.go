@@ -116,6 +116,10 @@ type Hub struct {
 	order   order      // the reorder buffer and the watermark; the run loop's
 	filler  *filler    // settles holes, off the run loop
 	visible visibility // how far reads may go
+	gate    syncGate   // holds releases until visible under synchronous replication
+	server  serverID   // the server the stream reads (failover.go); the stream goroutine's
+	// timeline is server's timeline, for the other goroutines.
+	timeline atomic.Int32
 
 	// responseBytes bounds the events of one response (whole revisions):
 	// the smaller of maxResponseBytes and Config.WatcherBytes. queue bounds
@@ -202,6 +206,7 @@ func newHub(cfg Config, replConfig *pgconn.Config) *Hub {
 		ready:         make(chan struct{}),
 		stopped:       make(chan struct{}),
 		failure:       make(chan error, 1),
+		gate:          syncGate{done: make(chan error, 1)},
 		inbox:         newTxnQueue(),
 		order:         newOrder(cfg.BufferBytes, log, cfg.Metrics),
 		filler:        newFiller(cfg, log),
@@ -263,6 +268,7 @@ func (h *Hub) Run(ctx context.Context) (err error) {
 		cancel()
 		wg.Wait()
 		h.filler.wait()
+		h.gate.wg.Wait()
 	}()
 	wg.Go(func() { h.syncWatchersLoop(ctx) })
 	wg.Go(func() { h.syncVictimsLoop(ctx) })
@@ -286,6 +292,8 @@ func (h *Hub) Run(ctx context.Context) (err error) {
 func (h *Hub) runLoop(ctx context.Context) error {
 	graceTimer := time.NewTimer(time.Hour)
 	graceTimer.Stop()
+	gateTimer := time.NewTimer(time.Hour) // the next visibility check (syncrep.go)
+	gateTimer.Stop()
 	caughtUp := false // the first table read has been accepted
 	for {
 		select {
@@ -295,10 +303,15 @@ func (h *Hub) runLoop(ctx context.Context) error {
 			return err
 		case <-h.inbox.wait():
 			for _, t := range h.inbox.drain() {
+				if t.change != nil {
+					t.change.done <- h.changeServer(t.change)
+					continue
+				}
 				caughtUp = caughtUp || t.ready
 				h.order.accept(t)
 			}
 			h.advance()
+			h.checkVisible(ctx)
 			h.order.spill()
 			if caughtUp {
 				h.readyOnce.Do(func() { close(h.ready) })
@@ -313,6 +326,19 @@ func (h *Hub) runLoop(ctx context.Context) error {
 			if revs := h.order.holes(maxFillBatch); len(revs) > 0 {
 				h.filler.start(ctx, revs)
 			}
+		case err := <-h.gate.done:
+			if err := setupFailure(err); err != nil && ctx.Err() == nil {
+				return err
+			}
+			switch next := h.checkedVisible(err); {
+			case next == 0:
+				h.checkVisible(ctx)
+			case next > 0:
+				gateTimer.Reset(next)
+			}
+		case <-gateTimer.C:
+			h.advance() // synchronous replication may have been turned off
+			h.checkVisible(ctx)
 		case res := <-h.filler.done:
 			if err := setupFailure(res.err); err != nil && ctx.Err() == nil {
 				return err
@@ -335,7 +361,7 @@ func (h *Hub) advance() {
 	h.mu.Lock()
 	defer h.mu.Unlock()
 	from := h.order.watermark
-	revs := h.order.advance()
+	revs := h.order.advanceTo(h.releaseLimit())
 	if h.order.watermark == from {
 		return
 	}
@@ -371,11 +397,18 @@ func (h *Hub) settleLoop(ctx context.Context) {
 			return
 		case <-t.C:
 		}
+		_ = h.readSyncRep(ctx) // failing, so does the settle below, which says so
+		// The timeline first: once it is the new server's, the watermark is
+		// too (failover.go).
+		timeline := h.timeline.Load()
 		w := h.Watermark()
 		if w <= settled {
 			continue
 		}
-		if _, err := h.cfg.Pool.Exec(ctx, "select walwatch.settle($1)", w); err != nil {
+		// Only on the stream's server: during a failover the pool may reach
+		// the new primary before the stream does, and the watermark of the
+		// old one's history must not be recorded there.
+		if _, err := h.cfg.Pool.Exec(ctx, "select walwatch.settle($1) where "+timelineSQL+" = $2", w, timeline); err != nil {
 			if ctx.Err() != nil {
 				return
 			}

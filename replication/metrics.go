@@ -1,6 +1,7 @@
 package replication
 
 import (
+	"strconv"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -23,6 +24,7 @@ type Metrics struct {
 	victims        prometheus.Counter
 	reconnects     prometheus.Counter
 	slotsRecreated prometheus.Counter
+	failovers      *prometheus.CounterVec
 }
 
 // NewMetrics creates the hub's metrics and registers them with reg.
@@ -60,9 +62,13 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 			Help: "Replication sessions that ended and were reconnected."}),
 		slotsRecreated: prometheus.NewCounter(prometheus.CounterOpts{Namespace: ns, Subsystem: sub, Name: "slots_recreated_total",
 			Help: "Replication slots found gone or invalidated and created again."}),
+		failovers: prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: ns, Subsystem: sub, Name: "failovers_total",
+			Help: "Reconnects that found another server (a promoted standby); history_changed=true when it lacked revisions already delivered, and every watcher was told to re-list."},
+			[]string{"history_changed"}),
 	}
 	reg.MustRegister(m.transactions, m.events, m.catchUpEvents, m.watchDelay, m.holesSeen, m.holesFilled,
-		m.holderAge, m.buffered, m.bufferedBytes, m.spills, m.windowBytes, m.watcherCount, m.victims, m.reconnects, m.slotsRecreated)
+		m.holderAge, m.buffered, m.bufferedBytes, m.spills, m.windowBytes, m.watcherCount, m.victims, m.reconnects, m.slotsRecreated,
+		m.failovers)
 	return m
 }
 
@@ -150,5 +156,11 @@ func (m *Metrics) reconnect() {
 func (m *Metrics) slotRecreated() {
 	if m != nil {
 		m.slotsRecreated.Inc()
+	}
+}
+
+func (m *Metrics) failover(historyChanged bool) {
+	if m != nil {
+		m.failovers.WithLabelValues(strconv.FormatBool(historyChanged)).Inc()
 	}
 }

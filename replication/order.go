@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"cmp"
 	"log/slog"
+	"math"
 	"slices"
 	"sync/atomic"
 	"time"
@@ -50,6 +51,12 @@ type order struct {
 	// revisions are all at or below the watermark: what the stream may
 	// confirm. Written by advance, read by the stream's goroutine.
 	confirmable atomic.Uint64
+	// exposed is the highest WAL position that anything released depends
+	// on: the end of each stream transaction released, the position a
+	// table read was taken at. After a failover, history went backwards
+	// if it lies beyond where the new server's timeline branched off
+	// (failover.go). Written by accept and advance.
+	exposed pglogrepl.LSN
 
 	log     *slog.Logger
 	metrics *Metrics
@@ -59,6 +66,7 @@ type order struct {
 type committed struct {
 	rows  []row
 	lsn   pglogrepl.LSN
+	wal   pglogrepl.LSN // what releasing it exposes (order.exposed)
 	at    time.Time
 	bytes int // what rows hold in memory (rowsSize), until spilled
 	// spilled: the rows' values were dropped to keep the buffer within its
@@ -100,6 +108,11 @@ func (o *order) floor() int64 { return max(o.watermark, o.base) }
 func (o *order) accept(t *txn) {
 	if t.base > 0 && o.watermark == 0 && o.base == 0 {
 		o.base = t.base
+		o.exposed = max(o.exposed, t.readLSN) // the base is readable from now on
+	}
+	wal := t.endLSN
+	if wal == 0 {
+		wal = t.readLSN // a table page
 	}
 	w := o.floor()
 	var maxRev int64
@@ -119,7 +132,7 @@ func (o *order) accept(t *txn) {
 		maxRev = max(maxRev, rev)
 		if _, dup := o.buffer[rev]; rev > w && !dup {
 			rows := t.rows[i:j:j]
-			c := &committed{rows: rows, lsn: t.commitLSN, at: t.commitTime, bytes: rowsSize(rows)}
+			c := &committed{rows: rows, lsn: t.commitLSN, wal: wal, at: t.commitTime, bytes: rowsSize(rows)}
 			if o.spillFrom > 0 && rev >= o.spillFrom {
 				o.dropValues(c)
 			} else {
@@ -136,18 +149,23 @@ func (o *order) accept(t *txn) {
 	o.metrics.buffer(len(o.buffer), o.bufferBytes)
 }
 
-// advance moves the watermark over every buffered revision that follows it
-// directly and returns those revisions, in order, with their events; it
-// makes the stream transactions that are now settled confirmable. It is
-// the only writer of the watermark, and its caller holds Hub.mu.
-func (o *order) advance() []revEvents {
+// advance is advanceTo without a limit.
+func (o *order) advance() []revEvents { return o.advanceTo(math.MaxInt64) }
+
+// advanceTo moves the watermark over every buffered revision that follows it
+// directly, up to limit, and returns those revisions, in order, with their
+// events; it makes the stream transactions that are now settled
+// confirmable. It is the only writer of the watermark, and its caller holds
+// Hub.mu.
+func (o *order) advanceTo(limit int64) []revEvents {
 	var released []revEvents
 	w := o.floor()
-	for {
+	for w < limit {
 		c, ok := o.buffer[w+1]
 		if !ok {
 			break
 		}
+		o.exposed = max(o.exposed, c.wal)
 		delete(o.buffer, w+1)
 		w++
 		if !c.spilled {
@@ -169,7 +187,7 @@ func (o *order) advance() []revEvents {
 		o.confirmable.Store(uint64(o.pending[0].endLSN))
 		o.pending = o.pending[1:]
 	}
-	if len(o.buffer) == 0 {
+	if !o.holeOpen() {
 		o.holeFrom = time.Time{}
 	} else if o.holeFrom.IsZero() || len(released) > 0 {
 		o.holeFrom = time.Now()
@@ -178,13 +196,47 @@ func (o *order) advance() []revEvents {
 	return released
 }
 
+// settledTop returns the highest revision up to which every revision is
+// settled, in the buffer or below the watermark: what advance releases
+// without a limit.
+func (o *order) settledTop() int64 {
+	w := o.floor()
+	for {
+		if _, ok := o.buffer[w+1]; !ok {
+			return w
+		}
+		w++
+	}
+}
+
+// forget drops what came from a server that is no longer the primary and
+// was not released: the reorder buffer and the stream transactions waiting
+// to be confirmed. The new server's table and stream bring again whatever
+// of it that server has.
+func (o *order) forget() {
+	clear(o.buffer)
+	o.top, o.bufferBytes, o.spillFrom, o.holeFrom = 0, 0, 0, time.Time{}
+	o.pending = nil
+	o.confirmable.Store(0) // a position of the old server's stream
+	o.metrics.buffer(0, 0)
+}
+
+// restart starts the watermark again at base, a revision at or below which
+// everything is settled on the new server, after history went backwards;
+// forget has run.
+func (o *order) restart(base int64) {
+	o.watermark, o.base, o.exposed = base, base, 0
+}
+
 // confirmed returns the end LSN of the last stream transaction whose
 // revisions are all settled: the position the stream may confirm.
 func (o *order) confirmed() pglogrepl.LSN { return pglogrepl.LSN(o.confirmable.Load()) }
 
-// holeOpen reports whether a revision above the watermark has arrived while
-// the one right after it has not.
-func (o *order) holeOpen() bool { return len(o.buffer) > 0 }
+// holeOpen reports whether a revision is missing below one that has
+// arrived. Without a release limit that is any revision buffered: the one
+// right after the watermark is missing; with one (syncrep.go) the buffer
+// may start with revisions settled but held back.
+func (o *order) holeOpen() bool { return int64(len(o.buffer)) < o.top-o.floor() }
 
 // holes lists the revisions missing between the watermark and the highest
 // buffered one, at most limit of them, lowest first.

@@ -37,12 +37,12 @@ func (h *Hub) streamLoop(ctx context.Context) error {
 		if streamed {
 			backoff = reconnectBackoffMin
 		}
-		wait := backoff/2 + rand.N(backoff/2+1)
+		var wait time.Duration
+		wait, backoff = reconnectWait(backoff, err)
 		h.troubles.stream.failed(err, "reconnect_in", wait.Round(time.Millisecond))
 		if !sleep(ctx, wait) {
 			return nil
 		}
-		backoff = min(backoff*2, reconnectBackoffMax)
 	}
 }
 
@@ -68,12 +68,18 @@ func (h *Hub) session(ctx context.Context) (streamed bool, err error) {
 		return false, fmt.Errorf("open replication connection: %w", err)
 	}
 	defer conn.Close(context.Background())
+	if err := h.identify(ctx, conn); err != nil {
+		return false, err
+	}
+	if err := h.readSyncRep(ctx); err != nil {
+		return false, err
+	}
 
-	slot, snapshot, err := h.prepareSlot(ctx, conn)
+	slot, snapshot, consistent, err := h.prepareSlot(ctx, conn)
 	if err != nil {
 		return false, err
 	}
-	if err := h.readTable(ctx, snapshot); err != nil {
+	if err := h.readTable(ctx, snapshot, consistent); err != nil {
 		return false, err
 	}
 	// LSN 0: start where the slot says it is, never at the server's current
@@ -89,10 +95,11 @@ func (h *Hub) session(ctx context.Context) (streamed bool, err error) {
 }
 
 // prepareSlot makes sure the slot exists. A new slot exports its snapshot,
-// so the table read and the stream meet with nothing between them. A slot
+// so the table read and the stream meet with nothing between them, and
+// gives its consistent point, the WAL position of that snapshot. A slot
 // that lost its WAL (invalidated) is replaced: the table, not the slot, is
 // the source of truth, so watchers see a delay but never a gap.
-func (h *Hub) prepareSlot(ctx context.Context, conn *pgconn.PgConn) (name, snapshot string, err error) {
+func (h *Hub) prepareSlot(ctx context.Context, conn *pgconn.PgConn) (name, snapshot string, consistent pglogrepl.LSN, err error) {
 	name = h.cfg.Slot
 	temporary := name == ""
 	if temporary {
@@ -102,7 +109,7 @@ func (h *Hub) prepareSlot(ctx context.Context, conn *pgconn.PgConn) (name, snaps
 		if err == nil {
 			// The server's default database is the user's name.
 			if err := checkSlot(info, cmp.Or(h.repl.Database, h.repl.User)); err != nil {
-				return "", "", err
+				return "", "", 0, err
 			}
 		}
 		switch {
@@ -110,17 +117,17 @@ func (h *Hub) prepareSlot(ctx context.Context, conn *pgconn.PgConn) (name, snaps
 			h.log.Warn("replication slot was invalidated; replacing it and catching up from the table", "slot", name)
 			h.metrics.slotRecreated()
 			if err := DropSlot(ctx, h.cfg.Pool, name, true); err != nil && !errors.Is(err, ErrSlotNotFound) {
-				return "", "", err
+				return "", "", 0, err
 			}
 		case err == nil:
-			return name, "", nil
+			return name, "", 0, nil
 		case errors.Is(err, ErrSlotNotFound):
 			if h.Watermark() > 0 {
 				h.log.Warn("replication slot is gone; creating it again and catching up from the table", "slot", name)
 				h.metrics.slotRecreated()
 			}
 		default:
-			return "", "", err
+			return "", "", 0, err
 		}
 	}
 	res, err := pglogrepl.CreateReplicationSlot(ctx, conn, name, "pgoutput", pglogrepl.CreateReplicationSlotOptions{
@@ -129,16 +136,21 @@ func (h *Hub) prepareSlot(ctx context.Context, conn *pgconn.PgConn) (name, snaps
 		Mode:           pglogrepl.LogicalReplication,
 	})
 	if err != nil {
-		return "", "", fmt.Errorf("create replication slot %s: %w", name, err)
+		return "", "", 0, fmt.Errorf("create replication slot %s: %w", name, err)
 	}
-	return name, res.SnapshotName, nil
+	consistent, err = pglogrepl.ParseLSN(res.ConsistentPoint)
+	if err != nil {
+		return "", "", 0, fmt.Errorf("create replication slot %s: consistent point %q: %w", name, res.ConsistentPoint, err)
+	}
+	return name, res.SnapshotName, consistent, nil
 }
 
 // readTable hands the hub every row above its watermark (or, on the first
 // session, above the table's settled-revision hint), read in the slot's
-// exported snapshot when there is one. Overlap with the stream is harmless:
-// the hub drops revisions it has already settled.
-func (h *Hub) readTable(ctx context.Context, snapshot string) error {
+// exported snapshot when there is one (taken at the WAL position
+// consistent). Overlap with the stream is harmless: the hub drops revisions
+// it has already settled.
+func (h *Hub) readTable(ctx context.Context, snapshot string, consistent pglogrepl.LSN) error {
 	tx, err := h.cfg.Pool.BeginTx(ctx, pgx.TxOptions{IsoLevel: pgx.RepeatableRead, AccessMode: pgx.ReadOnly})
 	if err != nil {
 		return fmt.Errorf("read table: begin: %w", err)
@@ -150,13 +162,25 @@ func (h *Hub) readTable(ctx context.Context, snapshot string) error {
 			return fmt.Errorf("read table: import snapshot %s: %w", snapshot, err)
 		}
 	}
+	readLSN := consistent
+	if snapshot == "" {
+		// The first statement takes the snapshot; every commit it sees was
+		// inserted into the WAL before this position (failover.go).
+		var at string
+		if err := tx.QueryRow(ctx, "select pg_current_wal_insert_lsn()::text").Scan(&at); err != nil {
+			return fmt.Errorf("read table: WAL position: %w", err)
+		}
+		if readLSN, err = pglogrepl.ParseLSN(at); err != nil {
+			return fmt.Errorf("read table: WAL position %q: %w", at, err)
+		}
+	}
 	from := h.Watermark()
 	first := from == 0
 	if first {
 		if err := tx.QueryRow(ctx, "select greatest(settled_revision, compact_revision - 1, 1) from walwatch.meta").Scan(&from); err != nil {
 			return fmt.Errorf("read table: settled revision: %w", err)
 		}
-		h.inbox.push(&txn{base: from})
+		h.inbox.push(&txn{base: from, readLSN: readLSN})
 	}
 	// Pages of whole revisions, bounded by rows and bytes (a revision larger
 	// than a page comes whole, alone; see readPage), each read once the hub
@@ -172,7 +196,7 @@ func (h *Hub) readTable(ctx context.Context, snapshot string) error {
 			return err
 		}
 		if len(page) > 0 {
-			h.inbox.push(&txn{rows: page})
+			h.inbox.push(&txn{rows: page, readLSN: readLSN})
 		}
 	}
 	if first {

@@ -2,6 +2,7 @@ package replication
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"sync"
 	"sync/atomic"
@@ -34,6 +35,16 @@ type visibility struct {
 	// mu lets one check of the table at a time raise mark; callers waiting
 	// for it share its answer. It is never held with Hub.mu.
 	mu sync.Mutex
+	// resets counts reset calls, so a check that began before one does not
+	// store what it found about the old history.
+	resets atomic.Uint64
+}
+
+// reset sets the mark to rev, which may lower it: history went backwards
+// on failover (failover.go), and rev is the new server's settled revision.
+func (v *visibility) reset(rev int64) {
+	v.resets.Add(1)
+	v.mark.Store(rev)
 }
 
 // assume raises the mark to rev without a check: rev is known visible (an
@@ -52,19 +63,30 @@ func (v *visibility) assume(rev int64) {
 // which every revision is visible, checking the table for what it does not
 // know yet.
 func (v *visibility) upTo(ctx context.Context, upto int64) (int64, error) {
+	return v.upToOn(ctx, upto, 0)
+}
+
+// upToOn is upTo that checks only on a primary on timeline, when not 0: a
+// check of revisions received from one server must not ask another
+// (failover.go), and a server's timeline tells a promoted standby from the
+// primary it replaced. On another timeline it fails with errOtherServer.
+func (v *visibility) upToOn(ctx context.Context, upto int64, timeline int32) (int64, error) {
 	if m := v.mark.Load(); m >= upto {
 		return upto, nil
 	}
 	v.mu.Lock()
 	defer v.mu.Unlock()
+	resets := v.resets.Load()
 	m := v.mark.Load()
 	for m < upto {
 		hi := min(upto, m+visibleCheck)
-		next, err := v.check(ctx, m, hi)
+		next, err := v.check(ctx, m, hi, timeline)
 		if err != nil {
 			return m, err
 		}
-		v.mark.Store(next)
+		if v.resets.Load() != resets || !v.mark.CompareAndSwap(m, next) {
+			return min(v.mark.Load(), upto), nil // reset meanwhile
+		}
 		if next < hi {
 			return next, nil // a transaction at next+1 is not visible yet
 		}
@@ -79,19 +101,24 @@ func (v *visibility) upTo(ctx context.Context, upto int64) (int64, error) {
 // belongs to a transaction every later snapshot sees too. Compaction
 // removes rows below its revision, where reads fail anyway: those need no
 // check.
-func (v *visibility) check(ctx context.Context, after, hi int64) (int64, error) {
+func (v *visibility) check(ctx context.Context, after, hi int64, timeline int32) (int64, error) {
 	var (
 		compacted int64
 		revs      []int64
+		on        int32
 	)
 	err := v.pool.QueryRow(ctx,
 		`select m.compact_revision,
 		        array(select k.revision from walwatch.kv k
 		               where k.revision > greatest($1, m.compact_revision) and k.revision <= $2 and k.sub = 0
-		               order by k.revision)
-		   from walwatch.meta m`, after, hi).Scan(&compacted, &revs)
+		               order by k.revision),
+		        case when $3 = 0 then 0 else `+timelineSQL+` end
+		   from walwatch.meta m`, after, hi, timeline).Scan(&compacted, &revs, &on)
 	if err != nil {
 		return after, fmt.Errorf("check which revisions after %d are visible: %w", after, err)
+	}
+	if on != timeline {
+		return after, fmt.Errorf("check which revisions after %d are visible: %w (timeline %d, not %d)", after, errOtherServer, on, timeline)
 	}
 	next := min(max(after, compacted), hi)
 	for _, rev := range revs {
@@ -102,6 +129,15 @@ func (v *visibility) check(ctx context.Context, after, hi int64) (int64, error) 
 	}
 	return next, nil
 }
+
+// timelineSQL is the timeline a primary writes its WAL on, from the name of
+// its current WAL file (whose first 8 hex digits are the timeline): readable
+// by any role, unlike pg_control_checkpoint().
+const timelineSQL = "('x' || substr(pg_walfile_name(pg_current_wal_lsn()), 1, 8))::bit(32)::int"
+
+// errOtherServer means the pool reached another server than the one the
+// stream reads: during a failover, before the stream has found it.
+var errOtherServer = errors.New("the pool reached another server than the replication stream's")
 
 // WaitFor waits until rev is settled and every transaction at or below it
 // is visible: from then on a read at rev sees every write at or below it and

@@ -228,9 +228,17 @@ func (h *Hub) cancelLocked(wt *watcher, err error) {
 	wt.closed, wt.err = true, err
 	if !errors.Is(err, ErrWatcherClosed) && !errors.Is(err, context.Canceled) {
 		resp := WatchResponse{Canceled: true, Err: err}
-		var ce *store.CompactedError
-		if errors.As(err, &ce) {
+		var (
+			ce *store.CompactedError
+			hc *HistoryChangedError
+		)
+		switch {
+		case errors.As(err, &ce):
 			resp.CompactRevision = ce.CompactRevision
+		case errors.As(err, &hc):
+			// As etcd's compacted cancel: clients re-list. The first
+			// revision of the new history a watch gets.
+			resp.CompactRevision = hc.Revision + 1
 		}
 		select {
 		case wt.ch <- resp:

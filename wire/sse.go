@@ -12,7 +12,12 @@ package wire
 //	event: compacted
 //	data: {"compact_revision":100}
 //
-// A txn's data is a JSON array of its events. A reconnecting client sends the
+//	event: compacted           (history changed on failover: re-list, as for a compaction)
+//	data: {"compact_revision":57,"reason":"history_changed","message":"..."}
+//
+// A txn's data is a JSON array of its events. Both compacted messages end
+// the stream, and say the same to a client: its state cannot be brought up
+// to date by resuming; re-list, then watch from the list's revision + 1. A reconnecting client sends the
 // last id it saw as Last-Event-ID and the stream resumes after it.
 
 import (
@@ -30,7 +35,17 @@ import (
 // Compacted is the data of a compacted message.
 type Compacted struct {
 	CompactRevision int64 `json:"compact_revision"`
+	// Reason is ReasonHistoryChanged when the stream ended because the
+	// database failed over to a server that lacks revisions already sent;
+	// empty for a compaction. Message says it in words.
+	Reason  string `json:"reason,omitempty"`
+	Message string `json:"message,omitempty"`
 }
+
+// ReasonHistoryChanged is Compacted.Reason when history changed on
+// failover (replication.ErrHistoryChanged): CompactRevision is then the
+// first revision of the new history.
+const ReasonHistoryChanged = "history_changed"
 
 // WriteRevision writes the events of one revision as one message.
 func WriteRevision(w io.Writer, evs []Event) error {
@@ -61,6 +76,19 @@ func WriteProgress(w io.Writer, rev int64) error {
 func WriteCompacted(w io.Writer, compactRev int64) error {
 	b, _ := json.Marshal(Compacted{CompactRevision: compactRev})
 	_, err := fmt.Fprintf(w, "event: compacted\ndata: %s\n\n", b)
+	return err
+}
+
+// WriteHistoryChanged writes the message that ends a watch when history
+// changed on failover: a compacted message, so that a client re-lists as
+// after a compaction, with its reason. rev is the first revision of the new
+// history.
+func WriteHistoryChanged(w io.Writer, rev int64, message string) error {
+	b, err := json.Marshal(Compacted{CompactRevision: rev, Reason: ReasonHistoryChanged, Message: message})
+	if err != nil {
+		return err
+	}
+	_, err = fmt.Fprintf(w, "event: compacted\ndata: %s\n\n", b)
 	return err
 }
 

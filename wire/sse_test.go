@@ -2,6 +2,7 @@ package wire
 
 import (
 	"bytes"
+	"encoding/json"
 	"io"
 	"testing"
 )
@@ -50,5 +51,23 @@ func TestLineLimit(t *testing.T) {
 	r := NewReader(bytes.NewReader(append(bytes.Repeat([]byte("x"), MaxLine+10), '\n')))
 	if _, err := r.Next(); err != ErrLineTooLong {
 		t.Fatalf("got %v", err)
+	}
+}
+
+// TestHistoryChanged: the message that ends a watch when history changed on
+// failover is a compacted message, which readers already re-list on, with
+// its reason.
+func TestHistoryChanged(t *testing.T) {
+	var buf bytes.Buffer
+	if err := WriteHistoryChanged(&buf, 57, "history changed: re-list"); err != nil {
+		t.Fatal(err)
+	}
+	m, err := NewReader(&buf).Next()
+	if err != nil || m.Event != "compacted" {
+		t.Fatalf("message %+v, %v", m, err)
+	}
+	var c Compacted
+	if err := json.Unmarshal(m.Data, &c); err != nil || c != (Compacted{CompactRevision: 57, Reason: ReasonHistoryChanged, Message: "history changed: re-list"}) {
+		t.Fatalf("data %s: %+v, %v", m.Data, c, err)
 	}
 }

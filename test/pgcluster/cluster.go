@@ -102,7 +102,12 @@ type Cluster struct {
 	acct     *account
 	log      *slog.Logger
 
-	mu      sync.Mutex // serialises Restart and Stop
+	// name is a standby's application_name on its primary; "" for a
+	// cluster started by Start.
+	name string
+
+	mu      sync.Mutex // serialises Restart, Kill, Promote and Stop
+	primary *Cluster   // a standby's primary, until Promote
 	proc    *process
 	stopped bool
 }
@@ -117,6 +122,29 @@ type process struct {
 // Start creates (or reuses) a data directory, starts postgres on it and
 // waits until it accepts connections. Call Stop to shut it down.
 func Start(ctx context.Context, opts Options) (*Cluster, error) {
+	c, err := newCluster(opts)
+	if err != nil {
+		return nil, err
+	}
+	started := false
+	defer func() {
+		if !started {
+			_ = os.RemoveAll(c.tmpDir) // best effort; the start error matters more
+		}
+	}()
+	if err := c.prepareDataDir(ctx, opts.DataDir); err != nil {
+		return nil, err
+	}
+	if err := c.startOnPort(ctx, opts.Port); err != nil {
+		return nil, err
+	}
+	started = true
+	return c, nil
+}
+
+// newCluster checks opts and makes the cluster's temp dir and socket dir,
+// owned by the server user. The caller removes c.tmpDir if it fails later.
+func newCluster(opts Options) (*Cluster, error) {
 	if _, ok := opts.Settings["port"]; ok {
 		return nil, errors.New(`starting postgres: use Options.Port instead of Settings["port"]`)
 	}
@@ -142,13 +170,6 @@ func Start(ctx context.Context, opts Options) (*Cluster, error) {
 	if err != nil {
 		return nil, fmt.Errorf("creating temp dir for postgres: %w", err)
 	}
-	started := false
-	defer func() {
-		if !started {
-			_ = os.RemoveAll(tmpDir) // best effort; the start error matters more
-		}
-	}()
-
 	c := &Cluster{
 		bindir:   bindir,
 		tmpDir:   tmpDir,
@@ -159,41 +180,46 @@ func Start(ctx context.Context, opts Options) (*Cluster, error) {
 		acct:     acct,
 		log:      logger,
 	}
-	if err := acct.checkReachable(tmpDir); err != nil {
+	if err := c.makeDirs(); err != nil {
+		_ = os.RemoveAll(tmpDir) // best effort; the error matters more
 		return nil, err
+	}
+	return c, nil
+}
+
+func (c *Cluster) makeDirs() error {
+	if err := c.acct.checkReachable(c.tmpDir); err != nil {
+		return err
 	}
 	// The server user creates the data dir (initdb) and the socket lock in here.
-	if err := acct.chown(tmpDir); err != nil {
-		return nil, err
+	if err := c.acct.chown(c.tmpDir); err != nil {
+		return err
 	}
 	if err := os.Mkdir(c.sockDir, 0o700); err != nil {
-		return nil, fmt.Errorf("creating socket dir: %w", err)
+		return fmt.Errorf("creating socket dir: %w", err)
 	}
-	if err := acct.chown(c.sockDir); err != nil {
-		return nil, err
-	}
+	return c.acct.chown(c.sockDir)
+}
 
-	if err := c.prepareDataDir(ctx, opts.DataDir); err != nil {
-		return nil, err
-	}
-
+// startOnPort starts the server on port, or on a free one when port is 0,
+// trying another if the one picked is taken before the server binds it.
+func (c *Cluster) startOnPort(ctx context.Context, port int) error {
 	for attempt := 1; ; attempt++ {
-		if opts.Port == 0 {
+		if port == 0 {
+			var err error
 			if c.port, err = freePort(); err != nil {
-				return nil, err
+				return err
 			}
 		}
-		err = c.startServer(ctx)
+		err := c.startServer(ctx)
 		if err == nil {
-			break
+			return nil
 		}
-		if opts.Port != 0 || attempt == portAttempts || !errors.Is(err, errAddrInUse) {
-			return nil, err
+		if port != 0 || attempt == portAttempts || !errors.Is(err, errAddrInUse) {
+			return err
 		}
-		logger.Warn("picked port was taken, trying another", "port", c.port, "attempt", attempt)
+		c.log.Warn("picked port was taken, trying another", "port", c.port, "attempt", attempt)
 	}
-	started = true
-	return c, nil
 }
 
 // prepareDataDir sets c.dataDir and runs initdb unless dir already holds a cluster.

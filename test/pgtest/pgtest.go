@@ -182,3 +182,23 @@ func PrivateDatabase(t testing.TB, opts pgcluster.Options) (*pgcluster.Cluster, 
 	}
 	return c, url
 }
+
+// StartStandby starts a streaming standby of primary (pgcluster.StartStandby),
+// stopped when the test ends.
+func StartStandby(t testing.TB, primary *pgcluster.Cluster, opts pgcluster.StandbyOptions) *pgcluster.Cluster {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(t.Context(), testStartTimeout)
+	defer cancel()
+	c, err := pgcluster.StartStandby(ctx, primary, opts)
+	if err != nil {
+		t.Fatalf("pgtest: starting a standby: %v", err)
+	}
+	t.Cleanup(func() {
+		ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+		defer cancel()
+		if err := c.Stop(ctx); err != nil {
+			t.Errorf("pgtest: %v", err)
+		}
+	})
+	return c
+}

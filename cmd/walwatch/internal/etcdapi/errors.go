@@ -55,6 +55,10 @@ func toGRPC(err error) error {
 		return rpctypes.ErrGRPCTimeout
 	case errors.Is(err, store.ErrUnavailable), errors.Is(err, store.ErrAborted):
 		return status.Error(codes.Unavailable, "etcdserver: "+err.Error())
+	case errors.Is(err, replication.ErrHistoryChanged):
+		// No etcd error says it; OutOfRange is the code of its compacted
+		// error, which a watch cancelled so also carries.
+		return status.Error(codes.OutOfRange, "etcdserver: "+err.Error())
 	case errors.Is(err, replication.ErrHubStopped), errors.Is(err, walwatch.ErrClosed):
 		return rpctypes.ErrGRPCStopped
 	case errors.Is(err, context.Canceled):

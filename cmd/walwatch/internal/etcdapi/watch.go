@@ -498,7 +498,8 @@ func (st *watchStream) handle(d delivery) error {
 }
 
 // ended handles the end of w's hub watcher: a compaction under it (it was
-// catching up), the hub stopping, a failed read of previous values. The
+// catching up), history changed on failover, the hub stopping, a failed
+// read of previous values. The
 // client is told, and w keeps its ID until the client cancels it, as etcd
 // keeps a compacted watcher's.
 func (st *watchStream) ended(w *watch, err error, compacted int64) error {
@@ -518,14 +519,26 @@ func (st *watchStream) ended(w *watch, err error, compacted int64) error {
 	if errors.Is(err, replication.ErrWatcherClosed) || errors.Is(err, context.Canceled) {
 		return nil // ours: the stream is ending
 	}
-	var ce *store.CompactedError
+	var (
+		ce *store.CompactedError
+		hc *replication.HistoryChangedError
+	)
 	if errors.As(err, &ce) {
 		compacted = ce.CompactRevision
 	}
 	var serr error
-	if compacted > 0 {
+	switch {
+	case errors.As(err, &hc):
+		// etcd's compacted cancel, which makes clientv3 users and
+		// Kubernetes re-list, with a reason that says why; the revision is
+		// the first of the new history (WatchResponse.CompactRevision).
+		serr = st.send(&pb.WatchResponse{
+			Header: st.s.header(st.hub.Watermark()), WatchId: w.id, Canceled: true,
+			CompactRevision: hc.Revision + 1, CancelReason: reason(err),
+		})
+	case compacted > 0:
 		serr = st.sendCompacted(w, compacted)
-	} else {
+	default:
 		serr = st.send(&pb.WatchResponse{
 			Header: st.s.header(st.hub.Watermark()), WatchId: w.id, Canceled: true, CancelReason: reason(err),
 		})

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"net/http"
 
 	"github.com/walwatch/walwatch/replication"
@@ -94,12 +95,18 @@ func (s *Server) watch(w http.ResponseWriter, r *http.Request) error {
 }
 
 // writeResponse writes one hub response: a message per revision, a progress
-// comment, or the compacted message that ends the stream.
-func writeResponse(w http.ResponseWriter, resp replication.WatchResponse) error {
-	var ce *store.CompactedError
+// comment, or the compacted message that ends the stream (for a compaction,
+// or history changed on failover: either way the client re-lists).
+func writeResponse(w io.Writer, resp replication.WatchResponse) error {
+	var (
+		ce *store.CompactedError
+		hc *replication.HistoryChangedError
+	)
 	switch {
 	case resp.Canceled && errors.As(resp.Err, &ce):
 		return wire.WriteCompacted(w, ce.CompactRevision)
+	case resp.Canceled && errors.As(resp.Err, &hc):
+		return wire.WriteHistoryChanged(w, hc.Revision+1, hc.Error())
 	case resp.Canceled:
 		return nil
 	case len(resp.Events) == 0:
