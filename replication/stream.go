@@ -148,8 +148,9 @@ func (h *Hub) prepareSlot(ctx context.Context, conn *pgconn.PgConn) (name, snaps
 // readTable hands the hub every row above its watermark (or, on the first
 // session, above the table's settled-revision hint), read in the slot's
 // exported snapshot when there is one (taken at the WAL position
-// consistent). Overlap with the stream is harmless: the hub drops revisions
-// it has already settled.
+// consistent), once every commit that snapshot counts is in pg_xact too
+// (awaitSnapshotCommits). Overlap with the stream is harmless: the hub drops
+// revisions it has already settled.
 func (h *Hub) readTable(ctx context.Context, snapshot string, consistent pglogrepl.LSN) error {
 	tx, err := h.cfg.Pool.BeginTx(ctx, pgx.TxOptions{IsoLevel: pgx.RepeatableRead, AccessMode: pgx.ReadOnly})
 	if err != nil {
@@ -160,6 +161,11 @@ func (h *Hub) readTable(ctx context.Context, snapshot string, consistent pglogre
 		// SET TRANSACTION takes no parameters; the name comes from the server.
 		if _, err := tx.Exec(ctx, "set transaction snapshot "+quoteLiteral(snapshot)); err != nil {
 			return fmt.Errorf("read table: import snapshot %s: %w", snapshot, err)
+		}
+		// Before the first row: a read in this snapshot can mark a committed
+		// row dead for good (snapshot.go).
+		if err := awaitSnapshotCommits(ctx, tx, h.log); err != nil {
+			return fmt.Errorf("read table: %w", err)
 		}
 	}
 	readLSN := consistent
