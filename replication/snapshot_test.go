@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"syscall"
 	"testing"
+	"time"
 
 	"github.com/jackc/pgx/v5"
 
@@ -103,7 +104,7 @@ func TestSlotSnapshotBeforeCommitRecorded(t *testing.T) {
 				return true // the flush was over before the put got there
 			default:
 			}
-			flushing = backendWaits(t, e, wPID, "WALWrite")
+			flushing = backendWaits(t, e, wPID, "LWLock", "WALWrite") // for the lock the delayed commit holds
 			return flushing
 		})
 		if !flushing {
@@ -120,7 +121,7 @@ func TestSlotSnapshotBeforeCommitRecorded(t *testing.T) {
 	}
 	// The delayed commit's flush wrote the put's commit record too: it had
 	// been written before the delay ended.
-	if err := <-lFlushed; err != nil {
+	if err := result(t, "the delayed commit", lFlushed); err != nil {
 		t.Fatalf("delayed commit: %v", err)
 	}
 	t.Logf("put at revision %d stopped before pg_xact (attempt %d)", rev, stoppedAt)
@@ -140,7 +141,7 @@ func TestSlotSnapshotBeforeCommitRecorded(t *testing.T) {
 	if err := syscall.Kill(int(wPID), syscall.SIGCONT); err != nil {
 		t.Fatalf("continue the put's backend %d: %v", wPID, err)
 	}
-	if err := <-wCommit; err != nil {
+	if err := result(t, "the put's commit", wCommit); err != nil {
 		t.Fatalf("the put's commit: %v", err)
 	}
 	after := e.put(t, "/a/after", "y")
@@ -223,18 +224,32 @@ func waitXIDWaiter(t *testing.T, e *env, xid string) {
 	})
 }
 
-// backendWaits reports whether backend pid waits on event now; event ""
-// asks whether it is running a statement and waits on nothing that
-// pg_stat_activity names (PostgreSQL 15 names no wait for commit_delay).
-func backendWaits(t *testing.T, e *env, pid uint32, event string) bool {
+// backendWaits reports whether backend pid is running a statement and
+// waits on the lock or event named kind/event now; "" for both asks that it
+// waits on nothing pg_stat_activity names (PostgreSQL 15 names no wait for
+// commit_delay).
+func backendWaits(t *testing.T, e *env, pid uint32, kind, event string) bool {
 	t.Helper()
 	var n int
 	err := e.pool.QueryRow(context.Background(), `select count(*) from pg_stat_activity
-		where pid = $1 and state = 'active' and coalesce(wait_event, '') = $2`, int32(pid), event).Scan(&n)
+		where pid = $1 and state = 'active'
+		  and coalesce(wait_event_type, '') = $2 and coalesce(wait_event, '') = $3`, int32(pid), kind, event).Scan(&n)
 	if err != nil {
 		t.Fatal(err)
 	}
 	return n > 0
+}
+
+// result waits for what comes on ch, failing the test after wait.Timeout.
+func result(t *testing.T, what string, ch <-chan error) error {
+	t.Helper()
+	select {
+	case err := <-ch:
+		return err
+	case <-time.After(wait.Timeout):
+		t.Fatalf("%s: no result within %v", what, wait.Timeout)
+		return nil
+	}
 }
 
 // delayedFlush starts a commit that holds the WAL write lock for
@@ -261,7 +276,7 @@ func delayedFlush(t *testing.T, e *env, url string, attempt int) (bool, <-chan e
 		if len(done) > 0 {
 			return true
 		}
-		delaying = backendWaits(t, e, pid, "")
+		delaying = backendWaits(t, e, pid, "", "")
 		return delaying
 	})
 	return delaying, done
