@@ -508,6 +508,12 @@ $$;
 -- and above are kept, so a watch from p_rev still sees them. With p_strict,
 -- compacting at or below the compacted revision fails as etcd's does;
 -- without, it is a no-op.
+--
+-- It first settles every revision below p_rev (walwatch.settle_below), as
+-- etcd's are settled below any revision it can compact at: a write still
+-- in flight there would otherwise commit below the compacted revision,
+-- where a watch hub starting afresh, which takes everything below it as
+-- settled, would never show it.
 create or replace function walwatch.compact_to(p_rev bigint, p_strict boolean,
     out compact_revision bigint, out removed bigint)
 language plpgsql volatile as $$
@@ -516,11 +522,14 @@ declare
     old bigint;
     cur bigint;
 begin
-    select m.compact_revision into old from walwatch.meta m for update; -- one compaction at a time
     cur := walwatch.current_revision();
     if p_rev > cur then
         perform walwatch.raise_future(p_rev, cur);
     end if;
+    -- Before the lock on meta, which the hubs' settle takes: this may wait
+    -- for a transaction holding a revision.
+    perform walwatch.settle_below(p_rev);
+    select m.compact_revision into old from walwatch.meta m for update; -- one compaction at a time
     if p_rev <= old then
         if p_strict then
             perform walwatch.raise_compacted(p_rev, old);
@@ -768,11 +777,16 @@ $$;
 -- each. PostgreSQL makes each insert wait for a transaction still holding
 -- that revision; if it commits, the filler does nothing; if it rolled back,
 -- or the value was never used, the filler takes it. Returns how many it took.
+-- Revisions below the compacted one are settled already (walwatch.compact_to
+-- settles before it compacts), and their rows may be gone: a filler there
+-- would stand in for a revision that committed.
 create or replace function walwatch.fill(p_revs bigint[]) returns bigint
 language sql volatile as $$
     with f as (
         insert into walwatch.kv (revision, sub, key, value, tombstone)
-        select r, 0, ''::bytea, null, true from unnest(p_revs) as r order by r
+        select r, 0, ''::bytea, null, true from unnest(p_revs) as r
+         where r >= (select m.compact_revision from walwatch.meta m)
+         order by r
         -- No conflict target: two hubs filling the same revision meet on
         -- the (key, revision) index too, fillers all having the empty key.
         on conflict do nothing

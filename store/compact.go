@@ -41,9 +41,18 @@ func (s *Store) CompactKeepLatest(ctx context.Context) (CompactResponse, error) 
 }
 
 func (s *Store) compact(ctx context.Context, rev int64, query string, args ...any) (CompactResponse, error) {
-	var res CompactResponse
-	if err := s.pool.QueryRow(ctx, query, args...).Scan(&res.CompactRevision, &res.Removed); err != nil {
-		return CompactResponse{}, fmt.Errorf("compact: %w", TypedError(err, rev))
+	for attempt := 1; ; attempt++ {
+		var res CompactResponse
+		err := s.pool.QueryRow(ctx, query, args...).Scan(&res.CompactRevision, &res.Removed)
+		// Compaction settles the revisions below it first, waiting on the
+		// writers that hold them, and one of those, a Txn settling below
+		// its own revision, may wait on us: PostgreSQL ends the deadlock.
+		if aborted(err) && attempt < txnRetries {
+			continue
+		}
+		if err != nil {
+			return CompactResponse{}, fmt.Errorf("compact: %w", TypedError(err, rev))
+		}
+		return res, nil
 	}
-	return res, nil
 }

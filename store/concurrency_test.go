@@ -310,3 +310,81 @@ func TestSettleBelowAFutureRevision(t *testing.T) {
 		t.Fatalf("the next put got revision %d, want %d", next, rev+1)
 	}
 }
+
+// A compaction waits for a write still open below its revision, as a
+// delete does: committed after it, the write would sit below the compacted
+// revision, where a watch hub starting afresh takes everything as settled
+// and never shows it.
+func TestCompactionWaitsForWritesBelowIt(t *testing.T) {
+	s, pool := newStore(t, store.Limits{})
+	ctx := testContext(t)
+	tx, err := pool.Begin(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer tx.Rollback(ctx) //nolint:errcheck
+	var held int64
+	if err := tx.QueryRow(ctx, "select walwatch.put($1, $2)", []byte("/c/a"), []byte("open")).Scan(&held); err != nil {
+		t.Fatal(err)
+	}
+	later := mustPut(t, s, "/c/b", "later")
+	type result struct {
+		res store.CompactResponse
+		err error
+	}
+	done := make(chan result, 1)
+	go func() {
+		res, err := s.Compact(ctx, later)
+		done <- result{res, err}
+	}()
+	var early *result
+	wait.For(t, "the compaction to wait for the open put", func() bool {
+		select {
+		case r := <-done:
+			early = &r
+			return true
+		default:
+		}
+		var waiting bool
+		err := pool.QueryRow(ctx, "select exists (select 1 from pg_locks where not granted)").Scan(&waiting)
+		return err == nil && waiting
+	})
+	if early != nil {
+		t.Fatalf("the compaction answered while a put below it was open: %+v, %v", early.res, early.err)
+	}
+	if err := tx.Commit(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if r := <-done; r.err != nil || r.res.CompactRevision != later {
+		t.Fatalf("compact = %+v, %v; want compacted at %d", r.res, r.err, later)
+	}
+	got, err := s.Range(ctx, store.RangeRequest{KeyRange: store.Prefix([]byte("/c/")), Revision: later})
+	if err != nil || len(got.KVs) != 2 {
+		t.Fatalf("read at the compacted revision: %q, %v; want /c/a and /c/b", kvs(got), err)
+	}
+}
+
+// A filler never goes below the compacted revision: the revision there may
+// have committed and lost its rows to the compaction, and a watch hub that
+// missed it (a slot made again) must not settle it as never written.
+func TestFillSkipsCompactedRevisions(t *testing.T) {
+	s, pool := newStore(t, store.Limits{})
+	ctx := testContext(t)
+	first := mustPut(t, s, "/f/a", "1")
+	second := mustPut(t, s, "/f/a", "2")
+	if _, err := s.Compact(ctx, second); err != nil {
+		t.Fatal(err)
+	}
+	var n int64
+	if err := pool.QueryRow(ctx, "select walwatch.fill(array[$1::bigint, $2::bigint])", first, second+1).Scan(&n); err != nil {
+		t.Fatal(err)
+	}
+	var rows int64
+	if err := pool.QueryRow(ctx, "select count(*) from walwatch.kv where revision = $1", first).Scan(&rows); err != nil {
+		t.Fatal(err)
+	}
+	if n != 1 || rows != 0 {
+		t.Fatalf("fill took %d revisions and left %d rows at the compacted revision %d; want 1 (only %d) and none",
+			n, rows, first, second+1)
+	}
+}

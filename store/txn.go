@@ -117,9 +117,10 @@ type TxnResponse struct {
 	Responses []OpResponse
 }
 
-// txnRetries bounds how often a Txn or a delete that PostgreSQL aborted is
-// run again before giving up: a deadlock (two range deletes locking keys in
-// different orders), or a range delete that found a key written above its
+// txnRetries bounds how often a Txn, a delete or a compaction that
+// PostgreSQL aborted is run again before giving up: a deadlock (two range
+// deletes locking keys in different orders, a compaction and a Txn settling
+// the same revisions), or a range delete that found a key written above its
 // revision (walwatch.delete_range).
 const txnRetries = 5
 
