@@ -63,6 +63,10 @@ type txn struct {
 	// change, from the stream before anything else of a session, says the
 	// server is not the one before (failover.go): no rows.
 	change *serverChange
+	// compacted, from the table read in a new slot's snapshot, is the
+	// compacted revision when it is above the watermark's successor
+	// (compaction.go): no rows.
+	compacted int64
 }
 
 // ErrBrokenStream is wrapped by decoding errors: the stream cannot be trusted

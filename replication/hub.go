@@ -307,6 +307,10 @@ func (h *Hub) runLoop(ctx context.Context) error {
 					t.change.done <- h.changeServer(t.change)
 					continue
 				}
+				if t.compacted > 0 {
+					h.skipCompacted(t.compacted)
+					continue
+				}
 				caughtUp = caughtUp || t.ready
 				h.order.accept(t)
 			}

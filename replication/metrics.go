@@ -24,6 +24,7 @@ type Metrics struct {
 	victims        prometheus.Counter
 	reconnects     prometheus.Counter
 	slotsRecreated prometheus.Counter
+	compactedSkips prometheus.Counter
 	failovers      *prometheus.CounterVec
 }
 
@@ -62,13 +63,15 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 			Help: "Replication sessions that ended and were reconnected."}),
 		slotsRecreated: prometheus.NewCounter(prometheus.CounterOpts{Namespace: ns, Subsystem: sub, Name: "slots_recreated_total",
 			Help: "Replication slots found gone or invalidated and created again."}),
+		compactedSkips: prometheus.NewCounter(prometheus.CounterOpts{Namespace: ns, Subsystem: sub, Name: "compacted_skips_total",
+			Help: "Times a slot made again found revisions the hub had not released compacted away; the watchers that needed them were told so."}),
 		failovers: prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: ns, Subsystem: sub, Name: "failovers_total",
 			Help: "Reconnects that found another server (a promoted standby); history_changed=true when it lacked revisions already delivered, and every watcher was told to re-list."},
 			[]string{"history_changed"}),
 	}
 	reg.MustRegister(m.transactions, m.events, m.catchUpEvents, m.watchDelay, m.holesSeen, m.holesFilled,
 		m.holderAge, m.buffered, m.bufferedBytes, m.spills, m.windowBytes, m.watcherCount, m.victims, m.reconnects, m.slotsRecreated,
-		m.failovers)
+		m.compactedSkips, m.failovers)
 	return m
 }
 
@@ -156,6 +159,12 @@ func (m *Metrics) reconnect() {
 func (m *Metrics) slotRecreated() {
 	if m != nil {
 		m.slotsRecreated.Inc()
+	}
+}
+
+func (m *Metrics) compactedSkip() {
+	if m != nil {
+		m.compactedSkips.Inc()
 	}
 }
 

@@ -228,6 +228,41 @@ func (o *order) restart(base int64) {
 	o.watermark, o.base, o.exposed = base, base, 0
 }
 
+// missingUpTo reports whether a revision above the floor and at or below
+// rev is not in the reorder buffer.
+func (o *order) missingUpTo(rev int64) bool {
+	for r := o.floor() + 1; r <= rev; r++ {
+		if _, ok := o.buffer[r]; !ok {
+			return true
+		}
+	}
+	return false
+}
+
+// skip moves the watermark up to base, over revisions a compaction took
+// (Hub.skipCompacted), dropping what the buffer holds at or below it. The
+// stream transactions now settled become confirmable at the next advance.
+func (o *order) skip(base int64) {
+	for rev, c := range o.buffer {
+		if rev <= base {
+			if !c.spilled {
+				o.bufferBytes -= c.bytes
+			}
+			delete(o.buffer, rev)
+		}
+	}
+	o.watermark = max(o.watermark, base)
+	o.top = max(o.top, base)
+	switch {
+	case len(o.buffer) == 0:
+		o.spillFrom = 0
+	case o.spillFrom > 0 && o.spillFrom <= base:
+		o.spillFrom = base + 1
+	}
+	o.holeFrom = time.Time{}
+	o.metrics.buffer(len(o.buffer), o.bufferBytes)
+}
+
 // confirmed returns the end LSN of the last stream transaction whose
 // revisions are all settled: the position the stream may confirm.
 func (o *order) confirmed() pglogrepl.LSN { return pglogrepl.LSN(o.confirmable.Load()) }

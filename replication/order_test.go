@@ -298,3 +298,27 @@ func TestOrderHolesLimit(t *testing.T) {
 		t.Fatalf("holes = %d of them, last %v; want 2..99", len(got), got[len(got)-1])
 	}
 }
+
+// Skipping to a compacted revision drops what is buffered at or below it,
+// and what follows it is released; the stream's transactions that are now
+// settled become confirmable.
+func TestOrderSkip(t *testing.T) {
+	o := newOrder(1<<30, slog.New(slog.DiscardHandler), nil)
+	o.accept(&txn{base: 1})
+	o.accept(streamTxn(10, 3))
+	o.accept(streamTxn(20, 6))
+	o.advance()
+	if !o.missingUpTo(5) || o.missingUpTo(1) {
+		t.Fatalf("missingUpTo(5) = %v, missingUpTo(1) = %v; want true, false", o.missingUpTo(5), o.missingUpTo(1))
+	}
+	o.skip(5)
+	if len(o.buffer) != 1 || o.watermark != 5 || o.holeOpen() {
+		t.Fatalf("after skip(5): %d buffered, watermark %d, hole open %v; want 1, 5, false", len(o.buffer), o.watermark, o.holeOpen())
+	}
+	if got := released(o.advance()); !slices.Equal(got, []string{"6:/r6"}) {
+		t.Fatalf("released %v after the skip, want [6:/r6]", got)
+	}
+	if o.confirmed() != 20 || o.bufferBytes != 0 {
+		t.Fatalf("confirmable %v, buffer bytes %d; want 20 and 0", o.confirmed(), o.bufferBytes)
+	}
+}

@@ -145,8 +145,9 @@ func (h *Hub) prepareSlot(ctx context.Context, conn *pgconn.PgConn) (name, snaps
 	return name, res.SnapshotName, consistent, nil
 }
 
-// readTable hands the hub every row above its watermark (or, on the first
-// session, above the table's settled-revision hint), read in the slot's
+// readTable hands the hub every row above its watermark and the compacted
+// revision's predecessor (or, on the first session, above the table's
+// settled-revision hint), read in the slot's
 // exported snapshot when there is one (taken at the WAL position
 // consistent), once every commit that snapshot counts is in pg_xact too
 // (awaitSnapshotCommits). Overlap with the stream is harmless: the hub drops
@@ -180,13 +181,24 @@ func (h *Hub) readTable(ctx context.Context, snapshot string, consistent pglogre
 			return fmt.Errorf("read table: WAL position %q: %w", at, err)
 		}
 	}
+	var settled, compacted int64
+	if err := tx.QueryRow(ctx, "select settled_revision, compact_revision from walwatch.meta").Scan(&settled, &compacted); err != nil {
+		return fmt.Errorf("read table: settled and compacted revisions: %w", err)
+	}
 	from := h.Watermark()
 	first := from == 0
-	if first {
-		if err := tx.QueryRow(ctx, "select greatest(settled_revision, compact_revision - 1, 1) from walwatch.meta").Scan(&from); err != nil {
-			return fmt.Errorf("read table: settled revision: %w", err)
-		}
+	switch {
+	case first:
+		from = max(settled, compacted-1, 1)
 		h.inbox.push(&txn{base: from, readLSN: readLSN})
+	case compacted-1 > from:
+		// Below the compacted revision the table may hold a revision's
+		// rows in part; what the hub lacks there comes from the slot, or,
+		// from a new one, not at all (compaction.go).
+		if snapshot != "" {
+			h.inbox.push(&txn{compacted: compacted})
+		}
+		from = compacted - 1
 	}
 	// Pages of whole revisions, bounded by rows and bytes (a revision larger
 	// than a page comes whole, alone; see readPage), each read once the hub
