@@ -7,6 +7,7 @@ import (
 	"math/rand/v2"
 	"os"
 	"path/filepath"
+	"slices"
 	"sort"
 	"strings"
 	"sync"
@@ -71,9 +72,9 @@ func runHistory(t *testing.T, cfg config, seed int64) historyResult {
 	res := historyResult{seed: seed}
 	t.Logf("seed %d", seed)
 	ctx := t.Context()
-	e := newEnv(t, ctx)
-	r := &run{e: e, rec: newRecorder()}
 	plan := schedule(seed, cfg.traffic, cfg.faults)
+	e := newEnv(t, ctx, slices.ContainsFunc(plan, func(p plannedFault) bool { return p.kind == faultFailover }))
+	r := &run{e: e, rec: newRecorder()}
 
 	clients := make([]*client, cfg.clients)
 	for i := range clients {

@@ -7,6 +7,7 @@ import (
 	"io"
 	"net"
 	"net/http"
+	"net/url"
 	"os"
 	"os/exec"
 	"strconv"
@@ -44,12 +45,20 @@ const (
 // Who goes through the proxy: cp, the SQL clients and the Go hub (so a cut
 // or a stall reaches them all). The harness's own work (migrate, the audit,
 // faults, the final reads of the audit) connects directly.
+//
+// A history with a failover in its schedule has a synchronous standby too,
+// behind a proxy of its own, and everything that goes through a proxy
+// names both (target_session_attrs=read-write), as a client set up for
+// failover does. The failover kills the primary and promotes the standby;
+// pg and admin are the new primary's from then on. Only the faulter, and
+// the harness once the faults are over, use them.
 type env struct {
-	pg     *pgcluster.Cluster
-	direct string // PostgreSQL, directly
-	proxy  *netfault.Proxy
-	viaPx  string // PostgreSQL through the proxy
-	slot   string
+	pg      *pgcluster.Cluster
+	standby *pgcluster.Cluster // nil without one, or once promoted
+	direct  string             // PostgreSQL, directly
+	proxies []*netfault.Proxy  // in front of the primary, then the standby
+	viaPx   string             // PostgreSQL through the proxies
+	slot    string
 
 	admin *pgxpool.Pool // direct
 	sql   *pgxpool.Pool // through the proxy
@@ -58,6 +67,9 @@ type env struct {
 	etcd  *clientv3.Client
 	http  *http.Client
 }
+
+// database is the history's database.
+const database = "chaos"
 
 // auditSQL copies every row ever inserted into walwatch.kv into
 // chaos.audit, where compaction, which deletes from walwatch.kv, cannot
@@ -76,7 +88,7 @@ $$;
 create trigger chaos_audit after insert on walwatch.kv for each row execute function chaos.audit_row();
 `
 
-func newEnv(t *testing.T, ctx context.Context) *env {
+func newEnv(t *testing.T, ctx context.Context, withStandby bool) *env {
 	t.Helper()
 	dataDir, err := os.MkdirTemp("", "walwatch-chaos-pg-")
 	if err != nil {
@@ -85,7 +97,7 @@ func newEnv(t *testing.T, ctx context.Context) *env {
 	t.Cleanup(func() { _ = os.RemoveAll(dataDir) })
 	e := &env{slot: "chaos_cp"}
 	e.pg = pgtest.StartPrivate(t, pgcluster.Options{DataDir: dataDir})
-	e.direct, err = e.pg.CreateDatabase(ctx, "chaos")
+	e.direct, err = e.pg.CreateDatabase(ctx, database)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -101,15 +113,33 @@ func newEnv(t *testing.T, ctx context.Context) *env {
 		t.Fatalf("install the audit trigger: %v", err)
 	}
 
-	e.proxy, err = netfault.Listen(net.JoinHostPort("127.0.0.1", strconv.Itoa(e.pg.Port())))
+	servers := []*pgcluster.Cluster{e.pg}
+	if withStandby {
+		// After the audit trigger, which it copies with everything else.
+		e.standby = pgtest.StartStandby(t, e.pg, pgcluster.StandbyOptions{Synchronous: true})
+		servers = append(servers, e.standby)
+	}
+	var hosts []string
+	for _, pg := range servers {
+		px, err := netfault.Listen(net.JoinHostPort("127.0.0.1", strconv.Itoa(pg.Port())))
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { _ = px.Close() })
+		e.proxies = append(e.proxies, px)
+		hosts = append(hosts, px.Addr())
+	}
+	u, err := url.Parse(e.direct)
 	if err != nil {
 		t.Fatal(err)
 	}
-	t.Cleanup(func() { _ = e.proxy.Close() })
-	e.viaPx = strings.Replace(e.direct, "127.0.0.1:"+strconv.Itoa(e.pg.Port()), e.proxy.Addr(), 1)
-	if e.viaPx == e.direct {
-		t.Fatalf("cannot point %s at the proxy", e.direct)
+	u.Host = strings.Join(hosts, ",")
+	if withStandby {
+		q := u.Query()
+		q.Set("target_session_attrs", "read-write")
+		u.RawQuery = q.Encode()
 	}
+	e.viaPx = u.String()
 
 	cfg, err := pgxpool.ParseConfig(e.viaPx)
 	if err != nil {
@@ -259,6 +289,26 @@ func (c *cpProc) waitReady(ctx context.Context) error {
 			return fmt.Errorf("cp not ready: %w", ctx.Err())
 		case <-tick.C:
 		}
+	}
+}
+
+// cut resets every connection through the proxies.
+func (e *env) cut() {
+	for _, px := range e.proxies {
+		px.Cut()
+	}
+}
+
+// blackhole stops forwarding through every proxy until restore.
+func (e *env) blackhole() {
+	for _, px := range e.proxies {
+		px.Blackhole()
+	}
+}
+
+func (e *env) restore() {
+	for _, px := range e.proxies {
+		px.Restore()
 	}
 }
 

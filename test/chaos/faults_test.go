@@ -5,9 +5,11 @@ import (
 	"errors"
 	"fmt"
 	"math/rand/v2"
+	"slices"
 	"time"
 
 	"github.com/jackc/pgx/v5/pgconn"
+	"github.com/jackc/pgx/v5/pgxpool"
 
 	"github.com/walwatch/walwatch/test/chaos/check"
 	"github.com/walwatch/walwatch/test/pgcluster"
@@ -25,14 +27,13 @@ const (
 	faultNetStall  = "net-stall"            // those connections black-holed for a while, then restored (or cut)
 	faultHolder    = "holder"               // a SQL session holds a revision (begin; walwatch.put; wait) then commits or rolls back
 	faultCompact   = "compact-catchup"      // every watcher resumes from an older revision while history is compacted under it
-	// faultFailover: the primary killed and a standby promoted. Reserved:
-	// failover is being built in test/pgcluster and replication; add it to
-	// faultKinds and inject when it lands (and record check.Divergence).
+	faultFailover  = "failover"             // the primary killed (every process stopped, then killed) and its synchronous standby promoted
 )
 
-// faultKinds is every kind a schedule draws from.
+// faultKinds is every kind a schedule draws from. A schedule has at most one
+// failover: there is one standby.
 var faultKinds = []string{faultPGFast, faultPGImm, faultWalsender, faultSlotDrop, faultCPKill, faultNetCut,
-	faultNetStall, faultHolder, faultCompact}
+	faultNetStall, faultHolder, faultCompact, faultFailover}
 
 // plannedFault is one fault of a schedule: what, when (from the history's
 // start), and the seed of its own choices (how long, commit or not).
@@ -50,6 +51,9 @@ func schedule(seed int64, traffic time.Duration, n int) []plannedFault {
 	var kinds []string
 	for len(kinds) < n {
 		k := append([]string(nil), faultKinds...)
+		if len(kinds) > 0 {
+			k = slices.DeleteFunc(k, func(kind string) bool { return kind == faultFailover })
+		}
 		rnd.Shuffle(len(k), func(i, j int) { k[i], k[j] = k[j], k[i] })
 		kinds = append(kinds, k...)
 	}
@@ -114,16 +118,18 @@ func (f *faulter) inject(ctx context.Context, kind string, rnd *rand.Rand) error
 		e.cp.kill()
 		return e.cp.restart(ctx)
 	case faultNetCut:
-		e.proxy.Cut()
+		e.cut()
 		return nil
 	case faultNetStall:
-		e.proxy.Blackhole()
+		e.blackhole()
 		err := sleep(ctx, hold)
 		if rnd.IntN(2) == 0 {
-			e.proxy.Cut()
+			e.cut()
 		}
-		e.proxy.Restore()
+		e.restore()
 		return err
+	case faultFailover:
+		return f.failover(ctx)
 	case faultHolder:
 		return f.holdRevision(ctx, hold, rnd.IntN(2) == 0)
 	case faultCompact:
@@ -133,6 +139,31 @@ func (f *faulter) inject(ctx context.Context, kind string, rnd *rand.Rand) error
 		return f.compact(ctx, rnd)
 	}
 	return fmt.Errorf("unknown fault kind %q", kind)
+}
+
+// failover kills the primary and promotes its synchronous standby, which
+// everything behind the proxies finds by itself; the harness's own
+// connections move to it.
+func (f *faulter) failover(ctx context.Context) error {
+	e := f.r.e
+	if e.standby == nil {
+		return errors.New("failover: no standby")
+	}
+	if err := e.pg.Kill(ctx); err != nil {
+		return fmt.Errorf("failover: %w", err)
+	}
+	if err := e.standby.Promote(ctx); err != nil {
+		return fmt.Errorf("failover: %w", err)
+	}
+	direct := e.standby.ConnString(database)
+	admin, err := pgxpool.New(ctx, direct)
+	if err != nil {
+		return fmt.Errorf("failover: connect to the new primary: %w", err)
+	}
+	old := e.admin
+	e.pg, e.standby, e.direct, e.admin = e.standby, nil, direct, admin
+	old.Close()
+	return nil
 }
 
 // sleep waits d: a fault's own duration, not a wait for a result.
