@@ -30,9 +30,7 @@ lint:
 
 # The benchmark is its own module (test/bench): vet it and run its report tests.
 # One package at a time (-p 1): on two cores, packages run side by side starve
-# the fault tests' WAL senders and hubs; under that load a fast shutdown of
-# PostgreSQL can wait for ever on a hub's hole (docs/design.md, "Known
-# defects"), which the fault tests' fast restarts then hit.
+# the fault tests' WAL senders and hubs, and their deadlines.
 test: vet lint
 	$(GO) test -race -count=1 -p 1 ./...
 	cd test/bench && $(GO) vet ./ && $(GO) test -count=1 ./

@@ -258,6 +258,7 @@ func (h *Hub) receive(ctx context.Context, conn *pgconn.PgConn) error {
 		nextStatus = time.Now().Add(h.cfg.StatusInterval)
 		return nil
 	}
+	var asks replyRequests
 	reads := newReadDeadline(ctx, conn.Conn())
 	defer reads.stop()
 	for {
@@ -295,6 +296,9 @@ func (h *Hub) receive(ctx context.Context, conn *pgconn.PgConn) error {
 				serverEnd = max(serverEnd, ka.ServerWALEnd)
 				if ka.ReplyRequested {
 					nextStatus = time.Time{}
+					if asks.closing(time.Now()) {
+						return errServerClosing
+					}
 				}
 			case pglogrepl.XLogDataByteID:
 				xld, err := pglogrepl.ParseXLogData(m.Data[1:])
@@ -313,6 +317,35 @@ func (h *Hub) receive(ctx context.Context, conn *pgconn.PgConn) error {
 			}
 		}
 	}
+}
+
+// errServerClosing ends a session whose WAL sender waits for the hub to
+// confirm everything it sent (replyRequests).
+var errServerClosing = errors.New("replication stream: the server is shutting down and waits for a position the hub has not settled")
+
+// replyRequests notices a WAL sender that is shutting down. Before it
+// exits, a WAL sender waits until its client has confirmed everything it
+// sent, asking for the client's position again as soon as each answer
+// comes; a running one asks at most once per half wal_sender_timeout. The
+// hub confirms only what it has settled, and a hole that only a filler can
+// settle stays open while the server refuses new connections: the two
+// would trade positions until killed (a fast shutdown hung so). A session
+// asked more than maxReplyRequests times within a second ends instead;
+// the hub reconnects once the server is back, from the slot's confirmed
+// position, and loses nothing.
+type replyRequests struct {
+	since time.Time
+	n     int
+}
+
+const maxReplyRequests = 20
+
+func (r *replyRequests) closing(now time.Time) bool {
+	if now.Sub(r.since) > time.Second {
+		r.since, r.n = now, 0
+	}
+	r.n++
+	return r.n > maxReplyRequests
 }
 
 // readDeadline bounds the stream's reads with the connection's own deadline
