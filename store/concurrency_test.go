@@ -1,11 +1,14 @@
 package store_test
 
 import (
+	"context"
 	"fmt"
 	"slices"
 	"strings"
 	"sync"
 	"testing"
+
+	"github.com/jackc/pgx/v5/pgxpool"
 
 	"github.com/walwatch/walwatch/store"
 	"github.com/walwatch/walwatch/test/wait"
@@ -252,36 +255,13 @@ func TestDeleteWaitsForWritesBelowIt(t *testing.T) {
 				t.Fatal(err)
 			}
 			mustPut(t, s, tt.later, "later")
-			type result struct {
-				res store.DeleteResponse
-				err error
-			}
-			done := make(chan result, 1)
-			go func() {
-				res, err := s.Delete(ctx, tt.r)
-				done <- result{res, err}
-			}()
-			var early *result
-			wait.For(t, "the delete to wait for the open put", func() bool {
-				select {
-				case r := <-done:
-					early = &r
-					return true
-				default:
-				}
-				var waiting bool
-				err := pool.QueryRow(ctx, "select exists (select 1 from pg_locks where not granted)").Scan(&waiting)
-				return err == nil && waiting
-			})
-			if early != nil {
-				t.Fatalf("the delete answered while a put below it was open: %+v, %v", early.res, early.err)
-			}
+			result := startBlocked(t, ctx, pool, "the delete", func() (store.DeleteResponse, error) { return s.Delete(ctx, tt.r) })
 			if err := tx.Commit(ctx); err != nil {
 				t.Fatal(err)
 			}
-			r := <-done
-			if r.err != nil || r.res.Deleted != tt.want || r.res.Revision <= held {
-				t.Fatalf("delete = %+v, %v; want %d deleted above revision %d", r.res, r.err, tt.want, held)
+			res, err := result()
+			if err != nil || res.Deleted != tt.want || res.Revision <= held {
+				t.Fatalf("delete = %+v, %v; want %d deleted above revision %d", res, err, tt.want, held)
 			}
 			got, err := s.Range(ctx, store.RangeRequest{KeyRange: store.Prefix([]byte("/d/"))})
 			if err != nil || len(got.KVs) != 0 {
@@ -328,35 +308,12 @@ func TestCompactionWaitsForWritesBelowIt(t *testing.T) {
 		t.Fatal(err)
 	}
 	later := mustPut(t, s, "/c/b", "later")
-	type result struct {
-		res store.CompactResponse
-		err error
-	}
-	done := make(chan result, 1)
-	go func() {
-		res, err := s.Compact(ctx, later)
-		done <- result{res, err}
-	}()
-	var early *result
-	wait.For(t, "the compaction to wait for the open put", func() bool {
-		select {
-		case r := <-done:
-			early = &r
-			return true
-		default:
-		}
-		var waiting bool
-		err := pool.QueryRow(ctx, "select exists (select 1 from pg_locks where not granted)").Scan(&waiting)
-		return err == nil && waiting
-	})
-	if early != nil {
-		t.Fatalf("the compaction answered while a put below it was open: %+v, %v", early.res, early.err)
-	}
+	result := startBlocked(t, ctx, pool, "the compaction", func() (store.CompactResponse, error) { return s.Compact(ctx, later) })
 	if err := tx.Commit(ctx); err != nil {
 		t.Fatal(err)
 	}
-	if r := <-done; r.err != nil || r.res.CompactRevision != later {
-		t.Fatalf("compact = %+v, %v; want compacted at %d", r.res, r.err, later)
+	if res, err := result(); err != nil || res.CompactRevision != later {
+		t.Fatalf("compact = %+v, %v; want compacted at %d", res, err, later)
 	}
 	got, err := s.Range(ctx, store.RangeRequest{KeyRange: store.Prefix([]byte("/c/")), Revision: later})
 	if err != nil || len(got.KVs) != 2 {
@@ -386,5 +343,40 @@ func TestFillSkipsCompactedRevisions(t *testing.T) {
 	if n != 1 || rows != 0 {
 		t.Fatalf("fill took %d revisions and left %d rows at the compacted revision %d; want 1 (only %d) and none",
 			n, rows, first, second+1)
+	}
+}
+
+// startBlocked runs op, what waits for a put the test holds open below it,
+// and returns once op waits on a lock; it fails the test if op answers
+// first. The function it returns waits for op's answer.
+func startBlocked[T any](t *testing.T, ctx context.Context, pool *pgxpool.Pool, what string, op func() (T, error)) func() (T, error) {
+	t.Helper()
+	type result struct {
+		res T
+		err error
+	}
+	done := make(chan result, 1)
+	go func() {
+		res, err := op()
+		done <- result{res, err}
+	}()
+	var early *result
+	wait.For(t, what+" to wait for the open put", func() bool {
+		select {
+		case r := <-done:
+			early = &r
+			return true
+		default:
+		}
+		var waiting bool
+		err := pool.QueryRow(ctx, "select exists (select 1 from pg_locks where not granted)").Scan(&waiting)
+		return err == nil && waiting
+	})
+	if early != nil {
+		t.Fatalf("%s answered while a put below it was open: %+v, %v", what, early.res, early.err)
+	}
+	return func() (T, error) {
+		r := <-done
+		return r.res, r.err
 	}
 }
