@@ -15,6 +15,9 @@ import (
 	"testing"
 	"time"
 
+	"github.com/jackc/pgx/v5"
+	"github.com/prometheus/client_golang/prometheus"
+
 	"github.com/walwatch/walwatch/replication"
 	"github.com/walwatch/walwatch/store"
 	"github.com/walwatch/walwatch/test/pgcluster"
@@ -147,6 +150,10 @@ func TestFailoverSynchronous(t *testing.T) {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { _ = resume() })
+	// The first commit the standby lacks: nothing below it holds the hub.
+	cancelled := cancelledWrite(t, f, preg)
+	hiddenUntilStandby(t, f, persistent, cancelled)
+	received = metric(t, preg, "walwatch_hub_transactions_total")
 	lost := make(chan error, 1)
 	go func() {
 		_, err := f.pool.Exec(context.Background(), "select walwatch.set('/lost', 'never acknowledged')")
@@ -178,7 +185,7 @@ func TestFailoverSynchronous(t *testing.T) {
 		compareHistory(t, fmt.Sprint("watcher ", i), got, want)
 		n := 0
 		for _, s := range got {
-			if s.Key == "/lost" {
+			if s.Key == "/lost" || s.Key == "/cancelled" {
 				t.Errorf("watcher %d got %v, a write never acknowledged nor on the new primary", i, s)
 			}
 			if acked[ack{s.Rev, s.Key, s.Value}] {
@@ -197,6 +204,84 @@ func TestFailoverSynchronous(t *testing.T) {
 	}
 	if n := metric(t, preg, "walwatch_hub_failovers_total"); n != 1 {
 		t.Errorf("%v failovers counted, want 1", n)
+	}
+}
+
+// cancelledWrite puts /cancelled while the standby is stalled, and gives
+// up on it once the hub has it: pgx cancels the query, PostgreSQL ends the
+// commit's wait for the standby with a warning, and the commit stands,
+// visible on the primary alone. It returns the write's revision.
+func cancelledWrite(t *testing.T, f *failoverEnv, reg *prometheus.Registry) int64 {
+	t.Helper()
+	ctx := t.Context()
+	conn, err := pgx.Connect(ctx, f.url)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close(context.Background())
+	received := metric(t, reg, "walwatch_hub_transactions_total")
+	wctx, giveUp := context.WithCancel(ctx)
+	done := make(chan error, 1)
+	go func() {
+		_, err := conn.Exec(wctx, "select walwatch.set('/cancelled', 'on the old primary alone')")
+		done <- err
+	}()
+	wait.For(t, "the hub receives the write about to be given up", func() bool {
+		return metric(t, reg, "walwatch_hub_transactions_total") > received
+	})
+	giveUp()
+	if err := <-done; err == nil {
+		t.Fatal("the write to the stalled standby was acknowledged")
+	}
+	var rev int64
+	wait.For(t, "the given-up write is visible on the primary", func() bool {
+		return f.pool.QueryRow(ctx, "select revision from walwatch.kv where key = '/cancelled'").Scan(&rev) == nil
+	})
+	return rev
+}
+
+// hiddenUntilStandby checks that nothing shows the write at rev, which is
+// visible on the primary but not on the stalled standby: the hub does not
+// release it, and neither a Txn nor a delete that writes nothing, nor a
+// plain-SQL reader settling before it reads, answers while the standby
+// lacks what it would show (walwatch.await_standby). Each is given a
+// moment to answer; without the standby none can.
+func hiddenUntilStandby(t *testing.T, f *failoverEnv, h *replication.Hub, rev int64) {
+	t.Helper()
+	const moment = 300 * time.Millisecond
+	key := []byte("/cancelled")
+	for _, c := range []struct {
+		name string
+		run  func(context.Context) error
+	}{
+		{"hub WaitFor", func(ctx context.Context) error { return h.WaitFor(ctx, rev) }},
+		{"read-only Txn", func(ctx context.Context) error {
+			_, err := f.store.Txn(ctx, store.TxnRequest{
+				If:   []store.Compare{{Key: key, Target: store.CompareModRevision, Result: store.ResultEqual, Number: rev}},
+				Then: []store.Op{{Kind: store.OpRange, Range: store.Key(key)}},
+			})
+			return err
+		}},
+		{"delete of nothing", func(ctx context.Context) error {
+			_, err := f.store.Delete(ctx, store.Key([]byte("/no-such-key")))
+			return err
+		}},
+		{"SQL settle_below", func(ctx context.Context) error {
+			_, err := f.pool.Exec(ctx, "select walwatch.settle_below($1)", rev+1)
+			return err
+		}},
+	} {
+		ctx, cancel := context.WithTimeout(t.Context(), moment)
+		err := c.run(ctx)
+		cancel()
+		if err == nil {
+			t.Errorf("%s answered with revision %d visible on the primary alone", c.name, rev)
+		} else if !errors.Is(err, context.DeadlineExceeded) {
+			t.Errorf("%s: %v, want it to wait for the standby", c.name, err)
+		}
+	}
+	if w := h.Watermark(); w >= rev {
+		t.Errorf("watermark %d: the hub released revision %d, on the primary alone", w, rev)
 	}
 }
 

@@ -18,6 +18,12 @@ import (
 // settled revision only once it is visible too, and a watcher never sees a
 // write that a failover to the synchronous standby loses.
 //
+// Visible is not enough on its own: a commit whose wait for the standby is
+// cancelled (its client gave up: pgx cancels the query) or that the primary
+// recovers after a crash is visible at once, standby or not. The visibility
+// check therefore commits a write of its own (walwatch.await_standby), which
+// returns only once the standby has it and everything before it.
+//
 // The server's setting is read at every session's start and then every
 // settleInterval (a reload changes it without a reconnect), so for up to a
 // second after it is turned on, releases may still run ahead of the

@@ -494,7 +494,13 @@ begin
         end if;
     end loop;
     if revision is null then
+        -- Deleted nothing, so wrote nothing: with synchronous replication,
+        -- wait for the standby to have the state the answer shows (a range
+        -- has waited in settle_below).
         revision := cur;
+        if single then
+            perform walwatch.await_standby();
+        end if;
     end if;
 end
 $$;
@@ -779,13 +785,19 @@ $$;
 -- or the value was never used, the filler takes it. Returns how many it took.
 -- Revisions below the compacted one are settled already (walwatch.compact_to
 -- settles before it compacts), and their rows may be gone: a filler there
--- would stand in for a revision that committed.
+-- would stand in for a revision that committed. Only a revision below one
+-- that committed is a hole: the sequence has handed it out. Above, a filler
+-- would take a revision from a writer to come. A hub asks for none of those
+-- on the server it reads, but after a failover its last request may reach
+-- the promoted standby, whose sequence resumes below what the old primary
+-- handed out. (Reading the sequence would need a grant on it.)
 create or replace function walwatch.fill(p_revs bigint[]) returns bigint
 language sql volatile as $$
     with f as (
         insert into walwatch.kv (revision, sub, key, value, tombstone)
         select r, 0, ''::bytea, null, true from unnest(p_revs) as r
          where r >= (select m.compact_revision from walwatch.meta m)
+           and r < (select max(k.revision) from walwatch.kv k)
          order by r
         -- No conflict target: two hubs filling the same revision meet on
         -- the (key, revision) index too, fillers all having the empty key.
@@ -793,6 +805,27 @@ language sql volatile as $$
         returning 1
     )
     select count(*) from f
+$$;
+
+-- Makes the calling transaction's commit wait for the synchronous standby,
+-- as a write's does, when synchronous_standby_names is set: once it has
+-- committed, the standby has every commit the transaction could see. A
+-- commit is visible on the primary before the standby has it when its wait
+-- for the standby was cancelled (a client that gave up and cancelled its
+-- query, pg_cancel_backend, pg_terminate_backend, a fast shutdown) or when
+-- the primary recovered it after a crash; a failover to the standby then
+-- loses it, and a read that showed it showed a write that never was. A read
+-- transaction writes nothing and so waits for nothing; this one writes a
+-- logical message (a WAL record and a transaction ID; the publication does
+-- not carry messages). On a standby, or without synchronous replication,
+-- it does nothing.
+create or replace function walwatch.await_standby() returns void
+language plpgsql volatile as $$
+begin
+    if current_setting('synchronous_standby_names') <> '' and not pg_is_in_recovery() then
+        perform pg_logical_emit_message(true, 'walwatch', ''::bytea);
+    end if;
+end
 $$;
 
 -- Waits until every revision below p_rev is committed or settled, by
@@ -804,13 +837,18 @@ $$;
 -- none the sequence has not handed out yet: filling those would take them
 -- from the writers to come (a read at a future revision once filled a
 -- thousand).
+--
+-- With synchronous replication its transaction also waits for the standby
+-- (walwatch.await_standby), so that a plain-SQL reader that settles before
+-- it reads, as the read protocol asks, reads nothing a failover could lose.
 create or replace function walwatch.settle_below(p_rev bigint) returns void
 language sql volatile as $$
     select walwatch.fill(array(
         select r from generate_series(
                 (select greatest(m.settled_revision, m.compact_revision, 1) from walwatch.meta m) + 1,
                 least(p_rev - 1, (select s.last_value from walwatch.revision s))) r
-         where not exists (select 1 from walwatch.kv k where k.revision = r)))
+         where not exists (select 1 from walwatch.kv k where k.revision = r)));
+    select walwatch.await_standby()
 $$;
 
 

@@ -332,8 +332,15 @@ func TestFillSkipsCompactedRevisions(t *testing.T) {
 	if _, err := s.Compact(ctx, second); err != nil {
 		t.Fatal(err)
 	}
+	// A revision handed out to a writer that never wrote: a hole, below
+	// the put after it.
+	var hole int64
+	if err := pool.QueryRow(ctx, "select nextval('walwatch.revision')").Scan(&hole); err != nil {
+		t.Fatal(err)
+	}
+	mustPut(t, s, "/f/b", "3")
 	var n int64
-	if err := pool.QueryRow(ctx, "select walwatch.fill(array[$1::bigint, $2::bigint])", first, second+1).Scan(&n); err != nil {
+	if err := pool.QueryRow(ctx, "select walwatch.fill(array[$1::bigint, $2::bigint])", first, hole).Scan(&n); err != nil {
 		t.Fatal(err)
 	}
 	var rows int64
@@ -342,7 +349,27 @@ func TestFillSkipsCompactedRevisions(t *testing.T) {
 	}
 	if n != 1 || rows != 0 {
 		t.Fatalf("fill took %d revisions and left %d rows at the compacted revision %d; want 1 (only %d) and none",
-			n, rows, first, second+1)
+			n, rows, first, hole)
+	}
+}
+
+// TestFillSkipsRevisionsNotHandedOut asks walwatch.fill for revisions above
+// the last committed one, as a hub's last request before a failover may ask
+// the promoted standby, whose sequence resumes below what the old primary
+// handed out: they are no holes, and the writers to come get them.
+func TestFillSkipsRevisionsNotHandedOut(t *testing.T) {
+	s, pool := newStore(t, store.Limits{})
+	ctx := testContext(t)
+	last := mustPut(t, s, "/f/a", "1")
+	var n int64
+	if err := pool.QueryRow(ctx, "select walwatch.fill(array[$1::bigint, $2::bigint])", last+1, last+2).Scan(&n); err != nil {
+		t.Fatal(err)
+	}
+	if n != 0 {
+		t.Errorf("fill took %d revisions the sequence had not handed out", n)
+	}
+	if next := mustPut(t, s, "/f/a", "2"); next != last+1 {
+		t.Errorf("the put after %d got revision %d, want %d: fillers took the revisions between", last, next, last+1)
 	}
 }
 

@@ -403,7 +403,9 @@ func runTxn(ctx context.Context, tx pgx.Tx, req TxnRequest) (TxnResponse, error)
 		return TxnResponse{}, err
 	}
 	if w.rev == nil {
-		if err := tx.QueryRow(ctx, "select walwatch.current_revision()").Scan(&res.Revision); err != nil {
+		// Wrote nothing: with synchronous replication, the commit waits for
+		// the standby to have everything the answer shows (await_standby).
+		if err := tx.QueryRow(ctx, "select walwatch.current_revision() from walwatch.await_standby()").Scan(&res.Revision); err != nil {
 			return TxnResponse{}, fmt.Errorf("read revision: %w", err)
 		}
 		setRevision(&res, res.Revision)
