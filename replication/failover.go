@@ -174,6 +174,7 @@ func (h *Hub) changeServer(c *serverChange) bool {
 	defer h.mu.Unlock()
 	exposed := h.order.exposed
 	h.order.forget()
+	defer h.serverChanged()
 	if exposed <= c.switchPoint {
 		return false
 	}

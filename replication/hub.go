@@ -206,7 +206,7 @@ func newHub(cfg Config, replConfig *pgconn.Config) *Hub {
 		ready:         make(chan struct{}),
 		stopped:       make(chan struct{}),
 		failure:       make(chan error, 1),
-		gate:          syncGate{done: make(chan error, 1)},
+		gate:          syncGate{done: make(chan gateCheck, 1)},
 		inbox:         newTxnQueue(),
 		order:         newOrder(cfg.BufferBytes, log, cfg.Metrics),
 		filler:        newFiller(cfg, log),
@@ -330,11 +330,11 @@ func (h *Hub) runLoop(ctx context.Context) error {
 			if revs := h.order.holes(maxFillBatch); len(revs) > 0 {
 				h.filler.start(ctx, revs)
 			}
-		case err := <-h.gate.done:
-			if err := setupFailure(err); err != nil && ctx.Err() == nil {
+		case c := <-h.gate.done:
+			if err := setupFailure(c.err); err != nil && ctx.Err() == nil {
 				return err
 			}
-			switch next := h.checkedVisible(err); {
+			switch next := h.checkedVisible(c); {
 			case next == 0:
 				h.checkVisible(ctx)
 			case next > 0:

@@ -100,9 +100,7 @@ func (v *visibility) upToOn(ctx context.Context, upto int64, timeline int32) (in
 // sub 0 (a write's first row or a filler), and a row one snapshot sees
 // belongs to a transaction every later snapshot sees too. Compaction
 // removes rows below its revision, where reads fail anyway: those need no
-// check. With synchronous replication the check's own commit waits for the
-// standby (walwatch.await_standby), so what it finds visible is on the
-// standby too: also a commit whose wait for it was cancelled (syncrep.go).
+// check.
 func (v *visibility) check(ctx context.Context, after, hi int64, timeline int32) (int64, error) {
 	var (
 		compacted int64
@@ -115,7 +113,7 @@ func (v *visibility) check(ctx context.Context, after, hi int64, timeline int32)
 		               where k.revision > greatest($1, m.compact_revision) and k.revision <= $2 and k.sub = 0
 		               order by k.revision),
 		        case when $3 = 0 then 0 else `+timelineSQL+` end
-		   from walwatch.meta m, walwatch.await_standby()`, after, hi, timeline).Scan(&compacted, &revs, &on)
+		   from walwatch.meta m`, after, hi, timeline).Scan(&compacted, &revs, &on)
 	if err != nil {
 		return after, fmt.Errorf("check which revisions after %d are visible: %w", after, err)
 	}
