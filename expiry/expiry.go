@@ -1,8 +1,6 @@
 // Package expiry holds the lease expiry duty: of every process that serves
-// a database (each cp), exactly one at a time revokes the leases whose
-// deadline, by the database's clock, has passed. The duty is a session-level
-// advisory lock on a connection of its own: it passes to another process
-// when its holder's connection ends, however the holder died.
+// a database (each cp), exactly one at a time (package duty) revokes the
+// leases whose deadline, by the database's clock, has passed.
 package expiry
 
 import (
@@ -14,6 +12,8 @@ import (
 
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgxpool"
+
+	"github.com/walwatch/walwatch/duty"
 )
 
 // Tunables of the duty.
@@ -23,7 +23,7 @@ var (
 	DefaultInterval = 100 * time.Millisecond
 	// DefaultRetry is how often a process without the duty tries to take
 	// it: the duty moves within about this much of its holder's end.
-	DefaultRetry = time.Second
+	DefaultRetry = duty.DefaultRetry
 	// batchLeases bounds the leases revoked by one statement.
 	batchLeases = 1000
 )
@@ -54,62 +54,29 @@ func Run(ctx context.Context, cfg Config) error {
 	if cfg.Logger == nil {
 		cfg.Logger = slog.New(slog.DiscardHandler)
 	}
-	for {
-		err := hold(ctx, cfg)
-		if ctx.Err() != nil {
-			return nil
+	d := duty.Config{Pool: cfg.Pool, Lock: dutyLock, Name: "lease expiry", Retry: cfg.Retry, Logger: cfg.Logger}
+	return duty.Run(ctx, d, func(ctx context.Context, conn *pgx.Conn) error {
+		// As etcd's new leader does: every lease gets its full TTL from
+		// now, so none whose owner kept it alive expires for the change of
+		// hands.
+		var extended int64
+		if err := conn.QueryRow(ctx, "select walwatch.extend_leases()").Scan(&extended); err != nil {
+			return fmt.Errorf("extend leases: %w", err)
 		}
-		cfg.Logger.Warn("lease expiry duty lost; trying to take it again", "err", err, "retry_in", cfg.Retry)
-		if !sleep(ctx, cfg.Retry) {
-			return nil
+		cfg.Logger.Info("holding the lease expiry duty", "leases_extended", extended)
+		tick := time.NewTicker(cfg.Interval)
+		defer tick.Stop()
+		for {
+			if err := expire(ctx, conn, cfg); err != nil {
+				return err
+			}
+			select {
+			case <-ctx.Done():
+				return ctx.Err()
+			case <-tick.C:
+			}
 		}
-	}
-}
-
-// hold waits for the duty on a connection of its own and does it while
-// the connection lives.
-func hold(ctx context.Context, cfg Config) error {
-	pc, err := cfg.Pool.Acquire(ctx)
-	if err != nil {
-		return fmt.Errorf("connect: %w", err)
-	}
-	// The lock lives as long as the session: the connection is ours to
-	// close, never to go back to the pool still holding it.
-	conn := pc.Hijack()
-	defer conn.Close(context.WithoutCancel(ctx)) //nolint:errcheck // closing ends the session, and the lock with it
-
-	for {
-		var got bool
-		if err := conn.QueryRow(ctx, "select pg_try_advisory_lock($1)", dutyLock).Scan(&got); err != nil {
-			return fmt.Errorf("try the duty's lock: %w", err)
-		}
-		if got {
-			break
-		}
-		if !sleep(ctx, cfg.Retry) {
-			return ctx.Err()
-		}
-	}
-	// As etcd's new leader does: every lease gets its full TTL from now, so
-	// none whose owner kept it alive expires for the change of hands.
-	var extended int64
-	if err := conn.QueryRow(ctx, "select walwatch.extend_leases()").Scan(&extended); err != nil {
-		return fmt.Errorf("extend leases: %w", err)
-	}
-	cfg.Logger.Info("holding the lease expiry duty", "leases_extended", extended)
-
-	tick := time.NewTicker(cfg.Interval)
-	defer tick.Stop()
-	for {
-		if err := expire(ctx, conn, cfg); err != nil {
-			return err
-		}
-		select {
-		case <-ctx.Done():
-			return ctx.Err()
-		case <-tick.C:
-		}
-	}
+	})
 }
 
 // expire revokes the expired leases, in batches until none is left.
@@ -138,17 +105,5 @@ func expire(ctx context.Context, conn *pgx.Conn, cfg Config) error {
 		if n < batchLeases {
 			return nil
 		}
-	}
-}
-
-// sleep waits d or until ctx ends, and reports whether it waited d.
-func sleep(ctx context.Context, d time.Duration) bool {
-	t := time.NewTimer(d)
-	defer t.Stop()
-	select {
-	case <-ctx.Done():
-		return false
-	case <-t.C:
-		return true
 	}
 }

@@ -21,6 +21,7 @@ import (
 	"github.com/spf13/cobra"
 
 	"github.com/walwatch/walwatch"
+	"github.com/walwatch/walwatch/autocompact"
 	"github.com/walwatch/walwatch/cmd/walwatch/internal/etcdapi"
 	"github.com/walwatch/walwatch/cmd/walwatch/internal/httpapi"
 	"github.com/walwatch/walwatch/expiry"
@@ -44,7 +45,10 @@ type cpOptions struct {
 	bufferBytes  byteSize
 	watcherBytes byteSize
 	etcd         etcdOptions
-	ready        func(addr net.Addr) // called once listening (tests, demo)
+	// etcd's auto-compaction flags, and the policy read from them.
+	compactionMode, compactionRetention string
+	compaction                          autocompact.Policy
+	ready                               func(addr net.Addr) // called once listening (tests, demo)
 }
 
 // etcdOptions configure the control plane's etcd v3 API.
@@ -177,6 +181,11 @@ etcd watchers cost one slot.`,
 			if err := o.etcd.check(); err != nil {
 				return err
 			}
+			policy, err := autocompact.ParsePolicy(o.compactionMode, o.compactionRetention)
+			if err != nil {
+				return fmt.Errorf("--auto-compaction-mode %q --auto-compaction-retention %q: %w", o.compactionMode, o.compactionRetention, err)
+			}
+			o.compaction = policy
 			pool, err := g.poolOf(cmd.Context(), serverPoolSize)
 			if err != nil {
 				return err
@@ -193,6 +202,10 @@ etcd watchers cost one slot.`,
 	cmd.Flags().Var(&o.windowBytes, "window-bytes", "memory for recent events, so a watch a little behind is served without PostgreSQL")
 	cmd.Flags().Var(&o.bufferBytes, "buffer-bytes", "memory for values committed behind a revision a transaction holds open; watchers read the rest from PostgreSQL")
 	cmd.Flags().Var(&o.watcherBytes, "watcher-bytes", "memory for events queued to one watch stream; a slower stream catches up from the window or PostgreSQL")
+	cmd.Flags().StringVar(&o.compactionMode, "auto-compaction-mode", string(autocompact.Periodic),
+		"as etcd's: periodic (keep the history of the retention period) or revision (keep that many revisions)")
+	cmd.Flags().StringVar(&o.compactionRetention, "auto-compaction-retention", "0",
+		`as etcd's: for periodic a duration ("1h", "30m") or a number of hours, for revision a number of revisions; 0: no auto-compaction. One cp per database does it`)
 	addEtcdFlags(cmd, &o.etcd)
 	return cmd
 }
@@ -260,6 +273,13 @@ func runCP(ctx context.Context, log *slog.Logger, pool *pgxpool.Pool, o cpOption
 	}
 	defer client.Close()
 	var sides []sideServer
+	if !o.compaction.Off() {
+		cfg := autocompact.Config{
+			Pool: pool, Store: client.Store(), Policy: o.compaction,
+			Logger: log.With("component", "autocompact"), Metrics: autocompact.NewMetrics(reg),
+		}
+		sides = append(sides, sideServer{what: "auto-compaction", serve: func(ctx context.Context) error { return autocompact.Run(ctx, cfg) }})
+	}
 	if etcdLn != nil {
 		side, err := etcdServer(ctx, log.With("component", "etcd"), client, reg, o.etcd, etcdLn)
 		if err != nil {

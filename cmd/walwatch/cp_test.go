@@ -87,6 +87,22 @@ func TestCPEtcdFlagErrors(t *testing.T) {
 	}
 }
 
+// The auto-compaction flags are checked before cp connects to anything.
+func TestCPAutoCompactionFlagErrors(t *testing.T) {
+	refused := pgtest.RefusedURL(t)
+	for _, args := range [][]string{
+		{"--auto-compaction-retention", "soon"},
+		{"--auto-compaction-retention", "-1h"},
+		{"--auto-compaction-mode", "revision", "--auto-compaction-retention", "1h"},
+		{"--auto-compaction-mode", "weekly", "--auto-compaction-retention", "1"},
+	} {
+		_, err := run(t, refused, append([]string{"cp", "--listen", "127.0.0.1:0", "--etcd-listen", ""}, args...)...)
+		if err == nil || !strings.Contains(err.Error(), "--auto-compaction-mode") || !strings.Contains(err.Error(), "auto-compaction policy") {
+			t.Errorf("cp %s: %v, want an error naming the auto-compaction flags", strings.Join(args, " "), err)
+		}
+	}
+}
+
 // An etcd address already taken stops cp at once, saying how to choose
 // another.
 func TestCPEtcdAddressTaken(t *testing.T) {
