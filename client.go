@@ -345,6 +345,23 @@ func (c *Client) Txn(ctx context.Context, req store.TxnRequest) (store.TxnRespon
 	return c.store.Txn(ctx, req)
 }
 
+// TimeToLive returns lease id's TTL, the seconds it has left and, with
+// keys, its keys (store.TimeToLive); ok is false when there is no such
+// lease. It reads once everything the hub has delivered is visible (at
+// most Config.SettleTimeout): a watcher that saw a lease's keys deleted on
+// its expiry or revoke finds the lease gone.
+func (c *Client) TimeToLive(ctx context.Context, id int64, keys bool) (store.Lease, bool, error) {
+	if c.closed.Load() {
+		return store.Lease{}, false, ErrClosed
+	}
+	wctx, cancel := context.WithTimeout(ctx, c.settle)
+	defer cancel()
+	if err := c.hub.WaitFor(wctx, c.hub.Watermark()); err != nil {
+		return store.Lease{}, false, fmt.Errorf("%w: %w", ErrNotSettled, store.TypedError(err, 0))
+	}
+	return c.store.TimeToLive(ctx, id, keys)
+}
+
 // Compact removes history no read at or above rev can see (store.Compact).
 func (c *Client) Compact(ctx context.Context, rev int64) (store.CompactResponse, error) {
 	if c.closed.Load() {

@@ -81,7 +81,7 @@ func (l *leaseServer) LeaseRevoke(ctx context.Context, r *pb.LeaseRevokeRequest)
 // does, not an error.
 func (l *leaseServer) LeaseTimeToLive(ctx context.Context, r *pb.LeaseTimeToLiveRequest) (*pb.LeaseTimeToLiveResponse, error) {
 	st := l.s.cfg.Client.Store()
-	lease, ok, err := st.TimeToLive(ctx, r.ID, r.Keys)
+	lease, ok, err := l.s.cfg.Client.TimeToLive(ctx, r.ID, r.Keys)
 	if err != nil {
 		return nil, toGRPC(err)
 	}

@@ -240,7 +240,7 @@ func (s *Server) getLease(w http.ResponseWriter, r *http.Request) error {
 	if err != nil {
 		return err
 	}
-	l, ok, err := s.cfg.Client.Store().TimeToLive(r.Context(), id, keys)
+	l, ok, err := s.cfg.Client.TimeToLive(r.Context(), id, keys)
 	if err != nil {
 		return err
 	}
