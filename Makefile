@@ -1,7 +1,7 @@
 # The two commands a new user needs: `make demo` and `make test`.
 GO ?= go
 
-.PHONY: build install demo test vet lint fmt bench-store bench bench-quick chaos
+.PHONY: build install demo test vet lint fmt bench-store bench bench-quick chaos soak
 
 # staticcheck, pinned: go run fetches this version through the module proxy.
 STATICCHECK ?= honnef.co/go/tools/cmd/staticcheck@v0.8.2
@@ -61,3 +61,13 @@ CHAOS_REPORT ?= $(CURDIR)/test/chaos/report.md
 chaos:
 	CHAOS_HISTORIES=$(CHAOS_HISTORIES) CHAOS_REPORT=$(abspath $(CHAOS_REPORT)) \
 		$(GO) test -count=1 -timeout 0 -run TestChaos -v ./test/chaos/
+
+# Steady state (test/soak): SOAK_DURATION of mixed load against one cp with
+# 1,000 watchers and auto-compaction, a sample a minute, the series in
+# SOAK_REPORT; fails if memory, goroutines, the table, its dead rows or the
+# slot's WAL grow after the warm-up.
+SOAK_DURATION ?= 20m
+SOAK_REPORT ?= $(CURDIR)/test/soak/report.md
+soak:
+	SOAK_DURATION=$(SOAK_DURATION) SOAK_REPORT=$(abspath $(SOAK_REPORT)) \
+		$(GO) test -count=1 -timeout 0 -run TestSoak -v ./test/soak/

@@ -5,13 +5,11 @@ import (
 	"flag"
 	"fmt"
 	"os"
-	"os/exec"
-	"path/filepath"
 	"strconv"
-	"strings"
 	"testing"
 	"time"
 
+	testbinary "github.com/walwatch/walwatch/test/binary"
 	"github.com/walwatch/walwatch/test/pgtest"
 )
 
@@ -30,7 +28,7 @@ func TestMain(m *testing.M) {
 		fmt.Fprintf(os.Stderr, "chaos: %v\n", err)
 		os.Exit(1)
 	}
-	binary, err = build(dir)
+	binary, err = testbinary.Build(dir)
 	if err != nil {
 		fmt.Fprintf(os.Stderr, "chaos: building the walwatch binary failed:\n%v\n", err)
 		os.RemoveAll(dir)
@@ -39,32 +37,6 @@ func TestMain(m *testing.M) {
 	code := pgtest.Main(m)
 	os.RemoveAll(dir)
 	os.Exit(code)
-}
-
-// build compiles ./cmd/walwatch from the module root into dir.
-func build(dir string) (string, error) {
-	gocmd, err := exec.LookPath("go")
-	if err != nil && os.Getenv("GOROOT") != "" {
-		gocmd, err = filepath.Join(os.Getenv("GOROOT"), "bin", "go"), nil
-	}
-	if err != nil {
-		return "", fmt.Errorf("no go command to build with: %w", err)
-	}
-	out, err := exec.Command(gocmd, "env", "GOMOD").Output()
-	if err != nil {
-		return "", fmt.Errorf("go env GOMOD: %w", err)
-	}
-	gomod := strings.TrimSpace(string(out))
-	if gomod == "" || gomod == os.DevNull {
-		return "", errors.New("go env GOMOD: not inside a module")
-	}
-	bin := filepath.Join(dir, "walwatch")
-	cmd := exec.Command(gocmd, "build", "-o", bin, "./cmd/walwatch")
-	cmd.Dir = filepath.Dir(gomod)
-	if out, err := cmd.CombinedOutput(); err != nil {
-		return "", fmt.Errorf("go build -o %s ./cmd/walwatch (in %s): %w\n%s", bin, cmd.Dir, err, out)
-	}
-	return bin, nil
 }
 
 // config is the size of a run.
