@@ -37,3 +37,22 @@ func Build(dir string) (string, error) {
 	}
 	return bin, nil
 }
+
+// Main is a test binary's main for tests that run walwatch: it builds the
+// binary into a temporary directory, sets *path to it, runs run (the
+// package's tests) and removes the directory, and returns the exit code.
+// name says whose tests in messages.
+func Main(name string, path *string, run func() int) int {
+	dir, err := os.MkdirTemp("", "walwatch-"+name+"-")
+	if err != nil {
+		fmt.Fprintf(os.Stderr, "%s: %v\n", name, err)
+		return 1
+	}
+	defer os.RemoveAll(dir)
+	*path, err = Build(dir)
+	if err != nil {
+		fmt.Fprintf(os.Stderr, "%s: building the walwatch binary failed:\n%v\n", name, err)
+		return 1
+	}
+	return run()
+}

@@ -23,20 +23,7 @@ var binary string
 
 func TestMain(m *testing.M) {
 	flag.Parse()
-	dir, err := os.MkdirTemp("", "walwatch-chaos-")
-	if err != nil {
-		fmt.Fprintf(os.Stderr, "chaos: %v\n", err)
-		os.Exit(1)
-	}
-	binary, err = testbinary.Build(dir)
-	if err != nil {
-		fmt.Fprintf(os.Stderr, "chaos: building the walwatch binary failed:\n%v\n", err)
-		os.RemoveAll(dir)
-		os.Exit(1)
-	}
-	code := pgtest.Main(m)
-	os.RemoveAll(dir)
-	os.Exit(code)
+	os.Exit(testbinary.Main("chaos", &binary, func() int { return pgtest.Main(m) }))
 }
 
 // config is the size of a run.

@@ -38,20 +38,7 @@ import (
 var binary string
 
 func TestMain(m *testing.M) {
-	dir, err := os.MkdirTemp("", "walwatch-e2e-")
-	if err != nil {
-		fmt.Fprintf(os.Stderr, "e2e: %v\n", err)
-		os.Exit(1)
-	}
-	binary, err = testbinary.Build(dir)
-	if err != nil {
-		fmt.Fprintf(os.Stderr, "e2e: building the walwatch binary failed:\n%v\n", err)
-		os.RemoveAll(dir)
-		os.Exit(1)
-	}
-	code := pgtest.Main(m)
-	os.RemoveAll(dir)
-	os.Exit(code)
+	os.Exit(testbinary.Main("e2e", &binary, func() int { return pgtest.Main(m) }))
 }
 
 // Timeouts. None of them is a timing assertion: each bounds a wait for a

@@ -41,20 +41,7 @@ var binary string
 
 func TestMain(m *testing.M) {
 	flag.Parse()
-	dir, err := os.MkdirTemp("", "walwatch-soak-")
-	if err != nil {
-		fmt.Fprintf(os.Stderr, "soak: %v\n", err)
-		os.Exit(1)
-	}
-	binary, err = testbinary.Build(dir)
-	if err != nil {
-		fmt.Fprintf(os.Stderr, "soak: building the walwatch binary failed:\n%v\n", err)
-		os.RemoveAll(dir)
-		os.Exit(1)
-	}
-	code := pgtest.Main(m)
-	os.RemoveAll(dir)
-	os.Exit(code)
+	os.Exit(testbinary.Main("soak", &binary, func() int { return pgtest.Main(m) }))
 }
 
 // config is the size of a run.
