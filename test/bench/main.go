@@ -112,7 +112,7 @@ func run(ctx context.Context, quick bool, outDir string, log *slog.Logger) error
 	}
 	defer e.Close()
 
-	b := &bench{cfg: cfg, env: e, walSystems: map[string]bool{"walwatch": true, "notify": true},
+	b := &bench{cfg: cfg, env: e, walSystems: map[string]bool{"walwatch": true, "notify": true, "floor": true},
 		value: make([]byte, valueSize), samples: samples{}, out: os.Stdout, log: log}
 	for i := range b.value {
 		b.value[i] = 'a' + byte(i%26)
@@ -197,6 +197,12 @@ func (b *bench) openSystems(ctx context.Context) (func(), error) {
 		return nil, err
 	}
 	closers = append(closers, nt.close)
+	fl, err := newFloorSystem(ctx, b.env)
+	if err != nil {
+		closeAll()
+		return nil, err
+	}
+	closers = append(closers, fl.close)
 	et, err := newEtcdSystem(b.env)
 	if err != nil {
 		closeAll()
@@ -213,12 +219,13 @@ func (b *bench) openSystems(ctx context.Context) (func(), error) {
 		})
 	}
 	b.walwatch, b.etcd = ww, et
-	b.systems = []system{ww, hs, ea, et, nt}
+	b.systems = []system{ww, hs, ea, et, nt, fl}
 
 	b.log.Info("loading keys", "keys", len(b.keys))
 	if err := errors.Join(
 		preloadSQL(ctx, ww.clients, `select count(walwatch.put(k, $2)) from unnest($1::bytea[]) k`, b.keys, b.value),
 		preloadSQL(ctx, nt.clients, `select count(notify.set(convert_from(k, 'UTF8'), $2)) from unnest($1::bytea[]) k`, b.keys, b.value),
+		preloadSQL(ctx, fl.clients, `insert into floor.kv (key, value) select k, $2 from unnest($1::bytea[]) k`, b.keys, b.value),
 		et.preload(ctx, b.keys, b.value),
 	); err != nil {
 		closeAll()
@@ -366,6 +373,9 @@ func (b *bench) notes(names, lagNotes, cpuNotes []string) []string {
 			"of one key, the watcher one etcd Watch on the prefix; its gRPC server shares the cp's pool of 32 connections.",
 		"notify: the seed's design written afresh: a revision table with an AFTER INSERT trigger calling pg_notify only when a listener holds the shared " +
 			"advisory lock (a writer that can take it exclusively knows nobody listens), one LISTEN connection as the watcher.",
+		"floor: the physical limit of a logical-replication watch here: walwatch's row (its columns and indexes) written by a plain INSERT whose revision " +
+			"is a sequence default (no function, no lock, no settling), in the notify database, and read by a bare pglogrepl consumer in this process " +
+			"(a temporary slot, pgoutput, keys matched by prefix; no hub, no ordering, no visibility check). walwatch's distance to it is the overhead walwatch owns.",
 		fmt.Sprintf("Round trip: one client puts a probe key and waits until the watcher has its event, so it includes the put's own latency; "+
 			"%d samples a round or as many as fit in %v, idle and while %d other clients put as fast as they can (then mostly the put's wait behind them).",
 			c.rttSamples, c.rttMaxTime, loadedRTT),

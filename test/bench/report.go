@@ -22,7 +22,7 @@ import (
 
 // The systems in the order the tables and the chart show them; any other
 // system found in the results follows, sorted by name.
-var systemOrder = []string{"walwatch", "walwatch_http", "walwatch_etcd", "etcd", "notify"}
+var systemOrder = []string{"walwatch", "walwatch_http", "walwatch_etcd", "etcd", "notify", "floor"}
 
 // versus are the pairs of systems the report also compares directly, the
 // first's figures divided by the second's: walwatch's etcd API against
@@ -662,6 +662,15 @@ func evalTargets(r *Results) []target {
 		})
 	}
 
+	fl, flOK := sysValue(r, "floor", rttIdle, "p50")
+	fq, fqok := ratio(p50, p50OK, fl, flOK)
+	out = append(out, target{
+		name:     "Idle put→event round trip p50 ≤ 1.3× the floor's (a plain INSERT read by a bare pglogrepl consumer)",
+		measured: fmt.Sprintf("walwatch %s vs floor %s", opt(p50, p50OK, fmtUs), opt(fl, flOK, fmtUs)),
+		ratio:    ratioStr(fq, fqok, "(walwatch ÷ floor)"),
+		status:   judge(fqok, fq <= 1.3),
+	})
+
 	lp99, lp99OK := sysValue(r, "walwatch", rttLoaded, "p99")
 	out = append(out, limit("Put→event round trip under 32 writers p99 ≤ 5 ms", lp99, lp99OK, 5000, false, fmtUs))
 
@@ -692,6 +701,7 @@ var (
 		"walwatch_etcd": {0x26, 0xa6, 0x9a, 0xff}, // teal
 		"notify":        {0xd6, 0x4f, 0x3c, 0xff}, // red
 		"etcd":          {0x3a, 0x9a, 0x3a, 0xff}, // green
+		"floor":         {0xb0, 0xb0, 0x30, 0xff}, // olive
 	}
 	extraColours = []color.RGBA{
 		{0x8e, 0x5e, 0xb0, 0xff}, // purple
