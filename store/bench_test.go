@@ -153,3 +153,94 @@ func BenchmarkKeepAlive(b *testing.B) {
 		})
 	}
 }
+
+// BenchmarkGetParts takes a single-key get at the latest revision apart, at
+// 1 and 32 clients, each variant in turn per round (interleaved), over
+// 10,000 keys: the store's Range (walwatch.range), a plain select of the
+// key's newest row (the floor a get cannot beat), walwatch.read_revision
+// alone (the revision check every read makes), both in one statement, and
+// one plain statement that reads the compacted and current revisions for
+// the caller to check (what a single-key get could be).
+// It reports each variant's median gets/s and its ratio to the plain
+// select. Run it with -benchtime Nx for N rounds.
+func BenchmarkGetParts(b *testing.B) {
+	s, pool := newStore(b, store.Limits{})
+	ctx := context.Background()
+	const keys = 10000
+	if _, err := pool.Exec(ctx, `select count(walwatch.put(convert_to('/bench/' || lpad(i::text, 5, '0'), 'UTF8'), '\x76'::bytea))
+		from generate_series(0, $1 - 1) i`, keys); err != nil {
+		b.Fatal(err)
+	}
+	key := func(i int) []byte { return fmt.Appendf(nil, "/bench/%05d", i%keys) }
+	variants := []struct {
+		name string
+		get  func(i int) error
+	}{
+		{"store", func(i int) error { _, err := s.Range(ctx, store.RangeRequest{KeyRange: store.Key(key(i))}); return err }},
+		{"plain", func(i int) error {
+			var v []byte
+			return pool.QueryRow(ctx, "select value from walwatch.kv where key = $1 order by revision desc limit 1", key(i)).Scan(&v)
+		}},
+		{"one-statement", func(i int) error {
+			var (
+				rev, create, mod, ver, lease int64
+				v                            []byte
+				tomb                         bool
+			)
+			return pool.QueryRow(ctx, `select r.rev, k.value, k.create_revision, k.revision, k.version, k.lease, k.tombstone
+				  from walwatch.read_revision($2) r(rev)
+				  join lateral (select * from walwatch.kv k where k.key = $1 and k.revision <= r.rev
+				                 order by k.revision desc limit 1) k on true`, key(i), int64(0)).
+				Scan(&rev, &v, &create, &mod, &ver, &lease, &tomb)
+		}},
+		{"sql-checks", func(i int) error {
+			var (
+				compacted, cur, create, mod, ver, lease int64
+				v                                       []byte
+				tomb                                    bool
+			)
+			return pool.QueryRow(ctx, `select m.compact_revision, c.cur, k.value, k.create_revision, k.revision, k.version, k.lease, k.tombstone
+				  from walwatch.meta m
+				 cross join lateral (select coalesce(max(x.revision), 1) as cur from walwatch.kv x) c
+				  join lateral (select * from walwatch.kv k where k.key = $1 and k.revision <= case when $2 = 0 then c.cur else $2 end
+				                 order by k.revision desc limit 1) k on true`, key(i), int64(0)).
+				Scan(&compacted, &cur, &v, &create, &mod, &ver, &lease, &tomb)
+		}},
+		{"read_revision", func(int) error {
+			var r int64
+			return pool.QueryRow(ctx, "select walwatch.read_revision(0)").Scan(&r)
+		}},
+	}
+	for _, clients := range []int{1, 32} {
+		b.Run(fmt.Sprintf("clients=%d", clients), func(b *testing.B) {
+			const per = 2000
+			rates := make([][]float64, len(variants))
+			for b.Loop() {
+				for v, vr := range variants {
+					var next atomic.Int64
+					var wg sync.WaitGroup
+					start := time.Now()
+					for range clients {
+						wg.Go(func() {
+							for i := next.Add(1); i <= per*int64(clients); i = next.Add(1) {
+								if err := vr.get(int(i) * 7919); err != nil {
+									b.Error(err)
+									return
+								}
+							}
+						})
+					}
+					wg.Wait()
+					rates[v] = append(rates[v], float64(per*clients)/time.Since(start).Seconds())
+				}
+			}
+			median := func(xs []float64) float64 { s := slices.Clone(xs); slices.Sort(s); return s[len(s)/2] }
+			plain := median(rates[1])
+			for v, vr := range variants {
+				m := median(rates[v])
+				b.ReportMetric(m, vr.name+"-gets/s")
+				b.ReportMetric(m/plain, vr.name+"/plain")
+			}
+		})
+	}
+}
