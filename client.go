@@ -300,13 +300,22 @@ func (c *Client) settled(ctx context.Context, rev int64) (int64, error) {
 	if rev > cur {
 		return 0, &store.FutureRevisionError{Revision: rev, CurrentRevision: cur}
 	}
+	if err := c.waitFor(ctx, rev); err != nil {
+		return 0, err
+	}
+	return rev, nil
+}
+
+// waitFor waits, at most Config.SettleTimeout, until every write at or
+// below rev is settled and visible (Hub.WaitFor).
+func (c *Client) waitFor(ctx context.Context, rev int64) error {
 	wctx, cancel := context.WithTimeout(ctx, c.settle)
 	defer cancel()
 	if err := c.hub.WaitFor(wctx, rev); err != nil {
 		// WaitFor asks PostgreSQL what is visible: that may fail too.
-		return 0, fmt.Errorf("%w: revision %d (a transaction may hold a lower one open): %w", ErrNotSettled, rev, store.TypedError(err, rev))
+		return fmt.Errorf("%w: revision %d (a transaction may hold a lower one open): %w", ErrNotSettled, rev, store.TypedError(err, rev))
 	}
-	return rev, nil
+	return nil
 }
 
 // ReadRevision returns the newest revision a read needs not wait for: every
@@ -354,10 +363,8 @@ func (c *Client) TimeToLive(ctx context.Context, id int64, keys bool) (store.Lea
 	if c.closed.Load() {
 		return store.Lease{}, false, ErrClosed
 	}
-	wctx, cancel := context.WithTimeout(ctx, c.settle)
-	defer cancel()
-	if err := c.hub.WaitFor(wctx, c.hub.Watermark()); err != nil {
-		return store.Lease{}, false, fmt.Errorf("%w: %w", ErrNotSettled, store.TypedError(err, 0))
+	if err := c.waitFor(ctx, c.hub.Watermark()); err != nil {
+		return store.Lease{}, false, err
 	}
 	return c.store.TimeToLive(ctx, id, keys)
 }

@@ -142,19 +142,21 @@ func rangeOne(ctx context.Context, q querier, req RangeRequest) (RangeResponse, 
 		create, mod, ver, lease *int64
 		tombstone               *bool
 	)
-	err := q.QueryRow(ctx, oneKeySQL, req.Key, req.Revision).
-		Scan(&compacted, &cur, &value, &create, &mod, &ver, &lease, &tombstone)
-	if err != nil {
-		return RangeResponse{}, fmt.Errorf("range %s at revision %d: %w", keyText(req.Key), req.Revision, TypedError(err, req.Revision))
-	}
 	rev := req.Revision
+	err := q.QueryRow(ctx, oneKeySQL, req.Key, rev).
+		Scan(&compacted, &cur, &value, &create, &mod, &ver, &lease, &tombstone)
 	switch {
+	case err != nil:
+		err = TypedError(err, rev)
 	case rev == 0:
 		rev = cur
 	case rev < compacted:
-		return RangeResponse{}, fmt.Errorf("range %s at revision %d: %w", keyText(req.Key), rev, &CompactedError{Revision: rev, CompactRevision: compacted})
+		err = &CompactedError{Revision: rev, CompactRevision: compacted}
 	case rev > cur:
-		return RangeResponse{}, fmt.Errorf("range %s at revision %d: %w", keyText(req.Key), rev, &FutureRevisionError{Revision: rev, CurrentRevision: cur})
+		err = &FutureRevisionError{Revision: rev, CurrentRevision: cur}
+	}
+	if err != nil {
+		return RangeResponse{}, fmt.Errorf("range %s at revision %d: %w", keyText(req.Key), req.Revision, err)
 	}
 	res := RangeResponse{Revision: rev, KVs: []KeyValue{}}
 	if mod == nil || *tombstone {

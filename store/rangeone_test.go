@@ -10,8 +10,8 @@ import (
 )
 
 // A single key is read by a plain statement of the store's own, not by
-// walwatch.range: both must answer alike at every revision, for a live key,
-// a deleted one and one never written, with and without CountOnly, and fail
+// walwatch.range: both must answer alike at every revision, for a live key
+// (one of them binary), a deleted one and one never written, with and without CountOnly, and fail
 // alike below the compacted revision and above the current one.
 func TestRangeOneMatchesRangeFunction(t *testing.T) {
 	s, pool := newStore(t, store.Limits{})
@@ -23,11 +23,12 @@ func TestRangeOneMatchesRangeFunction(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	last := mustPut(t, s, "/one/c", "1")
+	mustPut(t, s, "/one/c", "1")
+	last := mustPut(t, s, "/one/\x00\xff", "\x00binary\xff")
 	if _, err := s.Compact(ctx, first+1); err != nil {
 		t.Fatal(err)
 	}
-	for _, key := range []string{"/one/a", "/one/b", "/one/c", "/one/never"} {
+	for _, key := range []string{"/one/a", "/one/b", "/one/c", "/one/\x00\xff", "/one/never"} {
 		for _, rev := range []int64{0, first, first + 1, del.Revision - 1, del.Revision, last, last + 1} {
 			for _, countOnly := range []bool{false, true} {
 				t.Run(fmt.Sprintf("%s@%d/count=%v", key, rev, countOnly), func(t *testing.T) {

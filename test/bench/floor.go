@@ -11,21 +11,11 @@ import (
 	"time"
 
 	"github.com/jackc/pglogrepl"
+	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgconn"
 	"github.com/jackc/pgx/v5/pgproto3"
 	"github.com/jackc/pgx/v5/pgxpool"
 )
-
-// floorSchema is the floor's table: walwatch's row (its columns and
-// indexes), written by a plain INSERT whose revision comes from a sequence
-// default: no function, no lock, no settling.
-const floorSchema = `
-create schema floor;
-create sequence floor.revision;
-create table floor.kv (like walwatch_kv including defaults including indexes);
-alter table floor.kv alter revision set default nextval('floor.revision');
-create publication floor for table floor.kv;
-`
 
 // floorSystem is the physical limit of a logical-replication watch on this
 // machine: walwatch's row written with a plain INSERT and read by a bare
@@ -42,11 +32,9 @@ func newFloorSystem(ctx context.Context, e *env) (*floorSystem, error) {
 	if err != nil {
 		return nil, err
 	}
-	// The table copies walwatch's: its definition, fetched from the
-	// walwatch database, made here under another name.
-	ddl, err := walwatchRowDDL(ctx, e)
+	ddl, err := floorDDL(ctx, e)
 	if err == nil {
-		_, err = clients.Exec(ctx, ddl+strings.ReplaceAll(floorSchema, "walwatch_kv", "public.walwatch_kv"))
+		_, err = clients.Exec(ctx, ddl)
 	}
 	if err != nil {
 		clients.Close()
@@ -55,10 +43,11 @@ func newFloorSystem(ctx context.Context, e *env) (*floorSystem, error) {
 	return &floorSystem{url: e.notifyURL, clients: clients}, nil
 }
 
-// walwatchRowDDL is a create table statement for walwatch.kv's columns and
-// primary key and key index, as public.walwatch_kv.
-func walwatchRowDDL(ctx context.Context, e *env) (string, error) {
-	var cols, idx []string
+// floorDDL makes the floor's table, floor.kv, a copy of walwatch.kv (its
+// columns, defaults and indexes, read from the walwatch database's
+// catalog), written by a plain INSERT whose revision is a sequence
+// default: no function, no lock, no settling.
+func floorDDL(ctx context.Context, e *env) (string, error) {
 	rows, err := e.admin.Query(ctx, `select a.attname || ' ' || format_type(a.atttypid, a.atttypmod) ||
 	                                        case when a.attnotnull then ' not null' else '' end ||
 	                                        coalesce(' default ' || pg_get_expr(d.adbin, d.adrelid), '')
@@ -68,37 +57,26 @@ func walwatchRowDDL(ctx context.Context, e *env) (string, error) {
 	if err != nil {
 		return "", err
 	}
-	for rows.Next() {
-		var c string
-		if err := rows.Scan(&c); err != nil {
-			return "", err
-		}
-		cols = append(cols, c)
-	}
-	if err := rows.Err(); err != nil {
-		return "", err
-	}
-	rows, err = e.admin.Query(ctx, `select replace(pg_get_indexdef(indexrelid), 'walwatch.kv', 'public.walwatch_kv')
-	                                  from pg_index where indrelid = 'walwatch.kv'::regclass and not indisprimary`)
+	cols, err := pgx.CollectRows(rows, pgx.RowTo[string])
 	if err != nil {
 		return "", err
 	}
-	for rows.Next() {
-		var d string
-		if err := rows.Scan(&d); err != nil {
-			return "", err
-		}
-		// Index names are per schema: let PostgreSQL name the copy.
-		if i := strings.Index(d, " ON "); i >= 0 {
-			d = "CREATE INDEX" + d[i:]
-		}
-		idx = append(idx, d)
-	}
-	if err := rows.Err(); err != nil {
+	// Index names are per schema: PostgreSQL names the copies.
+	rows, err = e.admin.Query(ctx, `select 'create index' || substr(def, strpos(def, ' ON ')) || ';'
+	                                  from (select replace(pg_get_indexdef(indexrelid), 'walwatch.kv', 'floor.kv') as def
+	                                          from pg_index where indrelid = 'walwatch.kv'::regclass and not indisprimary) i`)
+	if err != nil {
 		return "", err
 	}
-	return "create table public.walwatch_kv (" + strings.Join(cols, ", ") + ", primary key (revision, sub));\n" +
-		strings.Join(idx, ";\n") + ";\n", nil
+	indexes, err := pgx.CollectRows(rows, pgx.RowTo[string])
+	if err != nil {
+		return "", err
+	}
+	return "create schema floor;\ncreate sequence floor.revision;\n" +
+		"create table floor.kv (" + strings.Join(cols, ", ") + ", primary key (revision, sub));\n" +
+		strings.Join(indexes, "\n") + "\n" +
+		"alter table floor.kv alter revision set default nextval('floor.revision');\n" +
+		"create publication floor for table floor.kv;\n", nil
 }
 
 func (s *floorSystem) close()                      { s.clients.Close() }

@@ -358,37 +358,46 @@ func (e *env) openWatchers(t *testing.T, ctx context.Context, n int, st *stats) 
 	return ws
 }
 
-// open starts w's watch from rev (0: now).
+// open starts w's watch from rev (0: now). A start compacted meanwhile
+// is counted and the watch opened again from now, as a client re-lists.
 func (ws *watchers) open(w *watcher, rev int64) {
 	ctx, cancel := context.WithCancel(ws.ctx)
 	w.cancel, w.done = cancel, make(chan struct{})
+	go func() {
+		defer close(w.done)
+		for ws.follow(ctx, w, rev) {
+			ws.st.compactedResumes.Add(1)
+			rev = 0
+		}
+	}()
+}
+
+// follow reads w's watch from rev until it ends; it reports whether it
+// ended because rev was compacted.
+func (ws *watchers) follow(ctx context.Context, w *watcher, rev int64) (compacted bool) {
 	opts := []clientv3.OpOption{clientv3.WithPrefix()}
 	if rev > 0 {
 		opts = append(opts, clientv3.WithRev(rev))
 	}
-	wch := w.cli.Watch(clientv3.WithRequireLeader(ctx), w.prefix, opts...)
-	go func() {
-		defer close(w.done)
-		for resp := range wch {
-			if resp.CompactRevision > 0 {
-				ws.st.compactedResumes.Add(1)
-				return
-			}
-			if err := resp.Err(); err != nil {
-				if ctx.Err() == nil {
-					ws.st.failed(err)
-				}
-				return
-			}
-			for _, ev := range resp.Events {
-				if ev.Kv.ModRevision <= w.last {
-					ws.st.disorder.Add(1)
-				}
-				w.last = ev.Kv.ModRevision
-			}
-			ws.st.events.Add(int64(len(resp.Events)))
+	for resp := range w.cli.Watch(clientv3.WithRequireLeader(ctx), w.prefix, opts...) {
+		if resp.CompactRevision > 0 {
+			return true
 		}
-	}()
+		if err := resp.Err(); err != nil {
+			if ctx.Err() == nil {
+				ws.st.failed(err)
+			}
+			return false
+		}
+		for _, ev := range resp.Events {
+			if ev.Kv.ModRevision <= w.last {
+				ws.st.disorder.Add(1)
+			}
+			w.last = ev.Kv.ModRevision
+		}
+		ws.st.events.Add(int64(len(resp.Events)))
+	}
+	return false
 }
 
 // churn cancels a share of the watchers every second and resumes each from
