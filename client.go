@@ -276,6 +276,13 @@ func (c *Client) Range(ctx context.Context, req store.RangeRequest) (store.Range
 	if req.Revision < 0 {
 		return store.RangeResponse{}, fmt.Errorf("%w: %d: must be 0 (latest) or positive", store.ErrInvalidRevision, req.Revision)
 	}
+	switch {
+	case req.Revision == 0:
+		return c.rangeLatest(ctx, req)
+	case req.Revision <= c.hub.Visible():
+		// Settled and visible already: the store's own checks suffice.
+		return c.store.Range(ctx, req)
+	}
 	rev, err := c.settled(ctx, req.Revision)
 	if err != nil {
 		return store.RangeResponse{}, err
@@ -284,18 +291,31 @@ func (c *Client) Range(ctx context.Context, req store.RangeRequest) (store.Range
 	return c.store.Range(ctx, req)
 }
 
-// settled returns rev, or the current revision for 0, once every write at
-// or below it is settled and visible.
+// rangeLatest reads at the current revision. The answer stands when every
+// revision up to the one the read found was visible before the read began,
+// so its snapshot holds them all, and that revision is not below what the
+// hub has delivered (a client that saw an event reads at least its
+// revision): one round trip. Otherwise it waits until the revision found
+// (or delivered) is settled and visible and reads again at it.
+func (c *Client) rangeLatest(ctx context.Context, req store.RangeRequest) (store.RangeResponse, error) {
+	visible, delivered := c.hub.Visible(), c.hub.Watermark()
+	res, err := c.store.Range(ctx, req)
+	if err != nil || (res.Revision >= delivered && res.Revision <= visible) {
+		return res, err
+	}
+	req.Revision = max(res.Revision, delivered)
+	if err := c.waitFor(ctx, req.Revision); err != nil {
+		return store.RangeResponse{}, err
+	}
+	return c.store.Range(ctx, req)
+}
+
+// settled returns rev once every write at or below it is settled and
+// visible; a rev above the current revision fails.
 func (c *Client) settled(ctx context.Context, rev int64) (int64, error) {
 	cur, _, err := c.store.Revision(ctx)
 	if err != nil {
 		return 0, err
-	}
-	if rev == 0 {
-		// Never below what the hub has handed to watchers: a client that
-		// saw an event reads at least its revision.
-		rev = max(cur, c.hub.Watermark())
-		cur = rev
 	}
 	if rev > cur {
 		return 0, &store.FutureRevisionError{Revision: rev, CurrentRevision: cur}

@@ -179,6 +179,14 @@ func (h *Hub) WaitFor(ctx context.Context, rev int64) error {
 	}
 }
 
+// Visible returns the revision up to which every write is settled and
+// visible to any snapshot taken from now on, as far as the hub has checked:
+// no round trip, so it may lag behind the table (WaitFor and ReadRevision
+// raise it). It is never above the watermark.
+func (h *Hub) Visible() int64 {
+	return min(h.visible.mark.Load(), h.Watermark())
+}
+
 // ReadRevision returns the highest revision a read can use knowing that it
 // sees everything the hub has delivered or will deliver at or below it, and
 // will never change: load state at it, then watch from the next one.

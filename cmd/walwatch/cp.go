@@ -9,6 +9,7 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"net/http/pprof"
 	"net/url"
 	"os"
 	"strconv"
@@ -48,6 +49,7 @@ type cpOptions struct {
 	// etcd's auto-compaction flags, and the policy read from them.
 	compactionMode, compactionRetention string
 	compaction                          autocompact.Policy
+	pprof                               bool                // etcd's --enable-pprof: /debug/pprof/ on the HTTP API
 	ready                               func(addr net.Addr) // called once listening (tests, demo)
 }
 
@@ -206,6 +208,7 @@ etcd watchers cost one slot.`,
 		"as etcd's: periodic (keep the history of the retention period) or revision (keep that many revisions)")
 	cmd.Flags().StringVar(&o.compactionRetention, "auto-compaction-retention", "0",
 		`as etcd's: for periodic a duration ("1h", "30m") or a number of hours, for revision a number of revisions; 0: no auto-compaction. One cp per database does it`)
+	cmd.Flags().BoolVar(&o.pprof, "enable-pprof", false, "as etcd's: serve Go's runtime profiles at /debug/pprof/ on the HTTP API (no authentication)")
 	addEtcdFlags(cmd, &o.etcd)
 	return cmd
 }
@@ -292,7 +295,24 @@ func runCP(ctx context.Context, log *slog.Logger, pool *pgxpool.Pool, o cpOption
 		Client: client, Slot: o.slot, Tokens: tokens,
 		Registry: reg, Logger: log.With("component", "api"), Stopping: stopping,
 	})
-	return serve(ctx, log, o.listen, api, client, stopping, o.ready, "control plane", sides...)
+	var handler http.Handler = api
+	if o.pprof {
+		handler = withPprof(api)
+	}
+	return serve(ctx, log, o.listen, handler, client, stopping, o.ready, "control plane", sides...)
+}
+
+// withPprof serves Go's runtime profiles under /debug/pprof/ and everything
+// else with h.
+func withPprof(h http.Handler) http.Handler {
+	mux := http.NewServeMux()
+	mux.HandleFunc("/debug/pprof/", pprof.Index)
+	mux.HandleFunc("/debug/pprof/cmdline", pprof.Cmdline)
+	mux.HandleFunc("/debug/pprof/profile", pprof.Profile)
+	mux.HandleFunc("/debug/pprof/symbol", pprof.Symbol)
+	mux.HandleFunc("/debug/pprof/trace", pprof.Trace)
+	mux.Handle("/", h)
+	return mux
 }
 
 // etcdServer returns etcd's v3 API on client, to serve on ln: its client

@@ -87,3 +87,18 @@ func TestStatusAndMetrics(t *testing.T) {
 	d.stop(t)
 	c.stop(t)
 }
+
+// TestPprof: Go's profiles are served on the control plane's HTTP API only
+// with --enable-pprof (etcd's flag), and the API stays as it was beside them.
+func TestPprof(t *testing.T) {
+	t.Parallel()
+	pg := newDatabase(t)
+	off := startCP(t, pg, slotName(t, "pprofoff"))
+	mustStatus(t, "GET /debug/pprof/ without --enable-pprof", get(t, off.url+"/debug/pprof/", ""), http.StatusNotFound)
+	on := startCP(t, pg, slotName(t, "pprofon"), "--enable-pprof")
+	r := mustStatus(t, "GET /debug/pprof/cmdline with --enable-pprof", get(t, on.url+"/debug/pprof/cmdline", ""), http.StatusOK)
+	if !strings.Contains(string(r.body), "--enable-pprof") {
+		t.Errorf("/debug/pprof/cmdline = %q, want the cp's command line", r.body)
+	}
+	mustStatus(t, "PUT /v1/kv/k with --enable-pprof", call(t, http.MethodPut, on.url+"/v1/kv/k", "", "v"), http.StatusOK)
+}
