@@ -1,7 +1,9 @@
 package replication_test
 
 import (
+	"context"
 	"fmt"
+	"runtime"
 	"strings"
 	"sync"
 	"testing"
@@ -152,4 +154,35 @@ func TestCatchUpResponsesBoundedByBytes(t *testing.T) {
 		}
 	}
 	compareHistory(t, "/v/ from the start", got, want)
+}
+
+// An idle watcher, one nobody reads yet, costs at most 2 KiB of the hub's
+// memory (issue 17's target 9): thousands of them are what a control plane
+// with one watch per proxy and prefix holds. Measured as the benchmark does:
+// heap and stacks after a GC, before and after, divided by the watchers.
+func TestIdleWatcherMemory(t *testing.T) {
+	const n, limit = 10000, 2048
+	e := newEnv(t)
+	h := e.startHub(t, replication.Config{})
+	ctx, cancel := context.WithCancel(t.Context())
+	defer cancel()
+	var m0, m1 runtime.MemStats
+	runtime.GC()
+	runtime.ReadMemStats(&m0)
+	ws := make([]*replication.Watcher, n)
+	for i := range ws {
+		w, err := h.Watch(ctx, replication.WatchRequest{Range: store.Prefix([]byte("/idle/"))})
+		if err != nil {
+			t.Fatal(err)
+		}
+		ws[i] = w
+	}
+	runtime.GC()
+	runtime.ReadMemStats(&m1)
+	per := (float64(m1.HeapAlloc+m1.StackInuse) - float64(m0.HeapAlloc+m0.StackInuse)) / n
+	t.Logf("%.0f bytes per idle watcher", per)
+	if per > limit {
+		t.Errorf("an idle watcher costs %.0f bytes, want at most %d", per, limit)
+	}
+	runtime.KeepAlive(ws)
 }

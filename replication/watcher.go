@@ -14,8 +14,11 @@ import (
 // Tunables of the watcher groups, after etcd's watchable store.
 var (
 	// chanBufLen is how many responses a watcher's channel holds before the
-	// watcher counts as too slow and leaves the live group.
-	chanBufLen = 64
+	// watcher counts as too slow and leaves the live group. Every slot costs
+	// every watcher, idle or not, a WatchResponse (64 bytes): 16 keep an
+	// idle one under 2 KiB (TestIdleWatcherMemory); a reader further behind
+	// catches up from the window, as a slow one always has.
+	chanBufLen = 16
 	// maxWatchersPerSync bounds how many catching-up watchers one round of
 	// syncWatchersLoop serves, so one round stays short.
 	maxWatchersPerSync = 512
