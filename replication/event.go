@@ -51,6 +51,12 @@ type WatchRequest struct {
 	// ProgressNotify sends progress responses (no events, Revision set)
 	// while the watcher is idle.
 	ProgressNotify bool
+	// Notify, when set, is called after each response is queued on the
+	// Watcher's C and after C is closed, so that one goroutine can serve
+	// many watchers, receiving from C without blocking when told, rather
+	// than a goroutine each blocked on its C. It may be called with the
+	// hub's lock held: it must return at once and not call the hub.
+	Notify func()
 }
 
 // WatchResponse is one delivery: the events of one or more whole revisions

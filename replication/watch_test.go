@@ -202,3 +202,61 @@ func TestSlowWatcherDoesNotDelayOthers(t *testing.T) {
 		t.Fatalf("stuck watcher got %d", len(got))
 	}
 }
+
+// A watcher read only when Notify says so, never blocking on C, gets every
+// event in order and the close: Notify comes after each response is queued
+// and after C is closed, with PrevKV (whose responses another goroutine
+// forwards) too. More puts than C holds, some before the first read.
+func TestWatchNotify(t *testing.T) {
+	for _, prevKV := range []bool{false, true} {
+		t.Run(fmt.Sprint("PrevKV=", prevKV), func(t *testing.T) {
+			e := newEnv(t)
+			h := e.startHub(t, replication.Config{})
+			wake := make(chan struct{}, 1)
+			ctx, cancel := context.WithCancel(t.Context())
+			defer cancel()
+			w, err := h.Watch(ctx, replication.WatchRequest{Range: store.Prefix([]byte("/n/")), PrevKV: prevKV, Notify: func() {
+				select {
+				case wake <- struct{}{}:
+				default:
+				}
+			}})
+			if err != nil {
+				t.Fatal(err)
+			}
+			var want []int64
+			for i := range 40 {
+				want = append(want, e.put(t, "/n/k", fmt.Sprint(i)))
+			}
+			var got []int64
+			deadline := time.After(30 * time.Second)
+			for closed := false; !closed; {
+				select {
+				case <-wake:
+				case <-deadline:
+					t.Fatalf("no notification for 30s: got revisions %v of %v, closed %v", got, want, closed)
+				}
+				for empty := false; !empty && !closed; {
+					select {
+					case resp, ok := <-w.C:
+						closed = !ok
+						for _, ev := range resp.Events {
+							got = append(got, ev.Revision)
+							if prevKV && ev.Revision > want[0] && ev.PrevKV == nil {
+								t.Errorf("event at %d has no previous value", ev.Revision)
+							}
+						}
+						if len(got) == len(want) {
+							cancel() // and the close must be told too
+						}
+					default:
+						empty = true
+					}
+				}
+			}
+			if !slices.Equal(got, want) {
+				t.Errorf("got revisions %v, want %v", got, want)
+			}
+		})
+	}
+}

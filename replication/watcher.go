@@ -66,6 +66,7 @@ type watcher struct {
 	head     int32
 	progress bool
 	closed   bool
+	notify   func() // WatchRequest.Notify; nil: none
 }
 
 // queueLimit bounds the bytes queued for a watcher (Config.WatcherBytes).
@@ -105,6 +106,13 @@ func (wt *watcher) room(q queueLimit) int {
 	return q.bytes - wt.queued(q)
 }
 
+// tell calls the watcher's Notify, if it has one.
+func (wt *watcher) tell() {
+	if wt.notify != nil {
+		wt.notify()
+	}
+}
+
 // trySend sends resp, of size bytes, if ch has a free slot and is empty or
 // keeps within q.bytes with it, and reports whether it did.
 func (wt *watcher) trySend(resp WatchResponse, size int, q queueLimit) bool {
@@ -114,6 +122,7 @@ func (wt *watcher) trySend(resp WatchResponse, size int, q queueLimit) bool {
 		// common case, at the cost of the plain send it always was.
 		select {
 		case wt.ch <- resp:
+			wt.tell()
 			return true
 		default:
 			return false
@@ -135,6 +144,7 @@ func (wt *watcher) trySend(resp WatchResponse, size int, q queueLimit) bool {
 		wt.head = 0
 	}
 	wt.ch <- resp
+	wt.tell()
 	return true
 }
 
@@ -188,6 +198,11 @@ func (h *Hub) Watch(ctx context.Context, req WatchRequest) (*Watcher, error) {
 		}
 	}
 	wt := &watcher{rng: req.Range, progress: req.ProgressNotify, ch: make(chan WatchResponse, chanBufLen), next: req.StartRevision}
+	if req.Notify != nil && !req.PrevKV {
+		// With PrevKV, ch's reader is withPrevKV's goroutine, and it
+		// tells the caller.
+		wt.notify = req.Notify
+	}
 	h.mu.Lock()
 	if h.closed != nil {
 		err := h.closed
@@ -208,7 +223,7 @@ func (h *Hub) Watch(ctx context.Context, req WatchRequest) (*Watcher, error) {
 
 	pub := &Watcher{C: wt.ch, hub: h, w: wt}
 	if req.PrevKV {
-		pub.C = h.withPrevKV(ctx, wt)
+		pub.C = h.withPrevKV(ctx, wt, req.Notify)
 	}
 	context.AfterFunc(ctx, func() { h.cancel(wt, ctx.Err()) })
 	return pub, nil
@@ -249,6 +264,7 @@ func (h *Hub) cancelLocked(wt *watcher, err error) {
 		}
 	}
 	close(wt.ch)
+	wt.tell()
 	h.metrics.watchers(h.synced.len() + len(h.unsynced) + len(h.victims))
 }
 
@@ -630,9 +646,24 @@ func (h *Hub) progressLoop(ctx context.Context) {
 // withPrevKV forwards wt's responses with each event's previous key-value
 // read from the table. It runs beside the hub, so the read never delays it:
 // while it waits, wt's channel fills and the hub treats wt as slow.
-func (h *Hub) withPrevKV(ctx context.Context, wt *watcher) <-chan WatchResponse {
-	out := make(chan WatchResponse)
+func (h *Hub) withPrevKV(ctx context.Context, wt *watcher, notify func()) <-chan WatchResponse {
+	// One slot, so that a send completes before notify tells the reader:
+	// it receives without blocking.
+	out := make(chan WatchResponse, 1)
+	if notify == nil {
+		notify = func() {}
+	}
+	send := func(resp WatchResponse) bool {
+		select {
+		case out <- resp:
+			notify()
+			return true
+		case <-ctx.Done():
+			return false
+		}
+	}
 	go func() {
+		defer notify()
 		defer close(out)
 		for resp := range wt.ch {
 			resp.Events = slices.Clone(resp.Events) // other watchers may share the slice
@@ -642,17 +673,12 @@ func (h *Hub) withPrevKV(ctx context.Context, wt *watcher) <-chan WatchResponse 
 				// these events would tell the watcher it had them.
 				for resp := range wt.ch {
 					if resp.Canceled {
-						select {
-						case out <- resp:
-						case <-ctx.Done():
-						}
+						send(resp)
 					}
 				}
 				return
 			}
-			select {
-			case out <- resp:
-			case <-ctx.Done():
+			if !send(resp) {
 				h.cancel(wt, ctx.Err())
 				for range wt.ch {
 				}

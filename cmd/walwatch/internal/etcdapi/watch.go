@@ -27,18 +27,15 @@ import (
 var (
 	// maxWatchersPerStream bounds the watchers of one stream, ended ones
 	// that keep their ID until the client cancels them included. etcd has
-	// no bound; here each watcher costs a goroutine and a hub channel (some
-	// 10 KiB before any event is queued), so a stream's memory is bounded
-	// at about 100 MiB. Clients multiplex all the watches of one context on
+	// no bound; here each watcher costs a hub watcher and its channel (some
+	// 2.5 KiB before any event is queued), so a stream's memory is bounded
+	// at about 25 MiB. Clients multiplex all the watches of one context on
 	// one stream: kube-apiserver holds one per resource type, a few hundred.
 	maxWatchersPerStream = 10000
 	// progressRetryInterval is how often a progress request that waits for
 	// a watcher to catch up is tried again (the hub's catch-up loop runs
 	// every 10ms).
 	progressRetryInterval = 10 * time.Millisecond
-	// deliveryQueueLen is how many hub responses the watchers' forwarders
-	// hand to a stream's send loop ahead of it.
-	deliveryQueueLen = 16
 )
 
 // IDs with a meaning in etcd's Watch (clientv3's AutoWatchID and
@@ -76,8 +73,9 @@ var _ pb.WatchServer = (*watchServer)(nil)
 // Watch serves one stream: a goroutine reads requests and prepares
 // creates (their hub watch may read the compacted revision from
 // PostgreSQL); the handler's goroutine owns the stream's state and is the
-// only one that sends, as grpc-go requires; a forwarder per watcher hands
-// the send loop what the hub delivers. Everything ends with the stream's
+// only one that sends, as grpc-go requires, and receives what the hub
+// delivers to each watcher when the hub says there is something (no
+// goroutine per watcher: thousands of watchers on one stream are common). Everything ends with the stream's
 // context, which also ends when the server stops (Server.endOnStop).
 func (ws *watchServer) Watch(stream pb.Watch_WatchServer) error {
 	ctx, cancel := context.WithCancel(stream.Context())
@@ -88,7 +86,7 @@ func (ws *watchServer) Watch(stream pb.Watch_WatchServer) error {
 		grpc:    stream,
 		log:     ws.s.log.With("component", "etcd-watch"),
 		watches: map[int64]*watch{},
-		out:     make(chan delivery, deliveryQueueLen),
+		ready:   make(chan struct{}, 1),
 	}
 	ws.s.metrics.streams.Inc()
 	defer ws.s.metrics.streams.Dec()
@@ -99,11 +97,10 @@ func (ws *watchServer) Watch(stream pb.Watch_WatchServer) error {
 	// the client has gone), as etcd notes for its own receive loop.
 	go st.recvLoop(ctx, reqs, recvErr)
 	err := st.sendLoop(ctx, reqs, recvErr)
-	cancel() // ends every hub watcher, so their forwarders return
+	cancel() // ends every hub watcher
 	for _, w := range st.watches {
 		st.remove(w)
 	}
-	st.wg.Wait()
 	return err
 }
 
@@ -116,8 +113,13 @@ type watchStream struct {
 
 	watches map[int64]*watch // by ID, ended ones too until the client cancels them
 	nextID  int64            // the next ID to try for a create that asks the server for one
-	out     chan delivery    // from the forwarders
-	wg      sync.WaitGroup   // the forwarders
+
+	// The watchers the hub has queued something for since the send loop
+	// last looked, in order (the hub's Notify, from its goroutines), and a
+	// wake-up for the send loop.
+	readyMu sync.Mutex
+	readyQ  []*watch
+	ready   chan struct{}
 
 	progress progressAll
 	retry    *time.Ticker // runs while a progress request is deferred
@@ -144,6 +146,9 @@ type watch struct {
 	holding          bool       // its mark of the progress round in flight has come: hold the rest
 	held             []delivery // what came after that mark, sent once the round is answered
 	countedInMetrics bool       // in the watchers gauge: started and not ended
+	started          bool       // created: the send loop may receive its hub responses
+	drained          bool       // its hub channel is closed and was read to the end
+	queued           bool       // in readyQ; guarded by readyMu
 }
 
 // markKind says why a progress mark was asked for.
@@ -165,8 +170,8 @@ type progressAll struct {
 	members     []*watch
 }
 
-// delivery is what a forwarder hands the send loop: a hub response of w,
-// or (end) the end of w's hub watcher with why.
+// delivery is a hub response of w, or (end) the end of w's hub watcher
+// with why.
 type delivery struct {
 	w    *watch
 	resp replication.WatchResponse
@@ -267,7 +272,10 @@ func (st *watchStream) prepare(ctx context.Context, r *pb.WatchCreateRequest) *w
 	// resumes at its created response's revision, and must miss nothing.
 	w.header = st.hub.Watermark()
 	w.ctx, w.stop = context.WithCancel(ctx)
-	hw, err := st.s.cfg.Client.Watch(w.ctx, replication.WatchRequest{Range: rng, StartRevision: r.StartRevision, PrevKV: r.PrevKv})
+	hw, err := st.s.cfg.Client.Watch(w.ctx, replication.WatchRequest{
+		Range: rng, StartRevision: r.StartRevision, PrevKV: r.PrevKv,
+		Notify: func() { st.wake(w) },
+	})
 	var ce *store.CompactedError
 	switch {
 	case errors.As(err, &ce):
@@ -326,8 +334,8 @@ func (st *watchStream) sendLoop(ctx context.Context, reqs <-chan *watchOp, recvE
 				continue
 			}
 			err = st.handleOp(op)
-		case d := <-st.out:
-			err = st.deliver(d)
+		case <-st.ready:
+			err = st.receive()
 		case <-notify.C:
 			st.notifyTick()
 		case <-retryC:
@@ -408,8 +416,8 @@ func (st *watchStream) create(c *watchCreate) error {
 	if c.compacted > 0 {
 		return st.sendCompacted(w, c.compacted)
 	}
-	st.wg.Add(1)
-	go st.forward(w)
+	w.started = true
+	st.wake(w) // what the hub queued before
 	return nil
 }
 
@@ -436,8 +444,8 @@ func (st *watchStream) cancel(id int64) error {
 	return st.send(&pb.WatchResponse{Header: st.s.header(st.hub.Watermark()), WatchId: id, Canceled: true})
 }
 
-// remove forgets w and ends its hub watcher; what its forwarder still hands
-// over is dropped.
+// remove forgets w and ends its hub watcher; what the hub still queued for
+// it is dropped.
 func (st *watchStream) remove(w *watch) {
 	delete(st.watches, w.id)
 	w.stopIfStarted()
@@ -451,25 +459,58 @@ func (st *watchStream) uncount(w *watch) {
 	}
 }
 
-// forward hands w's hub responses to the send loop until w ends.
-func (st *watchStream) forward(w *watch) {
-	defer st.wg.Done()
-	for resp := range w.hw.C {
-		select {
-		case st.out <- delivery{w: w, resp: resp}:
-		case <-w.ctx.Done():
-			for range w.hw.C { // the hub closes C now that ctx has ended
-			}
-			return
-		}
+// wake tells the send loop that the hub queued something for w, or closed
+// its channel. It is the hub's Notify: it must not block.
+func (st *watchStream) wake(w *watch) {
+	st.readyMu.Lock()
+	if !w.queued {
+		w.queued = true
+		st.readyQ = append(st.readyQ, w)
 	}
+	st.readyMu.Unlock()
 	select {
-	case st.out <- delivery{w: w, end: true, err: w.hw.Err()}:
-	case <-w.ctx.Done():
+	case st.ready <- struct{}{}:
+	default:
 	}
 }
 
-// deliver handles a forwarder's delivery, or holds it while a progress
+// receive delivers what the hub has queued for the watchers it woke the
+// send loop for. A watcher leaves readyQ before its channel is read, so a
+// response queued meanwhile wakes the loop again.
+func (st *watchStream) receive() error {
+	st.readyMu.Lock()
+	ws := st.readyQ
+	st.readyQ = nil
+	for _, w := range ws {
+		w.queued = false
+	}
+	st.readyMu.Unlock()
+	for _, w := range ws {
+		if !w.started || w.drained {
+			continue // create wakes it once it has an ID
+		}
+		for more := true; more; {
+			select {
+			case resp, ok := <-w.hw.C:
+				var err error
+				if ok {
+					err = st.deliver(delivery{w: w, resp: resp})
+				} else {
+					w.drained, more = true, false
+					err = st.deliver(delivery{w: w, end: true, err: w.hw.Err()})
+				}
+				if err != nil {
+					return err
+				}
+			default:
+				more = false
+			}
+		}
+	}
+	return nil
+}
+
+// deliver handles a delivery, or holds it while a progress
 // round waits for other watchers.
 func (st *watchStream) deliver(d delivery) error {
 	w := d.w
