@@ -6,11 +6,7 @@ import (
 	"fmt"
 	"io"
 	"net/http"
-	"os"
-	"os/exec"
 	"path/filepath"
-	"strings"
-	"syscall"
 	"time"
 
 	"github.com/jackc/pgx/v5/pgxpool"
@@ -23,28 +19,24 @@ import (
 // is dropped when it stops, so it never holds WAL while the other systems
 // run.
 type cpProcess struct {
-	bin, pgURL, logPath, slot string
-	admin                     *pgxpool.Pool
-	probe                     *http.Client // for /readyz
+	serverProcess
+	bin, pgURL, slot string
+	admin            *pgxpool.Pool
+	probe            *http.Client // for /readyz
 
-	cmd  *exec.Cmd
 	base string // http://127.0.0.1:PORT, the HTTP API
-	exit chan error
 }
 
 // newCPProcess is a cp on slot that logs to logName in the run's temp dir.
 func newCPProcess(e *env, slot, logName string) *cpProcess {
 	return &cpProcess{
-		bin: e.bin, pgURL: e.walwatchURL, logPath: filepath.Join(e.dir, logName), slot: slot, admin: e.admin,
-		probe: &http.Client{Timeout: 5 * time.Second},
+		serverProcess: serverProcess{name: "cp", logPath: filepath.Join(e.dir, logName)},
+		bin:           e.bin,
+		pgURL:         e.walwatchURL,
+		slot:          slot,
+		admin:         e.admin,
+		probe:         &http.Client{Timeout: 5 * time.Second},
 	}
-}
-
-func (p *cpProcess) pids() []int {
-	if p.cmd == nil {
-		return nil
-	}
-	return []int{p.cmd.Process.Pid}
 }
 
 // start runs cp with its HTTP API on a free port and args after its own,
@@ -54,23 +46,11 @@ func (p *cpProcess) start(ctx context.Context, args ...string) error {
 	if err != nil {
 		return err
 	}
-	logf, err := os.OpenFile(p.logPath, os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o600)
-	if err != nil {
-		return fmt.Errorf("cp log: %w", err)
-	}
-	defer logf.Close() // the child has its own descriptor
 	addr := fmt.Sprintf("127.0.0.1:%d", port)
-	cmd := exec.Command(p.bin, append([]string{"--postgres", p.pgURL, "cp", "--listen", addr, "--slot", p.slot}, args...)...)
-	cmd.Stdout, cmd.Stderr = logf, logf
-	// Its own process group, so a Ctrl-C reaches it only through us, and
-	// killed if we die without cleaning up.
-	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true, Pdeathsig: syscall.SIGKILL}
-	if err := cmd.Start(); err != nil {
-		return fmt.Errorf("start cp: %w", err)
+	if err := p.serverProcess.start(p.bin, append([]string{"--postgres", p.pgURL, "cp", "--listen", addr, "--slot", p.slot}, args...)...); err != nil {
+		return err
 	}
-	p.cmd, p.base, p.exit = cmd, "http://"+addr, make(chan error, 1)
-	go func() { p.exit <- cmd.Wait() }()
-
+	p.base = "http://" + addr
 	return p.await(ctx, "/readyz", func(ctx context.Context) error {
 		req, err := http.NewRequestWithContext(ctx, http.MethodGet, p.base+"/readyz", nil)
 		if err != nil {
@@ -89,53 +69,26 @@ func (p *cpProcess) start(ctx context.Context, args ...string) error {
 	})
 }
 
-// await calls ready every 20 ms until it succeeds, for at most 30 s; if the
-// cp exits or the time runs out first, it stops the cp and says why.
+// await is serverProcess.await that stops the cp (and drops its slot) if
+// it does not become ready.
 func (p *cpProcess) await(ctx context.Context, what string, ready func(context.Context) error) error {
-	deadline := time.Now().Add(30 * time.Second)
-	for {
-		err := ready(ctx)
-		if err == nil {
-			return nil
-		}
-		select {
-		case exitErr := <-p.exit:
-			p.exit <- exitErr
-			return errors.Join(fmt.Errorf("cp exited: %v\n%s", exitErr, p.logTail()), p.stop(ctx))
-		case <-ctx.Done():
-			return errors.Join(ctx.Err(), p.stop(ctx))
-		case <-time.After(20 * time.Millisecond):
-		}
-		if time.Now().After(deadline) {
-			return errors.Join(fmt.Errorf("cp: %s not ready within 30s: %v\n%s", what, err, p.logTail()), p.stop(ctx))
-		}
+	if err := p.serverProcess.await(ctx, what, ready); err != nil {
+		return errors.Join(err, p.stop(ctx))
 	}
+	return nil
 }
 
 // stop stops the cp (SIGTERM, then SIGKILL after 10s) and drops its slot.
 func (p *cpProcess) stop(ctx context.Context) error {
-	if p.cmd == nil {
+	if !p.running() {
 		return nil
 	}
 	p.probe.CloseIdleConnections()
-	_ = p.cmd.Process.Signal(syscall.SIGTERM)
-	select {
-	case <-p.exit:
-	case <-time.After(10 * time.Second):
-		_ = p.cmd.Process.Kill()
-		<-p.exit
-	}
-	p.cmd = nil
+	p.serverProcess.stop()
 	dctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 30*time.Second)
 	defer cancel()
 	if err := replication.DropSlot(dctx, p.admin, p.slot, true); err != nil && !errors.Is(err, replication.ErrSlotNotFound) {
 		return fmt.Errorf("drop the cp's slot: %w", err)
 	}
 	return nil
-}
-
-func (p *cpProcess) logTail() string {
-	b, _ := os.ReadFile(p.logPath)
-	lines := strings.Split(strings.TrimSpace(string(b)), "\n")
-	return strings.Join(lines[max(0, len(lines)-20):], "\n")
 }

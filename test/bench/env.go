@@ -23,18 +23,21 @@ import (
 )
 
 // env is everything the systems run on: one private PostgreSQL with the
-// walwatch and notify databases, an embedded etcd, and the walwatch binary
-// for the control-plane pass. Close undoes all of it.
+// walwatch and notify databases (and kine's, when kine runs), an embedded
+// etcd, the walwatch binary for the control-plane pass and, when kine runs,
+// kine's binary. Close undoes all of it.
 type env struct {
-	dir     string // temp dir for etcd's data, the binary and logs
+	dir     string // temp dir for etcd's data, the binaries and logs
 	cluster *pgcluster.Cluster
 	etcd    *embed.Etcd
 	etcdURL string
 	bin     string // the walwatch binary
+	kineBin string // kine's binary; "" when kine does not run
 	log     *slog.Logger
 
 	walwatchURL string
 	notifyURL   string
+	kineURL     string        // kine's database; "" when kine does not run
 	admin       *pgxpool.Pool // walwatch database, for LSNs and slot admin
 	cpu         *cpuMeter
 }
@@ -49,8 +52,9 @@ var pgSettings = map[string]string{
 	"full_page_writes":   "on",
 }
 
-// startEnv starts everything. On error, what was started is stopped.
-func startEnv(ctx context.Context, repoDir string, log *slog.Logger) (_ *env, err error) {
+// startEnv starts everything, with kine's binary and database if withKine.
+// On error, what was started is stopped.
+func startEnv(ctx context.Context, repoDir string, withKine bool, log *slog.Logger) (_ *env, err error) {
 	dir, err := os.MkdirTemp("", "walwatch-bench-")
 	if err != nil {
 		return nil, fmt.Errorf("temp dir: %w", err)
@@ -62,8 +66,13 @@ func startEnv(ctx context.Context, repoDir string, log *slog.Logger) (_ *env, er
 		}
 	}()
 
-	buildDone := make(chan error, 1)
+	buildDone := make(chan error, 2)
 	go func() { buildDone <- e.buildBinary(ctx, repoDir) }()
+	if withKine {
+		go func() { buildDone <- e.buildKine(ctx) }()
+	} else {
+		buildDone <- nil
+	}
 
 	start := time.Now()
 	e.cluster, err = pgcluster.Start(ctx, pgcluster.Options{Settings: pgSettings})
@@ -75,6 +84,11 @@ func startEnv(ctx context.Context, repoDir string, log *slog.Logger) (_ *env, er
 	}
 	if e.notifyURL, err = e.cluster.CreateDatabase(ctx, "notify"); err != nil {
 		return nil, fmt.Errorf("create database notify: %w", err)
+	}
+	if withKine {
+		if e.kineURL, err = e.cluster.CreateDatabase(ctx, "kine"); err != nil {
+			return nil, fmt.Errorf("create database kine: %w", err)
+		}
 	}
 	if e.admin, err = newPool(ctx, e.walwatchURL, 4); err != nil {
 		return nil, err
@@ -93,7 +107,7 @@ func startEnv(ctx context.Context, repoDir string, log *slog.Logger) (_ *env, er
 	}
 	log.Info("etcd ready", "url", e.etcdURL, "took", time.Since(start).Round(time.Millisecond))
 
-	if err := <-buildDone; err != nil {
+	if err := errors.Join(<-buildDone, <-buildDone); err != nil {
 		return nil, err
 	}
 	return e, nil

@@ -2,7 +2,7 @@
 // with etcd, side by side on this machine, and writes results.json, a
 // README.md with the tables and a chart.
 //
-//	go run . [-quick] [-out DIR]
+//	go run . [-quick] [-out DIR] [-systems NAME,NAME]
 package main
 
 import (
@@ -56,8 +56,10 @@ func quickConfig() config {
 type bench struct {
 	cfg        config
 	env        *env
-	walwatch   *walwatchSystem
+	selected   map[string]bool // the systems this run measures, by name
+	walwatch   *walwatchSystem // nil unless selected, as are etcd and kine
 	etcd       *etcdSystem
+	etcdAPI    *etcdAPISystem
 	systems    []system // in turn order
 	walSystems map[string]bool
 	keys       [][]byte
@@ -71,11 +73,21 @@ type bench struct {
 func main() {
 	quick := flag.Bool("quick", false, "a short run: the same figures from shorter measurements")
 	out := flag.String("out", "../../docs/benchmarks", "directory for results.json, README.md and the chart")
+	holdWatchesURL := flag.String("hold-watches", "", "(the watcher memory figure's child process) hold idle etcd watches on this server until standard input closes")
+	only := flag.String("systems", "", "comma-separated systems to measure, of "+strings.Join(systemOrder, ", ")+
+		" (default: all; a quick run leaves kine out unless it is named here)")
 	flag.Parse()
 
+	if *holdWatchesURL != "" {
+		if err := holdWatches(*holdWatchesURL); err != nil {
+			fmt.Fprintln(os.Stderr, "bench -hold-watches:", err)
+			os.Exit(1)
+		}
+		return
+	}
 	log := slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelInfo}))
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
-	err := run(ctx, *quick, *out, log)
+	err := run(ctx, *quick, *only, *out, log)
 	stop()
 	if err != nil {
 		fmt.Fprintln(os.Stderr, "bench:", err)
@@ -83,13 +95,17 @@ func main() {
 	}
 }
 
-func run(ctx context.Context, quick bool, outDir string, log *slog.Logger) error {
+func run(ctx context.Context, quick bool, only, outDir string, log *slog.Logger) error {
 	started := time.Now()
 	cfg := fullConfig()
 	if quick {
 		cfg = quickConfig()
 	}
-	outDir, err := filepath.Abs(outDir)
+	selected, err := selectSystems(only, quick)
+	if err != nil {
+		return err
+	}
+	outDir, err = filepath.Abs(outDir)
 	if err != nil {
 		return err
 	}
@@ -106,14 +122,14 @@ func run(ctx context.Context, quick bool, outDir string, log *slog.Logger) error
 		return fmt.Errorf("git describe: %w", err)
 	}
 
-	e, err := startEnv(ctx, repoDir, log)
+	e, err := startEnv(ctx, repoDir, selected["kine"], log)
 	if err != nil {
 		return err
 	}
 	defer e.Close()
 
-	b := &bench{cfg: cfg, env: e, walSystems: map[string]bool{"walwatch": true, "notify": true, "floor": true},
-		value: make([]byte, valueSize), samples: samples{}, out: os.Stdout, log: log}
+	b := &bench{cfg: cfg, env: e, selected: selected, value: make([]byte, valueSize), samples: samples{}, out: os.Stdout, log: log,
+		walSystems: map[string]bool{"walwatch": true, "notify": true, "floor": true, "kine": true}}
 	for i := range b.value {
 		b.value[i] = 'a' + byte(i%26)
 	}
@@ -136,25 +152,37 @@ func run(ctx context.Context, quick bool, outDir string, log *slog.Logger) error
 			}
 		}
 	}
-	log.Info("fan-out")
-	if err := b.quiesce(ctx); err != nil {
+	// Fan-out and catch-up drive walwatch's hub and etcd directly: each
+	// runs only if its system does.
+	if b.walwatch != nil {
+		log.Info("fan-out", "system", "walwatch")
+		if err := b.quiesce(ctx); err != nil {
+			return err
+		}
+		if err := b.fanoutWalwatch(ctx); err != nil {
+			return err
+		}
+	}
+	if b.etcd != nil {
+		log.Info("fan-out", "system", "etcd")
+		if err := b.quiesce(ctx); err != nil {
+			return err
+		}
+		if err := b.fanoutEtcd(ctx); err != nil {
+			return err
+		}
+	}
+	if err := b.watcherMemory(ctx); err != nil {
 		return err
 	}
-	if err := b.fanoutWalwatch(ctx); err != nil {
-		return err
-	}
-	if err := b.quiesce(ctx); err != nil {
-		return err
-	}
-	if err := b.fanoutEtcd(ctx); err != nil {
-		return err
-	}
-	log.Info("catch-up")
-	if err := b.quiesce(ctx); err != nil {
-		return err
-	}
-	if err := b.catchup(ctx); err != nil {
-		return err
+	if b.walwatch != nil {
+		log.Info("catch-up")
+		if err := b.quiesce(ctx); err != nil {
+			return err
+		}
+		if err := b.catchup(ctx); err != nil {
+			return err
+		}
 	}
 
 	res, err := b.results(ctx, strings.TrimSpace(string(commit)))
@@ -177,8 +205,34 @@ func run(ctx context.Context, quick bool, outDir string, log *slog.Logger) error
 	return nil
 }
 
-// openSystems connects the systems, loads the benchmark's keys into
-// each store, and returns how to close them.
+// selectSystems is the set of systems a run measures: those named in list
+// (comma-separated) or, if it is empty, all of them, but for kine in a
+// quick run: its build and preload take longer than a quick run's
+// measurements, so a quick run measures it only when it is named.
+func selectSystems(list string, quick bool) (map[string]bool, error) {
+	sel := map[string]bool{}
+	if strings.TrimSpace(list) == "" {
+		for _, s := range systemOrder {
+			sel[s] = !quick || s != "kine"
+		}
+		return sel, nil
+	}
+	known := map[string]bool{}
+	for _, s := range systemOrder {
+		known[s] = true
+	}
+	for s := range strings.SplitSeq(list, ",") {
+		s = strings.TrimSpace(s)
+		if !known[s] {
+			return nil, fmt.Errorf("-systems: unknown system %q; the systems are %s", s, strings.Join(systemOrder, ", "))
+		}
+		sel[s] = true
+	}
+	return sel, nil
+}
+
+// openSystems connects the selected systems, loads the benchmark's keys
+// into each store, and returns how to close them.
 func (b *bench) openSystems(ctx context.Context) (func(), error) {
 	var closers []func()
 	closeAll := func() {
@@ -186,50 +240,91 @@ func (b *bench) openSystems(ctx context.Context) (func(), error) {
 			closers[i]()
 		}
 	}
-	ww, err := newWalwatchSystem(ctx, b.env)
-	if err != nil {
-		return nil, err
-	}
-	closers = append(closers, ww.close)
-	nt, err := newNotifySystem(ctx, b.env)
-	if err != nil {
+	fail := func(err error) (func(), error) {
 		closeAll()
 		return nil, err
 	}
-	closers = append(closers, nt.close)
-	fl, err := newFloorSystem(ctx, b.env)
-	if err != nil {
-		closeAll()
-		return nil, err
+	sel := b.selected
+	var preloads []func() error
+	// walwatch_http and walwatch_etcd serve the walwatch database, whose
+	// keys walwatch's pool loads.
+	if sel["walwatch"] || sel["walwatch_http"] || sel["walwatch_etcd"] {
+		ww, err := newWalwatchSystem(ctx, b.env)
+		if err != nil {
+			return fail(err)
+		}
+		closers = append(closers, ww.close)
+		preloads = append(preloads, func() error {
+			return preloadSQL(ctx, ww.clients, `select count(walwatch.put(k, $2)) from unnest($1::bytea[]) k`, b.keys, b.value)
+		})
+		if sel["walwatch"] {
+			b.walwatch = ww
+			b.systems = append(b.systems, ww)
+		}
 	}
-	closers = append(closers, fl.close)
-	et, err := newEtcdSystem(b.env)
-	if err != nil {
-		closeAll()
-		return nil, err
-	}
-	closers = append(closers, et.close)
-	hs := newHTTPSystem(b.env)
-	ea := newEtcdAPISystem(b.env)
-	for _, s := range []system{hs, ea} {
+	for _, s := range []system{newHTTPSystem(b.env), newEtcdAPISystem(b.env)} {
+		if !sel[s.name()] {
+			continue
+		}
+		if ea, ok := s.(*etcdAPISystem); ok {
+			b.etcdAPI = ea
+		}
 		closers = append(closers, func() {
 			if err := s.end(context.Background()); err != nil {
 				b.log.Warn("stop cp", "system", s.name(), "err", err)
 			}
 		})
+		b.systems = append(b.systems, s)
 	}
-	b.walwatch, b.etcd = ww, et
-	b.systems = []system{ww, hs, ea, et, nt, fl}
+	if sel["etcd"] {
+		et, err := newEtcdSystem(b.env)
+		if err != nil {
+			return fail(err)
+		}
+		closers = append(closers, et.close)
+		preloads = append(preloads, func() error { return et.preload(ctx, b.keys, b.value) })
+		b.etcd = et
+		b.systems = append(b.systems, et)
+	}
+	if sel["kine"] {
+		kn, err := newKineSystem(ctx, b.env)
+		if err != nil {
+			return fail(err)
+		}
+		closers = append(closers, kn.close)
+		preloads = append(preloads, func() error { return kn.preload(ctx, b.keys, b.value) })
+		b.systems = append(b.systems, kn)
+	}
+	if sel["notify"] {
+		nt, err := newNotifySystem(ctx, b.env)
+		if err != nil {
+			return fail(err)
+		}
+		closers = append(closers, nt.close)
+		preloads = append(preloads, func() error {
+			return preloadSQL(ctx, nt.clients, `select count(notify.set(convert_from(k, 'UTF8'), $2)) from unnest($1::bytea[]) k`, b.keys, b.value)
+		})
+		b.systems = append(b.systems, nt)
+	}
+	if sel["floor"] {
+		fl, err := newFloorSystem(ctx, b.env)
+		if err != nil {
+			return fail(err)
+		}
+		closers = append(closers, fl.close)
+		preloads = append(preloads, func() error {
+			return preloadSQL(ctx, fl.clients, `insert into floor.kv (key, value) select k, $2 from unnest($1::bytea[]) k`, b.keys, b.value)
+		})
+		b.systems = append(b.systems, fl)
+	}
 
 	b.log.Info("loading keys", "keys", len(b.keys))
-	if err := errors.Join(
-		preloadSQL(ctx, ww.clients, `select count(walwatch.put(k, $2)) from unnest($1::bytea[]) k`, b.keys, b.value),
-		preloadSQL(ctx, nt.clients, `select count(notify.set(convert_from(k, 'UTF8'), $2)) from unnest($1::bytea[]) k`, b.keys, b.value),
-		preloadSQL(ctx, fl.clients, `insert into floor.kv (key, value) select k, $2 from unnest($1::bytea[]) k`, b.keys, b.value),
-		et.preload(ctx, b.keys, b.value),
-	); err != nil {
-		closeAll()
-		return nil, err
+	var errs []error
+	for _, preload := range preloads {
+		errs = append(errs, preload())
+	}
+	if err := errors.Join(errs...); err != nil {
+		return fail(err)
 	}
 	return closeAll, nil
 }
@@ -315,7 +410,7 @@ func (b *bench) results(ctx context.Context, commit string) (*Results, error) {
 		}
 		lagNotes = append(lagNotes, fmt.Sprintf("%s (%s)", name, strings.Join(parts, ", ")))
 		cpu := pick(name, "cpu_s_per_10k_puts", []string{"postgres", "self", "extra"})
-		cpuNotes = append(cpuNotes, fmt.Sprintf("%s %.2f s PostgreSQL + %.2f s benchmark process + %.2f s cp",
+		cpuNotes = append(cpuNotes, fmt.Sprintf("%s %.2f s PostgreSQL + %.2f s benchmark process + %.2f s its own process (cp, kine)",
 			name, cpu["postgres"], cpu["self"], cpu["extra"]))
 	}
 	for _, name := range []string{"walwatch", "etcd"} {
@@ -328,8 +423,10 @@ func (b *bench) results(ctx context.Context, commit string) (*Results, error) {
 			}
 		}
 	}
-	if v, ok := b.samples.median("walwatch", "memory_per_watcher_bytes", "10000"); ok {
-		r.MemoryPerWatcher["walwatch"] = v
+	for _, name := range []string{"walwatch", "walwatch_etcd", "etcd"} {
+		if v, ok := b.samples.median(name, "memory_per_watcher_bytes", "10000"); ok {
+			r.MemoryPerWatcher[name] = v
+		}
 	}
 	r.CatchupEventsPerS, _ = b.samples.median("walwatch", "catchup_events_per_s", "")
 	r.Notes = b.notes(names, lagNotes, cpuNotes)
@@ -353,12 +450,16 @@ func (b *bench) quiesce(ctx context.Context) error {
 // systems in turn order.
 func (b *bench) notes(names, lagNotes, cpuNotes []string) []string {
 	c := b.cfg
-	return []string{
-		fmt.Sprintf("Everything ran on this one machine (%d cores), servers and benchmark clients alike: one private PostgreSQL (both databases) and an embedded etcd, fsync on. "+
+	dbs := "its walwatch and notify databases"
+	if b.selected["kine"] {
+		dbs += ", and kine's"
+	}
+	notes := []string{
+		fmt.Sprintf("Everything ran on this one machine (%d cores), servers and benchmark clients alike: one private PostgreSQL (%s) and an embedded etcd, fsync on. "+
 			"Systems take turns, all workloads of one system per turn, rounds interleaved (%s, %s, ...); "+
 			"every figure is the median of %d rounds. Before each turn, each fan-out and the catch-up the benchmark waits until no autovacuum worker runs, "+
 			"so that no measurement pays for vacuuming what earlier ones wrote (%v in all in this run).",
-			runtime.NumCPU(), strings.Join(names, ", "), names[0], c.rounds, b.quiesced.Round(100*time.Millisecond)),
+			runtime.NumCPU(), dbs, strings.Join(names, ", "), names[0], c.rounds, b.quiesced.Round(100*time.Millisecond)),
 		fmt.Sprintf("Puts: %d keys under %s, %d-byte values, random keys, each client on its own connection; %v per measurement. "+
 			"With a watcher, the watcher must have every event before the next measurement; how long it lagged behind the writers after each phase "+
 			"(median, by client count; polled every millisecond): %s.", numKeys, prefix, valueSize, c.putDur, strings.Join(lagNotes, "; ")),
@@ -383,16 +484,26 @@ func (b *bench) notes(names, lagNotes, cpuNotes []string) []string {
 			"(cluster-wide, so what the watching side writes counts).", c.walPuts),
 		fmt.Sprintf("CPU per 10,000 puts: %d puts by %d clients, watcher attached, until the watcher had them all; user+system time of every PostgreSQL process "+
 			"(postmaster and all its children, from /proc) plus this benchmark process (which holds the benchmark clients, the walwatch hub, and the embedded etcd), "+
-			"plus the cp for walwatch_http and walwatch_etcd. Counted alike for every system, so every figure includes its clients' CPU and the idle other servers' housekeeping. "+
+			"plus the cp for walwatch_http and walwatch_etcd and kine's process for kine. Counted alike for every system, so every figure includes its clients' CPU and the idle other servers' housekeeping. "+
 			"Split (medians): %s.",
 			c.cpuPuts, cpuClients, strings.Join(cpuNotes, "; ")),
 		fmt.Sprintf("Fan-out: N watchers on %s, then %d puts of one key, each timed until every watcher has its event. walwatch: one hub (one slot), "+
 			"N hub watchers each read by a goroutine. etcd: N watches spread over %d clients (one gRPC watch stream each). Memory per watcher: "+
 			"Go heap plus goroutine stacks after GC, before and after creating 10,000 hub watchers (not yet read), divided by 10,000.",
 			fanPrefix, c.fanoutPuts, etcdFanClients),
+		fmt.Sprintf("etcd-API watcher memory: another process (this program with -hold-watches) opens %d idle watches, each on its own prefix, all on one gRPC watch stream "+
+			"(the etcd Go client, one context), to etcd and to walwatch_etcd's cp; the server's Go heap plus goroutine stacks after a GC (etcd: this process, after runtime.GC; "+
+			"the cp: its /metrics after a heap profile asked with gc=1), before and after, divided by the watches. The client's memory is not counted.", watchMemWatchers),
 		fmt.Sprintf("Catch-up: %d revisions written in transactions of 5,000 puts and settled by a hub, then a new watcher on that hub from the first "+
 			"of them (served from the table, as they are past the in-memory window), timed until it had them all.", c.catchupRows),
 	}
+	if b.selected["kine"] {
+		notes = append(notes, kineNote())
+	}
+	if len(names) < len(systemOrder) {
+		notes = append(notes, fmt.Sprintf("This run measured only %s (-systems, or kine left out of a quick run).", strings.Join(names, ", ")))
+	}
+	return notes
 }
 
 // printSummary prints the figures as a table, one column per system.

@@ -22,7 +22,7 @@ import (
 
 // The systems in the order the tables and the chart show them; any other
 // system found in the results follows, sorted by name.
-var systemOrder = []string{"walwatch", "walwatch_http", "walwatch_etcd", "etcd", "notify", "floor"}
+var systemOrder = []string{"walwatch", "walwatch_http", "walwatch_etcd", "etcd", "kine", "notify", "floor"}
 
 // versus are the pairs of systems the report also compares directly, the
 // first's figures divided by the second's: walwatch's etcd API against
@@ -522,7 +522,7 @@ func renderReadme(r *Results) string {
 		}
 	}
 	b.WriteString("## Targets\n\n")
-	fmt.Fprintf(&b, "From issue 5, measured side by side in this run: %d of %d targets met", nMet, len(targets))
+	fmt.Fprintf(&b, "Issue 17's targets, each a ratio between systems measured side by side in this run (the first number is the target's): %d of %d met", nMet, len(targets))
 	if nMeasured < len(targets) {
 		fmt.Fprintf(&b, " (%d not measured)", len(targets)-nMeasured)
 	}
@@ -584,105 +584,123 @@ func judge(ok, pass bool) targetStatus {
 	return missed
 }
 
-// evalTargets computes issue 5's targets from the figures of this run.
+// figure is one system's figure for a target.
+type figure struct {
+	sys    string
+	v      float64
+	ok     bool
+	format func(float64) string
+}
+
+func sysFigure(r *Results, sys string, m metric, key string, format func(float64) string) figure {
+	v, ok := sysValue(r, sys, m, key)
+	return figure{sys, v, ok, format}
+}
+
+func mapFigure(sys string, m map[string]float64, format func(float64) string) figure {
+	v, ok := mapValue(m, sys)
+	return figure{sys, v, ok, format}
+}
+
+// bound says which way a target's ratio must go.
+type bound int
+
+const (
+	atLeast bound = iota // a ÷ b ≥ factor: a throughput
+	atMost               // a ÷ b ≤ factor: a latency or a cost
+	below                // a ÷ b < factor
+)
+
+// ratioTarget is the target that a ÷ b be bounded by factor.
+func ratioTarget(name string, a, b figure, bd bound, factor float64) target {
+	q, ok := ratio(a.v, a.ok, b.v, b.ok)
+	pass := q >= factor
+	switch bd {
+	case atMost:
+		pass = q <= factor
+	case below:
+		pass = q < factor
+	}
+	r := dash
+	if ok {
+		r = fmtRatio(q) + " (" + a.sys + " ÷ " + b.sys + ")"
+	}
+	return target{
+		name:     name,
+		measured: fmt.Sprintf("%s %s vs %s %s", a.sys, orDash(a.v, a.ok, a.format), b.sys, orDash(b.v, b.ok, b.format)),
+		ratio:    r,
+		status:   judge(ok, pass),
+	}
+}
+
+// absolute is the target that a figure be at most (or, with bd atLeast, at
+// least) lim.
+func absolute(name string, a figure, bd bound, lim float64) target {
+	q, ok := ratio(a.v, a.ok, lim, true)
+	pass, of := a.v <= lim, "of the limit"
+	if bd == atLeast {
+		pass, of = a.v >= lim, "of the minimum"
+	}
+	r := dash
+	if ok {
+		r = fmtRatio(q) + " " + of
+	}
+	return target{name: name, measured: orDash(a.v, a.ok, a.format), ratio: r, status: judge(a.ok, pass)}
+}
+
+// evalTargets computes issue 17's targets from the figures of this run:
+// each but two a ratio between systems measured side by side.
 func evalTargets(r *Results) []target {
-	var out []target
-	opt := orDash
-	ratioStr := func(q float64, ok bool, what string) string {
-		if !ok {
-			return dash
-		}
-		return fmtRatio(q) + " " + what
+	fig := func(sys string, m metric, key string, format func(float64) string) figure {
+		return sysFigure(r, sys, m, key, format)
 	}
+	puts := func(sys string) figure { return fig(sys, putWatched, "32", fmtCount) }
+	getsAt := func(sys, n string) figure { return fig(sys, gets, n, fmtCount) }
+	idle := func(sys, p string) figure { return fig(sys, rttIdle, p, fmtUs) }
+	fanout := func(sys string) figure {
+		v, ok := fanoutValue(r, sys, "10000", true)
+		return figure{sys, v, ok, fmtMs}
+	}
+	memory := func(sys string) figure { return mapFigure(sys, r.MemoryPerWatcher, fmtMem) }
+	cpu := func(sys string) figure { return mapFigure(sys, r.CPUSPer10kPuts, fmtSeconds) }
+	catchup := figure{"walwatch", r.CatchupEventsPerS, r.CatchupEventsPerS != 0, func(v float64) string { return fmtCount(v) + " events/s" }}
 
-	// Relative throughput targets at 32 clients, watched.
-	ww, wwOK := sysValue(r, "walwatch", putWatched, "32")
-	for _, c := range []struct {
-		name, other string
-		m           metric
-		min         float64
-		us, them    string
-	}{
-		{"Puts at 32 clients, watched: ≥ 4× notify", "notify", putWatched, 4, "walwatch", "notify"},
-		{"Puts at 32 clients, watched: ≥ 1.0× etcd", "etcd", putWatched, 1, "walwatch", "etcd"},
-		{"Puts at 32 clients, walwatch: watched ≥ 0.9× unwatched", "walwatch", putUnwatched, 0.9, "watched", "unwatched"},
-	} {
-		o, oOK := sysValue(r, c.other, c.m, "32")
-		q, qok := ratio(ww, wwOK, o, oOK)
-		out = append(out, target{
-			name:     c.name,
-			measured: fmt.Sprintf("%s %s vs %s %s puts/s", c.us, opt(ww, wwOK, fmtCount), c.them, opt(o, oOK, fmtCount)),
-			ratio:    ratioStr(q, qok, "("+c.us+" ÷ "+c.them+")"),
-			status:   judge(qok, q >= c.min),
-		})
+	const ww, http, api = "walwatch", "walwatch_http", "walwatch_etcd"
+	out := []target{
+		ratioTarget("1. Idle put→event p50 ≤ notify's", idle(ww, "p50"), idle("notify", "p50"), atMost, 1),
+		ratioTarget("1. Idle put→event p50 ≤ etcd's", idle(ww, "p50"), idle("etcd", "p50"), atMost, 1),
+		ratioTarget("2. Idle put→event p99 ≤ notify's", idle(ww, "p99"), idle("notify", "p99"), atMost, 1),
+		ratioTarget("2. Idle put→event p99 ≤ etcd's", idle(ww, "p99"), idle("etcd", "p99"), atMost, 1),
+		ratioTarget("3. Idle put→event p50 ≤ 1.3× the floor's", idle(ww, "p50"), idle("floor", "p50"), atMost, 1.3),
+		ratioTarget("4. Put→event p99 under 32 writers ≤ etcd's", fig(ww, rttLoaded, "p99", fmtUs), fig("etcd", rttLoaded, "p99", fmtUs), atMost, 1),
 	}
-
-	// Absolute limits (value ≤ limit, or < limit when strict).
-	limit := func(name string, v float64, ok bool, lim float64, strict bool, format func(float64) string) target {
-		q, qok := ratio(v, ok, lim, true)
-		pass := v <= lim
-		if strict {
-			pass = v < lim
+	for _, n := range []string{"1", "32"} {
+		clients := n + " clients"
+		if n == "1" {
+			clients = "1 client"
 		}
-		return target{
-			name:     name,
-			measured: opt(v, ok, format),
-			ratio:    ratioStr(q, qok, "of the limit"),
-			status:   judge(ok, pass),
-		}
+		out = append(out,
+			ratioTarget("5. Gets at "+clients+" ≥ 1.0× etcd", getsAt(ww, n), getsAt("etcd", n), atLeast, 1),
+			ratioTarget("5. Gets at "+clients+" ≥ 0.7× notify's plain select", getsAt(ww, n), getsAt("notify", n), atLeast, 0.7))
 	}
-	atLeast := func(name string, v float64, ok bool, lim float64, format func(float64) string) target {
-		q, qok := ratio(v, ok, lim, true)
-		return target{
-			name:     name,
-			measured: opt(v, ok, format),
-			ratio:    ratioStr(q, qok, "of the minimum"),
-			status:   judge(ok, v >= lim),
-		}
-	}
-
-	p50, p50OK := sysValue(r, "walwatch", rttIdle, "p50")
-	p99, p99OK := sysValue(r, "walwatch", rttIdle, "p99")
 	out = append(out,
-		limit("Idle put→event round trip p50 ≤ 0.3 ms", p50, p50OK, 300, false, fmtUs),
-		limit("Idle put→event round trip p99 ≤ 0.6 ms", p99, p99OK, 600, false, fmtUs),
+		ratioTarget("6. cp's HTTP API: puts at 32 clients ≥ 0.7× walwatch direct", puts(http), puts(ww), atLeast, 0.7),
+		ratioTarget("6. cp's HTTP API: gets at 32 clients ≥ 0.7× walwatch direct", getsAt(http, "32"), getsAt(ww, "32"), atLeast, 0.7),
+		ratioTarget("7. etcd API: puts at 32 clients, watched, ≥ 1.2× etcd", puts(api), puts("etcd"), atLeast, 1.2),
+		ratioTarget("7. etcd API: gets at 1 client ≥ 1.0× etcd", getsAt(api, "1"), getsAt("etcd", "1"), atLeast, 1),
+		ratioTarget("7. etcd API: gets at 32 clients ≥ 1.0× etcd", getsAt(api, "32"), getsAt("etcd", "32"), atLeast, 1),
+		ratioTarget("7. etcd API: idle round trip p50 ≤ etcd's", idle(api, "p50"), idle("etcd", "p50"), atMost, 1),
+		ratioTarget("7. etcd API: idle round trip p99 ≤ etcd's", idle(api, "p99"), idle("etcd", "p99"), atMost, 1),
+		ratioTarget("8. etcd API: puts at 32 clients, watched, ≥ 3× kine", puts(api), puts("kine"), atLeast, 3),
+		ratioTarget("8. etcd API: idle put→event p50 below kine's", idle(api, "p50"), idle("kine", "p50"), below, 1),
+		absolute("9. Memory per idle hub watcher ≤ 2 KiB", memory(ww), atMost, 2048),
+		ratioTarget("9. Memory per idle etcd-API watcher, one stream, ≤ 2× etcd's", memory(api), memory("etcd"), atMost, 2),
+		ratioTarget("10. CPU per 10,000 puts, every process counted, ≤ 0.8× etcd's", cpu(ww), cpu("etcd"), atMost, 0.8),
+		ratioTarget("11. Puts at 32 clients, watched, ≥ 1.5× etcd", puts(ww), puts("etcd"), atLeast, 1.5),
+		ratioTarget("11. Puts at 32 clients, watched, ≥ 4× notify", puts(ww), puts("notify"), atLeast, 4),
+		ratioTarget("11. Fan-out to 10,000 watchers p99 ≤ 0.2× etcd's", fanout(ww), fanout("etcd"), atMost, 0.2),
+		absolute("11. Catch-up ≥ 300,000 events/s", catchup, atLeast, 300000),
 	)
-	for _, p := range []struct {
-		key string
-		v   float64
-		ok  bool
-	}{{"p50", p50, p50OK}, {"p99", p99, p99OK}} {
-		e, eOK := sysValue(r, "etcd", rttIdle, p.key)
-		q, qok := ratio(p.v, p.ok, e, eOK)
-		out = append(out, target{
-			name:     "Idle put→event round trip " + p.key + " below etcd's",
-			measured: fmt.Sprintf("walwatch %s vs etcd %s", opt(p.v, p.ok, fmtUs), opt(e, eOK, fmtUs)),
-			ratio:    ratioStr(q, qok, "(walwatch ÷ etcd)"),
-			status:   judge(p.ok && eOK, p.v < e),
-		})
-	}
-
-	fl, flOK := sysValue(r, "floor", rttIdle, "p50")
-	fq, fqok := ratio(p50, p50OK, fl, flOK)
-	out = append(out, target{
-		name:     "Idle put→event round trip p50 ≤ 1.3× the floor's (a plain INSERT read by a bare pglogrepl consumer)",
-		measured: fmt.Sprintf("walwatch %s vs floor %s", opt(p50, p50OK, fmtUs), opt(fl, flOK, fmtUs)),
-		ratio:    ratioStr(fq, fqok, "(walwatch ÷ floor)"),
-		status:   judge(fqok, fq <= 1.3),
-	})
-
-	lp99, lp99OK := sysValue(r, "walwatch", rttLoaded, "p99")
-	out = append(out, limit("Put→event round trip under 32 writers p99 ≤ 5 ms", lp99, lp99OK, 5000, false, fmtUs))
-
-	f99, fOK := fanoutValue(r, "walwatch", "10000", true)
-	out = append(out, limit("10,000 watchers on one hub: fan-out p99 ≤ 50 ms", f99, fOK, 50, false, fmtMs))
-
-	mem, memOK := mapValue(r.MemoryPerWatcher, "walwatch")
-	out = append(out, limit("Memory per idle watcher < 10 KiB", mem, memOK, 10*1024, true, fmtMem))
-
-	cu, cuOK := mapValue(map[string]float64{"v": r.CatchupEventsPerS}, "v")
-	cuOK = cuOK && cu != 0 // zero: the catch-up workload did not run
-	out = append(out, atLeast("Catch-up ≥ 200,000 events/s", cu, cuOK, 200000, func(v float64) string { return fmtCount(v) + " events/s" }))
 	return out
 }
 
@@ -701,6 +719,7 @@ var (
 		"walwatch_etcd": {0x26, 0xa6, 0x9a, 0xff}, // teal
 		"notify":        {0xd6, 0x4f, 0x3c, 0xff}, // red
 		"etcd":          {0x3a, 0x9a, 0x3a, 0xff}, // green
+		"kine":          {0xc2, 0x4f, 0x9e, 0xff}, // magenta
 		"floor":         {0xb0, 0xb0, 0x30, 0xff}, // olive
 	}
 	extraColours = []color.RGBA{

@@ -58,6 +58,13 @@ func plausibleResults() *Results {
 				WatchRTTUs:       map[string]float64{"p50": 200, "p99": 500, "p999": 1000},
 				WatchRTTLoadedUs: map[string]float64{"p50": 600, "p99": 2500, "p999": 5000},
 			},
+			"kine": {
+				PutPerS:          map[string]float64{"1": 600, "8": 2000, "32": 3000, "64": 3100},
+				PutPerSUnwatched: map[string]float64{"1": 650, "8": 2100, "32": 3200, "64": 3300},
+				GetPerS:          map[string]float64{"1": 3000, "32": 9000},
+				WatchRTTUs:       map[string]float64{"p50": 1300, "p99": 3000, "p999": 6000},
+				WatchRTTLoadedUs: map[string]float64{"p50": 14000, "p99": 45000, "p999": 60000},
+			},
 			"etcd": {
 				PutPerS:          map[string]float64{"1": 1200, "8": 9500, "32": 45000, "64": 60000},
 				PutPerSUnwatched: map[string]float64{"1": 1250, "8": 9700, "32": 46000, "64": 61000},
@@ -73,7 +80,7 @@ func plausibleResults() *Results {
 		CatchupEventsPerS: 250000,
 		WALBytesPerPut:    map[string]float64{"walwatch": 420, "notify": 610, "floor": 300},
 		CPUSPer10kPuts:    map[string]float64{"walwatch": 1.2, "notify": 2.4, "etcd": 0.9, "walwatch_http": 1.9, "walwatch_etcd": 1.8},
-		MemoryPerWatcher:  map[string]float64{"walwatch": 8000, "etcd": 20480},
+		MemoryPerWatcher:  map[string]float64{"walwatch": 1700, "walwatch_etcd": 5000, "etcd": 20480},
 		Notes:             []string{"notify serialises puts on the NOTIFY lock.", "a note\nover two lines"},
 	}
 }
@@ -242,35 +249,40 @@ func TestReportFull(t *testing.T) {
 	if got := row(t, costs, "notify"); strings.Join(got, ";") != "notify;610 B (1.45×);2.40 s (2.00×);—" {
 		t.Errorf("notify costs row = %q", got)
 	}
-	if got := row(t, costs, "etcd"); got[3] != "20.0 KiB (2.56×)" {
+	if got := row(t, costs, "etcd"); got[3] != "20.0 KiB (12.05×)" {
 		t.Errorf("etcd costs row = %q", got)
 	}
 
 	// Targets, computed from the figures.
 	tg := section(t, md, "Targets")
 	for name, want := range map[string]string{
-		"≥ 4× notify":                      "met",        // 40,000 / 8,000 = 5×
-		"≥ 1.0× etcd":                      "**missed**", // 40,000 / 45,000
-		"watched ≥ 0.9× unwatched":         "met",        // 40,000 / 42,000
-		"p50 ≤ 0.3 ms":                     "met",        // 250 µs
-		"p99 ≤ 0.6 ms":                     "**missed**", // 700 µs
-		"p50 below etcd's":                 "met",        // 250 < 300
-		"p99 below etcd's":                 "**missed**", // 700 > 650
-		"under 32 writers p99 ≤ 5 ms":      "met",        // 4 ms
-		"fan-out p99 ≤ 50 ms":              "**missed**", // 60 ms
-		"Memory per idle watcher < 10 KiB": "met",        // 8000 B
-		"Catch-up ≥ 200,000 events/s":      "met",        // 250,000
+		"1. Idle put→event p50 ≤ notify's":                      "met",        // 250 ≤ 350
+		"2. Idle put→event p99 ≤ etcd's":                        "**missed**", // 700 > 650
+		"3. Idle put→event p50 ≤ 1.3× the floor's":              "met",        // 1.25×
+		"4. Put→event p99 under 32 writers ≤ etcd's":            "**missed**", // 4 ms > 3 ms
+		"5. Gets at 32 clients ≥ 0.7× notify's plain select":    "met",        // 0.96×
+		"6. cp's HTTP API: gets at 32 clients ≥ 0.7× walwatch":  "**missed**", // 0.58×
+		"7. etcd API: puts at 32 clients, watched, ≥ 1.2× etcd": "**missed**", // 0.80×
+		"8. etcd API: puts at 32 clients, watched, ≥ 3× kine":   "met",        // 12×
+		"8. etcd API: idle put→event p50 below kine's":          "met",        // 450 < 1,300
+		"9. Memory per idle hub watcher ≤ 2 KiB":                "met",        // 1,700 B
+		"9. Memory per idle etcd-API watcher, one stream":       "met",        // 5,000 vs 20,480 B
+		"10. CPU per 10,000 puts":                               "**missed**", // 1.33×
+		"11. Puts at 32 clients, watched, ≥ 4× notify":          "met",        // 5×
+		"11. Fan-out to 10,000 watchers p99 ≤ 0.2× etcd's":      "**missed**", // 0.67×
+		"11. Catch-up ≥ 300,000 events/s":                       "**missed**", // 250,000
 	} {
 		got := row(t, tg, name)
 		if got[len(got)-1] != want {
 			t.Errorf("target %q: %q, want %s", name, got, want)
 		}
 	}
-	if got := row(t, tg, "≥ 4× notify"); got[2] != "5.00× (walwatch ÷ notify)" {
-		t.Errorf("notify target ratio = %q", got[2])
+	if got := row(t, tg, "11. Puts at 32 clients, watched, ≥ 4× notify"); got[2] != "5.00× (walwatch ÷ notify)" ||
+		got[1] != "walwatch 40,000 vs notify 8,000" {
+		t.Errorf("notify target = %q", got)
 	}
-	if got := row(t, tg, "p50 ≤ 0.3 ms"); got[1] != "250 µs" || got[2] != "0.83× of the limit" {
-		t.Errorf("p50 target = %q", got)
+	if got := row(t, tg, "9. Memory per idle hub watcher ≤ 2 KiB"); got[1] != "1.7 KiB" || got[2] != "0.83× of the limit" {
+		t.Errorf("hub watcher memory target = %q", got)
 	}
 	// walwatch's etcd API: against walwatch in the tables, against etcd in
 	// a section of its own.
@@ -302,7 +314,7 @@ func TestReportFull(t *testing.T) {
 		t.Errorf("versus table has %d lines, want a header, its rule and 17 rows:\n%s", n, vs)
 	}
 
-	if !strings.Contains(tg, "8 of 12 targets met") {
+	if !strings.Contains(tg, "15 of 26 met") {
 		t.Errorf("targets summary missing:\n%s", tg)
 	}
 	if !strings.HasSuffix(md, defaultManual) {
@@ -319,28 +331,53 @@ func TestReportFull(t *testing.T) {
 
 func TestReportTargetBoundaries(t *testing.T) {
 	r := plausibleResults()
-	w := r.Systems["walwatch"]
-	w.PutPerS["32"] = 32000
-	r.Systems["notify"].PutPerS["32"] = 8000 // exactly 4×
-	r.Systems["etcd"].PutPerS["32"] = 32000  // exactly 1.0×
-	w.PutPerSUnwatched["32"] = 40000         // 0.8×
-	w.WatchRTTUs = map[string]float64{"p50": 300, "p99": 600}
-	r.Systems["etcd"].WatchRTTUs = map[string]float64{"p50": 300, "p99": 601} // p50 equal: not below
-	r.Systems["floor"].WatchRTTUs = map[string]float64{"p50": 250}            // 1.2×
-	w.WatchRTTLoadedUs = map[string]float64{"p99": 5000.5}
-	r.Fanout["walwatch"]["10000"].P99Ms = 50
-	r.MemoryPerWatcher["walwatch"] = 10240 // not under 10 KiB
-	r.CatchupEventsPerS = 200000
+	sys := func(name string) *SystemResults { return r.Systems[name] }
+	// Each at its bound exactly: met, but for "below", which is strict.
+	sys("walwatch").WatchRTTUs = map[string]float64{"p50": 300, "p99": 600}
+	sys("notify").WatchRTTUs = map[string]float64{"p50": 300, "p99": 600}
+	sys("etcd").WatchRTTUs = map[string]float64{"p50": 300, "p99": 601}
+	sys("floor").WatchRTTUs = map[string]float64{"p50": 250} // 1.2×
+	sys("walwatch").GetPerS = map[string]float64{"1": 8000, "32": 70}
+	sys("etcd").GetPerS = map[string]float64{"1": 8000, "32": 100}
+	sys("notify").GetPerS = map[string]float64{"1": 8000, "32": 100}
+	sys("walwatch_etcd").WatchRTTUs = map[string]float64{"p50": 1300, "p99": 601}
+	r.MemoryPerWatcher = map[string]float64{"walwatch": 2048, "walwatch_etcd": 1000, "etcd": 500}
+	r.CPUSPer10kPuts = map[string]float64{"walwatch": 0.8, "etcd": 1}
+	r.CatchupEventsPerS = 300000
 
-	want := []targetStatus{met, met, missed, met, met, missed, met, met, missed, met, missed, met}
-	got := evalTargets(r)
-	if len(got) != len(want) {
-		t.Fatalf("%d targets, want %d", len(got), len(want))
+	want := map[string]targetStatus{
+		"1. Idle put→event p50 ≤ notify's":                              met,
+		"1. Idle put→event p50 ≤ etcd's":                                met,
+		"2. Idle put→event p99 ≤ notify's":                              met,
+		"2. Idle put→event p99 ≤ etcd's":                                met,
+		"3. Idle put→event p50 ≤ 1.3× the floor's":                      met,
+		"5. Gets at 1 client ≥ 1.0× etcd":                               met,
+		"5. Gets at 32 clients ≥ 1.0× etcd":                             missed, // 0.7×
+		"5. Gets at 32 clients ≥ 0.7× notify's plain select":            met,
+		"7. etcd API: idle round trip p99 ≤ etcd's":                     met,    // 601 ≤ 601
+		"8. etcd API: idle put→event p50 below kine's":                  missed, // equal is not below
+		"9. Memory per idle hub watcher ≤ 2 KiB":                        met,
+		"9. Memory per idle etcd-API watcher, one stream, ≤ 2× etcd's":  met,
+		"10. CPU per 10,000 puts, every process counted, ≤ 0.8× etcd's": met,
+		"11. Catch-up ≥ 300,000 events/s":                               met,
 	}
-	for i, tg := range got {
-		if tg.status != want[i] {
-			t.Errorf("%s: %v, want %v (measured %s, ratio %s)", tg.name, tg.status, want[i], tg.measured, tg.ratio)
+	got := evalTargets(r)
+	if len(got) != 26 {
+		t.Errorf("%d targets, want issue 17's 26 rows", len(got))
+	}
+	seen := 0
+	for _, tg := range got {
+		w, ok := want[tg.name]
+		if !ok {
+			continue
 		}
+		seen++
+		if tg.status != w {
+			t.Errorf("%s: %v, want %v (measured %s, ratio %s)", tg.name, tg.status, w, tg.measured, tg.ratio)
+		}
+	}
+	if seen != len(want) {
+		t.Errorf("found %d of the %d targets checked", seen, len(want))
 	}
 }
 
@@ -380,7 +417,7 @@ func TestReportMissing(t *testing.T) {
 				t.Errorf("versus row, nothing measured = %q", got)
 			}
 			tg := section(t, md, "Targets")
-			if got := row(t, tg, "≥ 4× notify"); got[3] != "not measured" || got[2] != "—" {
+			if got := row(t, tg, "11. Puts at 32 clients, watched, ≥ 4× notify"); got[3] != "not measured" || got[2] != "—" {
 				t.Errorf("notify target = %q", got)
 			}
 			if got := row(t, tg, "Catch-up"); got[3] != "not measured" {
@@ -400,10 +437,10 @@ func TestReportMissing(t *testing.T) {
 				if got := row(t, section(t, md, "Get throughput (gets/s, higher is better)"), "etcd"); got[1] != "0" {
 					t.Errorf("etcd get row = %q", got)
 				}
-				if got := row(t, tg, "≥ 1.0× etcd"); got[3] != "**missed**" {
+				if got := row(t, tg, "11. Puts at 32 clients, watched, ≥ 1.5× etcd"); got[3] != "**missed**" { // 0.97×
 					t.Errorf("etcd target = %q", got)
 				}
-				if got := row(t, tg, "p99 ≤ 0.6 ms"); got[3] != "met" {
+				if got := row(t, tg, "2. Idle put→event p99 ≤ etcd's"); got[3] != "not measured" {
 					t.Errorf("p99 target = %q", got)
 				}
 				if !strings.Contains(md, "quick run") {

@@ -1,0 +1,181 @@
+package main
+
+import (
+	"bufio"
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"net/http"
+	"os"
+	"os/exec"
+	"runtime"
+	"strconv"
+	"strings"
+	"time"
+
+	clientv3 "go.etcd.io/etcd/client/v3"
+)
+
+// watchMemWatchers is how many idle watches the etcd-API memory figure
+// opens, all on one gRPC watch stream, as the etcd Go client multiplexes
+// the watches of one context.
+const watchMemWatchers = 10000
+
+const watchMemPrefix = "/bench/watchmem/"
+
+// memoryOf returns a server's Go heap and goroutine stacks in use, after a
+// garbage collection.
+type memoryOf func(ctx context.Context) (float64, error)
+
+// selfMemory is this process's: the embedded etcd's.
+func selfMemory(context.Context) (float64, error) {
+	var m runtime.MemStats
+	runtime.GC()
+	runtime.ReadMemStats(&m)
+	return float64(m.HeapAlloc + m.StackInuse), nil
+}
+
+// cpMemory is a cp's (started with --enable-pprof, at base): a heap profile
+// asked with gc=1 collects first, then /metrics has the figures.
+func cpMemory(base string) memoryOf {
+	hc := &http.Client{Timeout: 30 * time.Second}
+	get := func(ctx context.Context, path string) ([]byte, error) {
+		req, err := http.NewRequestWithContext(ctx, http.MethodGet, base+path, nil)
+		if err != nil {
+			return nil, err
+		}
+		resp, err := hc.Do(req)
+		if err != nil {
+			return nil, err
+		}
+		defer resp.Body.Close()
+		b, err := io.ReadAll(resp.Body)
+		if err == nil && resp.StatusCode != http.StatusOK {
+			err = fmt.Errorf("%s: %s", path, resp.Status)
+		}
+		return b, err
+	}
+	return func(ctx context.Context) (float64, error) {
+		if _, err := get(ctx, "/debug/pprof/heap?gc=1"); err != nil {
+			return 0, fmt.Errorf("cp memory: %w", err)
+		}
+		b, err := get(ctx, "/metrics")
+		if err != nil {
+			return 0, fmt.Errorf("cp memory: %w", err)
+		}
+		var sum float64
+		for _, name := range []string{"go_memstats_heap_alloc_bytes", "go_memstats_stack_inuse_bytes"} {
+			v, err := metricValue(b, name)
+			if err != nil {
+				return 0, fmt.Errorf("cp memory: %w", err)
+			}
+			sum += v
+		}
+		return sum, nil
+	}
+}
+
+// metricValue is the value of an unlabelled metric in Prometheus's text
+// format.
+func metricValue(text []byte, name string) (float64, error) {
+	for line := range bytes.Lines(text) {
+		rest, ok := bytes.CutPrefix(line, []byte(name+" "))
+		if ok {
+			return strconv.ParseFloat(strings.TrimSpace(string(rest)), 64)
+		}
+	}
+	return 0, fmt.Errorf("no metric %s", name)
+}
+
+// etcdWatcherMemory measures what an idle etcd-API watch costs the server
+// at url: another process (this program with -hold-watches, so the
+// client's own memory is not counted) opens watchMemWatchers watches on one
+// stream; the server's memory before and after, divided by the watches.
+func (b *bench) etcdWatcherMemory(ctx context.Context, name, url string, mem memoryOf) error {
+	exe, err := os.Executable()
+	if err != nil {
+		return fmt.Errorf("%s watcher memory: %w", name, err)
+	}
+	before, err := mem(ctx)
+	if err != nil {
+		return err
+	}
+	cmd := exec.CommandContext(ctx, exe, "-hold-watches", url)
+	cmd.Stderr = os.Stderr
+	stdin, err := cmd.StdinPipe()
+	if err != nil {
+		return err
+	}
+	stdout, err := cmd.StdoutPipe()
+	if err != nil {
+		return err
+	}
+	if err := cmd.Start(); err != nil {
+		return fmt.Errorf("%s watcher memory: start the watching process: %w", name, err)
+	}
+	defer func() {
+		stdin.Close() // tells it to exit
+		_ = cmd.Wait()
+	}()
+	line, err := bufio.NewReader(stdout).ReadString('\n')
+	if strings.TrimSpace(line) != "ready" {
+		return fmt.Errorf("%s watcher memory: the watching process said %q: %v", name, line, err)
+	}
+	after, err := mem(ctx)
+	if err != nil {
+		return err
+	}
+	b.samples.add(name, "memory_per_watcher_bytes", strconv.Itoa(watchMemWatchers), (after-before)/watchMemWatchers)
+	return nil
+}
+
+// watcherMemory measures the etcd-API watcher memory of etcd and of
+// walwatch_etcd (its cp started for the measurement), when they run.
+func (b *bench) watcherMemory(ctx context.Context) error {
+	if b.etcd != nil {
+		b.log.Info("watcher memory", "system", "etcd")
+		if err := b.quiesce(ctx); err != nil {
+			return err
+		}
+		if err := b.etcdWatcherMemory(ctx, "etcd", b.etcd.url, selfMemory); err != nil {
+			return err
+		}
+	}
+	if s := b.etcdAPI; s != nil {
+		b.log.Info("watcher memory", "system", s.name())
+		if err := b.quiesce(ctx); err != nil {
+			return err
+		}
+		if err := s.begin(ctx); err != nil {
+			return err
+		}
+		err := b.etcdWatcherMemory(ctx, s.name(), s.url, cpMemory(s.cp.base))
+		return errors.Join(err, s.end(ctx))
+	}
+	return nil
+}
+
+// holdWatches is the -hold-watches process: watchMemWatchers watches on one
+// stream to url, each created before it says "ready"; it exits when its
+// standard input closes.
+func holdWatches(url string) error {
+	c, err := newEtcdClient(url)
+	if err != nil {
+		return err
+	}
+	defer c.Close()
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	for i := range watchMemWatchers {
+		ch := c.Watch(ctx, fmt.Sprintf("%s%05d/", watchMemPrefix, i), clientv3.WithPrefix(), clientv3.WithCreatedNotify())
+		resp, ok := <-ch
+		if !ok || !resp.Created {
+			return errors.Join(fmt.Errorf("watch %d not created", i), resp.Err())
+		}
+	}
+	fmt.Println("ready")
+	_, _ = io.Copy(io.Discard, os.Stdin)
+	return nil
+}
