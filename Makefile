@@ -44,13 +44,15 @@ bench-store:
 	$(GO) test -run '^$$' -bench 'BenchmarkPut$$' -benchtime 3s -count 3 ./store/
 	$(GO) test -run '^$$' -bench BenchmarkPutWorkers -benchtime 5x ./store/
 
-# walwatch vs the seed's LISTEN/NOTIFY design vs etcd, side by side on this
-# machine (its own Go module, so etcd's server stays out of the main one);
-# writes docs/benchmarks/{results.json,README.md,chart.png}. About 11 minutes.
+# walwatch (directly, through cp's HTTP and etcd APIs) vs etcd, kine, the
+# seed's LISTEN/NOTIFY design and the floor, side by side on this machine (its
+# own Go module, so etcd's and kine's code stay out of the main one); writes
+# docs/benchmarks/{results.json,README.md,chart.png}. About 20 minutes.
 bench:
 	cd test/bench && $(GO) run . -out ../../docs/benchmarks
 
-# The same figures from shorter measurements, in about 2 minutes.
+# The same figures from shorter measurements, every system but kine, in
+# about 2 minutes.
 bench-quick:
 	cd test/bench && $(GO) run . -quick -out ../../docs/benchmarks
 
