@@ -47,6 +47,15 @@ func openEtcdClients(url string) (*etcdClients, error) {
 	return s, nil
 }
 
+// answers reads the probe key, waiting at most a second: whether the
+// server serves reads yet.
+func (s *etcdClients) answers(ctx context.Context) error {
+	rctx, cancel := context.WithTimeout(ctx, time.Second)
+	defer cancel()
+	_, err := s.watcher.Get(rctx, probeKey)
+	return err
+}
+
 func (s *etcdClients) close() {
 	for _, c := range append(s.clients, s.watcher) {
 		if c != nil {

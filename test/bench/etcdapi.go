@@ -4,7 +4,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"time"
 )
 
 // etcdAPISlot is walwatch_etcd's replication slot.
@@ -43,12 +42,7 @@ func (s *etcdAPISystem) begin(ctx context.Context) error {
 		return errors.Join(err, s.cp.stop(ctx))
 	}
 	s.etcdClients = c
-	err = s.cp.await(ctx, "the etcd API", func(ctx context.Context) error {
-		rctx, cancel := context.WithTimeout(ctx, time.Second)
-		defer cancel()
-		_, err := c.watcher.Get(rctx, probeKey)
-		return err
-	})
+	err = s.cp.await(ctx, "the etcd API", c.answers)
 	if err != nil {
 		c.close() // await has stopped the cp
 		s.etcdClients = nil

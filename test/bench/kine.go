@@ -9,7 +9,6 @@ import (
 	"strconv"
 	"strings"
 	"sync"
-	"time"
 
 	clientv3 "go.etcd.io/etcd/client/v3"
 	"golang.org/x/sync/errgroup"
@@ -82,12 +81,7 @@ func newKineSystem(ctx context.Context, e *env) (*kineSystem, error) {
 		s.proc.stop()
 		return nil, err
 	}
-	err = s.proc.await(ctx, "a read", func(ctx context.Context) error {
-		rctx, cancel := context.WithTimeout(ctx, time.Second)
-		defer cancel()
-		_, err := c.watcher.Get(rctx, probeKey)
-		return err
-	})
+	err = s.proc.await(ctx, "a read", c.answers)
 	if err != nil {
 		c.close()
 		s.proc.stop()
