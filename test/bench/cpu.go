@@ -19,8 +19,8 @@ const clockTicks = 100
 
 // cpuMeter sums the CPU time of every process of the systems under test:
 // the PostgreSQL postmaster and all its children (backends, walsenders,
-// background workers), this process (benchmark clients, the walwatch hub,
-// the embedded etcd), and any extra processes a system names.
+// background workers), this process (benchmark clients, the walwatch hub),
+// and the processes a system names (etcd's, a cp, kine).
 type cpuMeter struct {
 	postmaster int
 }

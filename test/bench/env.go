@@ -4,14 +4,18 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"log/slog"
 	"net"
+	"net/http"
 	"net/url"
 	"os"
 	"os/exec"
+	"os/signal"
 	"path/filepath"
 	"runtime"
 	"strings"
+	"syscall"
 	"time"
 
 	"github.com/jackc/pgx/v5/pgxpool"
@@ -23,13 +27,13 @@ import (
 )
 
 // env is everything the systems run on: one private PostgreSQL with the
-// walwatch and notify databases (and kine's, when kine runs), an embedded
-// etcd, the walwatch binary for the control-plane pass and, when kine runs,
+// walwatch and notify databases (and kine's, when kine runs), etcd's server
+// as a child process, the walwatch binary for the control-plane pass and, when kine runs,
 // kine's binary. Close undoes all of it.
 type env struct {
 	dir     string // temp dir for etcd's data, the binaries and logs
 	cluster *pgcluster.Cluster
-	etcd    *embed.Etcd
+	etcd    *serverProcess // etcd's server, a child process
 	etcdURL string
 	bin     string // the walwatch binary
 	kineBin string // kine's binary; "" when kine does not run
@@ -125,6 +129,8 @@ func (e *env) buildBinary(ctx context.Context, repoDir string) error {
 	return nil
 }
 
+// startEtcd runs etcd as a child process (this program with -etcd-serve)
+// and waits until it reports itself healthy.
 func (e *env) startEtcd(ctx context.Context) error {
 	clientPort, err := freePort()
 	if err != nil {
@@ -134,37 +140,83 @@ func (e *env) startEtcd(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
+	exe, err := os.Executable()
+	if err != nil {
+		return fmt.Errorf("start etcd: %w", err)
+	}
+	cu := fmt.Sprintf("http://127.0.0.1:%d", clientPort)
+	pu := fmt.Sprintf("http://127.0.0.1:%d", peerPort)
+	e.etcd = &serverProcess{name: "etcd", logPath: filepath.Join(e.dir, "etcd.log")}
+	if err := e.etcd.start(exe, "-etcd-serve", filepath.Join(e.dir, "etcd"), "-etcd-client-url", cu, "-etcd-peer-url", pu); err != nil {
+		return err
+	}
+	hc := &http.Client{Timeout: time.Second}
+	err = e.etcd.await(ctx, "/health", func(ctx context.Context) error {
+		req, err := http.NewRequestWithContext(ctx, http.MethodGet, cu+"/health", nil)
+		if err != nil {
+			return err
+		}
+		resp, err := hc.Do(req)
+		if err != nil {
+			return err
+		}
+		_, _ = io.Copy(io.Discard, resp.Body)
+		resp.Body.Close()
+		if resp.StatusCode != http.StatusOK {
+			return fmt.Errorf("etcd /health: %s", resp.Status)
+		}
+		return nil
+	})
+	if err != nil {
+		e.etcd.stop()
+		return err
+	}
+	e.etcdURL = cu
+	return nil
+}
+
+// serveEtcd is the -etcd-serve process: etcd's server (its embed package,
+// as etcd's own main runs it) with its data in dir, fsync on, until
+// SIGTERM.
+func serveEtcd(dir, clientURL, peerURL string) error {
+	cu, err := url.Parse(clientURL)
+	if err != nil {
+		return err
+	}
+	pu, err := url.Parse(peerURL)
+	if err != nil {
+		return err
+	}
 	cfg := embed.NewConfig()
 	cfg.Name = "bench"
-	cfg.Dir = filepath.Join(e.dir, "etcd")
+	cfg.Dir = dir
 	cfg.LogLevel = "error"
 	// Quiet: etcd reports its own listeners closing at shutdown as errors.
 	// A real failure reaches the benchmark through the client.
 	cfg.ZapLoggerBuilder = embed.NewZapLoggerBuilder(zap.NewNop())
 	cfg.QuotaBackendBytes = 8 << 30 // every revision is kept; the default 2 GiB could fill
-	cu := url.URL{Scheme: "http", Host: fmt.Sprintf("127.0.0.1:%d", clientPort)}
-	pu := url.URL{Scheme: "http", Host: fmt.Sprintf("127.0.0.1:%d", peerPort)}
-	cfg.ListenClientUrls, cfg.AdvertiseClientUrls = []url.URL{cu}, []url.URL{cu}
-	cfg.ListenPeerUrls, cfg.AdvertisePeerUrls = []url.URL{pu}, []url.URL{pu}
+	// Its heap profile with gc=1 is how the watcher memory figure collects
+	// garbage before it reads etcd's /metrics.
+	cfg.EnablePprof = true
+	cfg.ListenClientUrls, cfg.AdvertiseClientUrls = []url.URL{*cu}, []url.URL{*cu}
+	cfg.ListenPeerUrls, cfg.AdvertisePeerUrls = []url.URL{*pu}, []url.URL{*pu}
 	cfg.InitialCluster = cfg.InitialClusterFromName(cfg.Name)
 	if cfg.UnsafeNoFsync {
 		return errors.New("etcd: fsync must stay on")
 	}
-	e.etcd, err = embed.StartEtcd(cfg)
+	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, os.Interrupt)
+	defer stop()
+	srv, err := embed.StartEtcd(cfg)
 	if err != nil {
 		return fmt.Errorf("start etcd: %w", err)
 	}
+	defer srv.Close()
 	select {
-	case <-e.etcd.Server.ReadyNotify():
-	case err := <-e.etcd.Err():
-		return fmt.Errorf("etcd: %w", err)
-	case <-time.After(60 * time.Second):
-		return errors.New("etcd did not become ready within 60s")
 	case <-ctx.Done():
-		return ctx.Err()
+		return nil
+	case err := <-srv.Err():
+		return fmt.Errorf("etcd: %w", err)
 	}
-	e.etcdURL = cu.String()
-	return nil
 }
 
 // Close stops etcd and PostgreSQL and removes the temp dir. It runs on a
@@ -174,7 +226,7 @@ func (e *env) Close() {
 		e.admin.Close()
 	}
 	if e.etcd != nil {
-		e.etcd.Close()
+		e.etcd.stop()
 	}
 	if e.cluster != nil {
 		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)

@@ -64,9 +64,10 @@ func (s *etcdClients) close() {
 	}
 }
 
-// etcdSystem is the embedded etcd with the etcd Go client.
+// etcdSystem is etcd's server, a child process, with the etcd Go client.
 type etcdSystem struct {
 	*etcdClients
+	proc *serverProcess
 }
 
 func newEtcdSystem(e *env) (*etcdSystem, error) {
@@ -74,13 +75,13 @@ func newEtcdSystem(e *env) (*etcdSystem, error) {
 	if err != nil {
 		return nil, err
 	}
-	return &etcdSystem{c}, nil
+	return &etcdSystem{c, e.etcd}, nil
 }
 
 func (s *etcdSystem) name() string                { return "etcd" }
 func (s *etcdSystem) begin(context.Context) error { return nil }
 func (s *etcdSystem) end(context.Context) error   { return nil }
-func (s *etcdSystem) pids() []int                 { return nil }
+func (s *etcdSystem) pids() []int                 { return s.proc.pids() }
 
 func (s *etcdClients) put(ctx context.Context, client int, key, value []byte) error {
 	_, err := s.clients[client].Put(ctx, string(key), string(value))

@@ -56,7 +56,7 @@ func (e *env) buildKine(ctx context.Context) error {
 // kineSystem is kine as a subprocess on its own database of the benchmark's
 // PostgreSQL. Gets and the watcher are etcd's client code; puts are the
 // update Txn Kubernetes sends (see put). It runs for the whole run, as the
-// embedded etcd does.
+// etcd does.
 type kineSystem struct {
 	proc serverProcess
 	*etcdClients

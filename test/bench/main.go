@@ -73,11 +73,21 @@ type bench struct {
 func main() {
 	quick := flag.Bool("quick", false, "a short run: the same figures from shorter measurements")
 	out := flag.String("out", "../../docs/benchmarks", "directory for results.json, README.md and the chart")
+	etcdDir := flag.String("etcd-serve", "", "(the benchmark's etcd, a child process) serve etcd with its data in this directory until SIGTERM")
+	etcdClientURL := flag.String("etcd-client-url", "", "with -etcd-serve: the client URL")
+	etcdPeerURL := flag.String("etcd-peer-url", "", "with -etcd-serve: the peer URL")
 	holdWatchesURL := flag.String("hold-watches", "", "(the watcher memory figure's child process) hold idle etcd watches on this server until standard input closes")
 	only := flag.String("systems", "", "comma-separated systems to measure, of "+strings.Join(systemOrder, ", ")+
 		" (default: all; a quick run leaves kine out unless it is named here)")
 	flag.Parse()
 
+	if *etcdDir != "" {
+		if err := serveEtcd(*etcdDir, *etcdClientURL, *etcdPeerURL); err != nil {
+			fmt.Fprintln(os.Stderr, "bench -etcd-serve:", err)
+			os.Exit(1)
+		}
+		return
+	}
 	if *holdWatchesURL != "" {
 		if err := holdWatches(*holdWatchesURL); err != nil {
 			fmt.Fprintln(os.Stderr, "bench -hold-watches:", err)
@@ -455,7 +465,7 @@ func (b *bench) notes(names, lagNotes, cpuNotes []string) []string {
 		dbs += ", and kine's"
 	}
 	notes := []string{
-		fmt.Sprintf("Everything ran on this one machine (%d cores), servers and benchmark clients alike: one private PostgreSQL (%s) and an embedded etcd, fsync on. "+
+		fmt.Sprintf("Everything ran on this one machine (%d cores), servers and benchmark clients alike: one private PostgreSQL (%s) and etcd 3.7's server as a process of its own (this program re-executed with -etcd-serve, running etcd's embed package as etcd's main does), fsync on. "+
 			"Systems take turns, all workloads of one system per turn, rounds interleaved (%s, %s, ...); "+
 			"every figure is the median of %d rounds. Before each turn, each fan-out and the catch-up the benchmark waits until no autovacuum worker runs, "+
 			"so that no measurement pays for vacuuming what earlier ones wrote (%v in all in this run).",
@@ -483,8 +493,8 @@ func (b *bench) notes(names, lagNotes, cpuNotes []string) []string {
 		fmt.Sprintf("WAL per put: pg_current_wal_lsn() before and after %d single-client puts, watcher attached, until the watcher had them all "+
 			"(cluster-wide, so what the watching side writes counts).", c.walPuts),
 		fmt.Sprintf("CPU per 10,000 puts: %d puts by %d clients, watcher attached, until the watcher had them all; user+system time of every PostgreSQL process "+
-			"(postmaster and all its children, from /proc) plus this benchmark process (which holds the benchmark clients, the walwatch hub, and the embedded etcd), "+
-			"plus the cp for walwatch_http and walwatch_etcd and kine's process for kine. Counted alike for every system, so every figure includes its clients' CPU and the idle other servers' housekeeping. "+
+			"(postmaster and all its children, from /proc) plus this benchmark process (which holds the benchmark clients and the walwatch hub), "+
+			"plus the server's own process: etcd's, the cp for walwatch_http and walwatch_etcd, kine's. Counted alike for every system, so every figure includes its clients' CPU and the idle other servers' housekeeping. "+
 			"Split (medians): %s.",
 			c.cpuPuts, cpuClients, strings.Join(cpuNotes, "; ")),
 		fmt.Sprintf("Fan-out: N watchers on %s, then %d puts of one key, each timed until every watcher has its event. walwatch: one hub (one slot), "+
@@ -492,8 +502,8 @@ func (b *bench) notes(names, lagNotes, cpuNotes []string) []string {
 			"Go heap plus goroutine stacks after GC, before and after creating 10,000 hub watchers (not yet read), divided by 10,000.",
 			fanPrefix, c.fanoutPuts, etcdFanClients),
 		fmt.Sprintf("etcd-API watcher memory: another process (this program with -hold-watches) opens %d idle watches, each on its own prefix, all on one gRPC watch stream "+
-			"(the etcd Go client, one context), to etcd and to walwatch_etcd's cp; the server's Go heap plus goroutine stacks after a GC (etcd: this process, after runtime.GC; "+
-			"the cp: its /metrics after a heap profile asked with gc=1), before and after, divided by the watches. The client's memory is not counted.", watchMemWatchers),
+			"(the etcd Go client, one context), to etcd and to walwatch_etcd's cp; the server's Go heap plus goroutine stacks from its /metrics, "+
+			"after a heap profile asked with gc=1 (both serve pprof), before and after, divided by the watches. The client's memory is not counted.", watchMemWatchers),
 		fmt.Sprintf("Catch-up: %d revisions written in transactions of 5,000 puts and settled by a hub, then a new watcher on that hub from the first "+
 			"of them (served from the table, as they are past the in-memory window), timed until it had them all.", c.catchupRows),
 	}

@@ -393,7 +393,7 @@ func renderReadme(r *Results) string {
 		"code as etcd, so that the two compare like with like), "+
 		"**notify** (the seed's LISTEN/NOTIFY design that walwatch replaces: an AFTER INSERT trigger "+
 		"calling `pg_notify` while a listener holds the shared advisory lock, and a LISTEN "+
-		"connection as the watcher) and **etcd** (the embedded etcd server, single member, with the "+
+		"connection as the watcher) and **etcd** (etcd 3.7's server as its own process, single member, with the "+
 		"etcd Go client). The benchmark starts every system itself on this machine, in temporary "+
 		"directories, with fsync on everywhere. Each workload runs every system in turn, rounds "+
 		"interleaved (A B C A B C …) so that drift on a shared machine cancels out; every figure "+

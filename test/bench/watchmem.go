@@ -10,7 +10,6 @@ import (
 	"net/http"
 	"os"
 	"os/exec"
-	"runtime"
 	"strconv"
 	"strings"
 	"time"
@@ -29,17 +28,10 @@ const watchMemPrefix = "/bench/watchmem/"
 // garbage collection.
 type memoryOf func(ctx context.Context) (float64, error)
 
-// selfMemory is this process's: the embedded etcd's.
-func selfMemory(context.Context) (float64, error) {
-	var m runtime.MemStats
-	runtime.GC()
-	runtime.ReadMemStats(&m)
-	return float64(m.HeapAlloc + m.StackInuse), nil
-}
-
-// cpMemory is a cp's (started with --enable-pprof, at base): a heap profile
-// asked with gc=1 collects first, then /metrics has the figures.
-func cpMemory(base string) memoryOf {
+// serverMemory is a Go server's (etcd's or a cp's, both serving pprof and
+// /metrics at base): a heap profile asked with gc=1 collects first, then
+// /metrics has the figures.
+func serverMemory(base string) memoryOf {
 	hc := &http.Client{Timeout: 30 * time.Second}
 	get := func(ctx context.Context, path string) ([]byte, error) {
 		req, err := http.NewRequestWithContext(ctx, http.MethodGet, base+path, nil)
@@ -59,17 +51,17 @@ func cpMemory(base string) memoryOf {
 	}
 	return func(ctx context.Context) (float64, error) {
 		if _, err := get(ctx, "/debug/pprof/heap?gc=1"); err != nil {
-			return 0, fmt.Errorf("cp memory: %w", err)
+			return 0, fmt.Errorf("server memory: %w", err)
 		}
 		b, err := get(ctx, "/metrics")
 		if err != nil {
-			return 0, fmt.Errorf("cp memory: %w", err)
+			return 0, fmt.Errorf("server memory: %w", err)
 		}
 		var sum float64
 		for _, name := range []string{"go_memstats_heap_alloc_bytes", "go_memstats_stack_inuse_bytes"} {
 			v, err := metricValue(b, name)
 			if err != nil {
-				return 0, fmt.Errorf("cp memory: %w", err)
+				return 0, fmt.Errorf("server memory: %w", err)
 			}
 			sum += v
 		}
@@ -151,7 +143,7 @@ func (b *bench) watcherMemory(ctx context.Context) error {
 		if err := b.quiesce(ctx); err != nil {
 			return err
 		}
-		if err := b.etcdWatcherMemory(ctx, "etcd", b.etcd.url, selfMemory); err != nil {
+		if err := b.etcdWatcherMemory(ctx, "etcd", b.etcd.url, serverMemory(b.etcd.url)); err != nil {
 			return err
 		}
 	}
@@ -163,7 +155,7 @@ func (b *bench) watcherMemory(ctx context.Context) error {
 		if err := s.begin(ctx); err != nil {
 			return err
 		}
-		err := b.etcdWatcherMemory(ctx, s.name(), s.url, cpMemory(s.cp.base))
+		err := b.etcdWatcherMemory(ctx, s.name(), s.url, serverMemory(s.cp.base))
 		return errors.Join(err, s.end(ctx))
 	}
 	return nil
