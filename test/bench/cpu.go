@@ -40,47 +40,60 @@ func newCPUMeter(dataDir string) (*cpuMeter, error) {
 	return &cpuMeter{postmaster: pid}, nil
 }
 
-// cpuTimes is CPU time used so far, by whom.
+// cpuTimes is CPU time used, by whom.
 type cpuTimes struct {
 	postgres, self, extra time.Duration
 }
 
 func (t cpuTimes) total() time.Duration { return t.postgres + t.self + t.extra }
 
-func (t cpuTimes) sub(u cpuTimes) cpuTimes {
-	return cpuTimes{t.postgres - u.postgres, t.self - u.self, t.extra - u.extra}
+// cpuSample is the CPU time used so far, PostgreSQL's by process: a process
+// that exits between two readings (a backend of a pool closing a
+// connection) then loses its share of the interval instead of taking its
+// whole lifetime's time off the sum.
+type cpuSample struct {
+	postgres    map[int]time.Duration
+	self, extra time.Duration
+}
+
+// since is the CPU time used from earlier to s.
+func (s cpuSample) since(earlier cpuSample) cpuTimes {
+	var pg time.Duration
+	for pid, t := range s.postgres {
+		pg += t - earlier.postgres[pid] // 0 for a process started since
+	}
+	return cpuTimes{postgres: pg, self: s.self - earlier.self, extra: s.extra - earlier.extra}
 }
 
 // read returns the CPU time used so far by PostgreSQL, this process and
-// extra. Processes that exit between two readings lose their share, so the
-// workloads keep their connections open.
-func (m *cpuMeter) read(extra []int) (cpuTimes, error) {
-	var t cpuTimes
+// extra, which must live through the interval measured.
+func (m *cpuMeter) read(extra []int) (cpuSample, error) {
+	var s cpuSample
 	var err error
-	if t.postgres, err = m.postgres(); err != nil {
-		return t, err
+	if s.postgres, err = m.postgres(); err != nil {
+		return s, err
 	}
 	var ru syscall.Rusage
 	if err := syscall.Getrusage(syscall.RUSAGE_SELF, &ru); err != nil {
-		return t, fmt.Errorf("getrusage: %w", err)
+		return s, fmt.Errorf("getrusage: %w", err)
 	}
-	t.self = time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
+	s.self = time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
 	for _, pid := range extra {
 		st, err := readStat(pid)
 		if err != nil {
-			return t, err
+			return s, err
 		}
-		t.extra += st.cpu
+		s.extra += st.cpu
 	}
-	return t, nil
+	return s, nil
 }
 
-// postgres sums the postmaster and every process whose parent chain leads
-// to it.
-func (m *cpuMeter) postgres() (time.Duration, error) {
+// postgres returns the CPU time of the postmaster and of every process
+// whose parent chain leads to it, by process.
+func (m *cpuMeter) postgres() (map[int]time.Duration, error) {
 	entries, err := os.ReadDir("/proc")
 	if err != nil {
-		return 0, fmt.Errorf("list processes: %w", err)
+		return nil, fmt.Errorf("list processes: %w", err)
 	}
 	stats := map[int]procStat{}
 	for _, e := range entries {
@@ -95,13 +108,13 @@ func (m *cpuMeter) postgres() (time.Duration, error) {
 		stats[pid] = st
 	}
 	if _, ok := stats[m.postmaster]; !ok {
-		return 0, fmt.Errorf("postmaster %d is not running", m.postmaster)
+		return nil, fmt.Errorf("postmaster %d is not running", m.postmaster)
 	}
-	var sum time.Duration
+	times := map[int]time.Duration{}
 	for pid, st := range stats {
 		for p, hops := pid, 0; hops < 64; hops++ {
 			if p == m.postmaster {
-				sum += st.cpu
+				times[pid] = st.cpu
 				break
 			}
 			parent, ok := stats[p]
@@ -111,7 +124,7 @@ func (m *cpuMeter) postgres() (time.Duration, error) {
 			p = parent.ppid
 		}
 	}
-	return sum, nil
+	return times, nil
 }
 
 type procStat struct {

@@ -314,7 +314,7 @@ func (b *bench) cpuPer10k(ctx context.Context, sys system, t *tap) (cpuTimes, er
 	if err != nil {
 		return cpuTimes{}, err
 	}
-	d := cpu1.sub(cpu0)
+	d := cpu1.since(cpu0)
 	scale := func(x time.Duration) time.Duration { return x * 10000 / time.Duration(b.cfg.cpuPuts) }
 	return cpuTimes{scale(d.postgres), scale(d.self), scale(d.extra)}, nil
 }
