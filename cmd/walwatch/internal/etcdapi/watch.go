@@ -72,11 +72,12 @@ var _ pb.WatchServer = (*watchServer)(nil)
 
 // Watch serves one stream: a goroutine reads requests and prepares
 // creates (their hub watch may read the compacted revision from
-// PostgreSQL); the handler's goroutine owns the stream's state and is the
+// PostgreSQL); the handler's goroutine owns the stream's state, is the
 // only one that sends, as grpc-go requires, and receives what the hub
 // delivers to each watcher when the hub says there is something (no
-// goroutine per watcher: thousands of watchers on one stream are common). Everything ends with the stream's
-// context, which also ends when the server stops (Server.endOnStop).
+// goroutine per watcher: thousands on one stream are common). Everything
+// ends with the stream's context, which also ends when the server stops
+// (Server.endOnStop).
 func (ws *watchServer) Watch(stream pb.Watch_WatchServer) error {
 	ctx, cancel := context.WithCancel(stream.Context())
 	defer cancel()
