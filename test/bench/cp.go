@@ -4,7 +4,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"io"
 	"net/http"
 	"path/filepath"
 	"time"
@@ -51,22 +50,7 @@ func (p *cpProcess) start(ctx context.Context, args ...string) error {
 		return err
 	}
 	p.base = "http://" + addr
-	return p.await(ctx, "/readyz", func(ctx context.Context) error {
-		req, err := http.NewRequestWithContext(ctx, http.MethodGet, p.base+"/readyz", nil)
-		if err != nil {
-			return err
-		}
-		resp, err := p.probe.Do(req)
-		if err != nil {
-			return err
-		}
-		_, _ = io.Copy(io.Discard, resp.Body)
-		resp.Body.Close()
-		if resp.StatusCode != http.StatusOK {
-			return fmt.Errorf("readyz: %s", resp.Status)
-		}
-		return nil
-	})
+	return p.await(ctx, "/readyz", func(ctx context.Context) error { return getOK(ctx, p.probe, p.base+"/readyz") })
 }
 
 // await is serverProcess.await that stops the cp (and drops its slot) if

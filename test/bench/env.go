@@ -4,7 +4,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"io"
 	"log/slog"
 	"net"
 	"net/http"
@@ -151,22 +150,7 @@ func (e *env) startEtcd(ctx context.Context) error {
 		return err
 	}
 	hc := &http.Client{Timeout: time.Second}
-	err = e.etcd.await(ctx, "/health", func(ctx context.Context) error {
-		req, err := http.NewRequestWithContext(ctx, http.MethodGet, cu+"/health", nil)
-		if err != nil {
-			return err
-		}
-		resp, err := hc.Do(req)
-		if err != nil {
-			return err
-		}
-		_, _ = io.Copy(io.Discard, resp.Body)
-		resp.Body.Close()
-		if resp.StatusCode != http.StatusOK {
-			return fmt.Errorf("etcd /health: %s", resp.Status)
-		}
-		return nil
-	})
+	err = e.etcd.await(ctx, "/health", func(ctx context.Context) error { return getOK(ctx, hc, cu+"/health") })
 	if err != nil {
 		e.etcd.stop()
 		return err
