@@ -420,7 +420,7 @@ func (b *bench) results(ctx context.Context, commit string) (*Results, error) {
 		}
 		lagNotes = append(lagNotes, fmt.Sprintf("%s (%s)", name, strings.Join(parts, ", ")))
 		cpu := pick(name, "cpu_s_per_10k_puts", []string{"postgres", "self", "extra"})
-		cpuNotes = append(cpuNotes, fmt.Sprintf("%s %.2f s PostgreSQL + %.2f s benchmark process + %.2f s its own process (cp, kine)",
+		cpuNotes = append(cpuNotes, fmt.Sprintf("%s %.2f s PostgreSQL + %.2f s benchmark process + %.2f s its server's own process (etcd, cp, kine)",
 			name, cpu["postgres"], cpu["self"], cpu["extra"]))
 	}
 	for _, name := range []string{"walwatch", "etcd"} {

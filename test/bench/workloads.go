@@ -185,7 +185,7 @@ func (b *bench) turn(ctx context.Context, sys system, round int) (err error) {
 	b.samples.add(name, "cpu_s_per_10k_puts", "postgres", cpu.postgres.Seconds())
 	b.samples.add(name, "cpu_s_per_10k_puts", "self", cpu.self.Seconds())
 	b.samples.add(name, "cpu_s_per_10k_puts", "extra", cpu.extra.Seconds())
-	line += fmt.Sprintf(" cpu/10k=%.2fs (pg %.2f, self %.2f, cp %.2f)", cpu.total().Seconds(),
+	line += fmt.Sprintf(" cpu/10k=%.2fs (pg %.2f, self %.2f, server %.2f)", cpu.total().Seconds(),
 		cpu.postgres.Seconds(), cpu.self.Seconds(), cpu.extra.Seconds())
 
 	stopErr := stop()
