@@ -88,6 +88,14 @@ func (s *etcdClients) put(ctx context.Context, client int, key, value []byte) er
 	return err
 }
 
+// memberList is a request every etcd API server answers from memory.
+func (s *etcdClients) memberList(ctx context.Context, client int) error {
+	_, err := s.clients[client].MemberList(ctx)
+	return err
+}
+
+func (s *etcdSystem) noop(ctx context.Context, client int) error { return s.memberList(ctx, client) }
+
 func (s *etcdClients) get(ctx context.Context, client int, key []byte) error {
 	res, err := s.clients[client].Get(ctx, string(key))
 	if err != nil {

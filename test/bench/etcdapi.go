@@ -24,6 +24,9 @@ func newEtcdAPISystem(e *env) *etcdAPISystem {
 func (s *etcdAPISystem) name() string { return "walwatch_etcd" }
 func (s *etcdAPISystem) pids() []int  { return s.cp.pids() }
 
+// noop is MemberList, which cp answers from memory.
+func (s *etcdAPISystem) noop(ctx context.Context, client int) error { return s.memberList(ctx, client) }
+
 // begin starts the control plane with its etcd API on a free port, waits
 // until it is ready and answers a read there, and connects the clients.
 func (s *etcdAPISystem) begin(ctx context.Context) error {

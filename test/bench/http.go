@@ -69,6 +69,11 @@ func (s *httpSystem) do(ctx context.Context, method, path string, body []byte) e
 	return nil
 }
 
+// noop is GET /healthz, which cp answers without PostgreSQL.
+func (s *httpSystem) noop(ctx context.Context, _ int) error {
+	return s.do(ctx, http.MethodGet, "/healthz", nil)
+}
+
 // put and get use /v1/kv/{key...}, whose path is the key without its
 // leading slash.
 func (s *httpSystem) put(ctx context.Context, _ int, key, value []byte) error {

@@ -407,6 +407,9 @@ func (b *bench) results(ctx context.Context, commit string) (*Results, error) {
 			WatchRTTUs:       pick(name, "watch_rtt_us", pct),
 			WatchRTTLoadedUs: pick(name, "watch_rtt_loaded_us", pct),
 		}
+		if _, ok := sys.(frontDoor); ok {
+			r.Systems[name].NoopPerS = pick(name, "noop_per_s", clientKeys(getConcurrency))
+		}
 		if v, ok := b.samples.median(name, "wal_bytes_per_put", ""); ok {
 			r.WALBytesPerPut[name] = v
 		}
@@ -549,6 +552,9 @@ func printSummary(w io.Writer, r *Results) {
 	}
 	for _, k := range []string{"1", "32"} {
 		row("get/s @"+k, get(func(s *SystemResults) map[string]float64 { return s.GetPerS }, k))
+	}
+	for _, k := range []string{"1", "32"} {
+		row("noop/s @"+k, get(func(s *SystemResults) map[string]float64 { return s.NoopPerS }, k))
 	}
 	for _, k := range []string{"p50", "p99", "p999"} {
 		row("rtt idle µs "+k, get(func(s *SystemResults) map[string]float64 { return s.WatchRTTUs }, k))

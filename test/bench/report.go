@@ -160,6 +160,7 @@ func putUnwatched(s *SystemResults) map[string]float64 { return s.PutPerSUnwatch
 func gets(s *SystemResults) map[string]float64         { return s.GetPerS }
 func rttIdle(s *SystemResults) map[string]float64      { return s.WatchRTTUs }
 func rttLoaded(s *SystemResults) map[string]float64    { return s.WatchRTTLoadedUs }
+func noops(s *SystemResults) map[string]float64        { return s.NoopPerS }
 
 // sysValue is system sys's figure m[key], if it was measured.
 func sysValue(r *Results, sys string, m metric, key string) (float64, bool) {
@@ -511,6 +512,20 @@ func renderReadme(r *Results) string {
 		versusTable(r, v[0], v[1]).write(&b)
 	}
 
+	b.WriteString("## Front door alone (requests/s, higher is better)\n\n")
+	b.WriteString("A request each server answers without its storage: `cp`'s `GET /healthz` (walwatch_http), " +
+		"etcd's MemberList (walwatch_etcd and etcd; etcd's is linearizable, as its gets), driven as the gets are.\n\n")
+	noopTable := table{header: []string{"system", "1 client", "32 clients"}}
+	for _, sys := range []string{"walwatch_http", "walwatch_etcd", "etcd"} {
+		row := []string{sys}
+		for _, n := range getClients {
+			v, ok := sysValue(r, sys, noops, n)
+			row = append(row, orDash(v, ok, fmtCount))
+		}
+		noopTable.rows = append(noopTable.rows, row)
+	}
+	noopTable.write(&b)
+
 	targets := evalTargets(r)
 	nMet, nMeasured := 0, 0
 	for _, t := range targets {
@@ -532,6 +547,18 @@ func renderReadme(r *Results) string {
 		tt.rows = append(tt.rows, []string{t.name, t.measured, t.ratio, t.status.String()})
 	}
 	tt.write(&b)
+
+	b.WriteString("## What the front door leaves\n\n")
+	b.WriteString("A request through `cp` is at least its front door's request and walwatch's own operation, " +
+		"both on the same cores, so its rate is at most 1 ÷ (1/direct + 1/front door), and a put's " +
+		"round trip to a watcher takes at least walwatch's direct one and one front-door round trip: " +
+		"the best possible figures below, from this run's. A target beyond its best possible figure is " +
+		"out of reach of any `cp` until the front door or the direct operation costs less.\n\n")
+	ct := table{header: []string{"target", "needs", "best possible", "measured"}, left: true}
+	for _, c := range evalCeilings(r) {
+		ct.rows = append(ct.rows, []string{c.target, orDash(c.needs, c.ok, c.format), orDash(c.best, c.ok, c.format), orDash(c.measured, c.ok, c.format)})
+	}
+	ct.write(&b)
 
 	if len(r.Notes) > 0 {
 		b.WriteString("## Notes\n\n")
@@ -702,6 +729,54 @@ func evalTargets(r *Results) []target {
 		absolute("11. Catch-up ≥ 300,000 events/s", catchup, atLeast, 300000),
 	)
 	return out
+}
+
+// ceiling is what a front-door target needs, the best the front door and
+// the direct operation allow together, and what was measured.
+type ceiling struct {
+	target                string
+	needs, best, measured float64
+	ok                    bool
+	format                func(float64) string
+}
+
+// evalCeilings computes the best possible figures of targets 6, 7 and 8
+// (those through cp) from walwatch's direct figure and the front door's
+// noop at the same number of clients: a rate of at most
+// 1 ÷ (1/direct + 1/noop), a round trip of at least direct's plus one noop.
+func evalCeilings(r *Results) []ceiling {
+	rate := func(name, sys string, m metric, n string, other string, factor float64) ceiling {
+		direct, dok := sysValue(r, "walwatch", m, n)
+		noop, nok := sysValue(r, sys, noops, n)
+		measured, mok := sysValue(r, sys, m, n)
+		base, bok := sysValue(r, other, m, n)
+		c := ceiling{target: name, ok: dok && nok && mok && bok && direct > 0 && noop > 0, format: fmtCount}
+		if c.ok {
+			c.needs, c.best, c.measured = factor*base, 1/(1/direct+1/noop), measured
+		}
+		return c
+	}
+	const http, api = "walwatch_http", "walwatch_etcd"
+	rtt := func() ceiling {
+		direct, dok := sysValue(r, "walwatch", rttIdle, "p50")
+		noop, nok := sysValue(r, api, noops, "1")
+		measured, mok := sysValue(r, api, rttIdle, "p50")
+		base, bok := sysValue(r, "etcd", rttIdle, "p50")
+		c := ceiling{target: "7. etcd API idle round trip p50 ≤ etcd's", ok: dok && nok && mok && bok && noop > 0, format: fmtUs}
+		if c.ok {
+			c.needs, c.best, c.measured = base, direct+1e6/noop, measured
+		}
+		return c
+	}
+	return []ceiling{
+		rate("6. HTTP puts at 32 clients ≥ 0.7× walwatch direct", http, putWatched, "32", "walwatch", 0.7),
+		rate("6. HTTP gets at 32 clients ≥ 0.7× walwatch direct", http, gets, "32", "walwatch", 0.7),
+		rate("7. etcd API puts at 32 clients ≥ 1.2× etcd", api, putWatched, "32", "etcd", 1.2),
+		rate("7. etcd API gets at 1 client ≥ 1.0× etcd", api, gets, "1", "etcd", 1),
+		rate("7. etcd API gets at 32 clients ≥ 1.0× etcd", api, gets, "32", "etcd", 1),
+		rtt(),
+		rate("8. etcd API puts at 32 clients ≥ 3× kine", api, putWatched, "32", "kine", 3),
+	}
 }
 
 // ---- chart ----

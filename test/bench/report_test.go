@@ -34,6 +34,7 @@ func plausibleResults() *Results {
 				PutPerS:          map[string]float64{"1": 1500, "8": 9000, "32": 30000, "64": 36000},
 				PutPerSUnwatched: map[string]float64{"1": 1520, "8": 9100, "32": 31000, "64": 37000},
 				GetPerS:          map[string]float64{"1": 6000, "32": 70000},
+				NoopPerS:         map[string]float64{"1": 18000, "32": 60000},
 				WatchRTTUs:       map[string]float64{"p50": 400, "p99": 900, "p999": 2000},
 				WatchRTTLoadedUs: map[string]float64{"p50": 1200, "p99": 6000, "p999": 12000},
 			},
@@ -41,6 +42,7 @@ func plausibleResults() *Results {
 				PutPerS:          map[string]float64{"1": 1440, "8": 9000, "32": 36000, "64": 48000},
 				PutPerSUnwatched: map[string]float64{"1": 1500, "8": 9700, "32": 46000, "64": 61000},
 				GetPerS:          map[string]float64{"1": 6000, "32": 100000},
+				NoopPerS:         map[string]float64{"1": 12000, "32": 120000},
 				WatchRTTUs:       map[string]float64{"p50": 450, "p99": 1300},
 				WatchRTTLoadedUs: map[string]float64{"p50": 1400, "p99": 6000, "p999": 12000},
 			},
@@ -312,6 +314,29 @@ func TestReportFull(t *testing.T) {
 	}
 	if n := strings.Count(vs, "\n| "); n != 2+4+4+2+3+3+1 {
 		t.Errorf("versus table has %d lines, want a header, its rule and 17 rows:\n%s", n, vs)
+	}
+
+	door := section(t, md, "Front door alone (requests/s, higher is better)")
+	if got := row(t, door, "walwatch_etcd"); strings.Join(got, ";") != "walwatch_etcd;12,000;120,000" {
+		t.Errorf("walwatch_etcd front door row = %q", got)
+	}
+	if got := row(t, door, "etcd"); strings.Join(got, ";") != "etcd;—;—" {
+		t.Errorf("etcd front door row = %q", got)
+	}
+	leaves := section(t, md, "What the front door leaves")
+	for name, want := range map[string]string{
+		// 1 ÷ (1/40,000 + 1/60,000)
+		"6. HTTP puts at 32 clients ≥ 0.7× walwatch direct": "28,000;24,000;30,000",
+		// 1 ÷ (1/9,000 + 1/12,000)
+		"7. etcd API gets at 1 client ≥ 1.0× etcd": "8,000;5,143;6,000",
+		// 1 ÷ (1/40,000 + 1/120,000)
+		"8. etcd API puts at 32 clients ≥ 3× kine": "9,000;30,000;36,000",
+		// 250 µs + 1 s ÷ 12,000
+		"7. etcd API idle round trip p50 ≤ etcd's": "300 µs;333 µs;450 µs",
+	} {
+		if got := row(t, leaves, name); strings.Join(got[1:], ";") != want {
+			t.Errorf("ceiling row %q = %q, want %s", name, got, want)
+		}
 	}
 
 	if !strings.Contains(tg, "15 of 26 met") {

@@ -40,6 +40,9 @@ type SystemResults struct {
 	GetPerS          map[string]float64 `json:"get_per_s"`
 	WatchRTTUs       map[string]float64 `json:"watch_rtt_us"`        // put -> event, idle
 	WatchRTTLoadedUs map[string]float64 `json:"watch_rtt_loaded_us"` // put -> event while 32 other clients put
+	// NoopPerS is the rate of a request the system's server answers without
+	// its storage (systems behind a server of their own only).
+	NoopPerS map[string]float64 `json:"noop_per_s,omitempty"`
 }
 
 // Fanout is the time for one put to reach every watcher.

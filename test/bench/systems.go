@@ -26,6 +26,14 @@ type system interface {
 	pids() []int
 }
 
+// frontDoor is a system behind a server of its own. noop is a request that
+// server answers without reaching its storage (cp's GET /healthz, etcd's
+// MemberList): what the server's front door alone costs a request, which
+// no request through it can cost less than.
+type frontDoor interface {
+	noop(ctx context.Context, client int) error
+}
+
 // maxClients is the most clients any workload runs at once: 64 writers,
 // or 32 writers and a probe; a few spare.
 const maxClients = 66

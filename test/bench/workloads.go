@@ -150,6 +150,19 @@ func (b *bench) turn(ctx context.Context, sys system, round int) (err error) {
 		line += fmt.Sprintf(" get@%d=%.0f", n, rate)
 	}
 
+	if fd, ok := sys.(frontDoor); ok {
+		for _, n := range getConcurrency {
+			_, rate, err := throughput(ctx, n, b.cfg.getDur, func(ctx context.Context, client int, _ *rand.Rand) error {
+				return fd.noop(ctx, client)
+			})
+			if err != nil {
+				return fmt.Errorf("%s: front door alone, %d clients: %w", name, n, err)
+			}
+			b.samples.add(name, "noop_per_s", strconv.Itoa(n), rate)
+			line += fmt.Sprintf(" noop@%d=%.0f", n, rate)
+		}
+	}
+
 	idle, err := b.roundTrips(ctx, sys, t, 0)
 	if err != nil {
 		return fmt.Errorf("%s: idle round trip: %w", name, err)
