@@ -401,11 +401,15 @@ func (b *bench) results(ctx context.Context, commit string) (*Results, error) {
 		name := sys.name()
 		names = append(names, name)
 		r.Systems[name] = &SystemResults{
-			PutPerS:          pick(name, "put_per_s", clientKeys(putConcurrency)),
-			PutPerSUnwatched: pick(name, "put_per_s_unwatched", clientKeys(putConcurrency)),
-			GetPerS:          pick(name, "get_per_s", clientKeys(getConcurrency)),
-			WatchRTTUs:       pick(name, "watch_rtt_us", pct),
-			WatchRTTLoadedUs: pick(name, "watch_rtt_loaded_us", pct),
+			PutPerS:                  pick(name, "put_per_s", clientKeys(putConcurrency)),
+			PutPerSUnwatched:         pick(name, "put_per_s_unwatched", clientKeys(putConcurrency)),
+			GetPerS:                  pick(name, "get_per_s", clientKeys(getConcurrency)),
+			WatchRTTUs:               pick(name, "watch_rtt_us", pct),
+			WatchRTTLoadedUs:         pick(name, "watch_rtt_loaded_us", pct),
+			WatchRTTPutUs:            pick(name, "watch_rtt_put_us", pct),
+			WatchRTTDeliveryUs:       pick(name, "watch_rtt_delivery_us", pct),
+			WatchRTTLoadedPutUs:      pick(name, "watch_rtt_loaded_put_us", pct),
+			WatchRTTLoadedDeliveryUs: pick(name, "watch_rtt_loaded_delivery_us", pct),
 		}
 		if _, ok := sys.(frontDoor); ok {
 			r.Systems[name].NoopPerS = pick(name, "noop_per_s", clientKeys(getConcurrency))

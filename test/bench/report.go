@@ -161,6 +161,12 @@ func gets(s *SystemResults) map[string]float64         { return s.GetPerS }
 func rttIdle(s *SystemResults) map[string]float64      { return s.WatchRTTUs }
 func rttLoaded(s *SystemResults) map[string]float64    { return s.WatchRTTLoadedUs }
 func noops(s *SystemResults) map[string]float64        { return s.NoopPerS }
+func rttPut(s *SystemResults) map[string]float64       { return s.WatchRTTPutUs }
+func rttDelivery(s *SystemResults) map[string]float64  { return s.WatchRTTDeliveryUs }
+func rttLoadedPut(s *SystemResults) map[string]float64 { return s.WatchRTTLoadedPutUs }
+func rttLoadedDelivery(s *SystemResults) map[string]float64 {
+	return s.WatchRTTLoadedDeliveryUs
+}
 
 // sysValue is system sys's figure m[key], if it was measured.
 func sysValue(r *Results, sys string, m metric, key string) (float64, bool) {
@@ -461,6 +467,25 @@ func renderReadme(r *Results) string {
 	b.WriteString("## Watch round trip under load (lower is better)\n\n")
 	b.WriteString("The same, while 32 other clients put.\n\n")
 	systemTable(r, rttLoaded, pcts, pcts, fmtUs).write(&b)
+
+	b.WriteString("## Where the round trip goes (lower is better)\n\n")
+	b.WriteString("Each round trip above in two stages: the put, until the writer has its answer, and the " +
+		"delivery, from then until the event reaches the watcher. Percentiles of each stage's own samples, " +
+		"so a stage's p99 and the other's do not add up to the round trip's.\n\n")
+	stages := table{header: []string{"system", "idle put p50", "idle put p99", "idle delivery p50", "idle delivery p99",
+		"loaded put p50", "loaded put p99", "loaded delivery p50", "loaded delivery p99"}}
+	for _, sys := range systems(r) {
+		row := []string{sys}
+		for _, m := range []metric{rttPut, rttDelivery, rttLoadedPut, rttLoadedDelivery} {
+			for _, p := range []string{"p50", "p99"} {
+				v, ok := sysValue(r, sys, m, p)
+				base, bok := sysValue(r, "walwatch", m, p)
+				row = append(row, cell(v, ok, base, bok, sys == "walwatch", fmtUs))
+			}
+		}
+		stages.rows = append(stages.rows, row)
+	}
+	stages.write(&b)
 
 	b.WriteString("## Fan-out (lower is better)\n\n")
 	b.WriteString("Time for one put to reach every watcher on one hub (etcd: one server).\n\n")

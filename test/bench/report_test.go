@@ -24,11 +24,15 @@ func plausibleResults() *Results {
 		},
 		Systems: map[string]*SystemResults{
 			"walwatch": {
-				PutPerS:          map[string]float64{"1": 1800, "8": 11000, "32": 40000, "64": 52000},
-				PutPerSUnwatched: map[string]float64{"1": 1850, "8": 11500, "32": 42000, "64": 55000},
-				GetPerS:          map[string]float64{"1": 9000, "32": 120000},
-				WatchRTTUs:       map[string]float64{"p50": 250, "p99": 700, "p999": 1450},
-				WatchRTTLoadedUs: map[string]float64{"p50": 900, "p99": 4000, "p999": 8200},
+				PutPerS:                  map[string]float64{"1": 1800, "8": 11000, "32": 40000, "64": 52000},
+				PutPerSUnwatched:         map[string]float64{"1": 1850, "8": 11500, "32": 42000, "64": 55000},
+				GetPerS:                  map[string]float64{"1": 9000, "32": 120000},
+				WatchRTTUs:               map[string]float64{"p50": 250, "p99": 700, "p999": 1450},
+				WatchRTTLoadedUs:         map[string]float64{"p50": 900, "p99": 4000, "p999": 8200},
+				WatchRTTPutUs:            map[string]float64{"p50": 180, "p99": 500},
+				WatchRTTDeliveryUs:       map[string]float64{"p50": 70, "p99": 300},
+				WatchRTTLoadedPutUs:      map[string]float64{"p50": 700, "p99": 3000},
+				WatchRTTLoadedDeliveryUs: map[string]float64{"p50": 200, "p99": 1500},
 			},
 			"walwatch_http": {
 				PutPerS:          map[string]float64{"1": 1500, "8": 9000, "32": 30000, "64": 36000},
@@ -316,6 +320,10 @@ func TestReportFull(t *testing.T) {
 		t.Errorf("versus table has %d lines, want a header, its rule and 17 rows:\n%s", n, vs)
 	}
 
+	stages := section(t, md, "Where the round trip goes (lower is better)")
+	if got := row(t, stages, "walwatch"); strings.Join(got[1:], ";") != "180 µs;500 µs;70 µs;300 µs;700 µs;3.00 ms;200 µs;1.50 ms" {
+		t.Errorf("walwatch stages row = %q", got)
+	}
 	door := section(t, md, "Front door alone (requests/s, higher is better)")
 	if got := row(t, door, "walwatch_etcd"); strings.Join(got, ";") != "walwatch_etcd;12,000;120,000" {
 		t.Errorf("walwatch_etcd front door row = %q", got)

@@ -40,6 +40,13 @@ type SystemResults struct {
 	GetPerS          map[string]float64 `json:"get_per_s"`
 	WatchRTTUs       map[string]float64 `json:"watch_rtt_us"`        // put -> event, idle
 	WatchRTTLoadedUs map[string]float64 `json:"watch_rtt_loaded_us"` // put -> event while 32 other clients put
+	// The round trip in two stages: the put alone, until the writer has its
+	// answer, and the delivery, from then to the event at the watcher
+	// (percentiles of each sample's split, so p99s do not add up).
+	WatchRTTPutUs            map[string]float64 `json:"watch_rtt_put_us,omitempty"`
+	WatchRTTDeliveryUs       map[string]float64 `json:"watch_rtt_delivery_us,omitempty"`
+	WatchRTTLoadedPutUs      map[string]float64 `json:"watch_rtt_loaded_put_us,omitempty"`
+	WatchRTTLoadedDeliveryUs map[string]float64 `json:"watch_rtt_loaded_delivery_us,omitempty"`
 	// NoopPerS is the rate of a request the system's server answers without
 	// its storage (systems behind a server of their own only).
 	NoopPerS map[string]float64 `json:"noop_per_s,omitempty"`

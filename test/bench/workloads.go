@@ -163,15 +163,19 @@ func (b *bench) turn(ctx context.Context, sys system, round int) (err error) {
 		}
 	}
 
-	idle, err := b.roundTrips(ctx, sys, t, 0)
+	idle, idlePuts, err := b.roundTrips(ctx, sys, t, 0)
 	if err != nil {
 		return fmt.Errorf("%s: idle round trip: %w", name, err)
 	}
-	loaded, err := b.roundTrips(ctx, sys, t, loadedRTT)
+	loaded, loadedPuts, err := b.roundTrips(ctx, sys, t, loadedRTT)
 	if err != nil {
 		return fmt.Errorf("%s: loaded round trip: %w", name, err)
 	}
-	for metric, rtts := range map[string][]time.Duration{"watch_rtt_us": idle, "watch_rtt_loaded_us": loaded} {
+	for metric, rtts := range map[string][]time.Duration{
+		"watch_rtt_us": idle, "watch_rtt_loaded_us": loaded,
+		"watch_rtt_put_us": idlePuts, "watch_rtt_loaded_put_us": loadedPuts,
+		"watch_rtt_delivery_us": delivery(idle, idlePuts), "watch_rtt_loaded_delivery_us": delivery(loaded, loadedPuts),
+	} {
 		ps := percentiles(micros(rtts), 0.5, 0.99, 0.999)
 		for i, k := range []string{"p50", "p99", "p999"} {
 			b.samples.add(name, metric, k, ps[i])
@@ -179,7 +183,10 @@ func (b *bench) turn(ctx context.Context, sys system, round int) (err error) {
 	}
 	idleP := percentiles(micros(idle), 0.5, 0.99)
 	loadedP := percentiles(micros(loaded), 0.5, 0.99)
-	line += fmt.Sprintf(" rtt=%.0f/%.0fus loaded=%.0f/%.0fus", idleP[0], idleP[1], loadedP[0], loadedP[1])
+	idlePut := percentiles(micros(idlePuts), 0.5, 0.99)
+	loadedPut := percentiles(micros(loadedPuts), 0.5, 0.99)
+	line += fmt.Sprintf(" rtt=%.0f/%.0fus (put %.0f/%.0f) loaded=%.0f/%.0fus (put %.0f/%.0f)", idleP[0], idleP[1], idlePut[0], idlePut[1],
+		loadedP[0], loadedP[1], loadedPut[0], loadedPut[1])
 
 	if b.walSystems[name] {
 		perPut, err := b.walPerPut(ctx, sys, t)
@@ -213,8 +220,8 @@ func (b *bench) turn(ctx context.Context, sys system, round int) (err error) {
 // roundTrips measures put -> event on the watcher: the probe client puts
 // the probe key and waits for the watcher to see it, cfg.rttSamples times
 // or for cfg.rttMaxTime, while load other clients put the other keys as
-// fast as they can.
-func (b *bench) roundTrips(ctx context.Context, sys system, t *tap, load int) ([]time.Duration, error) {
+// fast as they can. puts are the probe's puts alone, until acknowledged.
+func (b *bench) roundTrips(ctx context.Context, sys system, t *tap, load int) (rtts, puts []time.Duration, err error) {
 	before := t.events.Load()
 	var (
 		stopLoad atomic.Bool
@@ -233,19 +240,28 @@ func (b *bench) roundTrips(ctx context.Context, sys system, t *tap, load int) ([
 			return nil
 		})
 	}
-	var rtts []time.Duration
-	err := warmUp(gctx, load)
+	err = warmUp(gctx, load)
 	if err == nil {
-		rtts, err = b.probe(gctx, sys, t)
+		rtts, puts, err = b.probe(gctx, sys, t)
 	}
 	stopLoad.Store(true)
 	if err := errors.Join(err, g.Wait()); err != nil {
-		return nil, err
+		return nil, nil, err
 	}
 	if _, err := t.drain(ctx, before+loadPuts.Load()+int64(len(rtts)), drainLimit); err != nil {
-		return nil, err
+		return nil, nil, err
 	}
-	return rtts, nil
+	return rtts, puts, nil
+}
+
+// delivery is each round trip less its put: from the writer's answer to
+// the event at the watcher.
+func delivery(rtts, puts []time.Duration) []time.Duration {
+	out := make([]time.Duration, len(rtts))
+	for i := range rtts {
+		out[i] = rtts[i] - puts[i]
+	}
+	return out
 }
 
 // warmUp gives load writers, if any, a moment to get going.
@@ -261,27 +277,30 @@ func warmUp(ctx context.Context, load int) error {
 	}
 }
 
-func (b *bench) probe(ctx context.Context, sys system, t *tap) ([]time.Duration, error) {
-	rtts := make([]time.Duration, 0, b.cfg.rttSamples)
+func (b *bench) probe(ctx context.Context, sys system, t *tap) (rtts, puts []time.Duration, err error) {
+	rtts = make([]time.Duration, 0, b.cfg.rttSamples)
+	puts = make([]time.Duration, 0, b.cfg.rttSamples)
 	timeout := time.NewTimer(rttTimeout)
 	defer timeout.Stop()
 	end := time.Now().Add(b.cfg.rttMaxTime)
 	for len(rtts) < b.cfg.rttSamples && time.Now().Before(end) {
 		start := time.Now()
 		if err := sys.put(ctx, 0, []byte(probeKey), b.value); err != nil {
-			return nil, fmt.Errorf("probe put: %w", err)
+			return nil, nil, fmt.Errorf("probe put: %w", err)
 		}
+		acked := time.Since(start)
 		timeout.Reset(rttTimeout)
 		select {
 		case <-t.seen:
 			rtts = append(rtts, time.Since(start))
+			puts = append(puts, acked)
 		case <-timeout.C:
-			return nil, fmt.Errorf("the watcher did not see the probe within %v", rttTimeout)
+			return nil, nil, fmt.Errorf("the watcher did not see the probe within %v", rttTimeout)
 		case <-ctx.Done():
-			return nil, ctx.Err()
+			return nil, nil, ctx.Err()
 		}
 	}
-	return rtts, nil
+	return rtts, puts, nil
 }
 
 // walPerPut is the WAL written per single-client put, watcher attached
