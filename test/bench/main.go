@@ -495,7 +495,7 @@ func (b *bench) notes(names, lagNotes, cpuNotes []string) []string {
 			"is a sequence default (no function, no lock, no settling), in the notify database, and read by a bare pglogrepl consumer in this process " +
 			"(a temporary slot, pgoutput, keys matched by prefix; no hub, no ordering, no visibility check). walwatch's distance to it is the overhead walwatch owns.",
 		fmt.Sprintf("Round trip: one client puts a probe key and waits until the watcher has its event, so it includes the put's own latency; "+
-			"%d samples a round or as many as fit in %v, idle and while %d other clients put as fast as they can (then mostly the put's wait behind them).",
+			"%d samples a round or as many as fit in %v, idle and while %d other clients put as fast as they can (the table of stages splits it into the put and its delivery).",
 			c.rttSamples, c.rttMaxTime, loadedRTT),
 		fmt.Sprintf("WAL per put: pg_current_wal_lsn() before and after %d single-client puts, watcher attached, until the watcher had them all "+
 			"(cluster-wide, so what the watching side writes counts).", c.walPuts),
