@@ -60,3 +60,29 @@ func TestRangeOneMatchesRangeFunction(t *testing.T) {
 		}
 	}
 }
+
+// A read at the current revision takes it from the newest row and not from
+// walwatch.meta: compacting at the current revision when the newest row is a
+// tombstone must leave that row, so that the revision a get reports is still
+// the current one, not below the compacted revision.
+func TestRangeOneAfterCompactingToTheNewestTombstone(t *testing.T) {
+	s, _ := newStore(t, store.Limits{})
+	ctx := testContext(t)
+	mustPut(t, s, "/gone/a", "1")
+	del, err := s.Delete(ctx, store.Key([]byte("/gone/a")))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := s.Compact(ctx, del.Revision); err != nil {
+		t.Fatal(err)
+	}
+	for _, key := range []string{"/gone/a", "/gone/never"} {
+		got, err := s.Range(ctx, store.RangeRequest{KeyRange: store.Key([]byte(key))})
+		if err != nil || got.Revision != del.Revision || len(got.KVs) != 0 || got.Count != 0 {
+			t.Fatalf("Range(%s) after compacting at %d = %+v, %v; want revision %d, no keys", key, del.Revision, got, err, del.Revision)
+		}
+		if _, err := s.Range(ctx, store.RangeRequest{KeyRange: store.Key([]byte(key)), Revision: got.Revision}); err != nil {
+			t.Fatalf("Range(%s) at the revision a read at the latest reported: %v", key, err)
+		}
+	}
+}
