@@ -312,9 +312,7 @@ func TestReportFull(t *testing.T) {
 		"round trip, loaded, p99":        "6.00 ms;3.00 ms;2.00×",
 		"CPU per 10k puts":               "1.80 s;0.90 s;2.00×",
 	} {
-		if got := row(t, vs, name); strings.Join(got[1:], ";") != want {
-			t.Errorf("versus row %q = %q, want %s", name, got, want)
-		}
+		checkRow(t, vs, name, want)
 	}
 	if n := strings.Count(vs, "\n| "); n != 2+4+4+2+3+3+1 {
 		t.Errorf("versus table has %d lines, want a header, its rule and 17 rows:\n%s", n, vs)
@@ -342,9 +340,7 @@ func TestReportFull(t *testing.T) {
 		// 250 µs + 1 s ÷ 12,000
 		"7. etcd API idle round trip p50 ≤ etcd's": "300 µs;333 µs;450 µs",
 	} {
-		if got := row(t, leaves, name); strings.Join(got[1:], ";") != want {
-			t.Errorf("ceiling row %q = %q, want %s", name, got, want)
-		}
+		checkRow(t, leaves, name, want)
 	}
 
 	if !strings.Contains(tg, "15 of 26 met") {
@@ -359,6 +355,14 @@ func TestReportFull(t *testing.T) {
 		if countColour(t, dir, sys) < 100 {
 			t.Errorf("chart has no bars of %s", sys)
 		}
+	}
+}
+
+// checkRow checks the cells after the first of the row named name.
+func checkRow(t *testing.T, table, name, want string) {
+	t.Helper()
+	if got := row(t, table, name); strings.Join(got[1:], ";") != want {
+		t.Errorf("row %q = %q, want %s", name, got, want)
 	}
 }
 
