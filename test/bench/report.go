@@ -470,7 +470,8 @@ func renderReadme(r *Results) string {
 
 	b.WriteString("## Where the round trip goes (lower is better)\n\n")
 	b.WriteString("Each round trip above in two stages: the put, until the writer has its answer, and the " +
-		"delivery, from then until the event reaches the watcher. Percentiles of each stage's own samples, " +
+		"delivery, from then until the event reaches the watcher (about 0 when the event was there first, as " +
+		"etcd and notify deliver before they answer the writer). Percentiles of each stage's own samples, " +
 		"so a stage's p99 and the other's do not add up to the round trip's.\n\n")
 	stages := table{header: []string{"system", "idle put p50", "idle put p99", "idle delivery p50", "idle delivery p99",
 		"loaded put p50", "loaded put p99", "loaded delivery p50", "loaded delivery p99"}}
