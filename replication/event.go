@@ -51,11 +51,13 @@ type WatchRequest struct {
 	// ProgressNotify sends progress responses (no events, Revision set)
 	// while the watcher is idle.
 	ProgressNotify bool
-	// Notify, when set, is called after each response is queued on the
-	// Watcher's C and after C is closed, so that one goroutine can serve
-	// many watchers, receiving from C without blocking when told, rather
-	// than a goroutine each blocked on its C. It may be called with the
-	// hub's lock held: it must return at once and not call the hub.
+	// Notify, when set, is called after each response is queued for the
+	// Watcher and after its watch ends, so that one goroutine can serve
+	// many watchers, calling Watcher.Drain when told, rather than a
+	// goroutine each blocked on its C. Such a watcher has no C unless it
+	// asks for PrevKV, and no channel's memory while idle. Notify may be
+	// called with the hub's lock held: it must return at once and not call
+	// the hub.
 	Notify func()
 }
 

@@ -56,6 +56,6 @@ func (h *Hub) isLive(wt *watcher) bool {
 // hasRoomForMark reports whether trySend would take a response without
 // events now: a free slot, and no more bytes queued than q allows.
 func (wt *watcher) hasRoomForMark(q queueLimit) bool {
-	n := len(wt.ch)
-	return n < cap(wt.ch) && (wt.sizes == nil || n == 0 || wt.queued(q) <= q.bytes)
+	n := wt.length()
+	return n < wt.capacity() && (wt.sizes == nil || n == 0 || wt.queued(q) <= q.bytes)
 }

@@ -203,10 +203,11 @@ func TestSlowWatcherDoesNotDelayOthers(t *testing.T) {
 	}
 }
 
-// A watcher read only when Notify says so, never blocking on C, gets every
-// event in order and the close: Notify comes after each response is queued
-// and after C is closed, with PrevKV (whose responses another goroutine
-// forwards) too. More puts than C holds, some before the first read.
+// A watcher read with Drain only when Notify says so gets every event in
+// order and the end: Notify comes after each response is queued and after
+// the watch ends, with PrevKV (whose responses another goroutine forwards on
+// C) too. More puts than a watcher's queue holds, some before the first
+// read.
 func TestWatchNotify(t *testing.T) {
 	for _, prevKV := range []bool{false, true} {
 		t.Run(fmt.Sprint("PrevKV=", prevKV), func(t *testing.T) {
@@ -236,23 +237,22 @@ func TestWatchNotify(t *testing.T) {
 				case <-deadline:
 					t.Fatalf("no notification for 30s: got revisions %v of %v, closed %v", got, want, closed)
 				}
-				for empty := false; !empty && !closed; {
-					select {
-					case resp, ok := <-w.C:
-						closed = !ok
-						for _, ev := range resp.Events {
-							got = append(got, ev.Revision)
-							if prevKV && ev.Revision > want[0] && ev.PrevKV == nil {
-								t.Errorf("event at %d has no previous value", ev.Revision)
-							}
+				var resps []replication.WatchResponse
+				resps, closed = w.Drain(nil)
+				for _, resp := range resps {
+					for _, ev := range resp.Events {
+						got = append(got, ev.Revision)
+						if prevKV && ev.Revision > want[0] && ev.PrevKV == nil {
+							t.Errorf("event at %d has no previous value", ev.Revision)
 						}
-						if len(got) == len(want) {
-							cancel() // and the close must be told too
-						}
-					default:
-						empty = true
 					}
 				}
+				if len(got) == len(want) {
+					cancel() // and the end must be told too
+				}
+			}
+			if !prevKV && w.C != nil {
+				t.Error("a Notify watcher without PrevKV has a channel")
 			}
 			if !slices.Equal(got, want) {
 				t.Errorf("got revisions %v, want %v", got, want)

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"math"
 	"slices"
+	"sync"
 	"time"
 
 	"github.com/walwatch/walwatch/store"
@@ -40,12 +41,14 @@ var (
 )
 
 // watcher is the hub's side of one watch. Every field but the immutable
-// ones is protected by Hub.mu, and every send on ch happens under it (in
-// trySend, but for cancelLocked's last word), so a check for room in ch
-// stays true until the send.
+// ones is protected by Hub.mu, and every send on ch (or push on pull)
+// happens under it, so a check for room stays true until the send.
 type watcher struct {
 	rng store.KeyRange
-	ch  chan WatchResponse
+	// The responses not yet read: on ch, or on pull for a Notify watcher
+	// (then ch is nil). Either holds at most chanBufLen.
+	ch   chan WatchResponse
+	pull *pullQueue
 	// next is the first revision not yet delivered (or skipped as not
 	// matching) to a watcher that is not live. A live one's is the
 	// watermark's successor, or its start if that is later: it is written
@@ -69,6 +72,96 @@ type watcher struct {
 	notify   func() // WatchRequest.Notify; nil: none
 }
 
+// pullQueue holds the responses of a watcher read with Watcher.Drain when
+// its Notify says so. Unlike a channel it costs nothing while empty: a
+// channel of chanBufLen responses is 1.1 KiB, most of an idle watcher, and
+// one stream multiplexes thousands of idle watchers (issue 17, target 9).
+type pullQueue struct {
+	mu    sync.Mutex
+	resps []WatchResponse
+	ended bool // the watch ended after resps
+}
+
+// pullKeep is the most responses a drained pullQueue keeps room for, so
+// that a burst does not cost a watcher its backing array for good.
+const pullKeep = 4
+
+func (q *pullQueue) len() int {
+	q.mu.Lock()
+	defer q.mu.Unlock()
+	return len(q.resps)
+}
+
+// push queues resp unless ended or more than limit would be queued, and
+// reports whether it did.
+func (q *pullQueue) push(resp WatchResponse, limit int) bool {
+	q.mu.Lock()
+	defer q.mu.Unlock()
+	if q.ended || len(q.resps) >= limit {
+		return false
+	}
+	q.resps = append(q.resps, resp)
+	return true
+}
+
+func (q *pullQueue) end() {
+	q.mu.Lock()
+	q.ended = true
+	q.mu.Unlock()
+}
+
+func (q *pullQueue) drain(dst []WatchResponse) ([]WatchResponse, bool) {
+	q.mu.Lock()
+	defer q.mu.Unlock()
+	dst = append(dst, q.resps...)
+	clear(q.resps) // keep no events alive
+	if cap(q.resps) > pullKeep {
+		q.resps = nil
+	} else {
+		q.resps = q.resps[:0]
+	}
+	return dst, q.ended
+}
+
+// length is how many responses are queued and not yet read. The reader may
+// take some meanwhile: that only makes the answer too high.
+func (wt *watcher) length() int {
+	if wt.pull != nil {
+		return wt.pull.len()
+	}
+	return len(wt.ch)
+}
+
+// capacity is how many responses may be queued at once.
+func (wt *watcher) capacity() int {
+	if wt.pull != nil {
+		return chanBufLen
+	}
+	return cap(wt.ch)
+}
+
+// offer queues resp if there is a free slot, and reports whether it did.
+func (wt *watcher) offer(resp WatchResponse) bool {
+	if wt.pull != nil {
+		return wt.pull.push(resp, chanBufLen)
+	}
+	select {
+	case wt.ch <- resp:
+		return true
+	default:
+		return false
+	}
+}
+
+// closeQueue tells the reader that nothing follows what is queued.
+func (wt *watcher) closeQueue() {
+	if wt.pull != nil {
+		wt.pull.end()
+		return
+	}
+	close(wt.ch)
+}
+
 // queueLimit bounds the bytes queued for a watcher (Config.WatcherBytes).
 // small is the largest response of which chanBufLen, a full channel, stay
 // within it.
@@ -80,11 +173,12 @@ func newQueueLimit(bytes int) queueLimit { return queueLimit{bytes: bytes, small
 // exactly while sizes are recorded, else len(ch) small ones. The reader may
 // take one meanwhile: that only makes the answer too high.
 func (wt *watcher) queued(q queueLimit) int {
+	n := wt.length()
 	if wt.sizes == nil {
-		return len(wt.ch) * q.small
+		return n * q.small
 	}
 	total, i := 0, int(wt.head)
-	for range len(wt.ch) {
+	for range n {
 		if i--; i < 0 {
 			i = len(wt.sizes) - 1
 		}
@@ -97,8 +191,8 @@ func (wt *watcher) queued(q queueLimit) int {
 // free slot in ch, all of q.bytes with ch empty (and then a larger revision
 // may go too, alone).
 func (wt *watcher) room(q queueLimit) int {
-	switch n := len(wt.ch); {
-	case n == cap(wt.ch):
+	switch n := wt.length(); {
+	case n == wt.capacity():
 		return 0
 	case n == 0:
 		return q.bytes
@@ -120,21 +214,19 @@ func (wt *watcher) trySend(resp WatchResponse, size int, q queueLimit) bool {
 		// Everything queued is small too, and a full channel of small
 		// responses is within the bound: a free slot is room enough. The
 		// common case, at the cost of the plain send it always was.
-		select {
-		case wt.ch <- resp:
-			wt.tell()
-			return true
-		default:
+		if !wt.offer(resp) {
 			return false
 		}
+		wt.tell()
+		return true
 	}
-	if n := len(wt.ch); n == cap(wt.ch) || n > 0 && wt.queued(q)+size > q.bytes {
+	if n := wt.length(); n == wt.capacity() || n > 0 && wt.queued(q)+size > q.bytes {
 		return false
 	}
 	if wt.sizes == nil {
 		// The first large response: record sizes from now on. Those
 		// queued were small; count them as the largest small one.
-		wt.sizes = make([]int32, cap(wt.ch))
+		wt.sizes = make([]int32, wt.capacity())
 		for i := range wt.sizes {
 			wt.sizes[i] = int32(min(q.small, math.MaxInt32))
 		}
@@ -143,15 +235,16 @@ func (wt *watcher) trySend(resp WatchResponse, size int, q queueLimit) bool {
 	if wt.head++; int(wt.head) == len(wt.sizes) {
 		wt.head = 0
 	}
-	wt.ch <- resp
+	wt.offer(resp) // there is a free slot, and only the hub adds to it
 	wt.tell()
 	return true
 }
 
 type watcherSet map[*watcher]struct{}
 
-// Watcher is one watch: read C until it is closed, then Err says why.
-// Events share their byte slices with other watchers: do not modify them.
+// Watcher is one watch: read C until it is closed, then Err says why; a
+// Notify watcher without PrevKV has no C and is read with Drain. Events
+// share their byte slices with other watchers: do not modify them.
 type Watcher struct {
 	C   <-chan WatchResponse
 	hub *Hub
@@ -160,6 +253,27 @@ type Watcher struct {
 
 // ErrWatcherClosed is Err after Close.
 var ErrWatcherClosed = errors.New("watcher closed")
+
+// Drain appends the responses queued for the watcher to dst without
+// waiting, and reports whether the watch has ended after them (then Err
+// says why). It is how a Notify watcher is read when notified, whether it
+// has a C or not.
+func (w *Watcher) Drain(dst []WatchResponse) ([]WatchResponse, bool) {
+	if w.C == nil {
+		return w.w.pull.drain(dst)
+	}
+	for {
+		select {
+		case resp, ok := <-w.C:
+			if !ok {
+				return dst, true
+			}
+			dst = append(dst, resp)
+		default:
+			return dst, false
+		}
+	}
+}
 
 // Close ends the watch.
 func (w *Watcher) Close() { w.hub.cancel(w.w, ErrWatcherClosed) }
@@ -197,11 +311,13 @@ func (h *Hub) Watch(ctx context.Context, req WatchRequest) (*Watcher, error) {
 			return nil, &store.CompactedError{Revision: req.StartRevision, CompactRevision: compacted}
 		}
 	}
-	wt := &watcher{rng: req.Range, progress: req.ProgressNotify, ch: make(chan WatchResponse, chanBufLen), next: req.StartRevision}
+	wt := &watcher{rng: req.Range, progress: req.ProgressNotify, next: req.StartRevision}
 	if req.Notify != nil && !req.PrevKV {
+		wt.pull, wt.notify = &pullQueue{}, req.Notify
+	} else {
 		// With PrevKV, ch's reader is withPrevKV's goroutine, and it
 		// tells the caller.
-		wt.notify = req.Notify
+		wt.ch = make(chan WatchResponse, chanBufLen)
 	}
 	h.mu.Lock()
 	if h.closed != nil {
@@ -258,12 +374,9 @@ func (h *Hub) cancelLocked(wt *watcher, err error) {
 			// revision of the new history a watch gets.
 			resp.CompactRevision = hc.Revision + 1
 		}
-		select {
-		case wt.ch <- resp:
-		default:
-		}
+		wt.offer(resp)
 	}
-	close(wt.ch)
+	wt.closeQueue()
 	wt.tell()
 	h.metrics.watchers(h.synced.len() + len(h.unsynced) + len(h.victims))
 }

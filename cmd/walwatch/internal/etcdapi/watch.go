@@ -27,10 +27,11 @@ import (
 var (
 	// maxWatchersPerStream bounds the watchers of one stream, ended ones
 	// that keep their ID until the client cancels them included. etcd has
-	// no bound; here each watcher costs a hub watcher and its channel (some
-	// 2.5 KiB before any event is queued), so a stream's memory is bounded
-	// at about 25 MiB. Clients multiplex all the watches of one context on
-	// one stream: kube-apiserver holds one per resource type, a few hundred.
+	// no bound; here an idle watcher costs about 0.7 KiB (one with
+	// responses queued, up to Config.WatcherBytes more), so a stream's idle
+	// watchers take at most about 7 MiB. Clients multiplex all the watches
+	// of one context on one stream: kube-apiserver holds one per resource
+	// type, a few hundred.
 	maxWatchersPerStream = 10000
 	// progressRetryInterval is how often a progress request that waits for
 	// a watcher to catch up is tried again (the hub's catch-up loop runs
@@ -121,6 +122,7 @@ type watchStream struct {
 	readyMu sync.Mutex
 	readyQ  []*watch
 	ready   chan struct{}
+	drained []replication.WatchResponse // receive's buffer, reused
 
 	progress progressAll
 	retry    *time.Ticker // runs while a progress request is deferred
@@ -130,9 +132,7 @@ type watchStream struct {
 type watch struct {
 	id     int64
 	hw     *replication.Watcher // nil for a start below the compacted revision
-	ctx    context.Context      // the hub watcher's; stop ends it
-	stop   context.CancelFunc
-	header int64 // the revision its created response reports
+	header int64                // the revision its created response reports
 	// start is its start revision, 0 for "now". A progress response may
 	// report a revision R to it only when R >= start-1: clientv3 resumes a
 	// watcher after a progress response from R+1, which must not be below
@@ -272,20 +272,21 @@ func (st *watchStream) prepare(ctx context.Context, r *pb.WatchCreateRequest) *w
 	// revision after which the watch starts: a clientv3 watcher "from now"
 	// resumes at its created response's revision, and must miss nothing.
 	w.header = st.hub.Watermark()
-	w.ctx, w.stop = context.WithCancel(ctx)
-	hw, err := st.s.cfg.Client.Watch(w.ctx, replication.WatchRequest{
+	// The stream's context, not one of the watcher's own: a context per
+	// watcher cost more than the hub watcher itself (target 9 of issue 17).
+	// The send loop closes the watchers it knows of; one prepared but never
+	// handed to it ends with the stream.
+	hw, err := st.s.cfg.Client.Watch(ctx, replication.WatchRequest{
 		Range: rng, StartRevision: r.StartRevision, PrevKV: r.PrevKv,
 		Notify: func() { st.wake(w) },
 	})
 	var ce *store.CompactedError
 	switch {
 	case errors.As(err, &ce):
-		w.stop()
 		c.compacted = ce.CompactRevision
 		c.w = w // created, then canceled: etcd keeps its ID until the client cancels it
 		return c
 	case err != nil:
-		w.stop()
 		c.refused = reason(err)
 		return c
 	}
@@ -423,8 +424,8 @@ func (st *watchStream) create(c *watchCreate) error {
 }
 
 func (w *watch) stopIfStarted() {
-	if w != nil && w.stop != nil {
-		w.stop()
+	if w != nil && w.hw != nil {
+		w.hw.Close()
 	}
 }
 
@@ -460,8 +461,8 @@ func (st *watchStream) uncount(w *watch) {
 	}
 }
 
-// wake tells the send loop that the hub queued something for w, or closed
-// its channel. It is the hub's Notify: it must not block.
+// wake tells the send loop that the hub queued something for w, or ended
+// it. It is the hub's Notify: it must not block.
 func (st *watchStream) wake(w *watch) {
 	st.readyMu.Lock()
 	if !w.queued {
@@ -476,7 +477,7 @@ func (st *watchStream) wake(w *watch) {
 }
 
 // receive delivers what the hub has queued for the watchers it woke the
-// send loop for. A watcher leaves readyQ before its channel is read, so a
+// send loop for. A watcher leaves readyQ before it is drained, so a
 // response queued meanwhile wakes the loop again.
 func (st *watchStream) receive() error {
 	st.readyMu.Lock()
@@ -490,21 +491,18 @@ func (st *watchStream) receive() error {
 		if !w.started || w.drained {
 			continue // create wakes it once it has an ID
 		}
-		for more := true; more; {
-			select {
-			case resp, ok := <-w.hw.C:
-				var err error
-				if ok {
-					err = st.deliver(delivery{w: w, resp: resp})
-				} else {
-					w.drained, more = true, false
-					err = st.deliver(delivery{w: w, end: true, err: w.hw.Err()})
-				}
-				if err != nil {
-					return err
-				}
-			default:
-				more = false
+		resps, ended := w.hw.Drain(st.drained[:0])
+		st.drained = resps
+		for _, resp := range resps {
+			if err := st.deliver(delivery{w: w, resp: resp}); err != nil {
+				return err
+			}
+		}
+		clear(resps) // keep no events alive
+		if ended {
+			w.drained = true
+			if err := st.deliver(delivery{w: w, end: true, err: w.hw.Err()}); err != nil {
+				return err
 			}
 		}
 	}
