@@ -200,3 +200,31 @@ func TestIdleWatcherMemory(t *testing.T) {
 		})
 	}
 }
+
+// A watcher closed while its context lives on leaves nothing behind: an etcd
+// watch stream creates and cancels watchers on one context for as long as it
+// lives. (The context held each closed watcher, channel and all, until it
+// ended.)
+func TestClosedWatcherMemory(t *testing.T) {
+	const n, limit = 10000, 64
+	e := newEnv(t)
+	h := e.startHub(t, replication.Config{})
+	ctx := t.Context() // lives on
+	var m0, m1 runtime.MemStats
+	runtime.GC()
+	runtime.ReadMemStats(&m0)
+	for range n {
+		w, err := h.Watch(ctx, replication.WatchRequest{Range: store.Prefix([]byte("/closed/"))})
+		if err != nil {
+			t.Fatal(err)
+		}
+		w.Close()
+	}
+	runtime.GC()
+	runtime.ReadMemStats(&m1)
+	per := (float64(m1.HeapAlloc+m1.StackInuse) - float64(m0.HeapAlloc+m0.StackInuse)) / n
+	t.Logf("%.0f bytes left per closed watcher", per)
+	if per > limit {
+		t.Errorf("a closed watcher leaves %.0f bytes behind, want at most %d", per, limit)
+	}
+}

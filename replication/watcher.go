@@ -70,6 +70,10 @@ type watcher struct {
 	progress bool
 	closed   bool
 	notify   func() // WatchRequest.Notify; nil: none
+	// unwatch ends the watch's hold on its context: one Closed early must
+	// not stay in the children of a context that lives on (an etcd watch
+	// stream's, with watchers created and canceled on it for days).
+	unwatch func() bool
 }
 
 // pullQueue holds the responses of a watcher read with Watcher.Drain when
@@ -334,6 +338,9 @@ func (h *Hub) Watch(ctx context.Context, req WatchRequest) (*Watcher, error) {
 		h.unsynced[wt] = struct{}{}
 	}
 	h.metrics.watchers(h.synced.len() + len(h.unsynced) + len(h.victims))
+	// Under mu, so that cancelLocked finds it; if ctx has ended already,
+	// the cancel waits for mu.
+	wt.unwatch = context.AfterFunc(ctx, func() { h.cancel(wt, ctx.Err()) })
 	h.mu.Unlock()
 	h.wake()
 
@@ -341,7 +348,6 @@ func (h *Hub) Watch(ctx context.Context, req WatchRequest) (*Watcher, error) {
 	if req.PrevKV {
 		pub.C = h.withPrevKV(ctx, wt, req.Notify)
 	}
-	context.AfterFunc(ctx, func() { h.cancel(wt, ctx.Err()) })
 	return pub, nil
 }
 
@@ -360,6 +366,9 @@ func (h *Hub) cancelLocked(wt *watcher, err error) {
 	delete(h.unsynced, wt)
 	delete(h.victims, wt)
 	wt.closed, wt.err = true, err
+	if wt.unwatch != nil {
+		wt.unwatch()
+	}
 	if !errors.Is(err, ErrWatcherClosed) && !errors.Is(err, context.Canceled) {
 		resp := WatchResponse{Canceled: true, Err: err}
 		var (
