@@ -7,6 +7,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"math"
 	"net/http"
 	"os"
 	"os/exec"
@@ -86,7 +87,8 @@ func metricValue(text []byte, name string) (float64, error) {
 // client's own memory is not counted) opens watchMemWatchers watches on one
 // stream; the server's memory before and after, divided by the watches.
 // etcd's figure is a few hundred bytes, near the noise of a heap that
-// other goroutines allocate in: the median of three tries.
+// other goroutines allocate in: the median of three tries, each reading a
+// settled heap.
 func (b *bench) etcdWatcherMemory(ctx context.Context, name, url string, mem memoryOf) error {
 	for range 3 {
 		per, err := watcherMemoryOnce(ctx, url, mem)
@@ -98,12 +100,47 @@ func (b *bench) etcdWatcherMemory(ctx context.Context, name, url string, mem mem
 	return nil
 }
 
+// Memory settles when two readings in a row, settleInterval apart, differ by
+// at most settleBytes (6 bytes a watcher): a server whose clients of the
+// last workload have just gone frees their connections' buffers for a
+// second or two after, megabytes that made etcd's watchers seem to cost 56
+// bytes. It is read at most settleReadings times.
+const (
+	settleInterval = 500 * time.Millisecond
+	settleBytes    = 64 << 10
+	settleReadings = 20
+)
+
+// settled reads mem until it settles.
+func settled(ctx context.Context, mem memoryOf) (float64, error) {
+	last, err := mem(ctx)
+	if err != nil {
+		return 0, err
+	}
+	for range settleReadings - 1 {
+		select {
+		case <-ctx.Done():
+			return 0, ctx.Err()
+		case <-time.After(settleInterval):
+		}
+		v, err := mem(ctx)
+		if err != nil {
+			return 0, err
+		}
+		if math.Abs(v-last) <= settleBytes {
+			return v, nil
+		}
+		last = v
+	}
+	return last, nil
+}
+
 func watcherMemoryOnce(ctx context.Context, url string, mem memoryOf) (float64, error) {
 	exe, err := os.Executable()
 	if err != nil {
 		return 0, err
 	}
-	before, err := mem(ctx)
+	before, err := settled(ctx, mem)
 	if err != nil {
 		return 0, err
 	}
@@ -128,7 +165,7 @@ func watcherMemoryOnce(ctx context.Context, url string, mem memoryOf) (float64, 
 	if strings.TrimSpace(line) != "ready" {
 		return 0, fmt.Errorf("the watching process said %q: %v", line, err)
 	}
-	after, err := mem(ctx)
+	after, err := settled(ctx, mem)
 	if err != nil {
 		return 0, err
 	}
