@@ -250,3 +250,90 @@ func TestQueuedPutGivenUpIsNotWritten(t *testing.T) {
 		t.Fatalf("/gave-up written: %v, %v", ok, err)
 	}
 }
+
+// Gets queued behind busy workers are read together, each as a get alone
+// would read it: a key's newest value, a deleted key and one never written
+// as absent, a key asked twice twice, a count-only get with its count.
+func TestQueuedGetsReadTogether(t *testing.T) {
+	s, pool := newStore(t, store.Limits{})
+	ctx := testContext(t)
+	for _, kv := range [][2]string{{"/g/a", "1"}, {"/g/a", "2"}, {"/g/b", "3"}, {"/g/c", "4"}} {
+		if _, err := s.Put(ctx, []byte(kv[0]), []byte(kv[1])); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if _, err := s.Delete(ctx, store.Key([]byte("/g/c"))); err != nil {
+		t.Fatal(err)
+	}
+	want := map[string]store.RangeResponse{}
+	for _, k := range []string{"/g/a", "/g/b", "/g/c", "/g/d"} {
+		res, err := s.Range(ctx, store.RangeRequest{KeyRange: store.Key([]byte(k))})
+		if err != nil {
+			t.Fatal(err)
+		}
+		want[k] = res
+	}
+
+	// Every get worker waits for the table, so the next gets queue.
+	tx, err := pool.Begin(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer tx.Rollback(ctx)
+	if _, err := tx.Exec(ctx, "lock table walwatch.kv in access exclusive mode"); err != nil {
+		t.Fatal(err)
+	}
+	type result struct {
+		i   int
+		res store.RangeResponse
+		err error
+	}
+	get := func(i int, req store.RangeRequest, out chan<- result) {
+		res, err := s.Range(ctx, req)
+		out <- result{i, res, err}
+	}
+	busy := make(chan result, store.GetWorkers)
+	for i := range store.GetWorkers {
+		go get(i, store.RangeRequest{KeyRange: store.Key([]byte("/g/a"))}, busy)
+		wait.For(t, "the next get worker to wait for the table", func() bool {
+			var n int
+			err := pool.QueryRow(ctx, "select count(*) from pg_locks where relation = 'walwatch.kv'::regclass and not granted").Scan(&n)
+			return err == nil && n == i+1
+		})
+	}
+	reqs := []store.RangeRequest{
+		{KeyRange: store.Key([]byte("/g/a"))},
+		{KeyRange: store.Key([]byte("/g/b"))},
+		{KeyRange: store.Key([]byte("/g/c"))},
+		{KeyRange: store.Key([]byte("/g/d"))},
+		{KeyRange: store.Key([]byte("/g/a"))},
+		{KeyRange: store.Key([]byte("/g/b")), CountOnly: true},
+	}
+	queued := make(chan result, len(reqs))
+	for i, req := range reqs {
+		go get(i, req, queued)
+	}
+	wait.For(t, "every get to be queued", func() bool { return store.QueuedGets(s) == len(reqs) })
+	if err := tx.Commit(ctx); err != nil {
+		t.Fatal(err)
+	}
+	for range store.GetWorkers {
+		if r := <-busy; r.err != nil {
+			t.Fatalf("get /g/a: %v", r.err)
+		}
+	}
+	for range reqs {
+		r := <-queued
+		req := reqs[r.i]
+		if r.err != nil {
+			t.Fatalf("get %s: %v", req.Key, r.err)
+		}
+		w := want[string(req.Key)]
+		if req.CountOnly {
+			w.KVs = []store.KeyValue{}
+		}
+		if r.res.Revision != w.Revision || r.res.Count != w.Count || fmt.Sprint(r.res.KVs) != fmt.Sprint(w.KVs) {
+			t.Errorf("get %s (count only %v) = %+v, want %+v", req.Key, req.CountOnly, r.res, w)
+		}
+	}
+}

@@ -5,11 +5,21 @@ const PutWorkers = putWorkers
 
 // SetPutWorkers changes how many put batches s may have in flight; only
 // before its first put.
-func SetPutWorkers(s *Store, n int) { s.puts.limit = n }
+func SetPutWorkers(s *Store, n int) { s.puts.b.limit = n }
 
 // QueuedPuts reports how many puts wait for a batch.
 func QueuedPuts(s *Store) int {
-	s.puts.mu.Lock()
-	defer s.puts.mu.Unlock()
-	return len(s.puts.queue)
+	s.puts.b.mu.Lock()
+	defer s.puts.b.mu.Unlock()
+	return len(s.puts.b.queue)
 }
+
+// QueuedGets reports how many gets wait for a batch.
+func QueuedGets(s *Store) int {
+	s.gets.b.mu.Lock()
+	defer s.gets.b.mu.Unlock()
+	return len(s.gets.b.queue)
+}
+
+// GetWorkers is how many get batches may be in flight at once.
+const GetWorkers = getWorkers

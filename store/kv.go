@@ -94,6 +94,9 @@ func (s *Store) Range(ctx context.Context, req RangeRequest) (RangeResponse, err
 	if req.Limit < 0 {
 		return RangeResponse{}, fmt.Errorf("%w: %d: must be 0 (no limit) or positive", ErrInvalidLimit, req.Limit)
 	}
+	if req.IsSingleKey() && req.Revision == 0 {
+		return s.gets.get(ctx, req)
+	}
 	return rangeKeys(ctx, s.pool, req)
 }
 
@@ -139,6 +142,12 @@ const (
        coalesce(k.revision, 0), k.value, coalesce(k.create_revision, 0), coalesce(k.version, 0), coalesce(k.lease, 0), coalesce(k.tombstone, true)
   from (select 1) o
   left join (select * from walwatch.kv k where k.key = $1 order by k.revision desc limit 1) k on true`
+	// manyKeysLatestSQL is oneKeyLatestSQL for the keys of a batch of gets,
+	// all read in one snapshot: a row each, by its place in $1 (from 1).
+	manyKeysLatestSQL = `select coalesce((select max(x.revision) from walwatch.kv x), 1), u.i,
+       coalesce(k.revision, 0), k.value, coalesce(k.create_revision, 0), coalesce(k.version, 0), coalesce(k.lease, 0), coalesce(k.tombstone, true)
+  from unnest($1::bytea[]) with ordinality u(key, i)
+  left join lateral (select * from walwatch.kv k where k.key = u.key order by k.revision desc limit 1) k on true`
 	oneKeyAtSQL = `select m.compact_revision, greatest(coalesce((select max(x.revision) from walwatch.kv x), 1), m.compact_revision),
        coalesce(k.revision, 0), k.value, coalesce(k.create_revision, 0), coalesce(k.version, 0), coalesce(k.lease, 0), coalesce(k.tombstone, true)
   from walwatch.meta m
@@ -151,37 +160,50 @@ const (
 // revision itself still reads.
 func rangeOne(ctx context.Context, q querier, req RangeRequest) (RangeResponse, error) {
 	var (
-		compacted, cur, mod, create, ver, lease int64
-		value                                   []byte
-		tombstone                               bool
-		err                                     error
+		k   oneKey
+		err error
 	)
-	rev := req.Revision
-	if rev == 0 {
-		err = q.QueryRow(ctx, oneKeyLatestSQL, req.Key).Scan(&cur, &mod, &value, &create, &ver, &lease, &tombstone)
+	if req.Revision == 0 {
+		err = q.QueryRow(ctx, oneKeyLatestSQL, req.Key).Scan(&k.cur, &k.mod, &k.value, &k.create, &k.ver, &k.lease, &k.tombstone)
 	} else {
-		err = q.QueryRow(ctx, oneKeyAtSQL, req.Key, rev).Scan(&compacted, &cur, &mod, &value, &create, &ver, &lease, &tombstone)
+		err = q.QueryRow(ctx, oneKeyAtSQL, req.Key, req.Revision).Scan(&k.compacted, &k.cur, &k.mod, &k.value, &k.create, &k.ver, &k.lease, &k.tombstone)
 	}
+	if err != nil {
+		return RangeResponse{}, fmt.Errorf("range %s at revision %d: %w", keyText(req.Key), req.Revision, TypedError(err, req.Revision))
+	}
+	return k.response(req)
+}
+
+// oneKey is what the single-key statements read: the compacted and current
+// revisions and the key's newest row at the revision read.
+type oneKey struct {
+	compacted, cur, mod, create, ver, lease int64
+	value                                   []byte
+	tombstone                               bool
+}
+
+// response applies the revision rule to what was read for req.
+func (k *oneKey) response(req RangeRequest) (RangeResponse, error) {
+	rev := req.Revision
+	var err error
 	switch {
-	case err != nil:
-		err = TypedError(err, rev)
 	case rev == 0:
-		rev = cur
-	case rev < compacted:
-		err = &CompactedError{Revision: rev, CompactRevision: compacted}
-	case rev > cur:
-		err = &FutureRevisionError{Revision: rev, CurrentRevision: cur}
+		rev = k.cur
+	case rev < k.compacted:
+		err = &CompactedError{Revision: rev, CompactRevision: k.compacted}
+	case rev > k.cur:
+		err = &FutureRevisionError{Revision: rev, CurrentRevision: k.cur}
 	}
 	if err != nil {
 		return RangeResponse{}, fmt.Errorf("range %s at revision %d: %w", keyText(req.Key), req.Revision, err)
 	}
 	res := RangeResponse{Revision: rev, KVs: []KeyValue{}}
-	if mod == 0 || tombstone {
+	if k.mod == 0 || k.tombstone {
 		return res, nil
 	}
 	res.Count = 1
 	if !req.CountOnly {
-		res.KVs = []KeyValue{{Key: bytes.Clone(req.Key), Value: value, CreateRevision: create, ModRevision: mod, Version: ver, Lease: lease}}
+		res.KVs = []KeyValue{{Key: bytes.Clone(req.Key), Value: k.value, CreateRevision: k.create, ModRevision: k.mod, Version: k.ver, Lease: k.lease}}
 	}
 	return res, nil
 }

@@ -33,6 +33,7 @@ type Store struct {
 	pool   *pgxpool.Pool
 	limits Limits
 	puts   *putBatcher
+	gets   *getBatcher
 	renews *keepAliveBatcher
 }
 
@@ -47,7 +48,7 @@ func New(pool *pgxpool.Pool, limits Limits) *Store {
 	if limits.MaxTxnOps <= 0 {
 		limits.MaxTxnOps = DefaultLimits.MaxTxnOps
 	}
-	return &Store{pool: pool, limits: limits, puts: &putBatcher{pool: pool, limit: putWorkers}, renews: &keepAliveBatcher{pool: pool}}
+	return &Store{pool: pool, limits: limits, puts: newPutBatcher(pool), gets: newGetBatcher(pool), renews: &keepAliveBatcher{pool: pool}}
 }
 
 // Limits returns the limits the store enforces.
