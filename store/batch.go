@@ -215,10 +215,14 @@ func (b *putBatcher) run(calls []*putCall) {
 // statement of 16 keys at a third of the rate of a statement of one, so
 // about five times the keys (pgbench, 12.6-15.2k statements of one key
 // against 4.0k of 16 a second). A lone get goes out at once, alone, as a
-// put does. Reads need no flush, so the limit is the cores a batch keeps
-// busy.
+// put does. One batch at a time: the next gathers while it runs, and
+// batches twice as large cost a server that reads for others (cp) fewer
+// round trips. cp's etcd gets at 32 clients (the etcd Go client, three
+// runs each, alternating): 7.8k/7.1k/6.1k a second with one batch in flight
+// against 5.6k/6.1k/5.5k with two; BenchmarkGetParts at 32 clients
+// 53k/64k against 52k/53k.
 const (
-	getWorkers   = 2
+	getWorkers   = 1
 	maxBatchGets = 64
 )
 
