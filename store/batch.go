@@ -30,16 +30,40 @@ const (
 
 // call is one operation waiting for its batch.
 type call interface {
-	callContext() context.Context // its caller's
-	size() int                    // its bytes, toward maxBatchBytes
-	fail(error)                   // gives it its result: err
+	base() *pending
+	size() int // its bytes, toward maxBatchBytes
+}
+
+// pending is what every call has: its caller's context, its error, and
+// done, closed once its result is in.
+type pending struct {
+	ctx  context.Context
+	err  error
+	done chan struct{}
+}
+
+func newPending(ctx context.Context) pending {
+	return pending{ctx: ctx, done: make(chan struct{})}
+}
+
+func (p *pending) base() *pending { return p }
+
+// wait returns the call's error once its result is in, or its caller's
+// when the caller gives up first.
+func (p *pending) wait() error {
+	select {
+	case <-p.done: // at once if it was in a batch its own submit ran
+		return p.err
+	case <-p.ctx.Done():
+		return p.ctx.Err()
+	}
 }
 
 // batcher queues calls and runs them in batches of at most max calls and
 // maxBatchBytes, at most limit batches at once, in the goroutine of a call
 // that finds a worker slot free, then on goroutines that exist only while
 // there is more to do, so the Store needs no Close. run runs a batch and
-// hands every call its result.
+// gives every call its result (res fields, or pending.err).
 type batcher[C call] struct {
 	limit int // batches in flight at most
 	max   int
@@ -61,7 +85,7 @@ func (b *batcher[C]) submit(c C) {
 		b.workers++
 		batch := b.take()
 		b.mu.Unlock()
-		b.run(batch)
+		b.runAll(batch)
 		b.mu.Lock()
 		if len(b.queue) > 0 {
 			go b.work() // the slot passes on to whoever serves the rest
@@ -83,8 +107,18 @@ func (b *batcher[C]) work() {
 			return
 		}
 		b.mu.Unlock()
-		b.run(batch)
+		b.runAll(batch)
 	}
+}
+
+// runAll runs batch and tells every call its result is in.
+func (b *batcher[C]) runAll(batch []C) {
+	defer func() {
+		for _, c := range batch {
+			close(c.base().done)
+		}
+	}()
+	b.run(batch)
 }
 
 // take removes the next batch from the queue; b.mu is held.
@@ -112,8 +146,8 @@ func (b *batcher[C]) take() []C {
 func live[C call](calls []C) []C {
 	out := make([]C, 0, len(calls))
 	for _, c := range calls {
-		if err := c.callContext().Err(); err != nil {
-			c.fail(err)
+		if p := c.base(); p.ctx.Err() != nil {
+			p.err = p.ctx.Err()
 			continue
 		}
 		out = append(out, c)
@@ -123,16 +157,12 @@ func live[C call](calls []C) []C {
 
 // putCall is one Put waiting for its batch.
 type putCall struct {
-	ctx        context.Context
+	pending
 	key, value []byte
 	rev        int64
-	err        error
-	done       chan struct{}
 }
 
-func (c *putCall) callContext() context.Context { return c.ctx }
-func (c *putCall) size() int                    { return len(c.key) + len(c.value) }
-func (c *putCall) fail(err error)               { c.err = err }
+func (c *putCall) size() int { return len(c.key) + len(c.value) }
 
 // putBatcher runs puts in batches, each in a transaction of its own.
 type putBatcher struct {
@@ -147,25 +177,18 @@ func newPutBatcher(pool *pgxpool.Pool) *putBatcher {
 }
 
 func (b *putBatcher) put(ctx context.Context, key, value []byte) (int64, error) {
-	c := &putCall{ctx: ctx, key: key, value: value, done: make(chan struct{})}
+	c := &putCall{pending: newPending(ctx), key: key, value: value}
 	b.b.submit(c)
-	select {
-	case <-c.done: // at once if it was in a batch submit ran
-		return c.rev, c.err
-	case <-ctx.Done():
-		// The put may still be written, as when a single statement is
-		// cancelled after it was sent.
-		return 0, ctx.Err()
+	// A put given up may still be written, as when a single statement is
+	// cancelled after it was sent.
+	if err := c.wait(); err != nil {
+		return 0, err
 	}
+	return c.rev, nil
 }
 
 // run writes a batch and hands every call its result.
 func (b *putBatcher) run(calls []*putCall) {
-	defer func() {
-		for _, c := range calls {
-			close(c.done)
-		}
-	}()
 	// A put whose caller gave up while it queued is not written.
 	batch := live(calls)
 	if len(batch) == 0 {
@@ -228,16 +251,12 @@ const (
 
 // getCall is one get waiting for its batch.
 type getCall struct {
-	ctx  context.Context
-	req  RangeRequest
-	res  RangeResponse
-	err  error
-	done chan struct{}
+	pending
+	req RangeRequest
+	res RangeResponse
 }
 
-func (c *getCall) callContext() context.Context { return c.ctx }
-func (c *getCall) size() int                    { return len(c.req.Key) }
-func (c *getCall) fail(err error)               { c.err = err }
+func (c *getCall) size() int { return len(c.req.Key) }
 
 // getBatcher runs gets of single keys at the latest revision in batches.
 type getBatcher struct {
@@ -252,22 +271,15 @@ func newGetBatcher(pool *pgxpool.Pool) *getBatcher {
 }
 
 func (g *getBatcher) get(ctx context.Context, req RangeRequest) (RangeResponse, error) {
-	c := &getCall{ctx: ctx, req: req, done: make(chan struct{})}
+	c := &getCall{pending: newPending(ctx), req: req}
 	g.b.submit(c)
-	select {
-	case <-c.done:
-		return c.res, c.err
-	case <-ctx.Done():
-		return RangeResponse{}, ctx.Err()
+	if err := c.wait(); err != nil {
+		return RangeResponse{}, err
 	}
+	return c.res, nil
 }
 
 func (g *getBatcher) run(calls []*getCall) {
-	defer func() {
-		for _, c := range calls {
-			close(c.done)
-		}
-	}()
 	batch := live(calls)
 	if len(batch) > 1 && g.runBatch(batch) == nil {
 		return
@@ -336,7 +348,7 @@ func batchContext[C call](batch []C) (context.Context, func()) {
 	waiting.Store(int64(len(batch)))
 	stops := make([]func() bool, len(batch))
 	for i, c := range batch {
-		stops[i] = context.AfterFunc(c.callContext(), func() {
+		stops[i] = context.AfterFunc(c.base().ctx, func() {
 			if waiting.Add(-1) == 0 {
 				cancel()
 			}
