@@ -822,6 +822,14 @@ func (h *Hub) attachPrevKVs(ctx context.Context, evs []Event) error {
 	if len(keys) == 0 {
 		return nil
 	}
+	// The previous rows are settled, but one committed a moment ago may not
+	// be visible to a new snapshot yet (visibility.go): read before it is,
+	// and the event goes without its previous value. The chaos test caught
+	// a put whose previous version was the event before it in the same
+	// response.
+	if err := h.WaitFor(ctx, slices.Max(revs)); err != nil {
+		return err
+	}
 	rows, err := h.cfg.Pool.Query(ctx,
 		`select k.key, k.value, k.create_revision, k.revision, k.version
 		   from walwatch.kv k join unnest($1::bytea[], $2::bigint[]) as p(key, rev) on k.key = p.key and k.revision = p.rev
