@@ -253,11 +253,12 @@ func TestQueuedPutGivenUpIsNotWritten(t *testing.T) {
 
 // Gets queued behind busy workers are read together, each as a get alone
 // would read it: a key's newest value, a deleted key and one never written
-// as absent, a key asked twice twice, a count-only get with its count.
+// as absent, a key asked twice twice, a count-only get with its count, a
+// binary key.
 func TestQueuedGetsReadTogether(t *testing.T) {
 	s, pool := newStore(t, store.Limits{})
 	ctx := testContext(t)
-	for _, kv := range [][2]string{{"/g/a", "1"}, {"/g/a", "2"}, {"/g/b", "3"}, {"/g/c", "4"}} {
+	for _, kv := range [][2]string{{"/g/a", "1"}, {"/g/a", "2"}, {"/g/b", "3"}, {"/g/c", "4"}, {"/g/\x00\xff", "5"}} {
 		if _, err := s.Put(ctx, []byte(kv[0]), []byte(kv[1])); err != nil {
 			t.Fatal(err)
 		}
@@ -266,7 +267,7 @@ func TestQueuedGetsReadTogether(t *testing.T) {
 		t.Fatal(err)
 	}
 	want := map[string]store.RangeResponse{}
-	for _, k := range []string{"/g/a", "/g/b", "/g/c", "/g/d"} {
+	for _, k := range []string{"/g/a", "/g/b", "/g/c", "/g/d", "/g/\x00\xff"} {
 		res, err := s.Range(ctx, store.RangeRequest{KeyRange: store.Key([]byte(k))})
 		if err != nil {
 			t.Fatal(err)
@@ -308,6 +309,7 @@ func TestQueuedGetsReadTogether(t *testing.T) {
 		{KeyRange: store.Key([]byte("/g/d"))},
 		{KeyRange: store.Key([]byte("/g/a"))},
 		{KeyRange: store.Key([]byte("/g/b")), CountOnly: true},
+		{KeyRange: store.Key([]byte("/g/\x00\xff"))}, // not UTF-8, with a NUL
 	}
 	queued := make(chan result, len(reqs))
 	for i, req := range reqs {
