@@ -17,17 +17,19 @@ import (
 // need cgo to ask).
 const clockTicks = 100
 
-// cpuMeter sums the CPU time of every process of the systems under test:
-// the PostgreSQL postmaster and all its children (backends, walsenders,
-// background workers), this process (benchmark clients, the walwatch hub),
-// and the processes a system names (etcd's, a cp, kine).
-type cpuMeter struct {
+// procMeter reads what the processes of the systems under test have used:
+// their CPU time (here) and the bytes they had written to storage
+// (disk.go). They are the PostgreSQL postmaster and all its children
+// (backends, walsenders, background workers), this process (benchmark
+// clients, the walwatch hub), and the processes a system names (etcd's, a
+// cp, kine).
+type procMeter struct {
 	postmaster int
 }
 
-// newCPUMeter reads the postmaster's pid from the first line of
+// newProcMeter reads the postmaster's pid from the first line of
 // dataDir/postmaster.pid.
-func newCPUMeter(dataDir string) (*cpuMeter, error) {
+func newProcMeter(dataDir string) (*procMeter, error) {
 	b, err := os.ReadFile(filepath.Join(dataDir, "postmaster.pid"))
 	if err != nil {
 		return nil, fmt.Errorf("read postmaster pid: %w", err)
@@ -37,7 +39,7 @@ func newCPUMeter(dataDir string) (*cpuMeter, error) {
 	if err != nil {
 		return nil, fmt.Errorf("parse postmaster pid %q: %w", first, err)
 	}
-	return &cpuMeter{postmaster: pid}, nil
+	return &procMeter{postmaster: pid}, nil
 }
 
 // cpuTimes is CPU time used, by whom.
@@ -65,13 +67,16 @@ func (s cpuSample) since(earlier cpuSample) cpuTimes {
 	return cpuTimes{postgres: pg, self: s.self - earlier.self, extra: s.extra - earlier.extra}
 }
 
-// read returns the CPU time used so far by PostgreSQL, this process and
+// cpu returns the CPU time used so far by PostgreSQL, this process and
 // extra, which must live through the interval measured.
-func (m *cpuMeter) read(extra []int) (cpuSample, error) {
-	var s cpuSample
-	var err error
-	if s.postgres, err = m.postgres(); err != nil {
+func (m *procMeter) cpu(extra []int) (cpuSample, error) {
+	s := cpuSample{postgres: map[int]time.Duration{}}
+	tree, err := m.postgres()
+	if err != nil {
 		return s, err
+	}
+	for pid, st := range tree {
+		s.postgres[pid] = st.cpu
 	}
 	var ru syscall.Rusage
 	if err := syscall.Getrusage(syscall.RUSAGE_SELF, &ru); err != nil {
@@ -88,9 +93,9 @@ func (m *cpuMeter) read(extra []int) (cpuSample, error) {
 	return s, nil
 }
 
-// postgres returns the CPU time of the postmaster and of every process
-// whose parent chain leads to it, by process.
-func (m *cpuMeter) postgres() (map[int]time.Duration, error) {
+// postgres returns the postmaster and every process whose parent chain
+// leads to it, by pid.
+func (m *procMeter) postgres() (map[int]procStat, error) {
 	entries, err := os.ReadDir("/proc")
 	if err != nil {
 		return nil, fmt.Errorf("list processes: %w", err)
@@ -110,11 +115,11 @@ func (m *cpuMeter) postgres() (map[int]time.Duration, error) {
 	if _, ok := stats[m.postmaster]; !ok {
 		return nil, fmt.Errorf("postmaster %d is not running", m.postmaster)
 	}
-	times := map[int]time.Duration{}
+	tree := map[int]procStat{}
 	for pid, st := range stats {
 		for p, hops := pid, 0; hops < 64; hops++ {
 			if p == m.postmaster {
-				times[pid] = st.cpu
+				tree[pid] = st
 				break
 			}
 			parent, ok := stats[p]
@@ -124,7 +129,7 @@ func (m *cpuMeter) postgres() (map[int]time.Duration, error) {
 			p = parent.ppid
 		}
 	}
-	return times, nil
+	return tree, nil
 }
 
 type procStat struct {

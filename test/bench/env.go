@@ -34,6 +34,7 @@ type env struct {
 	cluster *pgcluster.Cluster
 	etcd    *serverProcess // etcd's server, a child process
 	etcdURL string
+	etcdDir string // its data
 	bin     string // the walwatch binary
 	kineBin string // kine's binary; "" when kine does not run
 	log     *slog.Logger
@@ -42,7 +43,7 @@ type env struct {
 	notifyURL   string
 	kineURL     string        // kine's database; "" when kine does not run
 	admin       *pgxpool.Pool // walwatch database, for LSNs and slot admin
-	cpu         *cpuMeter
+	procs       *procMeter
 }
 
 // pgSettings are the server settings; fsync and synchronous commit are on,
@@ -99,7 +100,11 @@ func startEnv(ctx context.Context, repoDir string, withKine bool, log *slog.Logg
 	if _, err := wwsql.Migrate(ctx, e.admin); err != nil {
 		return nil, fmt.Errorf("migrate walwatch: %w", err)
 	}
-	if e.cpu, err = newCPUMeter(e.cluster.DataDir()); err != nil {
+	// The disk figure reads the WAL of its puts back to split it by kind.
+	if _, err := e.admin.Exec(ctx, "create extension pg_walinspect"); err != nil {
+		return nil, fmt.Errorf("create extension pg_walinspect: %w", err)
+	}
+	if e.procs, err = newProcMeter(e.cluster.DataDir()); err != nil {
 		return nil, err
 	}
 	log.Info("PostgreSQL ready", "port", e.cluster.Port(), "took", time.Since(start).Round(time.Millisecond))
@@ -146,7 +151,8 @@ func (e *env) startEtcd(ctx context.Context) error {
 	cu := fmt.Sprintf("http://127.0.0.1:%d", clientPort)
 	pu := fmt.Sprintf("http://127.0.0.1:%d", peerPort)
 	e.etcd = &serverProcess{name: "etcd", logPath: filepath.Join(e.dir, "etcd.log")}
-	if err := e.etcd.start(exe, "-etcd-serve", filepath.Join(e.dir, "etcd"), "-etcd-client-url", cu, "-etcd-peer-url", pu); err != nil {
+	e.etcdDir = filepath.Join(e.dir, "etcd")
+	if err := e.etcd.start(exe, "-etcd-serve", e.etcdDir, "-etcd-client-url", cu, "-etcd-peer-url", pu); err != nil {
 		return err
 	}
 	hc := &http.Client{Timeout: time.Second}

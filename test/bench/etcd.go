@@ -68,6 +68,7 @@ func (s *etcdClients) close() {
 type etcdSystem struct {
 	*etcdClients
 	proc *serverProcess
+	dir  string // its data
 }
 
 func newEtcdSystem(e *env) (*etcdSystem, error) {
@@ -75,7 +76,7 @@ func newEtcdSystem(e *env) (*etcdSystem, error) {
 	if err != nil {
 		return nil, err
 	}
-	return &etcdSystem{c, e.etcd}, nil
+	return &etcdSystem{c, e.etcd, e.etcdDir}, nil
 }
 
 func (s *etcdSystem) name() string                { return "etcd" }

@@ -18,6 +18,7 @@ import (
 	"os/signal"
 	"path/filepath"
 	"runtime"
+	"slices"
 	"strconv"
 	"strings"
 	"syscall"
@@ -373,11 +374,13 @@ func (b *bench) results(ctx context.Context, commit string) (*Results, error) {
 			Machine: machine(), Autogroup: autogroup(), GoVersion: runtime.Version(), Postgres: pgVersion, Etcd: version.Version,
 			Quick: b.cfg.quick, Rounds: b.cfg.rounds,
 		},
-		Systems:          map[string]*SystemResults{},
-		Fanout:           map[string]map[string]*Fanout{},
-		WALBytesPerPut:   map[string]float64{},
-		CPUSPer10kPuts:   map[string]float64{},
-		MemoryPerWatcher: map[string]float64{},
+		Systems:              map[string]*SystemResults{},
+		Fanout:               map[string]map[string]*Fanout{},
+		WALBytesPerPut:       map[string]float64{},
+		CPUSPer10kPuts:       map[string]float64{},
+		MemoryPerWatcher:     map[string]float64{},
+		DiskWriteBytesPerPut: map[string]float64{},
+		DiskWrites:           map[string]*DiskWrites{},
 	}
 	pick := func(system, metric string, keys []string) map[string]float64 {
 		m := map[string]float64{}
@@ -419,6 +422,21 @@ func (b *bench) results(ctx context.Context, commit string) (*Results, error) {
 		}
 		if v, ok := b.samples.median(name, "cpu_s_per_10k_puts", ""); ok {
 			r.CPUSPer10kPuts[name] = v
+		}
+		if v, ok := b.samples.median(name, "disk_write_bytes_per_put", ""); ok {
+			r.DiskWriteBytesPerPut[name] = v
+			d := &DiskWrites{ProcByProcess: pick(name, "proc_write_bytes_per_put", append(slices.Clone(pgRoles), "benchmark", "server")),
+				WALByRecord: pick(name, "disk_wal_record_bytes_per_put", b.samples.keys(name, "disk_wal_record_bytes_per_put"))}
+			d.ProcWriteBytes, _ = b.samples.median(name, "proc_write_bytes_per_put", "")
+			d.WALBytes, _ = b.samples.median(name, "disk_wal_bytes_per_put", "")
+			d.DataPageBytes, _ = b.samples.median(name, "disk_data_page_bytes_per_put", "")
+			d.WALSyncs, _ = b.samples.median(name, "disk_wal_syncs_per_put", "")
+			d.FPIBytes, _ = b.samples.median(name, "disk_fpi_bytes_per_put", "")
+			d.Commits, _ = b.samples.median(name, "disk_commits_per_put", "")
+			if len(d.WALByRecord) == 0 {
+				d.WALByRecord = nil
+			}
+			r.DiskWrites[name] = d
 		}
 		lag := pick(name, "watcher_lag_ms", clientKeys(putConcurrency))
 		var parts []string
@@ -504,6 +522,13 @@ func (b *bench) notes(names, lagNotes, cpuNotes []string) []string {
 			"plus the server's own process: etcd's, the cp for walwatch_http and walwatch_etcd, kine's. Counted alike for every system, so every figure includes its clients' CPU and the idle other servers' housekeeping. "+
 			"Split (medians): %s.",
 			c.cpuPuts, cpuClients, strings.Join(cpuNotes, "; ")),
+		fmt.Sprintf("Disk writes per put: a checkpoint, then %d puts by %d clients of %d-byte values over the %d keys, watcher attached, until the watcher had them all, "+
+			"then a checkpoint, so that the data pages the puts dirtied are written back and counted; the sectors the block device holding the system's data "+
+			"wrote meanwhile (/sys/dev/block, after a sync), divided by the puts. Everything else on that device counts too: only one system runs at a time. "+
+			"PostgreSQL's WAL is read back with pg_walinspect; its data pages and WAL flushes are from pg_stat_bgwriter and pg_stat_wal. "+
+			"/proc/<pid>/io's write_bytes is reported beside it but is not the figure: it counts each page-cache folio a process dirties whole, "+
+			"and this kernel caches files in folios of up to 2 MiB, so rewriting 8 KiB of a cached file and fdatasyncing it, as each PostgreSQL commit does to its WAL page, counts up to 2 MiB.",
+			diskPuts, cpuClients, valueSize, numKeys),
 		fmt.Sprintf("Fan-out: N watchers on %s, then %d puts of one key, each timed until every watcher has its event. walwatch: one hub (one slot), "+
 			"N hub watchers each read by a goroutine. etcd: N watches spread over %d clients (one gRPC watch stream each). Memory per watcher: "+
 			"Go heap plus goroutine stacks after GC, before and after creating 10,000 hub watchers (not yet read), divided by 10,000.",
@@ -567,8 +592,8 @@ func printSummary(w io.Writer, r *Results) {
 		row("rtt loaded µs "+k, get(func(s *SystemResults) map[string]float64 { return s.WatchRTTLoadedUs }, k))
 	}
 	tw.Flush()
-	fmt.Fprintf(w, "WAL bytes/put: %v\nCPU s/10k puts: %v\ncatch-up events/s: %.0f\nmemory/watcher bytes: %v\n",
-		r.WALBytesPerPut, r.CPUSPer10kPuts, r.CatchupEventsPerS, r.MemoryPerWatcher)
+	fmt.Fprintf(w, "WAL bytes/put: %v\nCPU s/10k puts: %v\ndisk write bytes/put: %v\ncatch-up events/s: %.0f\nmemory/watcher bytes: %v\n",
+		r.WALBytesPerPut, r.CPUSPer10kPuts, r.DiskWriteBytesPerPut, r.CatchupEventsPerS, r.MemoryPerWatcher)
 	for _, name := range []string{"walwatch", "etcd"} {
 		for _, n := range []string{"1000", "10000"} {
 			if f, ok := r.Fanout[name][n]; ok {

@@ -83,11 +83,17 @@ func plausibleResults() *Results {
 			"walwatch": {"1000": {P50Ms: 2.5, P99Ms: 6}, "10000": {P50Ms: 25, P99Ms: 60}},
 			"etcd":     {"1000": {P50Ms: 5, P99Ms: 12}, "10000": {P50Ms: 40, P99Ms: 90}},
 		},
-		CatchupEventsPerS: 250000,
-		WALBytesPerPut:    map[string]float64{"walwatch": 420, "notify": 610, "floor": 300},
-		CPUSPer10kPuts:    map[string]float64{"walwatch": 1.2, "notify": 2.4, "etcd": 0.9, "walwatch_http": 1.9, "walwatch_etcd": 1.8},
-		MemoryPerWatcher:  map[string]float64{"walwatch": 1700, "walwatch_etcd": 5000, "etcd": 20480},
-		Notes:             []string{"notify serialises puts on the NOTIFY lock.", "a note\nover two lines"},
+		CatchupEventsPerS:    250000,
+		WALBytesPerPut:       map[string]float64{"walwatch": 420, "notify": 610, "floor": 300},
+		CPUSPer10kPuts:       map[string]float64{"walwatch": 1.2, "notify": 2.4, "etcd": 0.9, "walwatch_http": 1.9, "walwatch_etcd": 1.8},
+		MemoryPerWatcher:     map[string]float64{"walwatch": 1700, "walwatch_etcd": 5000, "etcd": 20480},
+		DiskWriteBytesPerPut: map[string]float64{"walwatch": 4000, "etcd": 2500},
+		DiskWrites: map[string]*DiskWrites{
+			"walwatch": {ProcWriteBytes: 90000, WALBytes: 640, FPIBytes: 180, DataPageBytes: 1300, WALSyncs: 0.31,
+				WALByRecord: map[string]float64{"Heap/INSERT": 256, "Btree/INSERT_LEAF": 525, "Transaction/COMMIT": 17}},
+			"etcd": {ProcWriteBytes: 2000, WALBytes: 207},
+		},
+		Notes: []string{"notify serialises puts on the NOTIFY lock.", "a note\nover two lines"},
 	}
 }
 
@@ -252,11 +258,21 @@ func TestReportFull(t *testing.T) {
 		t.Errorf("catch-up row = %q", got)
 	}
 	costs := section(t, md, "Costs (lower is better)")
-	if got := row(t, costs, "notify"); strings.Join(got, ";") != "notify;610 B (1.45×);2.40 s (2.00×);—" {
+	if got := row(t, costs, "notify"); strings.Join(got, ";") != "notify;610 B (1.45×);2.40 s (2.00×);—;—" {
 		t.Errorf("notify costs row = %q", got)
 	}
-	if got := row(t, costs, "etcd"); got[3] != "20.0 KiB (12.05×)" {
+	if got := row(t, costs, "etcd"); got[3] != "2,500 B (0.62×)" || got[4] != "20.0 KiB (12.05×)" {
 		t.Errorf("etcd costs row = %q", got)
+	}
+	disk := section(t, md, "Disk writes per put (lower is better)")
+	if got := row(t, disk, "walwatch"); strings.Join(got, ";") != "walwatch;4,000 B;1.60×;90,000 B;640 B;180 B;1,300 B;0.310" {
+		t.Errorf("walwatch disk row = %q", got)
+	}
+	if got := row(t, disk, "etcd"); strings.Join(got, ";") != "etcd;2,500 B;1.00×;2,000 B;207 B;—;—;—" {
+		t.Errorf("etcd disk row = %q", got)
+	}
+	if got := row(t, disk, "Btree/INSERT_LEAF"); got[1] != "525 B" {
+		t.Errorf("walwatch's largest WAL record row = %q", got)
 	}
 
 	// Targets, computed from the figures.
@@ -343,7 +359,7 @@ func TestReportFull(t *testing.T) {
 		checkRow(t, leaves, name, want)
 	}
 
-	if !strings.Contains(tg, "15 of 26 met") {
+	if !strings.Contains(tg, "15 of 27 met") {
 		t.Errorf("targets summary missing:\n%s", tg)
 	}
 	if !strings.HasSuffix(md, defaultManual) {
@@ -381,6 +397,7 @@ func TestReportTargetBoundaries(t *testing.T) {
 	r.MemoryPerWatcher = map[string]float64{"walwatch": 2048, "walwatch_etcd": 1000, "etcd": 500}
 	r.CPUSPer10kPuts = map[string]float64{"walwatch": 0.8, "etcd": 1}
 	r.CatchupEventsPerS = 300000
+	r.DiskWriteBytesPerPut = map[string]float64{"walwatch": 1250, "etcd": 2500}
 
 	want := map[string]targetStatus{
 		"1. Idle put→event p50 ≤ notify's":                              met,
@@ -397,10 +414,11 @@ func TestReportTargetBoundaries(t *testing.T) {
 		"9. Memory per idle etcd-API watcher, one stream, ≤ 2× etcd's":  met,
 		"10. CPU per 10,000 puts, every process counted, ≤ 0.8× etcd's": met,
 		"11. Catch-up ≥ 300,000 events/s":                               met,
+		"Issue 18. Bytes the disk wrote per put ≤ 0.5× etcd's":          met, // 0.5×
 	}
 	got := evalTargets(r)
-	if len(got) != 26 {
-		t.Errorf("%d targets, want issue 17's 26 rows", len(got))
+	if len(got) != 27 {
+		t.Errorf("%d targets, want issue 17's 26 rows and issue 18's", len(got))
 	}
 	seen := 0
 	for _, tg := range got {

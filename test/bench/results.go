@@ -11,7 +11,11 @@ type Results struct {
 	WALBytesPerPut    map[string]float64            `json:"wal_bytes_per_put"`  // walwatch, notify
 	CPUSPer10kPuts    map[string]float64            `json:"cpu_s_per_10k_puts"` // every process of each system
 	MemoryPerWatcher  map[string]float64            `json:"memory_per_watcher_bytes,omitempty"`
-	Notes             []string                      `json:"notes,omitempty"` // what the report should say beside the tables
+	// Bytes the storage device wrote per put while only that system ran
+	// (sectors written, /sys/dev/block), and what they were.
+	DiskWriteBytesPerPut map[string]float64     `json:"disk_write_bytes_per_put"`
+	DiskWrites           map[string]*DiskWrites `json:"disk_writes,omitempty"`
+	Notes                []string               `json:"notes,omitempty"` // what the report should say beside the tables
 }
 
 // Meta says where and when the figures were taken.
@@ -56,4 +60,27 @@ type SystemResults struct {
 type Fanout struct {
 	P50Ms float64 `json:"p50_ms"`
 	P99Ms float64 `json:"p99_ms"`
+}
+
+// DiskWrites is what one system's puts wrote to storage, per put.
+type DiskWrites struct {
+	// What /proc/<pid>/io's write_bytes says, summed over every process of
+	// the system, and by process: PostgreSQL's by role (backends,
+	// walwriter, checkpointer, bgwriter, walsender, postmaster, which
+	// holds its children that exited), "benchmark" (this process) and
+	// "server" (etcd's, a cp, kine). It counts whole page-cache folios
+	// dirtied, not bytes written (see writtenBytes in disk.go).
+	ProcWriteBytes float64            `json:"proc_write_bytes"`
+	ProcByProcess  map[string]float64 `json:"proc_by_process"`
+	WALBytes       float64            `json:"wal_bytes"` // WAL records (PostgreSQL) or etcd's own count
+	// PostgreSQL's data pages written back (pg_stat_bgwriter), and its WAL
+	// flushes (pg_stat_wal's wal_sync), each of which writes at least the
+	// WAL page it ends in: flushes per put, not bytes.
+	DataPageBytes float64 `json:"data_page_bytes,omitempty"`
+	WALSyncs      float64 `json:"wal_syncs,omitempty"`
+	// PostgreSQL's WAL read back: full-page images, commit records, and
+	// bytes by record type (records with their page images).
+	FPIBytes    float64            `json:"fpi_bytes,omitempty"`
+	Commits     float64            `json:"commits,omitempty"`
+	WALByRecord map[string]float64 `json:"wal_by_record,omitempty"`
 }

@@ -73,3 +73,15 @@ func (s samples) median(system, metric, key string) (float64, bool) {
 	xs, ok := s[[3]string{system, metric, key}]
 	return round3(median(xs)), ok
 }
+
+// keys lists the keys added under system and metric.
+func (s samples) keys(system, metric string) []string {
+	var out []string
+	for k := range s {
+		if k[0] == system && k[1] == metric {
+			out = append(out, k[2])
+		}
+	}
+	slices.Sort(out)
+	return out
+}

@@ -208,6 +208,32 @@ func (b *bench) turn(ctx context.Context, sys system, round int) (err error) {
 	line += fmt.Sprintf(" cpu/10k=%.2fs (pg %.2f, self %.2f, server %.2f)", cpu.total().Seconds(),
 		cpu.postgres.Seconds(), cpu.self.Seconds(), cpu.extra.Seconds())
 
+	disk, err := b.diskPerPut(ctx, sys, t)
+	if err != nil {
+		return fmt.Errorf("%s: disk writes per put: %w", name, err)
+	}
+	perPut := func(n int64) float64 { return float64(n) / diskPuts }
+	b.samples.add(name, "disk_write_bytes_per_put", "", disk.device)
+	b.samples.add(name, "proc_write_bytes_per_put", "", perPut(disk.written.total()))
+	for role, n := range disk.written.postgres {
+		b.samples.add(name, "proc_write_bytes_per_put", role, perPut(n))
+	}
+	b.samples.add(name, "proc_write_bytes_per_put", "benchmark", perPut(disk.written.self))
+	b.samples.add(name, "proc_write_bytes_per_put", "server", perPut(disk.written.extra))
+	b.samples.add(name, "disk_wal_bytes_per_put", "", disk.wal)
+	line += fmt.Sprintf(" disk/put=%.0fB (/proc %.0f, wal %.0f", disk.device, perPut(disk.written.total()), disk.wal)
+	if disk.records != nil {
+		b.samples.add(name, "disk_data_page_bytes_per_put", "", disk.dataPages)
+		b.samples.add(name, "disk_wal_syncs_per_put", "", disk.walSyncs)
+		b.samples.add(name, "disk_fpi_bytes_per_put", "", disk.fpi)
+		b.samples.add(name, "disk_commits_per_put", "", disk.commits)
+		for kind, v := range disk.records {
+			b.samples.add(name, "disk_wal_record_bytes_per_put", kind, v)
+		}
+		line += fmt.Sprintf(", fpi %.0f, data pages %.0f, commits/put %.2f, flushes/put %.2f", disk.fpi, disk.dataPages, disk.commits, disk.walSyncs)
+	}
+	line += ")"
+
 	stopErr := stop()
 	stop = nil
 	if stopErr != nil {
@@ -327,12 +353,12 @@ func (b *bench) walPerPut(ctx context.Context, sys system, t *tap) (float64, err
 	return (lsn1 - lsn0) / float64(b.cfg.walPuts), nil
 }
 
-// cpuPer10k is the CPU time of every process of the system (see cpuMeter)
+// cpuPer10k is the CPU time of every process of the system (see procMeter)
 // for cfg.cpuPuts puts by 8 clients, watcher attached, until the watcher
 // has every event; scaled to 10,000 puts.
 func (b *bench) cpuPer10k(ctx context.Context, sys system, t *tap) (cpuTimes, error) {
 	before := t.events.Load()
-	cpu0, err := b.env.cpu.read(sys.pids())
+	cpu0, err := b.env.procs.cpu(sys.pids())
 	if err != nil {
 		return cpuTimes{}, err
 	}
@@ -342,7 +368,7 @@ func (b *bench) cpuPer10k(ctx context.Context, sys system, t *tap) (cpuTimes, er
 	if _, err := t.drain(ctx, before+int64(b.cfg.cpuPuts), drainLimit); err != nil {
 		return cpuTimes{}, err
 	}
-	cpu1, err := b.env.cpu.read(sys.pids())
+	cpu1, err := b.env.procs.cpu(sys.pids())
 	if err != nil {
 		return cpuTimes{}, err
 	}
