@@ -79,7 +79,8 @@ type batcher[C call] struct {
 
 // startable reports whether the queue may go in flight as a batch now: at
 // once when nothing is in flight, and beside other batches only once it is
-// as large as the smallest of them; b.mu is held. Otherwise it waits for a
+// as large as the smallest of them and no worker is about to take it; b.mu
+// is held. Otherwise it waits for a
 // batch to finish, and grows meanwhile. A batch started the moment a slot
 // was free would be a put or two, its clients' puts back a moment later
 // while the large batch they left behind is still in flight: at 8 clients
@@ -93,6 +94,8 @@ func (b *batcher[C]) startable() bool {
 		return true
 	case b.workers >= b.limit:
 		return false
+	case len(b.flying) < b.workers:
+		return false // a worker between two batches takes the queue next
 	default:
 		return len(b.queue) >= slices.Min(b.flying)
 	}

@@ -74,3 +74,16 @@ func TestBatchStartsBesideAnotherOnlyAsLarge(t *testing.T) {
 	}
 	wait.For(t, "no batch in flight", locked(func() bool { return b.workers == 0 && len(b.flying) == 0 }))
 }
+
+// A worker between two batches (its last one done, the next not yet taken)
+// takes what is queued: no other batch starts for it.
+func TestBatchWaitsForWorkerBetweenBatches(t *testing.T) {
+	b := &batcher[*putCall]{limit: 2, max: 64, workers: 1, queue: []*putCall{{}}}
+	if b.startable() {
+		t.Error("a batch started while a worker was about to take the queue")
+	}
+	b.flying = []int{1}
+	if !b.startable() {
+		t.Error("a batch as large as the one in flight did not start")
+	}
+}
