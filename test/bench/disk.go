@@ -128,9 +128,9 @@ func readWriteBytes(pid string) (int64, error) {
 
 // ownStorage is a system that keeps its data itself, not in PostgreSQL
 // (etcd): PostgreSQL's writes are not its, and it says what its WAL took
-// and where its data is.
+// (bytes and flushes so far) and where its data is.
 type ownStorage interface {
-	walWritten(ctx context.Context) (float64, error)
+	walWritten(ctx context.Context) (bytes, syncs float64, err error)
 	dataDir() string
 }
 
@@ -165,22 +165,29 @@ func deviceWritten(dir string) (int64, error) {
 	return sectors * 512, nil
 }
 
-// walWritten is etcd's own count of the bytes it has written to its WAL.
-func (s *etcdSystem) walWritten(ctx context.Context) (float64, error) {
+// walWritten is etcd's own count of the bytes it has written to its WAL
+// and of its WAL fsyncs.
+func (s *etcdSystem) walWritten(ctx context.Context) (bytes, syncs float64, err error) {
 	req, err := http.NewRequestWithContext(ctx, http.MethodGet, s.url+"/metrics", nil)
 	if err != nil {
-		return 0, err
+		return 0, 0, err
 	}
 	resp, err := http.DefaultClient.Do(req)
 	if err != nil {
-		return 0, fmt.Errorf("etcd metrics: %w", err)
+		return 0, 0, fmt.Errorf("etcd metrics: %w", err)
 	}
 	defer resp.Body.Close()
 	b, err := io.ReadAll(io.LimitReader(resp.Body, 16<<20))
 	if err != nil {
-		return 0, fmt.Errorf("etcd metrics: %w", err)
+		return 0, 0, fmt.Errorf("etcd metrics: %w", err)
 	}
-	return metricValue(b, "etcd_disk_wal_write_bytes_total")
+	if bytes, err = metricValue(b, "etcd_disk_wal_write_bytes_total"); err != nil {
+		return 0, 0, err
+	}
+	if syncs, err = metricValue(b, "etcd_disk_wal_fsync_duration_seconds_count"); err != nil {
+		return 0, 0, err
+	}
+	return bytes, syncs, nil
 }
 
 // diskFigures are one system's writes per put.
@@ -189,9 +196,9 @@ type diskFigures struct {
 	written writtenBytes // /proc's count, all of it, not yet divided
 	wal     float64      // WAL bytes per put: PostgreSQL's records, or etcd's count
 	// PostgreSQL's data pages written back (by the checkpointer, the
-	// background writer and backends), bytes per put, and its WAL flushes
-	// per put.
-	dataPages, walSyncs float64
+	// background writer and backends), bytes per put.
+	dataPages float64
+	walSyncs  float64 // WAL flushes per put
 	// PostgreSQL's WAL read back (pg_walinspect), per put: the part that
 	// is full-page images, commit records, and bytes by record type.
 	fpi, commits float64
@@ -199,10 +206,10 @@ type diskFigures struct {
 }
 
 // diskPerPut measures what reaches storage while cpuClients clients put
-// diskPuts values, watcher attached: a checkpoint first, so that pages
-// earlier workloads dirtied are not counted, and one at the end, so that
-// the pages these puts dirtied are; then until the counters stop moving
-// (etcd commits its bbolt file every 100 ms).
+// diskPuts values, watcher attached: once no autovacuum runs, a checkpoint
+// first, so that pages earlier workloads dirtied are not counted, and one
+// at the end, so that the pages these puts dirtied are; then until the
+// counters stop moving (etcd commits its bbolt file every 100 ms).
 func (b *bench) diskPerPut(ctx context.Context, sys system, t *tap) (diskFigures, error) {
 	var f diskFigures
 	own, hasOwn := sys.(ownStorage)
@@ -210,8 +217,18 @@ func (b *bench) diskPerPut(ctx context.Context, sys system, t *tap) (diskFigures
 	if hasOwn {
 		dir = own.dataDir()
 	}
+	if _, err := b.env.quiesce(ctx); err != nil {
+		return f, err
+	}
 	if err := b.env.checkpoint(ctx); err != nil {
 		return f, err
+	}
+	// What backends flushed before (the last workload's puts) reaches
+	// pg_stat_wal within pgStatInterval: wait for it to be in.
+	select {
+	case <-time.After(pgStatInterval):
+	case <-ctx.Done():
+		return f, ctx.Err()
 	}
 	w0, err := b.settledWrites(ctx, sys)
 	if err != nil {
@@ -233,9 +250,9 @@ func (b *bench) diskPerPut(ctx context.Context, sys system, t *tap) (diskFigures
 	if err != nil {
 		return f, err
 	}
-	var ownWAL0 float64
+	var ownWAL0, ownSyncs0 float64
 	if hasOwn {
-		if ownWAL0, err = own.walWritten(ctx); err != nil {
+		if ownWAL0, ownSyncs0, err = own.walWritten(ctx); err != nil {
 			return f, err
 		}
 	}
@@ -250,11 +267,12 @@ func (b *bench) diskPerPut(ctx context.Context, sys system, t *tap) (diskFigures
 	putsDone := time.Now()
 
 	if hasOwn {
-		ownWAL1, err := own.walWritten(ctx)
+		ownWAL1, ownSyncs1, err := own.walWritten(ctx)
 		if err != nil {
 			return f, err
 		}
 		f.wal = (ownWAL1 - ownWAL0) / diskPuts
+		f.walSyncs = (ownSyncs1 - ownSyncs0) / diskPuts
 	} else {
 		lsn1, err := b.env.walLSN(ctx)
 		if err != nil {

@@ -769,8 +769,9 @@ func writeDiskSection(b *strings.Builder, r *Results) {
 		"between a checkpoint before and one after (the device's own count of sectors written, after a sync, one system at a time), " +
 		"and what /proc/<pid>/io's write_bytes says for the same processes, which counts whole page-cache folios dirtied " +
 		"(up to 2 MiB for a rewritten 8 KiB WAL page on this kernel), not bytes written. " +
-		"For PostgreSQL: its WAL records (with the full-page images among them), the data pages it wrote back, " +
-		"and how many times it flushed its WAL, each flush writing at least one 8 KiB page; for etcd its WAL's own count.\n\n")
+		"For PostgreSQL: its WAL records (with the full-page images among them) and the data pages it wrote back; " +
+		"for etcd its WAL's own count; for both, how many times they flushed their WAL, each flush writing at least the WAL page it ends in " +
+		"(PostgreSQL's are 8 KiB).\n\n")
 	t := table{header: []string{"system", "disk writes", "÷ etcd", "write_bytes (/proc)", "WAL", "of which page images", "data pages", "WAL flushes per put"}}
 	for _, sys := range systems(r) {
 		v, ok := mapValue(r.DiskWriteBytesPerPut, sys)
@@ -782,9 +783,11 @@ func writeDiskSection(b *strings.Builder, r *Results) {
 		row := []string{sys, fmtBytes(v), orDash(q, qok, fmtRatio), dash, dash, dash, dash, dash}
 		if d := r.DiskWrites[sys]; d != nil {
 			row[3], row[4] = fmtBytes(d.ProcWriteBytes), fmtBytes(d.WALBytes)
+			if d.WALSyncs != 0 {
+				row[7] = fmt.Sprintf("%.3f", d.WALSyncs)
+			}
 			if d.WALByRecord != nil {
 				row[5], row[6] = fmtBytes(d.FPIBytes), fmtBytes(d.DataPageBytes)
-				row[7] = fmt.Sprintf("%.3f", d.WALSyncs)
 			}
 		}
 		t.rows = append(t.rows, row)

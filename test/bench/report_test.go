@@ -91,7 +91,7 @@ func plausibleResults() *Results {
 		DiskWrites: map[string]*DiskWrites{
 			"walwatch": {ProcWriteBytes: 90000, WALBytes: 640, FPIBytes: 180, DataPageBytes: 1300, WALSyncs: 0.31,
 				WALByRecord: map[string]float64{"Heap/INSERT": 256, "Btree/INSERT_LEAF": 525, "Transaction/COMMIT": 17}},
-			"etcd": {ProcWriteBytes: 2000, WALBytes: 207},
+			"etcd": {ProcWriteBytes: 2000, WALBytes: 207, WALSyncs: 0.2},
 		},
 		Notes: []string{"notify serialises puts on the NOTIFY lock.", "a note\nover two lines"},
 	}
@@ -268,7 +268,7 @@ func TestReportFull(t *testing.T) {
 	if got := row(t, disk, "walwatch"); strings.Join(got, ";") != "walwatch;4,000 B;1.60×;90,000 B;640 B;180 B;1,300 B;0.310" {
 		t.Errorf("walwatch disk row = %q", got)
 	}
-	if got := row(t, disk, "etcd"); strings.Join(got, ";") != "etcd;2,500 B;1.00×;2,000 B;207 B;—;—;—" {
+	if got := row(t, disk, "etcd"); strings.Join(got, ";") != "etcd;2,500 B;1.00×;2,000 B;207 B;—;—;0.200" {
 		t.Errorf("etcd disk row = %q", got)
 	}
 	if got := row(t, disk, "Btree/INSERT_LEAF"); got[1] != "525 B" {

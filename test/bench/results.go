@@ -73,11 +73,11 @@ type DiskWrites struct {
 	ProcWriteBytes float64            `json:"proc_write_bytes"`
 	ProcByProcess  map[string]float64 `json:"proc_by_process"`
 	WALBytes       float64            `json:"wal_bytes"` // WAL records (PostgreSQL) or etcd's own count
-	// PostgreSQL's data pages written back (pg_stat_bgwriter), and its WAL
-	// flushes (pg_stat_wal's wal_sync), each of which writes at least the
-	// WAL page it ends in: flushes per put, not bytes.
+	// WAL flushes per put (pg_stat_wal's wal_sync, etcd's WAL fsyncs), not
+	// bytes: each writes at least the WAL page it ends in.
+	WALSyncs float64 `json:"wal_syncs,omitempty"`
+	// PostgreSQL's data pages written back (pg_stat_bgwriter).
 	DataPageBytes float64 `json:"data_page_bytes,omitempty"`
-	WALSyncs      float64 `json:"wal_syncs,omitempty"`
 	// PostgreSQL's WAL read back: full-page images, commit records, and
 	// bytes by record type (records with their page images).
 	FPIBytes    float64            `json:"fpi_bytes,omitempty"`

@@ -221,16 +221,16 @@ func (b *bench) turn(ctx context.Context, sys system, round int) (err error) {
 	b.samples.add(name, "proc_write_bytes_per_put", "benchmark", perPut(disk.written.self))
 	b.samples.add(name, "proc_write_bytes_per_put", "server", perPut(disk.written.extra))
 	b.samples.add(name, "disk_wal_bytes_per_put", "", disk.wal)
-	line += fmt.Sprintf(" disk/put=%.0fB (/proc %.0f, wal %.0f", disk.device, perPut(disk.written.total()), disk.wal)
+	b.samples.add(name, "disk_wal_syncs_per_put", "", disk.walSyncs)
+	line += fmt.Sprintf(" disk/put=%.0fB (/proc %.0f, wal %.0f, flushes/put %.3f", disk.device, perPut(disk.written.total()), disk.wal, disk.walSyncs)
 	if disk.records != nil {
 		b.samples.add(name, "disk_data_page_bytes_per_put", "", disk.dataPages)
-		b.samples.add(name, "disk_wal_syncs_per_put", "", disk.walSyncs)
 		b.samples.add(name, "disk_fpi_bytes_per_put", "", disk.fpi)
 		b.samples.add(name, "disk_commits_per_put", "", disk.commits)
 		for kind, v := range disk.records {
 			b.samples.add(name, "disk_wal_record_bytes_per_put", kind, v)
 		}
-		line += fmt.Sprintf(", fpi %.0f, data pages %.0f, commits/put %.2f, flushes/put %.2f", disk.fpi, disk.dataPages, disk.commits, disk.walSyncs)
+		line += fmt.Sprintf(", fpi %.0f, data pages %.0f, commits/put %.2f", disk.fpi, disk.dataPages, disk.commits)
 	}
 	line += ")"
 
