@@ -212,11 +212,6 @@ type diskFigures struct {
 // counters stop moving (etcd commits its bbolt file every 100 ms).
 func (b *bench) diskPerPut(ctx context.Context, sys system, t *tap) (diskFigures, error) {
 	var f diskFigures
-	own, hasOwn := sys.(ownStorage)
-	dir := b.env.cluster.DataDir()
-	if hasOwn {
-		dir = own.dataDir()
-	}
 	if _, err := b.env.quiesce(ctx); err != nil {
 		return f, err
 	}
@@ -225,61 +220,29 @@ func (b *bench) diskPerPut(ctx context.Context, sys system, t *tap) (diskFigures
 	}
 	// What backends flushed before (the last workload's puts) reaches
 	// pg_stat_wal within pgStatInterval: wait for it to be in.
-	select {
-	case <-time.After(pgStatInterval):
-	case <-ctx.Done():
-		return f, ctx.Err()
-	}
-	w0, err := b.settledWrites(ctx, sys)
-	if err != nil {
+	if err := sleep(ctx, pgStatInterval); err != nil {
 		return f, err
 	}
-	dev0, err := deviceWritten(dir)
+	before, err := b.readDisk(ctx, sys)
 	if err != nil {
 		return f, err
-	}
-	lsn0, err := b.env.walLSN(ctx)
-	if err != nil {
-		return f, err
-	}
-	pages0, err := b.env.pagesWritten(ctx)
-	if err != nil {
-		return f, err
-	}
-	syncs0, err := b.env.walSyncs(ctx)
-	if err != nil {
-		return f, err
-	}
-	var ownWAL0, ownSyncs0 float64
-	if hasOwn {
-		if ownWAL0, ownSyncs0, err = own.walWritten(ctx); err != nil {
-			return f, err
-		}
 	}
 
-	before := t.events.Load()
+	events := t.events.Load()
 	if err := count(ctx, cpuClients, diskPuts, b.putRandom(sys)); err != nil {
 		return f, err
 	}
-	if _, err := t.drain(ctx, before+diskPuts, drainLimit); err != nil {
+	if _, err := t.drain(ctx, events+diskPuts, drainLimit); err != nil {
 		return f, err
 	}
 	putsDone := time.Now()
-
-	if hasOwn {
-		ownWAL1, ownSyncs1, err := own.walWritten(ctx)
+	if _, ok := sys.(ownStorage); !ok {
+		// Read the puts' WAL back before the checkpoint may recycle it.
+		lsn, err := b.env.walLSN(ctx)
 		if err != nil {
 			return f, err
 		}
-		f.wal = (ownWAL1 - ownWAL0) / diskPuts
-		f.walSyncs = (ownSyncs1 - ownSyncs0) / diskPuts
-	} else {
-		lsn1, err := b.env.walLSN(ctx)
-		if err != nil {
-			return f, err
-		}
-		f.wal = (lsn1 - lsn0) / diskPuts
-		if f.fpi, f.commits, f.records, err = b.env.walStats(ctx, lsn0, lsn1); err != nil {
+		if f.fpi, f.commits, f.records, err = b.env.walStats(ctx, before.lsn, lsn); err != nil {
 			return f, err
 		}
 		for k := range f.records {
@@ -291,36 +254,72 @@ func (b *bench) diskPerPut(ctx context.Context, sys system, t *tap) (diskFigures
 	if err := b.env.checkpoint(ctx); err != nil {
 		return f, err
 	}
-	w1, err := b.settledWrites(ctx, sys)
+	if err := sleep(ctx, time.Until(putsDone.Add(pgStatInterval))); err != nil { // see pgStatInterval
+		return f, err
+	}
+	after, err := b.readDisk(ctx, sys)
 	if err != nil {
 		return f, err
 	}
-	dev1, err := deviceWritten(dir)
-	if err != nil {
-		return f, err
-	}
-	f.device = float64(dev1-dev0) / diskPuts
-	f.written = w1.since(w0)
-	if hasOwn {
-		f.written.postgres = nil // PostgreSQL idles through etcd's turn
-		return f, nil
-	}
-	pages1, err := b.env.pagesWritten(ctx)
-	if err != nil {
-		return f, err
-	}
-	f.dataPages = (pages1 - pages0) / diskPuts
-	select { // see walSyncs
-	case <-time.After(time.Until(putsDone.Add(pgStatInterval))):
-	case <-ctx.Done():
-		return f, ctx.Err()
-	}
-	syncs1, err := b.env.walSyncs(ctx)
-	if err != nil {
-		return f, err
-	}
-	f.walSyncs = (syncs1 - syncs0) / diskPuts
+	f.device = float64(after.device-before.device) / diskPuts
+	f.written = after.written.since(before.written)
+	f.wal = (after.wal - before.wal) / diskPuts
+	f.walSyncs = (after.syncs - before.syncs) / diskPuts
+	f.dataPages = (after.pages - before.pages) / diskPuts
 	return f, nil
+}
+
+// diskSample is what the disk figure reads before and after its puts.
+type diskSample struct {
+	written writtenBytes
+	device  int64   // bytes the device has written
+	wal     float64 // WAL bytes: PostgreSQL's position, or etcd's count
+	syncs   float64 // WAL flushes
+	pages   float64 // PostgreSQL's data pages written, in bytes
+	lsn     float64 // PostgreSQL's WAL position
+}
+
+// readDisk reads the counters of sys: its processes' and its device's
+// writes, and its WAL's, PostgreSQL's or (for a system of its own storage)
+// its own.
+func (b *bench) readDisk(ctx context.Context, sys system) (diskSample, error) {
+	var d diskSample
+	var err error
+	if d.written, err = b.settledWrites(ctx, sys); err != nil {
+		return d, err
+	}
+	dir := b.env.cluster.DataDir()
+	own, hasOwn := sys.(ownStorage)
+	if hasOwn {
+		dir = own.dataDir()
+		d.written.postgres = nil // PostgreSQL idles through the turn
+	}
+	if d.device, err = deviceWritten(dir); err != nil {
+		return d, err
+	}
+	if hasOwn {
+		d.wal, d.syncs, err = own.walWritten(ctx)
+		return d, err
+	}
+	if d.lsn, err = b.env.walLSN(ctx); err != nil {
+		return d, err
+	}
+	d.wal = d.lsn
+	if d.pages, err = b.env.pagesWritten(ctx); err != nil {
+		return d, err
+	}
+	d.syncs, err = b.env.walSyncs(ctx)
+	return d, err
+}
+
+// sleep waits d, or until ctx ends.
+func sleep(ctx context.Context, d time.Duration) error {
+	select {
+	case <-time.After(d):
+		return nil
+	case <-ctx.Done():
+		return ctx.Err()
+	}
 }
 
 // pgStatInterval is how long after its last transaction a PostgreSQL 15
