@@ -80,14 +80,14 @@ type batcher[C call] struct {
 // startable reports whether the queue may go in flight as a batch now: at
 // once when nothing is in flight, and beside other batches only once it is
 // as large as the smallest of them and no worker is about to take it; b.mu
-// is held. Otherwise it waits for a
-// batch to finish, and grows meanwhile. A batch started the moment a slot
-// was free would be a put or two, its clients' puts back a moment later
-// while the large batch they left behind is still in flight: at 8 clients
-// batches of 1 to 7 puts, with it batches of 4, and a transaction (a WAL
-// flush, which writes at least one 8 KiB page) per 3.2 puts rather than
-// 2.6 (BenchmarkPutWorkers: transactions per put 0.38 → 0.32, puts/s 6,198
-// → 7,089; at 4 clients 0.63 → 0.50 and 3,832 → 4,928).
+// is held. Otherwise it waits for a batch to finish, and grows meanwhile.
+// A batch started the moment a slot was free would be a put or two, its
+// clients' puts back a moment later while the large batch they left behind
+// is still in flight: at 8 clients batches of 1 to 7 puts; with the rule,
+// batches of about 4, and a transaction (a WAL flush, which writes at least
+// one 8 KiB page) per 3.2 puts rather than 2.6 (BenchmarkPutWorkers:
+// transactions per put 0.38 → 0.32, puts/s 6,198 → 7,089; at 4 clients
+// 0.63 → 0.50 and 3,832 → 4,928).
 func (b *batcher[C]) startable() bool {
 	switch {
 	case b.workers == 0:

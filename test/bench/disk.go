@@ -269,6 +269,32 @@ func (b *bench) diskPerPut(ctx context.Context, sys system, t *tap) (diskFigures
 	return f, nil
 }
 
+// addDisk records one round's disk figures of system name, and returns
+// them for the round's summary line.
+func (b *bench) addDisk(name string, f diskFigures) string {
+	perPut := func(n int64) float64 { return float64(n) / diskPuts }
+	b.samples.add(name, "disk_write_bytes_per_put", "", f.device)
+	b.samples.add(name, "proc_write_bytes_per_put", "", perPut(f.written.total()))
+	for role, n := range f.written.postgres {
+		b.samples.add(name, "proc_write_bytes_per_put", role, perPut(n))
+	}
+	b.samples.add(name, "proc_write_bytes_per_put", "benchmark", perPut(f.written.self))
+	b.samples.add(name, "proc_write_bytes_per_put", "server", perPut(f.written.extra))
+	b.samples.add(name, "disk_wal_bytes_per_put", "", f.wal)
+	b.samples.add(name, "disk_wal_syncs_per_put", "", f.walSyncs)
+	line := fmt.Sprintf(" disk/put=%.0fB (/proc %.0f, wal %.0f, flushes/put %.3f", f.device, perPut(f.written.total()), f.wal, f.walSyncs)
+	if f.records != nil {
+		b.samples.add(name, "disk_data_page_bytes_per_put", "", f.dataPages)
+		b.samples.add(name, "disk_fpi_bytes_per_put", "", f.fpi)
+		b.samples.add(name, "disk_commits_per_put", "", f.commits)
+		for kind, v := range f.records {
+			b.samples.add(name, "disk_wal_record_bytes_per_put", kind, v)
+		}
+		line += fmt.Sprintf(", fpi %.0f, data pages %.0f, commits/put %.2f", f.fpi, f.dataPages, f.commits)
+	}
+	return line + ")"
+}
+
 // diskSample is what the disk figure reads before and after its puts.
 type diskSample struct {
 	written writtenBytes

@@ -212,27 +212,7 @@ func (b *bench) turn(ctx context.Context, sys system, round int) (err error) {
 	if err != nil {
 		return fmt.Errorf("%s: disk writes per put: %w", name, err)
 	}
-	perPut := func(n int64) float64 { return float64(n) / diskPuts }
-	b.samples.add(name, "disk_write_bytes_per_put", "", disk.device)
-	b.samples.add(name, "proc_write_bytes_per_put", "", perPut(disk.written.total()))
-	for role, n := range disk.written.postgres {
-		b.samples.add(name, "proc_write_bytes_per_put", role, perPut(n))
-	}
-	b.samples.add(name, "proc_write_bytes_per_put", "benchmark", perPut(disk.written.self))
-	b.samples.add(name, "proc_write_bytes_per_put", "server", perPut(disk.written.extra))
-	b.samples.add(name, "disk_wal_bytes_per_put", "", disk.wal)
-	b.samples.add(name, "disk_wal_syncs_per_put", "", disk.walSyncs)
-	line += fmt.Sprintf(" disk/put=%.0fB (/proc %.0f, wal %.0f, flushes/put %.3f", disk.device, perPut(disk.written.total()), disk.wal, disk.walSyncs)
-	if disk.records != nil {
-		b.samples.add(name, "disk_data_page_bytes_per_put", "", disk.dataPages)
-		b.samples.add(name, "disk_fpi_bytes_per_put", "", disk.fpi)
-		b.samples.add(name, "disk_commits_per_put", "", disk.commits)
-		for kind, v := range disk.records {
-			b.samples.add(name, "disk_wal_record_bytes_per_put", kind, v)
-		}
-		line += fmt.Sprintf(", fpi %.0f, data pages %.0f, commits/put %.2f", disk.fpi, disk.dataPages, disk.commits)
-	}
-	line += ")"
+	line += b.addDisk(name, disk)
 
 	stopErr := stop()
 	stop = nil
