@@ -269,6 +269,19 @@ $$;
 -- store sends the puts that arrive while earlier ones are in flight here, in
 -- one transaction.
 --
+-- Keys are locked in the order of their locks, as lock_keys takes them, so
+-- that batches and transactions over the same keys cannot deadlock, and
+-- each row is built from its key's newest row, read by a statement that
+-- began after the key's lock was taken. A batch of 8 distinct keys or more
+-- takes every lock and then writes every row with one insert: at 16 puts
+-- the server spends about 20% less CPU a put than on an insert a put, at 32
+-- about 30% (pgbench, two clients). Below 8 the one insert costs more than
+-- it saves (it is planned anew at every call, as its arrays' lengths change
+-- the plan: 0.5 ms more for a batch of one); and a key given twice needs
+-- each of its rows to see the one before, which rows of one insert do not.
+-- Those batches lock and insert one key at a time, a key given twice twice,
+-- in the order given.
+--
 -- Its rows go in with plain inserts, not append's ON CONFLICT DO NOTHING, a
 -- speculative insertion that costs an index probe and one more WAL record
 -- per row. So a batch whose new revision the hub has already taken with a
@@ -289,9 +302,21 @@ begin
         raise exception 'put_batch got % keys and % values', n, coalesce(cardinality(p_values), 0)
             using errcode = '22023';
     end if;
-    -- Keys in the order of their locks, as lock_keys takes them, so that
-    -- batches and transactions over the same keys cannot deadlock; a key
-    -- given twice is written twice, in the order given.
+    if n >= 8 and (select count(distinct u.k) from unnest(p_keys) as u(k)) = n then
+        if exists (select from unnest(p_keys) as u(k) where not walwatch.is_key(u.k)) then
+            perform walwatch.raise_empty_key();
+        end if;
+        perform walwatch.lock_keys(p_keys);
+        with t as materialized (
+            select u.k, u.v, u.o, nextval('walwatch.revision') as rev
+            from unnest(p_keys, p_values) with ordinality as u(k, v, o)
+        ), ins as (
+            insert into walwatch.kv
+            select r.* from t, lateral walwatch.new_row(t.rev, 0, t.k, t.v, false, 0) as r
+        )
+        select array_agg(t.rev order by t.o) into revs from t;
+        return revs;
+    end if;
     for i, k, v in select t.o, t.k, t.v from unnest(p_keys, p_values) with ordinality as t(k, v, o)
                    order by walwatch.key_lock(t.k), t.o loop
         if not walwatch.is_key(k) then

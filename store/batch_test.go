@@ -192,6 +192,70 @@ func TestPutBatchSQL(t *testing.T) {
 	}
 }
 
+// A batch of distinct keys large enough to go in with one insert waits for
+// the locks of a batch that holds the same keys, and then builds every row
+// on the row that batch wrote, as a batch that inserts key by key does.
+func TestPutBatchBuildsOnTheKeysLastWriter(t *testing.T) {
+	for _, n := range []int{3, 8, 32} {
+		t.Run(fmt.Sprint(n), func(t *testing.T) {
+			_, pool := newStore(t, store.Limits{})
+			ctx := testContext(t)
+			keys := make([][]byte, n)
+			values := make([][]byte, n)
+			for i := range keys {
+				keys[i], values[i] = fmt.Appendf(nil, "/last/%02d", i), []byte("first")
+			}
+			first, err := pool.Begin(ctx)
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer first.Rollback(ctx)
+			var firstRevs []int64
+			if err := first.QueryRow(ctx, "select walwatch.put_batch($1, $2)", keys, values).Scan(&firstRevs); err != nil {
+				t.Fatal(err)
+			}
+			second := make(chan error, 1)
+			go func() {
+				var revs []int64
+				second <- pool.QueryRow(ctx, "select walwatch.put_batch($1, $2)", keys, values).Scan(&revs)
+			}()
+			wait.For(t, "the second batch to wait for a key lock", func() bool {
+				var waiting int
+				err := pool.QueryRow(ctx, "select count(*) from pg_locks where locktype = 'advisory' and not granted").Scan(&waiting)
+				return err == nil && waiting == 1
+			})
+			if err := first.Commit(ctx); err != nil {
+				t.Fatal(err)
+			}
+			if err := <-second; err != nil {
+				t.Fatal(err)
+			}
+			rows, err := pool.Query(ctx, `select key, version, create_revision, prev_revision from walwatch.kv
+				where key >= '/last/' and key < '/last0' and version = 2 order by key`)
+			if err != nil {
+				t.Fatal(err)
+			}
+			got := 0
+			for rows.Next() {
+				var (
+					key                       []byte
+					version, created, prevRev int64
+				)
+				if err := rows.Scan(&key, &version, &created, &prevRev); err != nil {
+					t.Fatal(err)
+				}
+				if created != firstRevs[got] || prevRev != firstRevs[got] {
+					t.Errorf("%s at version 2: created %d, previous %d; want both %d", key, created, prevRev, firstRevs[got])
+				}
+				got++
+			}
+			if err := rows.Err(); err != nil || got != n {
+				t.Fatalf("%d keys at version 2, %v; want all %d", got, err, n)
+			}
+		})
+	}
+}
+
 // A batch whose next revision a filler row already holds fails with
 // unique_violation, which the store answers by putting one by one; it does
 // not take another revision as walwatch.put does.

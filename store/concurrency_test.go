@@ -49,6 +49,48 @@ func TestConcurrentPutsToOneKey(t *testing.T) {
 	}
 }
 
+// Two writers a key, each putting over and over, fill batches of distinct
+// keys (which put_batch writes with one insert once there are 8) and of keys
+// given twice, while the other batch in flight holds some of the same keys:
+// every row must be built from its key's newest row, whichever batch wrote
+// that.
+func TestBatchesOfDistinctKeysCountVersions(t *testing.T) {
+	s, _ := newStore(t, store.Limits{})
+	const keys, writers, puts = 8, 16, 25
+	var wg sync.WaitGroup
+	errs := make(chan error, writers)
+	for w := range writers {
+		wg.Go(func() {
+			for range puts {
+				if _, err := s.Put(testContext(t), fmt.Appendf(nil, "/own/%d", w%keys), []byte("v")); err != nil {
+					errs <- err
+					return
+				}
+			}
+		})
+	}
+	wg.Wait()
+	close(errs)
+	for err := range errs {
+		t.Fatal(err)
+	}
+	const each = writers / keys * puts
+	for k := range keys {
+		key := fmt.Appendf(nil, "/own/%d", k)
+		kv, ok, err := s.Get(testContext(t), key, 0)
+		if err != nil || !ok || kv.Version != each {
+			t.Fatalf("%s after %d puts: %+v ok=%v err=%v; want version %d", key, each, kv, ok, err, each)
+		}
+		for v := kv.Version; v > 1; v-- { // back through every version
+			prev, _, err := s.Get(testContext(t), key, kv.ModRevision-1)
+			if err != nil || prev.Version != v-1 || prev.CreateRevision != kv.CreateRevision {
+				t.Fatalf("%s below revision %d: %+v, %v; want version %d", key, kv.ModRevision, prev, err, v-1)
+			}
+			kv = prev
+		}
+	}
+}
+
 func TestConcurrentPutsToDistinctKeys(t *testing.T) {
 	s, _ := newStore(t, store.Limits{})
 	const writers = 32
