@@ -150,6 +150,10 @@ func TestPutBatchSQL(t *testing.T) {
 		{name: "three", keys: [][]byte{[]byte("/b"), []byte("/a"), []byte("/b")}, values: [][]byte{[]byte("1"), []byte("2"), nil}, wantRevs: 3},
 		{name: "fewer values", keys: [][]byte{[]byte("/a"), []byte("/b")}, values: [][]byte{[]byte("1")}, wantCode: "22023"},
 		{name: "empty key", keys: [][]byte{[]byte("/a"), {}}, values: [][]byte{[]byte("1"), []byte("2")}, wantCode: "WWK01"},
+		{name: "empty key among eight", keys: [][]byte{[]byte("/1"), []byte("/2"), []byte("/3"), []byte("/4"), []byte("/5"), []byte("/6"), []byte("/7"), {}},
+			values: make([][]byte, 8), wantCode: "WWK01"},
+		{name: "eight", keys: [][]byte{[]byte("/1"), []byte("/2"), []byte("/3"), []byte("/4"), []byte("/5"), []byte("/6"), []byte("/7"), []byte("/8")},
+			values: make([][]byte, 8), wantRevs: 8},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
