@@ -279,8 +279,8 @@ $$;
 -- it saves (it is planned anew at every call, as its arrays' lengths change
 -- the plan: 0.5 ms more for a batch of one); and a key given twice needs
 -- each of its rows to see the one before, which rows of one insert do not.
--- Those batches lock and insert one key at a time, a key given twice twice,
--- in the order given.
+-- Those batches lock and insert one key at a time, in the order of their
+-- locks; a key given twice is written twice, in the order given.
 --
 -- Its rows go in with plain inserts, not append's ON CONFLICT DO NOTHING, a
 -- speculative insertion that costs an index probe and one more WAL record
