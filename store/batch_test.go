@@ -152,8 +152,8 @@ func TestPutBatchSQL(t *testing.T) {
 		{name: "empty key", keys: [][]byte{[]byte("/a"), {}}, values: [][]byte{[]byte("1"), []byte("2")}, wantCode: "WWK01"},
 		{name: "empty key among eight", keys: [][]byte{[]byte("/1"), []byte("/2"), []byte("/3"), []byte("/4"), []byte("/5"), []byte("/6"), []byte("/7"), {}},
 			values: make([][]byte, 8), wantCode: "WWK01"},
-		{name: "eight", keys: [][]byte{[]byte("/1"), []byte("/2"), []byte("/3"), []byte("/4"), []byte("/5"), []byte("/6"), []byte("/7"), []byte("/8")},
-			values: make([][]byte, 8), wantRevs: 8},
+		{name: "eight, not UTF-8", keys: [][]byte{{0}, {0xff}, {0xff, 0}, {0xc3, 0x28}, []byte("/5"), []byte("/6"), []byte("/7"), []byte("/8")},
+			values: [][]byte{{0}, {0xff}, nil, {}, []byte("5"), []byte("6"), []byte("7"), []byte("8")}, wantRevs: 8},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
