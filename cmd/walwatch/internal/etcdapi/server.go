@@ -59,6 +59,9 @@ const (
 	// without workers. Twice cp's 32 PostgreSQL connections: a worker
 	// mostly waits on PostgreSQL.
 	streamWorkers = 64
+	// maxWindowBytes bounds a stream's flow-control window, so that the
+	// connection's, twice as large, stays within HTTP/2's 2^31-1.
+	maxWindowBytes = 1<<30 - 1
 	// bufconnSize is the buffer of the in-process connection the JSON
 	// gateway uses to reach the gRPC server.
 	bufconnSize = 1 << 20
@@ -145,11 +148,22 @@ func New(ctx context.Context, cfg Config) (*Server, error) {
 		return nil, err
 	}
 	s := &Server{cfg: cfg, log: log, id: id, metrics: newMetrics(cfg.Registry), stopping: make(chan struct{})}
+	window := int32(min(cfg.MaxRequestBytes+grpcOverheadBytes, maxWindowBytes))
 	s.grpc = grpc.NewServer(
 		grpc.MaxRecvMsgSize(cfg.MaxRequestBytes+grpcOverheadBytes),
 		grpc.MaxSendMsgSize(maxSendBytes),
 		grpc.MaxConcurrentStreams(1<<31-1),
 		grpc.NumStreamWorkers(streamWorkers),
+		// Static windows: the largest request goes in without waiting for
+		// a window update, and gRPC does not estimate the link (its default,
+		// and etcd's), which pings the client after a request's data: one
+		// more frame each way a request. bench-quick before and after, two
+		// runs each: etcd-API gets at 32 clients 4.8k/5.5k -> 6.3k/6.2k a
+		// second, puts 3.0k/3.0k -> 3.2k/3.9k, round trip p50 1.34/1.35 ->
+		// 1.17/1.16 ms. The connection's window, twice a stream's, bounds
+		// what a client may send that the server has not read yet.
+		grpc.InitialWindowSize(window),
+		grpc.InitialConnWindowSize(2*window),
 		grpc.ChainUnaryInterceptor(s.metrics.grpc.UnaryServerInterceptor()),
 		grpc.ChainStreamInterceptor(s.metrics.grpc.StreamServerInterceptor(), s.endOnStop),
 		// etcd's defaults: a client may ping every 5 s; the server pings an
