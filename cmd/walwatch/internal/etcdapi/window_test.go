@@ -2,7 +2,6 @@ package etcdapi
 
 import (
 	"bytes"
-	"encoding/binary"
 	"net"
 	"testing"
 	"time"
@@ -48,9 +47,8 @@ func TestStaticFlowControlWindows(t *testing.T) {
 	if err := fr.WriteHeaders(http2.HeadersFrameParam{StreamID: 1, BlockFragment: hb.Bytes(), EndHeaders: true}); err != nil {
 		t.Fatal(err)
 	}
-	msg := make([]byte, 5) // not compressed, length 0
-	binary.BigEndian.PutUint32(msg[1:], 0)
-	if err := fr.WriteData(1, true, msg); err != nil {
+	empty := make([]byte, 5) // gRPC's message prefix: not compressed, length 0
+	if err := fr.WriteData(1, true, empty); err != nil {
 		t.Fatal(err)
 	}
 
