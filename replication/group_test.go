@@ -80,8 +80,23 @@ func TestMatches(t *testing.T) {
 // and the events, that the watchers' own ranges and starts say.
 func TestMatchesAgainstEveryWatcher(t *testing.T) {
 	rnd := rand.New(rand.NewPCG(17, 2026))
-	key := func() []byte { return fmt.Appendf(nil, "/%c/%d", 'a'+rune(rnd.IntN(4)), rnd.IntN(8)) }
+	// Binary keys too: bytes at both ends of the order, where a prefix of
+	// 0xff bytes has no end and "\x00" is the lowest key there is.
+	binary := func() []byte {
+		k := make([]byte, 1+rnd.IntN(3))
+		for i := range k {
+			k[i] = []byte{0x00, 0x01, 0xfe, 0xff}[rnd.IntN(4)]
+		}
+		return k
+	}
+	key := func() []byte {
+		if rnd.IntN(4) == 0 {
+			return binary()
+		}
+		return fmt.Appendf(nil, "/%c/%d", 'a'+rune(rnd.IntN(4)), rnd.IntN(8))
+	}
 	ranges := []func() store.KeyRange{
+		func() store.KeyRange { return store.Prefix(binary()[:1]) },
 		func() store.KeyRange { return store.Key(key()) },
 		func() store.KeyRange { return store.Prefix(fmt.Appendf(nil, "/%c/", 'a'+rune(rnd.IntN(4)))) },
 		func() store.KeyRange { return store.Prefix(key()) }, // /a/1 holds /a/1 only here
