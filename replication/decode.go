@@ -248,14 +248,23 @@ func (d *decoder) decodeRow(rel *relation, tuple []byte) (row, error) {
 		}
 	}
 	// key and value may still point into the message, which the connection
-	// reuses: copy both into one allocation of the row's own.
-	own := make([]byte, 0, len(r.key)+len(r.value))
-	own = append(own, r.key...)
-	r.key = own[:len(r.key):len(r.key)]
-	if r.value != nil {
-		r.value = append(own[len(r.key):], r.value...)
-	}
+	// reuses.
+	r.own()
 	return r, nil
+}
+
+// own copies the row's key and value into one allocation of its own; a nil
+// one (a NULL) stays nil.
+func (r *row) own() {
+	n := len(r.key)
+	buf := make([]byte, 0, n+len(r.value))
+	buf = append(buf, r.key...)
+	if r.key != nil {
+		r.key = buf[:n:n]
+	}
+	if r.value != nil {
+		r.value = append(buf[n:], r.value...)
+	}
 }
 
 // setBinary sets a field from its binary form when the column has the type

@@ -319,7 +319,7 @@ func (o *order) spill() {
 }
 
 // dropValues spills c: its rows keep their keys, in allocations of their
-// own (a decoded row's key and value share one), and lose their values.
+// own (a row's key and value share one, row.own), and lose their values.
 func (o *order) dropValues(c *committed) {
 	for i := range c.rows {
 		c.rows[i].key = bytes.Clone(c.rows[i].key)

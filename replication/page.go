@@ -228,7 +228,7 @@ func scanRows(page []row, rows pgx.Rows, sizes *[]rowSize, compacted *int64) ([]
 	var (
 		x          row
 		size       int32
-		key, value pgtype.DriverBytes // the driver's buffer until the next row: copied below
+		key, value pgtype.DriverBytes // the driver's buffer until the next row: x.own copies them
 	)
 	dest := []any{&x.revision, &x.sub, &key, &value, &x.tombstone, &x.createRevision, &x.version,
 		&x.prevRevision, &x.lease}
@@ -240,31 +240,14 @@ func scanRows(page []row, rows pgx.Rows, sizes *[]rowSize, compacted *int64) ([]
 		if err := rows.Scan(dest...); err != nil {
 			return page, err
 		}
-		x.key, x.value = copyKeyValue(key, value)
+		x.key, x.value = key, value
+		x.own()
 		page = append(page, x)
 		if sizes != nil {
 			*sizes = append(*sizes, rowSize{revision: x.revision, bytes: int(size) + eventOverhead})
 		}
 	}
 	return page, rows.Err()
-}
-
-// copyKeyValue copies key and value into one new allocation, keeping nil
-// (a NULL) nil.
-func copyKeyValue(key, value []byte) (k, v []byte) {
-	if key == nil && value == nil {
-		return nil, nil
-	}
-	buf := make([]byte, len(key)+len(value))
-	n := copy(buf, key)
-	copy(buf[n:], value)
-	if key != nil {
-		k = buf[:n:n]
-	}
-	if value != nil {
-		v = buf[n:]
-	}
-	return k, v
 }
 
 // pageEnd picks where a page that starts with sizes ends: the last revision
