@@ -20,6 +20,17 @@ func TestWatchFromThePastJoinsLiveStream(t *testing.T) {
 		e.put(t, fmt.Sprintf("/k/%d", i%7), fmt.Sprint(i))
 		e.put(t, "/other", "x")
 	}
+	// The table read copies each row's key and value out of the driver's
+	// buffer: binary keys and values, an empty value and deletes (no value)
+	// come back as written.
+	for i, kv := range [][2]string{{"/k/\x00", "\x00\xff"}, {"/k/\xff\x00", ""}, {"/k/\xfe", "\x01\x00\x00"}} {
+		e.put(t, kv[0], kv[1])
+		if i != 1 {
+			if _, err := e.store.Delete(t.Context(), store.Key([]byte(kv[0]))); err != nil {
+				t.Fatal(err)
+			}
+		}
+	}
 	h := e.startHub(t, replication.Config{Window: 4})
 	for i := range 10 {
 		e.put(t, fmt.Sprintf("/k/%d", i%3), fmt.Sprint(i))
