@@ -407,3 +407,45 @@ func TestQueuedGetsReadTogether(t *testing.T) {
 		}
 	}
 }
+
+// A batch of gets is planned once per connection, not once per batch, even
+// when every batch is small: planning it again cost PostgreSQL more than
+// running it.
+func TestBatchedGetsUseTheCachedPlan(t *testing.T) {
+	s, pool := newStore(t, store.Limits{})
+	ctx := testContext(t)
+	for _, k := range []string{"/p/a", "/p/b"} {
+		if _, err := s.Put(ctx, []byte(k), []byte("v")); err != nil {
+			t.Fatal(err)
+		}
+	}
+	conn, err := pool.Acquire(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Release()
+	// PostgreSQL makes a plan for each of the first five calls, then keeps
+	// making them while they look cheaper than the cached one.
+	for i := range 8 {
+		keys := [][]byte{[]byte("/p/a"), []byte("/p/b"), []byte("/p/none")}[:2+i%2]
+		rows, err := conn.Query(ctx, store.ManyKeysLatestSQL, keys)
+		if err != nil {
+			t.Fatal(err)
+		}
+		n := 0
+		for rows.Next() {
+			n++
+		}
+		if rows.Close(); rows.Err() != nil || n != len(keys) {
+			t.Fatalf("batch of %d keys: %d rows, %v", len(keys), n, rows.Err())
+		}
+	}
+	var generic, custom int64
+	if err := conn.QueryRow(ctx, "select generic_plans, custom_plans from pg_prepared_statements where statement = $1",
+		store.ManyKeysLatestSQL).Scan(&generic, &custom); err != nil {
+		t.Fatal(err)
+	}
+	if generic == 0 {
+		t.Errorf("the batch statement was planned for every call (%d custom plans, no generic one)", custom)
+	}
+}

@@ -23,3 +23,6 @@ func QueuedGets(s *Store) int {
 
 // GetWorkers is how many get batches may be in flight at once.
 const GetWorkers = getWorkers
+
+// ManyKeysLatestSQL is the statement that reads a batch of gets.
+const ManyKeysLatestSQL = manyKeysLatestSQL
