@@ -180,6 +180,66 @@ func TestPrevKV(t *testing.T) {
 	}
 }
 
+// The previous rows of a response's events are read with a plan made once
+// per connection, not once per response, even when responses are small:
+// planning the statement again cost PostgreSQL four times running it.
+func TestPrevKVsUseTheCachedPlan(t *testing.T) {
+	e := newEnv(t)
+	ctx := context.Background()
+	first, second := e.put(t, "/a", "one"), e.put(t, "/b", "two")
+	del, err := e.store.Delete(ctx, store.Key([]byte("/b")))
+	if err != nil {
+		t.Fatal(err)
+	}
+	// A table of some size, so that the planner has choices to weigh.
+	if _, err := e.pool.Exec(ctx, `select count(walwatch.put(convert_to('/many/' || i, 'UTF8'), '\x76'::bytea))
+		from generate_series(1, 20000) i`); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := e.pool.Exec(ctx, "analyze walwatch.kv"); err != nil {
+		t.Fatal(err)
+	}
+	conn, err := e.pool.Acquire(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Release()
+	// A row, a tombstone, and a revision of another key.
+	keys, revs := [][]byte{[]byte("/a"), []byte("/b"), []byte("/a")}, []int64{first, del.Revision, second}
+	for i := range 8 {
+		n := 1 + i%3
+		rows, err := conn.Query(ctx, replication.PrevKVsSQL, keys[:n], revs[:n])
+		if err != nil {
+			t.Fatal(err)
+		}
+		var got []string
+		for rows.Next() {
+			var (
+				key, value           []byte
+				create, mod, version int64
+			)
+			if err := rows.Scan(&key, &value, &create, &mod, &version); err != nil {
+				t.Fatal(err)
+			}
+			got = append(got, fmt.Sprintf("%s@%d=%s", key, mod, value))
+		}
+		if err := rows.Err(); err != nil {
+			t.Fatal(err)
+		}
+		if want := []string{fmt.Sprintf("/a@%d=one", first)}; !slices.Equal(got, want) {
+			t.Fatalf("previous rows of %d pairs: %v, want %v", n, got, want)
+		}
+	}
+	var generic, custom int64
+	if err := conn.QueryRow(ctx, "select generic_plans, custom_plans from pg_prepared_statements where statement = $1",
+		replication.PrevKVsSQL).Scan(&generic, &custom); err != nil {
+		t.Fatal(err)
+	}
+	if generic == 0 {
+		t.Errorf("the previous rows' statement was planned for every call (%d custom plans, no generic one)", custom)
+	}
+}
+
 func TestWatchBadInput(t *testing.T) {
 	e := newEnv(t)
 	h := e.startHub(t, replication.Config{})

@@ -811,6 +811,19 @@ func (h *Hub) withPrevKV(ctx context.Context, wt *watcher, notify func()) <-chan
 	return out
 }
 
+// prevKVsSQL reads the rows at $1[i], $2[i], those that are no tombstone:
+// a key put after its delete had no previous value, as in etcd. The pairs
+// come from generate_subscripts, not unnest, whose row estimate (the
+// arrays' length) would have PostgreSQL plan each call afresh for good
+// once a connection's first five calls had few events: a plan took 0.16 ms
+// where running it took 0.04. The lateral LIMIT keeps the plan a nested
+// loop over the index whatever the estimate.
+const prevKVsSQL = `select k.key, k.value, k.create_revision, k.revision, k.version
+  from generate_subscripts($1::bytea[], 1) p(i)
+  cross join lateral (select * from walwatch.kv k
+                       where k.key = ($1::bytea[])[p.i] and k.revision = ($2::bigint[])[p.i] limit 1) k
+ where not k.tombstone`
+
 func (h *Hub) attachPrevKVs(ctx context.Context, evs []Event) error {
 	var keys [][]byte
 	var revs []int64
@@ -830,11 +843,7 @@ func (h *Hub) attachPrevKVs(ctx context.Context, evs []Event) error {
 	if err := h.WaitFor(ctx, slices.Max(revs)); err != nil {
 		return err
 	}
-	rows, err := h.cfg.Pool.Query(ctx,
-		`select k.key, k.value, k.create_revision, k.revision, k.version
-		   from walwatch.kv k join unnest($1::bytea[], $2::bigint[]) as p(key, rev) on k.key = p.key and k.revision = p.rev
-		  where not k.tombstone`, // a key put after its delete had no previous value, as in etcd
-		keys, revs)
+	rows, err := h.cfg.Pool.Query(ctx, prevKVsSQL, keys, revs)
 	if err != nil {
 		return err
 	}
