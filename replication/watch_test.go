@@ -10,6 +10,7 @@ import (
 
 	"github.com/walwatch/walwatch/replication"
 	"github.com/walwatch/walwatch/store"
+	"github.com/walwatch/walwatch/test/pgtest"
 )
 
 // A watcher starting below the in-memory window is served from the table,
@@ -230,14 +231,7 @@ func TestPrevKVsUseTheCachedPlan(t *testing.T) {
 			t.Fatalf("previous rows of %d pairs: %v, want %v", n, got, want)
 		}
 	}
-	var generic, custom int64
-	if err := conn.QueryRow(ctx, "select generic_plans, custom_plans from pg_prepared_statements where statement = $1",
-		replication.PrevKVsSQL).Scan(&generic, &custom); err != nil {
-		t.Fatal(err)
-	}
-	if generic == 0 {
-		t.Errorf("the previous rows' statement was planned for every call (%d custom plans, no generic one)", custom)
-	}
+	pgtest.CheckCachedPlan(t, ctx, conn, replication.PrevKVsSQL)
 }
 
 func TestWatchBadInput(t *testing.T) {

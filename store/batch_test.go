@@ -11,6 +11,7 @@ import (
 	"github.com/jackc/pgx/v5/pgxpool"
 
 	"github.com/walwatch/walwatch/store"
+	"github.com/walwatch/walwatch/test/pgtest"
 	"github.com/walwatch/walwatch/test/wait"
 )
 
@@ -440,12 +441,5 @@ func TestBatchedGetsUseTheCachedPlan(t *testing.T) {
 			t.Fatalf("batch of %d keys: %d rows, %v", len(keys), n, rows.Err())
 		}
 	}
-	var generic, custom int64
-	if err := conn.QueryRow(ctx, "select generic_plans, custom_plans from pg_prepared_statements where statement = $1",
-		store.ManyKeysLatestSQL).Scan(&generic, &custom); err != nil {
-		t.Fatal(err)
-	}
-	if generic == 0 {
-		t.Errorf("the batch statement was planned for every call (%d custom plans, no generic one)", custom)
-	}
+	pgtest.CheckCachedPlan(t, ctx, conn, store.ManyKeysLatestSQL)
 }
