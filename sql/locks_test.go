@@ -1,0 +1,53 @@
+package sql_test
+
+import (
+	"testing"
+
+	"github.com/walwatch/walwatch/sql"
+)
+
+// lock_keys holds one advisory lock per distinct key it is given, each the
+// key's key_lock, until the transaction ends.
+func TestLockKeys(t *testing.T) {
+	db := newDB(t)
+	ctx := testContext(t)
+	if _, err := sql.Migrate(ctx, db); err != nil {
+		t.Fatalf("migrate: %v", err)
+	}
+	for _, tc := range []struct {
+		name string
+		keys [][]byte
+		want int
+	}{
+		{"none", [][]byte{}, 0},
+		{"null", nil, 0},
+		{"one", [][]byte{[]byte("/a")}, 1},
+		{"binary", [][]byte{{0x00, 0xff}}, 1},
+		{"many", [][]byte{[]byte("/a"), []byte("/b"), []byte("/c")}, 3},
+		{"repeated", [][]byte{[]byte("/b"), []byte("/a"), []byte("/b")}, 2},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			tx, err := db.Begin(ctx)
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer tx.Rollback(ctx) //nolint:errcheck // nothing to keep
+			if _, err := tx.Exec(ctx, "select walwatch.lock_keys($1)", tc.keys); err != nil {
+				t.Fatal(err)
+			}
+			// A bigint advisory lock shows as its high and low halves.
+			var held, theirs int
+			if err := tx.QueryRow(ctx, `select count(*),
+			        count(*) filter (where ((l.classid::bigint << 32) | l.objid::bigint)
+			                               in (select walwatch.key_lock(k) from unnest($1::bytea[]) k))
+			   from pg_locks l
+			  where l.locktype = 'advisory' and l.pid = pg_backend_pid() and l.granted and l.objsubid = 1`,
+				tc.keys).Scan(&held, &theirs); err != nil {
+				t.Fatal(err)
+			}
+			if held != tc.want || theirs != tc.want {
+				t.Errorf("lock_keys(%q) holds %d advisory locks, %d of them the keys'; want %d", tc.keys, held, theirs, tc.want)
+			}
+		})
+	}
+}
