@@ -177,7 +177,7 @@ create or replace function walwatch.lock_keys(p_keys bytea[]) returns void
 language plpgsql volatile as $$
 begin
     if cardinality(p_keys) = 1 then
-        perform pg_advisory_xact_lock(walwatch.key_lock(p_keys[1]));
+        perform pg_advisory_xact_lock(walwatch.key_lock(p_keys[array_lower(p_keys, 1)]));
         return;
     end if;
     perform pg_advisory_xact_lock(hs.h)

@@ -17,14 +17,17 @@ func TestLockKeys(t *testing.T) {
 	for _, tc := range []struct {
 		name string
 		keys [][]byte
+		from int // the array's first subscript
 		want int
 	}{
-		{"none", [][]byte{}, 0},
-		{"null", nil, 0},
-		{"one", [][]byte{[]byte("/a")}, 1},
-		{"binary", [][]byte{{0x00, 0xff}}, 1},
-		{"many", [][]byte{[]byte("/a"), []byte("/b"), []byte("/c")}, 3},
-		{"repeated", [][]byte{[]byte("/b"), []byte("/a"), []byte("/b")}, 2},
+		{"none", [][]byte{}, 1, 0},
+		{"null", nil, 1, 0},
+		{"one", [][]byte{[]byte("/a")}, 1, 1},
+		{"binary", [][]byte{{0x00, 0xff}}, 1, 1},
+		{"one from 5", [][]byte{[]byte("/a")}, 5, 1},
+		{"many", [][]byte{[]byte("/a"), []byte("/b"), []byte("/c")}, 1, 3},
+		{"many from 0", [][]byte{[]byte("/a"), []byte("/b")}, 0, 2},
+		{"repeated", [][]byte{[]byte("/b"), []byte("/a"), []byte("/b")}, 1, 2},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			tx, err := db.Begin(ctx)
@@ -32,7 +35,11 @@ func TestLockKeys(t *testing.T) {
 				t.Fatal(err)
 			}
 			defer tx.Rollback(ctx) //nolint:errcheck // nothing to keep
-			if _, err := tx.Exec(ctx, "select walwatch.lock_keys($1)", tc.keys); err != nil {
+			// An array from SQL may start at any subscript; one from Go
+			// starts at 1.
+			if _, err := tx.Exec(ctx, `select walwatch.lock_keys(case when cardinality($1::bytea[]) > 0
+			        then format('[%s:%s]=%s', $2::int, $2::int + cardinality($1) - 1, $1::text)::bytea[] else $1 end)`,
+				tc.keys, tc.from); err != nil {
 				t.Fatal(err)
 			}
 			// A bigint advisory lock shows as its high and low halves.
