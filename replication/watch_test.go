@@ -187,7 +187,7 @@ func TestPrevKV(t *testing.T) {
 func TestPrevKVsUseTheCachedPlan(t *testing.T) {
 	e := newEnv(t)
 	ctx := context.Background()
-	first, second := e.put(t, "/a", "one"), e.put(t, "/b", "two")
+	first, second := e.put(t, "/a\x00\xff", "one\x00"), e.put(t, "/b", "two")
 	del, err := e.store.Delete(ctx, store.Key([]byte("/b")))
 	if err != nil {
 		t.Fatal(err)
@@ -205,8 +205,9 @@ func TestPrevKVsUseTheCachedPlan(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer conn.Release()
-	// A row, a tombstone, and a revision of another key.
-	keys, revs := [][]byte{[]byte("/a"), []byte("/b"), []byte("/a")}, []int64{first, del.Revision, second}
+	// A row (a binary key and value), a tombstone, and a revision of another
+	// key.
+	keys, revs := [][]byte{[]byte("/a\x00\xff"), []byte("/b"), []byte("/a\x00\xff")}, []int64{first, del.Revision, second}
 	for i := range 8 {
 		n := 1 + i%3
 		rows, err := conn.Query(ctx, replication.PrevKVsSQL, keys[:n], revs[:n])
@@ -227,7 +228,7 @@ func TestPrevKVsUseTheCachedPlan(t *testing.T) {
 		if err := rows.Err(); err != nil {
 			t.Fatal(err)
 		}
-		if want := []string{fmt.Sprintf("/a@%d=one", first)}; !slices.Equal(got, want) {
+		if want := []string{fmt.Sprintf("/a\x00\xff@%d=one\x00", first)}; !slices.Equal(got, want) {
 			t.Fatalf("previous rows of %d pairs: %v, want %v", n, got, want)
 		}
 	}
