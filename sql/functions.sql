@@ -283,15 +283,16 @@ $$;
 -- Keys are locked in the order of their locks, as lock_keys takes them, so
 -- that batches and transactions over the same keys cannot deadlock, and
 -- each row is built from its key's newest row, read by a statement that
--- began after the key's lock was taken. A batch of 8 distinct keys or more
+-- began after the key's lock was taken. A batch of 4 distinct keys or more
 -- takes every lock and then writes every row with one insert: at 16 puts
 -- the server spends about 20% less CPU a put than on an insert a put, at 32
--- about 30% (pgbench, two clients). Below 8 the one insert costs more than
--- it saves (it is planned anew at every call, as its arrays' lengths change
--- the plan: 0.5 ms more for a batch of one); and a key given twice needs
--- each of its rows to see the one before, which rows of one insert do not.
--- Those batches lock and insert one key at a time, in the order of their
--- locks; a key given twice is written twice, in the order given.
+-- about 30%, at 5 to 7 (cp's batches at 32 etcd clients) 10-20% (pgbench,
+-- two clients). Below 4 the one insert's fixed cost outweighs what it saves;
+-- and a key given twice needs each of its rows to see the one before, which
+-- rows of one insert do not. Those batches lock and insert one key at a
+-- time, in the order of their locks; a key given twice is written twice, in
+-- the order given. The insert reads its keys by subscript, not unnest, so
+-- that PostgreSQL keeps one plan for every length (see lock_keys).
 --
 -- Its rows go in with plain inserts, not append's ON CONFLICT DO NOTHING, a
 -- speculative insertion that costs an index probe and one more WAL record
@@ -308,19 +309,27 @@ declare
     k bytea;
     v bytea;
     rev bigint;
+    distinct_keys boolean := false;
+    all_keys boolean;
+    shift integer; -- from a key's subscript to its value's
 begin
     if n <> coalesce(cardinality(p_values), 0) then
         raise exception 'put_batch got % keys and % values', n, coalesce(cardinality(p_values), 0)
             using errcode = '22023';
     end if;
-    if n >= 8 and (select count(distinct u.k) from unnest(p_keys) as u(k)) = n then
-        if exists (select from unnest(p_keys) as u(k) where not walwatch.is_key(u.k)) then
+    if n >= 4 then
+        select count(distinct u.k) = n, bool_and(walwatch.is_key(u.k)) into distinct_keys, all_keys
+        from unnest(p_keys) as u(k);
+    end if;
+    if distinct_keys then
+        if not all_keys then
             perform walwatch.raise_empty_key();
         end if;
         perform walwatch.lock_keys(p_keys);
+        shift := array_lower(p_values, 1) - array_lower(p_keys, 1);
         with t as materialized (
-            select u.k, u.v, u.o, nextval('walwatch.revision') as rev
-            from unnest(p_keys, p_values) with ordinality as u(k, v, o)
+            select p_keys[u.o] as k, p_values[u.o + shift] as v, u.o, nextval('walwatch.revision') as rev
+            from generate_subscripts(p_keys, 1) as u(o)
         ), ins as (
             insert into walwatch.kv
             select r.* from t, lateral walwatch.new_row(t.rev, 0, t.k, t.v, false, 0) as r

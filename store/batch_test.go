@@ -1,6 +1,7 @@
 package store_test
 
 import (
+	"bytes"
 	"context"
 	"crypto/rand"
 	"errors"
@@ -151,6 +152,8 @@ func TestPutBatchSQL(t *testing.T) {
 		{name: "three", keys: [][]byte{[]byte("/b"), []byte("/a"), []byte("/b")}, values: [][]byte{[]byte("1"), []byte("2"), nil}, wantRevs: 3},
 		{name: "fewer values", keys: [][]byte{[]byte("/a"), []byte("/b")}, values: [][]byte{[]byte("1")}, wantCode: "22023"},
 		{name: "empty key", keys: [][]byte{[]byte("/a"), {}}, values: [][]byte{[]byte("1"), []byte("2")}, wantCode: "WWK01"},
+		{name: "empty key among four", keys: [][]byte{[]byte("/1"), {}, []byte("/3"), []byte("/4")}, values: make([][]byte, 4), wantCode: "WWK01"},
+		{name: "four, not UTF-8", keys: [][]byte{{0}, {0xff}, {0xff, 0}, {0xc3, 0x28}}, values: [][]byte{{0}, nil, {}, []byte("4")}, wantRevs: 4},
 		{name: "empty key among eight", keys: [][]byte{[]byte("/1"), []byte("/2"), []byte("/3"), []byte("/4"), []byte("/5"), []byte("/6"), []byte("/7"), {}},
 			values: make([][]byte, 8), wantCode: "WWK01"},
 		{name: "eight, not UTF-8", keys: [][]byte{{0}, {0xff}, {0xff, 0}, {0xc3, 0x28}, []byte("/5"), []byte("/6"), []byte("/7"), []byte("/8")},
@@ -201,7 +204,7 @@ func TestPutBatchSQL(t *testing.T) {
 // the locks of a batch that holds the same keys, and then builds every row
 // on the row that batch wrote, as a batch that inserts key by key does.
 func TestPutBatchBuildsOnTheKeysLastWriter(t *testing.T) {
-	for _, n := range []int{3, 8, 32} {
+	for _, n := range []int{3, 4, 32} {
 		t.Run(fmt.Sprint(n), func(t *testing.T) {
 			_, pool := newStore(t, store.Limits{})
 			ctx := testContext(t)
@@ -256,6 +259,41 @@ func TestPutBatchBuildsOnTheKeysLastWriter(t *testing.T) {
 			}
 			if err := rows.Err(); err != nil || got != n {
 				t.Fatalf("%d keys at version 2, %v; want all %d", got, err, n)
+			}
+		})
+	}
+}
+
+// put_batch pairs keys and values by position, also for arrays built in
+// SQL whose subscripts start elsewhere than 1 and differ from each other,
+// whether it inserts key by key (3) or all at once (4).
+func TestPutBatchPairsByPosition(t *testing.T) {
+	_, pool := newStore(t, store.Limits{})
+	ctx := testContext(t)
+	for _, n := range []int{3, 4} {
+		t.Run(fmt.Sprint(n), func(t *testing.T) {
+			keys := make([][]byte, n)
+			values := make([][]byte, n)
+			for i := range keys {
+				keys[i], values[i] = fmt.Appendf(nil, "/pair%d/%d", n, i), fmt.Appendf(nil, "v%d", i)
+			}
+			var revs []int64
+			err := pool.QueryRow(ctx, `select walwatch.put_batch(
+					('[0:' || cardinality($1::bytea[]) - 1 || ']=' || $1::bytea[]::text)::bytea[],
+					('[5:' || cardinality($2::bytea[]) + 4 || ']=' || $2::bytea[]::text)::bytea[])`,
+				keys, values).Scan(&revs)
+			if err != nil || len(revs) != n {
+				t.Fatalf("revisions %v, %v; want %d", revs, err, n)
+			}
+			for i, key := range keys {
+				var value []byte
+				var rev int64
+				if err := pool.QueryRow(ctx, "select value, revision from walwatch.kv where key = $1", key).Scan(&value, &rev); err != nil {
+					t.Fatalf("read %s: %v", key, err)
+				}
+				if !bytes.Equal(value, values[i]) || rev != revs[i] {
+					t.Errorf("%s = %q at %d; want %q at %d", key, value, rev, values[i], revs[i])
+				}
 			}
 		})
 	}

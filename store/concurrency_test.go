@@ -50,7 +50,7 @@ func TestConcurrentPutsToOneKey(t *testing.T) {
 }
 
 // Two writers a key, each putting over and over, fill batches of distinct
-// keys (which put_batch writes with one insert once there are 8) and of keys
+// keys (which put_batch writes with one insert once there are 4) and of keys
 // given twice, while the other batch in flight holds some of the same keys:
 // every row must be built from its key's newest row, whichever batch wrote
 // that.
