@@ -4,6 +4,8 @@ import (
 	"bytes"
 	"context"
 	"fmt"
+
+	"github.com/jackc/pgx/v5"
 )
 
 // RangeRequest reads a key or range at a revision.
@@ -171,7 +173,7 @@ func rangeOne(ctx context.Context, q querier, req RangeRequest) (RangeResponse, 
 		err error
 	)
 	if req.Revision == 0 {
-		err = q.QueryRow(ctx, oneKeyLatestSQL, req.Key).Scan(&k.cur, &k.mod, &k.value, &k.create, &k.ver, &k.lease, &k.tombstone)
+		err = k.scanLatest(q.QueryRow(ctx, oneKeyLatestSQL, req.Key))
 	} else {
 		err = q.QueryRow(ctx, oneKeyAtSQL, req.Key, req.Revision).Scan(&k.compacted, &k.cur, &k.mod, &k.value, &k.create, &k.ver, &k.lease, &k.tombstone)
 	}
@@ -187,6 +189,11 @@ type oneKey struct {
 	compacted, cur, mod, create, ver, lease int64
 	value                                   []byte
 	tombstone                               bool
+}
+
+// scanLatest reads a row of oneKeyLatestSQL.
+func (k *oneKey) scanLatest(row pgx.Row) error {
+	return row.Scan(&k.cur, &k.mod, &k.value, &k.create, &k.ver, &k.lease, &k.tombstone)
 }
 
 // response applies the revision rule to what was read for req.

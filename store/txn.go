@@ -8,6 +8,7 @@ import (
 
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgconn"
+	"github.com/jackc/pgx/v5/pgxpool"
 )
 
 // CompareTarget is the field of a key a Compare looks at.
@@ -145,12 +146,7 @@ func (s *Store) Txn(ctx context.Context, req TxnRequest) (TxnResponse, error) {
 		return TxnResponse{}, err
 	}
 	for attempt := 1; ; attempt++ {
-		var res TxnResponse
-		err := pgx.BeginFunc(ctx, s.pool, func(tx pgx.Tx) error {
-			var err error
-			res, err = runTxn(ctx, tx, req)
-			return err
-		})
+		res, err := s.txnOnce(ctx, req)
 		if aborted(err) && attempt < txnRetries {
 			continue // PostgreSQL rolled us back, nothing was written
 		}
@@ -159,6 +155,39 @@ func (s *Store) Txn(ctx context.Context, req TxnRequest) (TxnResponse, error) {
 		}
 		return res, nil
 	}
+}
+
+// txnOnce runs req in a transaction of its own. runTxn begins it in the
+// same round trip as its locks and the reads of its compares, and commits
+// it with its last statement when it can, so a Txn of Kubernetes' shape
+// (compare a key's revision, then put the key) costs two round trips, not
+// five.
+func (s *Store) txnOnce(ctx context.Context, req TxnRequest) (TxnResponse, error) {
+	conn, err := s.pool.Acquire(ctx)
+	if err != nil {
+		return TxnResponse{}, err
+	}
+	// The pool closes a connection still inside a transaction (one whose
+	// rollback failed) rather than hand it out again.
+	defer conn.Release()
+	res, committed, err := runTxn(ctx, conn, req)
+	if err != nil {
+		// If begin itself failed, there is nothing to roll back and
+		// PostgreSQL only warns.
+		_, _ = conn.Exec(ctx, "rollback")
+		return TxnResponse{}, err
+	}
+	if committed {
+		return res, nil
+	}
+	tag, err := conn.Exec(ctx, "commit")
+	if err != nil {
+		return TxnResponse{}, fmt.Errorf("commit: %w", err)
+	}
+	if tag.String() == "ROLLBACK" {
+		return TxnResponse{}, pgx.ErrTxCommitRollback
+	}
+	return res, nil
 }
 
 // checkTxn checks req's shape and sizes, as etcd does: no part (compares,
@@ -309,13 +338,19 @@ type txnPath struct {
 }
 
 // choosePath checks the compares of req and of every Txn nested on the
-// branch taken, all before any write, as etcd does.
-func choosePath(ctx context.Context, tx pgx.Tx, req TxnRequest) (*txnPath, error) {
+// branch taken, all before any write, as etcd does. read holds what begin
+// read for req's compares (nil for one it did not).
+func choosePath(ctx context.Context, tx txnConn, req TxnRequest, read []*RangeResponse) (*txnPath, error) {
 	p := &txnPath{succeeded: true}
-	for _, c := range req.If {
-		ok, err := compare(ctx, tx, c)
-		if err != nil {
-			return nil, err
+	for i, c := range req.If {
+		var ok bool
+		if i < len(read) && read[i] != nil {
+			ok = holds(c, *read[i])
+		} else {
+			var err error
+			if ok, err = compare(ctx, tx, c); err != nil {
+				return nil, err
+			}
 		}
 		if !ok {
 			p.succeeded = false
@@ -324,7 +359,7 @@ func choosePath(ctx context.Context, tx pgx.Tx, req TxnRequest) (*txnPath, error
 	}
 	for _, op := range p.branch(req) {
 		if op.Kind == OpTxn {
-			n, err := choosePath(ctx, tx, *op.Txn)
+			n, err := choosePath(ctx, tx, *op.Txn, nil)
 			if err != nil {
 				return nil, err
 			}
@@ -339,7 +374,7 @@ func choosePath(ctx context.Context, tx pgx.Tx, req TxnRequest) (*txnPath, error
 // put that keeps the value or lease of a key that does not exist. etcd checks
 // these first too; here it also keeps a Txn that fails from taking a
 // revision from the sequence, which would leave a gap.
-func checkPath(ctx context.Context, tx pgx.Tx, req TxnRequest, path *txnPath) error {
+func checkPath(ctx context.Context, tx txnConn, req TxnRequest, path *txnPath) error {
 	nested := path.nested
 	for _, op := range path.branch(req) {
 		switch {
@@ -373,44 +408,134 @@ func (p *txnPath) branch(req TxnRequest) []Op {
 	return req.Else
 }
 
+// txnConn is the connection a Txn's transaction is open on.
+type txnConn interface {
+	querier
+	Exec(ctx context.Context, sql string, args ...any) (pgconn.CommandTag, error)
+	Query(ctx context.Context, sql string, args ...any) (pgx.Rows, error)
+	SendBatch(ctx context.Context, b *pgx.Batch) pgx.BatchResults
+}
+
+var _ txnConn = (*pgxpool.Conn)(nil)
+
 // txnWriter runs a Txn's ops: the revision is taken by its first write, and
 // every row of the Txn, nested ones included, gets the next sub.
 type txnWriter struct {
-	tx  pgx.Tx
-	rev *int64
-	sub int
+	tx        txnConn
+	rev       *int64
+	sub       int
+	committed bool // the last put took the commit along
 }
 
-func runTxn(ctx context.Context, tx pgx.Tx, req TxnRequest) (TxnResponse, error) {
-	// Lock every single key the Txn names, in one statement and one order, so
-	// the compares still hold when the branch writes. Range deletes lock the
-	// keys they find themselves.
-	if keys := lockedKeys(nil, req); len(keys) > 0 {
-		if _, err := tx.Exec(ctx, "select walwatch.lock_keys($1)", keys); err != nil {
-			return TxnResponse{}, fmt.Errorf("lock keys: %w", err)
-		}
-	}
-	path, err := choosePath(ctx, tx, req)
+// runTxn runs req on tx, where no transaction is open yet. It commits when
+// the Txn's last statement can take the commit along (committed); otherwise,
+// and on an error, it leaves the transaction to the caller.
+func runTxn(ctx context.Context, tx txnConn, req TxnRequest) (res TxnResponse, committed bool, err error) {
+	read, err := begin(ctx, tx, req)
 	if err != nil {
-		return TxnResponse{}, err
+		return TxnResponse{}, false, err
+	}
+	path, err := choosePath(ctx, tx, req, read)
+	if err != nil {
+		return TxnResponse{}, false, err
 	}
 	if err := checkPath(ctx, tx, req, path); err != nil {
-		return TxnResponse{}, err
+		return TxnResponse{}, false, err
 	}
 	w := &txnWriter{tx: tx}
-	res, err := w.run(ctx, req, path)
+	res, err = w.run(ctx, req, path, true)
 	if err != nil {
-		return TxnResponse{}, err
+		return TxnResponse{}, false, err
 	}
 	if w.rev == nil {
 		// Wrote nothing: with synchronous replication, the commit waits for
 		// the standby to have everything the answer shows (await_standby).
-		if err := tx.QueryRow(ctx, "select walwatch.current_revision() from walwatch.await_standby()").Scan(&res.Revision); err != nil {
-			return TxnResponse{}, fmt.Errorf("read revision: %w", err)
+		err := withCommit(ctx, tx, "select walwatch.current_revision() from walwatch.await_standby()", nil, &res.Revision)
+		if err != nil {
+			return TxnResponse{}, false, fmt.Errorf("read revision: %w", err)
 		}
 		setRevision(&res, res.Revision)
+		return res, true, nil
 	}
-	return res, nil
+	return res, w.committed, nil
+}
+
+// withCommit runs sql, the transaction's last statement, scans its one row
+// into dest and commits, in one round trip. When sql fails, PostgreSQL
+// skips the commit and the transaction is left to roll back.
+func withCommit(ctx context.Context, tx txnConn, sql string, args []any, dest ...any) error {
+	b := &pgx.Batch{}
+	b.Queue(sql, args...)
+	b.Queue("commit")
+	results := tx.SendBatch(ctx, b)
+	err := results.QueryRow().Scan(dest...)
+	if err == nil {
+		var tag pgconn.CommandTag
+		tag, err = results.Exec()
+		switch {
+		case err != nil:
+			err = fmt.Errorf("commit: %w", err)
+		case tag.String() == "ROLLBACK":
+			err = pgx.ErrTxCommitRollback
+		}
+	}
+	if cerr := results.Close(); err == nil && cerr != nil {
+		err = fmt.Errorf("commit: %w", cerr)
+	}
+	return err
+}
+
+// begin opens the transaction on tx, locks every single key the Txn names
+// (in one statement and one order, so that the compares still hold when the
+// branch writes; range deletes lock the keys they find themselves), and
+// then reads the keys of req's single-key compares: all in one round trip.
+// It returns the reads by compare, nil for a range's.
+func begin(ctx context.Context, tx txnConn, req TxnRequest) ([]*RangeResponse, error) {
+	b := &pgx.Batch{}
+	b.Queue("begin")
+	keys := lockedKeys(nil, req)
+	if len(keys) > 0 {
+		b.Queue("select walwatch.lock_keys($1)", keys)
+	}
+	for _, c := range req.If {
+		if len(c.End) == 0 {
+			b.Queue(oneKeyLatestSQL, c.Key)
+		}
+	}
+	results := tx.SendBatch(ctx, b)
+	read, err := beginResults(results, req, len(keys) > 0)
+	if cerr := results.Close(); err == nil && cerr != nil {
+		err = fmt.Errorf("begin: %w", cerr)
+	}
+	return read, err
+}
+
+// beginResults reads the answers to begin's statements, in their order.
+func beginResults(results pgx.BatchResults, req TxnRequest, locked bool) ([]*RangeResponse, error) {
+	if _, err := results.Exec(); err != nil {
+		return nil, fmt.Errorf("begin: %w", err)
+	}
+	if locked {
+		if _, err := results.Exec(); err != nil {
+			return nil, fmt.Errorf("lock keys: %w", err)
+		}
+	}
+	read := make([]*RangeResponse, len(req.If))
+	for i, c := range req.If {
+		if len(c.End) != 0 {
+			continue
+		}
+		var k oneKey
+		if err := k.scanLatest(results.QueryRow()); err != nil {
+			return nil, fmt.Errorf("range %s at revision 0: %w", keyText(c.Key), TypedError(err, 0))
+		}
+		r, err := k.response(RangeRequest{KeyRange: Key(c.Key)})
+		if err != nil {
+			return nil, err
+		}
+		read[i] = &r
+	}
+	return read, nil
 }
 
 // setRevision gives a Txn that wrote nothing, and those nested in it, the
@@ -426,23 +551,25 @@ func setRevision(res *TxnResponse, rev int64) {
 
 // run runs the branch path chose. Each op reports the revision as etcd's
 // do: the Txn's once it has written (a range after a write reads it), the
-// one read at before.
-func (w *txnWriter) run(ctx context.Context, req TxnRequest, path *txnPath) (TxnResponse, error) {
+// one read at before. In the outermost Txn (top), a put that is the last op
+// commits.
+func (w *txnWriter) run(ctx context.Context, req TxnRequest, path *txnPath, top bool) (TxnResponse, error) {
 	res := TxnResponse{Succeeded: path.succeeded}
 	nested := path.nested
-	for _, op := range path.branch(req) {
+	ops := path.branch(req)
+	for i, op := range ops {
 		var r OpResponse
 		var err error
 		switch op.Kind {
 		case OpRange:
 			r.Range, err = w.rangeOp(ctx, op)
 		case OpPut:
-			r.Put, err = w.put(ctx, op)
+			r.Put, err = w.put(ctx, op, top && i == len(ops)-1)
 		case OpDelete:
 			r.Delete, err = w.delete(ctx, op)
 		case OpTxn:
 			var t TxnResponse
-			t, err = w.run(ctx, *op.Txn, nested[0])
+			t, err = w.run(ctx, *op.Txn, nested[0], false)
 			nested = nested[1:]
 			r.Txn = &t
 		}
@@ -486,7 +613,7 @@ func (w *txnWriter) rangeOp(ctx context.Context, op Op) (*RangeResponse, error) 
 	return &r, nil
 }
 
-func (w *txnWriter) put(ctx context.Context, op Op) (*PutResponse, error) {
+func (w *txnWriter) put(ctx context.Context, op Op, last bool) (*PutResponse, error) {
 	key, value, lease := op.Range.Key, op.Value, op.Lease
 	var prev *KeyValue
 	if op.PrevKV || op.IgnoreValue || op.IgnoreLease {
@@ -510,7 +637,16 @@ func (w *txnWriter) put(ctx context.Context, op Op) (*PutResponse, error) {
 		}
 	}
 	var r PutResponse
-	if err := w.tx.QueryRow(ctx, "select walwatch.append($1, $2, $3, $4, false, $5)", w.rev, w.sub, key, value, lease).Scan(&r.Revision); err != nil {
+	const sql = "select walwatch.append($1, $2, $3, $4, false, $5)"
+	args := []any{w.rev, w.sub, key, value, lease}
+	var err error
+	if last {
+		err = withCommit(ctx, w.tx, sql, args, &r.Revision)
+		w.committed = err == nil
+	} else {
+		err = w.tx.QueryRow(ctx, sql, args...).Scan(&r.Revision)
+	}
+	if err != nil {
 		return nil, fmt.Errorf("put %s: %w", keyText(key), TypedError(err, 0))
 	}
 	w.rev, w.sub = &r.Revision, w.sub+1
@@ -555,21 +691,26 @@ func (w *txnWriter) delete(ctx context.Context, op Op) (*DeleteResponse, error) 
 
 // compare checks one condition against the newest version of its key, or of
 // every key in its range.
-func compare(ctx context.Context, tx pgx.Tx, c Compare) (bool, error) {
+func compare(ctx context.Context, tx txnConn, c Compare) (bool, error) {
 	r, err := rangeKeys(ctx, tx, RangeRequest{KeyRange: KeyRange{Key: c.Key, End: c.End}})
 	if err != nil {
 		return false, err
 	}
+	return holds(c, r), nil
+}
+
+// holds checks c against r, the newest versions of its key or range.
+func holds(c Compare, r RangeResponse) bool {
 	if len(r.KVs) == 0 {
 		// A missing key: no value to compare, every number 0.
-		return c.Target != CompareValue && compareKV(c, KeyValue{}), nil
+		return c.Target != CompareValue && compareKV(c, KeyValue{})
 	}
 	for _, kv := range r.KVs {
 		if !compareKV(c, kv) {
-			return false, nil
+			return false
 		}
 	}
-	return true, nil
+	return true
 }
 
 func compareKV(c Compare, kv KeyValue) bool {

@@ -1,10 +1,18 @@
 package store_test
 
 import (
+	"context"
+	"errors"
 	"slices"
+	"sync/atomic"
 	"testing"
 
+	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgxpool"
+
+	"github.com/walwatch/walwatch/sql"
 	"github.com/walwatch/walwatch/store"
+	"github.com/walwatch/walwatch/test/pgtest"
 )
 
 func TestTxn(t *testing.T) {
@@ -89,4 +97,137 @@ func TestTxn(t *testing.T) {
 			t.Fatal("then branch wrote")
 		}
 	})
+}
+
+// roundTrips counts the statements and batches a connection sends: each
+// is one round trip to PostgreSQL once its statements are prepared.
+type roundTrips struct{ n atomic.Int64 }
+
+func (r *roundTrips) TraceQueryStart(ctx context.Context, _ *pgx.Conn, _ pgx.TraceQueryStartData) context.Context {
+	r.n.Add(1)
+	return ctx
+}
+func (r *roundTrips) TraceQueryEnd(context.Context, *pgx.Conn, pgx.TraceQueryEndData) {}
+func (r *roundTrips) TraceBatchStart(ctx context.Context, _ *pgx.Conn, _ pgx.TraceBatchStartData) context.Context {
+	r.n.Add(1)
+	return ctx
+}
+func (r *roundTrips) TraceBatchQuery(context.Context, *pgx.Conn, pgx.TraceBatchQueryData) {}
+func (r *roundTrips) TraceBatchEnd(context.Context, *pgx.Conn, pgx.TraceBatchEndData)     {}
+
+// A Txn begins with its locks and its compares' reads in one round trip and
+// commits with its last statement: Kubernetes' writes (compare a key's
+// revision, then put it, else read it) cost two round trips when the
+// compare holds and three when it does not, not five and six.
+func TestTxnRoundTrips(t *testing.T) {
+	ctx := testContext(t)
+	cfg, err := pgxpool.ParseConfig(pgtest.NewDatabase(t))
+	if err != nil {
+		t.Fatal(err)
+	}
+	trips := &roundTrips{}
+	cfg.ConnConfig.Tracer = trips
+	pool, err := pgxpool.NewWithConfig(ctx, cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(pool.Close)
+	if _, err := sql.Migrate(ctx, pool); err != nil {
+		t.Fatal(err)
+	}
+	s := store.New(pool, store.Limits{})
+	key := []byte("/k8s/pod")
+	modIs := func(rev int64) store.Compare {
+		return store.Compare{Key: key, Target: store.CompareModRevision, Result: store.ResultEqual, Number: rev}
+	}
+	update := func(rev int64) store.TxnRequest {
+		return store.TxnRequest{
+			If:   []store.Compare{modIs(rev)},
+			Then: []store.Op{store.OpPutKey(key, []byte("v"))},
+			Else: []store.Op{store.OpGet(store.Key(key), 0)},
+		}
+	}
+	run := func(req store.TxnRequest) store.TxnResponse {
+		t.Helper()
+		res, err := s.Txn(ctx, req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return res
+	}
+	// Once each, so that every statement is prepared before counting.
+	created := run(update(0))
+	run(update(0))
+	run(store.TxnRequest{Then: []store.Op{store.OpGet(store.Key(key), 0)}})
+
+	tests := []struct {
+		name      string
+		req       store.TxnRequest
+		succeeded bool
+		trips     int64
+	}{
+		{"update whose compare holds", update(created.Revision), true, 2},
+		{"update whose compare fails", update(1), false, 3},
+		{"create of a key that exists", update(0), false, 3},
+		{"read alone", store.TxnRequest{Then: []store.Op{store.OpGet(store.Key(key), 0)}}, true, 3},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			before := trips.n.Load()
+			res, err := s.Txn(ctx, tt.req)
+			if err != nil || res.Succeeded != tt.succeeded {
+				t.Fatalf("txn = %+v, %v; want succeeded=%v", res, err, tt.succeeded)
+			}
+			if got := trips.n.Load() - before; got != tt.trips {
+				t.Errorf("%d round trips, want %d", got, tt.trips)
+			}
+			if tt.succeeded && len(tt.req.If) > 0 {
+				kv, ok, err := s.Get(ctx, key, 0)
+				if err != nil || !ok || kv.ModRevision != res.Revision {
+					t.Fatalf("%s = %+v, %v, %v; want it written at %d", key, kv, ok, err, res.Revision)
+				}
+			}
+		})
+	}
+}
+
+// A Txn whose last put fails, taking the commit along, writes nothing: the
+// puts before it are rolled back, and the connection serves the next Txn.
+func TestTxnLastPutFails(t *testing.T) {
+	ctx := testContext(t)
+	cfg, err := pgxpool.ParseConfig(pgtest.NewDatabase(t))
+	if err != nil {
+		t.Fatal(err)
+	}
+	cfg.MaxConns = 1 // the next Txn runs on the same connection, or a new one
+	pool, err := pgxpool.NewWithConfig(ctx, cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(pool.Close)
+	if _, err := sql.Migrate(ctx, pool); err != nil {
+		t.Fatal(err)
+	}
+	s := store.New(pool, store.Limits{})
+	before, _, err := s.Revision(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, err = s.Txn(ctx, store.TxnRequest{Then: []store.Op{
+		store.OpPutKey([]byte("/first"), []byte("1")),
+		{Kind: store.OpPut, Range: store.Key([]byte("/second")), Value: []byte("2"), Lease: 12345},
+	}})
+	if !errors.Is(err, store.ErrLeaseNotFound) {
+		t.Fatalf("txn with a put under a missing lease: %v; want ErrLeaseNotFound", err)
+	}
+	if _, ok, err := s.Get(ctx, []byte("/first"), 0); err != nil || ok {
+		t.Fatalf("/first after the failed txn: ok=%v, %v; want it absent", ok, err)
+	}
+	res, err := s.Txn(ctx, store.TxnRequest{Then: []store.Op{store.OpPutKey([]byte("/third"), []byte("3"))}})
+	if err != nil || res.Revision <= before {
+		t.Fatalf("the next txn = %+v, %v; want a write above %d", res, err, before)
+	}
+	if kv, ok, err := s.Get(ctx, []byte("/third"), 0); err != nil || !ok || kv.ModRevision != res.Revision {
+		t.Fatalf("/third = %+v, %v, %v; want it written at %d", kv, ok, err, res.Revision)
+	}
 }
