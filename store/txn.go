@@ -160,8 +160,8 @@ func (s *Store) Txn(ctx context.Context, req TxnRequest) (TxnResponse, error) {
 // txnOnce runs req in a transaction of its own. runTxn begins it in the
 // same round trip as its locks and the reads of its compares, and commits
 // it with its last statement when it can, so a Txn of Kubernetes' shape
-// (compare a key's revision, then put the key) costs two round trips, not
-// five.
+// (compare a key's revision, then put the key, else read it) costs two
+// round trips, not five or six.
 func (s *Store) txnOnce(ctx context.Context, req TxnRequest) (TxnResponse, error) {
 	conn, err := s.pool.Acquire(ctx)
 	if err != nil {
@@ -340,12 +340,16 @@ type txnPath struct {
 // choosePath checks the compares of req and of every Txn nested on the
 // branch taken, all before any write, as etcd does. read holds what begin
 // read for req's compares (nil for one it did not).
-func choosePath(ctx context.Context, tx txnConn, req TxnRequest, read []*RangeResponse) (*txnPath, error) {
+func choosePath(ctx context.Context, tx txnConn, req TxnRequest, read []*oneKey) (*txnPath, error) {
 	p := &txnPath{succeeded: true}
 	for i, c := range req.If {
 		var ok bool
 		if i < len(read) && read[i] != nil {
-			ok = holds(c, *read[i])
+			r, err := read[i].response(RangeRequest{KeyRange: Key(c.Key)})
+			if err != nil {
+				return nil, err
+			}
+			ok = holds(c, r)
 		} else {
 			var err error
 			if ok, err = compare(ctx, tx, c); err != nil {
@@ -425,6 +429,11 @@ type txnWriter struct {
 	rev       *int64
 	sub       int
 	committed bool // the last put took the commit along
+	// read holds the keys begin read for the compares, by key. They were
+	// locked before: until the Txn writes, each is as it was read, so a
+	// range of one of them at the current revision (Kubernetes' read after
+	// a failed compare) needs no statement.
+	read map[string]*oneKey
 }
 
 // runTxn runs req on tx, where no transaction is open yet. It commits when
@@ -442,7 +451,12 @@ func runTxn(ctx context.Context, tx txnConn, req TxnRequest) (res TxnResponse, c
 	if err := checkPath(ctx, tx, req, path); err != nil {
 		return TxnResponse{}, false, err
 	}
-	w := &txnWriter{tx: tx}
+	w := &txnWriter{tx: tx, read: make(map[string]*oneKey, len(read))}
+	for i, k := range read {
+		if k != nil {
+			w.read[string(req.If[i].Key)] = k
+		}
+	}
 	res, err = w.run(ctx, req, path, true)
 	if err != nil {
 		return TxnResponse{}, false, err
@@ -490,7 +504,7 @@ func withCommit(ctx context.Context, tx txnConn, sql string, args []any, dest ..
 // branch writes; range deletes lock the keys they find themselves), and
 // then reads the keys of req's single-key compares: all in one round trip.
 // It returns the reads by compare, nil for a range's.
-func begin(ctx context.Context, tx txnConn, req TxnRequest) ([]*RangeResponse, error) {
+func begin(ctx context.Context, tx txnConn, req TxnRequest) ([]*oneKey, error) {
 	b := &pgx.Batch{}
 	b.Queue("begin")
 	keys := lockedKeys(nil, req)
@@ -511,7 +525,7 @@ func begin(ctx context.Context, tx txnConn, req TxnRequest) ([]*RangeResponse, e
 }
 
 // beginResults reads the answers to begin's statements, in their order.
-func beginResults(results pgx.BatchResults, req TxnRequest, locked bool) ([]*RangeResponse, error) {
+func beginResults(results pgx.BatchResults, req TxnRequest, locked bool) ([]*oneKey, error) {
 	if _, err := results.Exec(); err != nil {
 		return nil, fmt.Errorf("begin: %w", err)
 	}
@@ -520,7 +534,7 @@ func beginResults(results pgx.BatchResults, req TxnRequest, locked bool) ([]*Ran
 			return nil, fmt.Errorf("lock keys: %w", err)
 		}
 	}
-	read := make([]*RangeResponse, len(req.If))
+	read := make([]*oneKey, len(req.If))
 	for i, c := range req.If {
 		if len(c.End) != 0 {
 			continue
@@ -529,11 +543,7 @@ func beginResults(results pgx.BatchResults, req TxnRequest, locked bool) ([]*Ran
 		if err := k.scanLatest(results.QueryRow()); err != nil {
 			return nil, fmt.Errorf("range %s at revision 0: %w", keyText(c.Key), TypedError(err, 0))
 		}
-		r, err := k.response(RangeRequest{KeyRange: Key(c.Key)})
-		if err != nil {
-			return nil, err
-		}
-		read[i] = &r
+		read[i] = &k
 	}
 	return read, nil
 }
@@ -593,6 +603,11 @@ func (w *txnWriter) run(ctx context.Context, req TxnRequest, path *txnPath, top 
 }
 
 func (w *txnWriter) rangeOp(ctx context.Context, op Op) (*RangeResponse, error) {
+	req := RangeRequest{KeyRange: op.Range, Revision: op.Revision, Limit: op.Limit, CountOnly: op.CountOnly}
+	if k := w.read[string(op.Range.Key)]; k != nil && w.rev == nil && req.IsSingleKey() && req.Revision == 0 {
+		r, err := k.response(req)
+		return &r, err
+	}
 	if w.rev != nil && op.Revision == 0 {
 		// etcd runs Txns one at a time, so a read after a write sees every
 		// Txn ordered before this one. Here one with a lower revision may
@@ -603,7 +618,7 @@ func (w *txnWriter) rangeOp(ctx context.Context, op Op) (*RangeResponse, error) 
 			return nil, fmt.Errorf("wait for the revisions below %d: %w", *w.rev, TypedError(err, 0))
 		}
 	}
-	r, err := rangeKeys(ctx, w.tx, RangeRequest{KeyRange: op.Range, Revision: op.Revision, Limit: op.Limit, CountOnly: op.CountOnly})
+	r, err := rangeKeys(ctx, w.tx, req)
 	if err != nil {
 		return nil, err
 	}
