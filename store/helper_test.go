@@ -19,12 +19,19 @@ func TestMain(m *testing.M) { os.Exit(pgtest.Main(m)) }
 // newStore returns a store on a fresh, migrated database.
 func newStore(tb testing.TB, limits store.Limits) (*store.Store, *pgxpool.Pool) {
 	tb.Helper()
+	return newStoreWith(tb, limits, func(*pgxpool.Config) {})
+}
+
+// newStoreWith is newStore on a pool whose configuration configure changes.
+func newStoreWith(tb testing.TB, limits store.Limits, configure func(*pgxpool.Config)) (*store.Store, *pgxpool.Pool) {
+	tb.Helper()
 	ctx := context.Background()
 	cfg, err := pgxpool.ParseConfig(pgtest.NewDatabase(tb))
 	if err != nil {
 		tb.Fatal(err)
 	}
 	cfg.MaxConns = 64
+	configure(cfg)
 	pool, err := pgxpool.NewWithConfig(ctx, cfg)
 	if err != nil {
 		tb.Fatal(err)

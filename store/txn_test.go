@@ -11,9 +11,7 @@ import (
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgxpool"
 
-	"github.com/walwatch/walwatch/sql"
 	"github.com/walwatch/walwatch/store"
-	"github.com/walwatch/walwatch/test/pgtest"
 )
 
 func TestTxn(t *testing.T) {
@@ -123,21 +121,8 @@ func (r *roundTrips) TraceBatchEnd(context.Context, *pgx.Conn, pgx.TraceBatchEnd
 // not, not five and six.
 func TestTxnRoundTrips(t *testing.T) {
 	ctx := testContext(t)
-	cfg, err := pgxpool.ParseConfig(pgtest.NewDatabase(t))
-	if err != nil {
-		t.Fatal(err)
-	}
 	trips := &roundTrips{}
-	cfg.ConnConfig.Tracer = trips
-	pool, err := pgxpool.NewWithConfig(ctx, cfg)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(pool.Close)
-	if _, err := sql.Migrate(ctx, pool); err != nil {
-		t.Fatal(err)
-	}
-	s := store.New(pool, store.Limits{})
+	s, _ := newStoreWith(t, store.Limits{}, func(cfg *pgxpool.Config) { cfg.ConnConfig.Tracer = trips })
 	key := []byte("/k8s/pod")
 	modIs := func(rev int64) store.Compare {
 		return store.Compare{Key: key, Target: store.CompareModRevision, Result: store.ResultEqual, Number: rev}
@@ -204,20 +189,8 @@ func TestTxnRoundTrips(t *testing.T) {
 // puts before it are rolled back, and the connection serves the next Txn.
 func TestTxnLastPutFails(t *testing.T) {
 	ctx := testContext(t)
-	cfg, err := pgxpool.ParseConfig(pgtest.NewDatabase(t))
-	if err != nil {
-		t.Fatal(err)
-	}
-	cfg.MaxConns = 1 // the next Txn runs on the same connection, or a new one
-	pool, err := pgxpool.NewWithConfig(ctx, cfg)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(pool.Close)
-	if _, err := sql.Migrate(ctx, pool); err != nil {
-		t.Fatal(err)
-	}
-	s := store.New(pool, store.Limits{})
+	// One connection: the next Txn runs on the same one, or on a new one.
+	s, _ := newStoreWith(t, store.Limits{}, func(cfg *pgxpool.Config) { cfg.MaxConns = 1 })
 	before, _, err := s.Revision(ctx)
 	if err != nil {
 		t.Fatal(err)
