@@ -5,6 +5,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"slices"
 
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgconn"
@@ -338,23 +339,13 @@ type txnPath struct {
 }
 
 // choosePath checks the compares of req and of every Txn nested on the
-// branch taken, all before any write, as etcd does. read holds what begin
-// read for req's compares (nil for one it did not).
-func choosePath(ctx context.Context, tx txnConn, req TxnRequest, read []*oneKey) (*txnPath, error) {
+// branch taken, all before any write, as etcd does.
+func choosePath(ctx context.Context, r txnReader, req TxnRequest) (*txnPath, error) {
 	p := &txnPath{succeeded: true}
-	for i, c := range req.If {
-		var ok bool
-		if i < len(read) && read[i] != nil {
-			r, err := read[i].response(RangeRequest{KeyRange: Key(c.Key)})
-			if err != nil {
-				return nil, err
-			}
-			ok = holds(c, r)
-		} else {
-			var err error
-			if ok, err = compare(ctx, tx, c); err != nil {
-				return nil, err
-			}
+	for _, c := range req.If {
+		ok, err := compare(ctx, r, c)
+		if err != nil {
+			return nil, err
 		}
 		if !ok {
 			p.succeeded = false
@@ -363,7 +354,7 @@ func choosePath(ctx context.Context, tx txnConn, req TxnRequest, read []*oneKey)
 	}
 	for _, op := range p.branch(req) {
 		if op.Kind == OpTxn {
-			n, err := choosePath(ctx, tx, *op.Txn, nil)
+			n, err := choosePath(ctx, r, *op.Txn)
 			if err != nil {
 				return nil, err
 			}
@@ -378,26 +369,26 @@ func choosePath(ctx context.Context, tx txnConn, req TxnRequest, read []*oneKey)
 // put that keeps the value or lease of a key that does not exist. etcd checks
 // these first too; here it also keeps a Txn that fails from taking a
 // revision from the sequence, which would leave a gap.
-func checkPath(ctx context.Context, tx txnConn, req TxnRequest, path *txnPath) error {
+func checkPath(ctx context.Context, r txnReader, req TxnRequest, path *txnPath) error {
 	nested := path.nested
 	for _, op := range path.branch(req) {
 		switch {
 		case op.Kind == OpTxn:
-			if err := checkPath(ctx, tx, *op.Txn, nested[0]); err != nil {
+			if err := checkPath(ctx, r, *op.Txn, nested[0]); err != nil {
 				return err
 			}
 			nested = nested[1:]
 		case op.Kind == OpRange && op.Revision != 0:
-			if _, err := tx.Exec(ctx, "select walwatch.read_revision($1)", op.Revision); err != nil {
+			if _, err := r.tx.Exec(ctx, "select walwatch.read_revision($1)", op.Revision); err != nil {
 				return fmt.Errorf("range %s at revision %d: %w", keyText(op.Range.Key), op.Revision, TypedError(err, op.Revision))
 			}
 		case op.Kind == OpPut && (op.IgnoreValue || op.IgnoreLease):
 			// The key is locked: it cannot go before the put.
-			r, err := rangeKeys(ctx, tx, RangeRequest{KeyRange: op.Range, CountOnly: true})
+			cur, err := r.rangeKeys(ctx, RangeRequest{KeyRange: op.Range, CountOnly: true})
 			if err != nil {
 				return err
 			}
-			if r.Count == 0 {
+			if cur.Count == 0 {
 				return fmt.Errorf("put %s: %w", keyText(op.Range.Key), ErrKeyNotFound)
 			}
 		}
@@ -422,18 +413,38 @@ type txnConn interface {
 
 var _ txnConn = (*pgxpool.Conn)(nil)
 
+// txnReader reads for a Txn before its first write. begin read some keys
+// after locking them (readKeys): until the Txn writes, each is as it was
+// read, so a read of one of them at the current revision needs no
+// statement (Kubernetes' read after a failed compare, a put's previous
+// value).
+type txnReader struct {
+	tx   txnConn
+	read map[string]*oneKey
+}
+
+func (r txnReader) rangeKeys(ctx context.Context, req RangeRequest) (RangeResponse, error) {
+	if k := r.read[string(req.Key)]; k != nil && req.IsSingleKey() && req.Revision == 0 {
+		return k.response(req)
+	}
+	return rangeKeys(ctx, r.tx, req)
+}
+
 // txnWriter runs a Txn's ops: the revision is taken by its first write, and
 // every row of the Txn, nested ones included, gets the next sub.
 type txnWriter struct {
-	tx        txnConn
+	txnReader
 	rev       *int64
 	sub       int
 	committed bool // the last put took the commit along
-	// read holds the keys begin read for the compares, by key. They were
-	// locked before: until the Txn writes, each is as it was read, so a
-	// range of one of them at the current revision (Kubernetes' read after
-	// a failed compare) needs no statement.
-	read map[string]*oneKey
+}
+
+// rangeKeys reads req: through the reader until the Txn has written.
+func (w *txnWriter) rangeKeys(ctx context.Context, req RangeRequest) (RangeResponse, error) {
+	if w.rev == nil {
+		return w.txnReader.rangeKeys(ctx, req)
+	}
+	return rangeKeys(ctx, w.tx, req)
 }
 
 // runTxn runs req on tx, where no transaction is open yet. It commits when
@@ -444,19 +455,15 @@ func runTxn(ctx context.Context, tx txnConn, req TxnRequest) (res TxnResponse, c
 	if err != nil {
 		return TxnResponse{}, false, err
 	}
-	path, err := choosePath(ctx, tx, req, read)
+	r := txnReader{tx: tx, read: read}
+	path, err := choosePath(ctx, r, req)
 	if err != nil {
 		return TxnResponse{}, false, err
 	}
-	if err := checkPath(ctx, tx, req, path); err != nil {
+	if err := checkPath(ctx, r, req, path); err != nil {
 		return TxnResponse{}, false, err
 	}
-	w := &txnWriter{tx: tx, read: make(map[string]*oneKey, len(read))}
-	for i, k := range read {
-		if k != nil {
-			w.read[string(req.If[i].Key)] = k
-		}
-	}
+	w := &txnWriter{txnReader: r}
 	res, err = w.run(ctx, req, path, true)
 	if err != nil {
 		return TxnResponse{}, false, err
@@ -502,30 +509,54 @@ func withCommit(ctx context.Context, tx txnConn, sql string, args []any, dest ..
 // begin opens the transaction on tx, locks every single key the Txn names
 // (in one statement and one order, so that the compares still hold when the
 // branch writes; range deletes lock the keys they find themselves), and
-// then reads the keys of req's single-key compares: all in one round trip.
-// It returns the reads by compare, nil for a range's.
-func begin(ctx context.Context, tx txnConn, req TxnRequest) ([]*oneKey, error) {
+// then reads the keys readKeys names: all in one round trip. It returns the
+// reads by key.
+func begin(ctx context.Context, tx txnConn, req TxnRequest) (map[string]*oneKey, error) {
 	b := &pgx.Batch{}
 	b.Queue("begin")
-	keys := lockedKeys(nil, req)
-	if len(keys) > 0 {
-		b.Queue("select walwatch.lock_keys($1)", keys)
+	locks := lockedKeys(nil, req)
+	if len(locks) > 0 {
+		b.Queue("select walwatch.lock_keys($1)", locks)
 	}
-	for _, c := range req.If {
-		if len(c.End) == 0 {
-			b.Queue(oneKeyLatestSQL, c.Key)
-		}
+	reads := readKeys(req)
+	for _, key := range reads {
+		b.Queue(oneKeyLatestSQL, key)
 	}
 	results := tx.SendBatch(ctx, b)
-	read, err := beginResults(results, req, len(keys) > 0)
+	read, err := beginResults(results, len(locks) > 0, reads)
 	if cerr := results.Close(); err == nil && cerr != nil {
 		err = fmt.Errorf("begin: %w", cerr)
 	}
 	return read, err
 }
 
+// readKeys returns the keys begin reads, each once: those of req's
+// single-key compares and of its puts, in either branch, that need the
+// key's value. All are locked (lockedKeys).
+func readKeys(req TxnRequest) [][]byte {
+	var keys [][]byte
+	seen := map[string]bool{}
+	add := func(key []byte) {
+		if !seen[string(key)] {
+			seen[string(key)] = true
+			keys = append(keys, key)
+		}
+	}
+	for _, c := range req.If {
+		if len(c.End) == 0 {
+			add(c.Key)
+		}
+	}
+	for _, op := range slices.Concat(req.Then, req.Else) {
+		if op.Kind == OpPut && (op.PrevKV || op.IgnoreValue || op.IgnoreLease) {
+			add(op.Range.Key)
+		}
+	}
+	return keys
+}
+
 // beginResults reads the answers to begin's statements, in their order.
-func beginResults(results pgx.BatchResults, req TxnRequest, locked bool) ([]*oneKey, error) {
+func beginResults(results pgx.BatchResults, locked bool, keys [][]byte) (map[string]*oneKey, error) {
 	if _, err := results.Exec(); err != nil {
 		return nil, fmt.Errorf("begin: %w", err)
 	}
@@ -534,16 +565,13 @@ func beginResults(results pgx.BatchResults, req TxnRequest, locked bool) ([]*one
 			return nil, fmt.Errorf("lock keys: %w", err)
 		}
 	}
-	read := make([]*oneKey, len(req.If))
-	for i, c := range req.If {
-		if len(c.End) != 0 {
-			continue
-		}
+	read := make(map[string]*oneKey, len(keys))
+	for _, key := range keys {
 		var k oneKey
 		if err := k.scanLatest(results.QueryRow()); err != nil {
-			return nil, fmt.Errorf("range %s at revision 0: %w", keyText(c.Key), TypedError(err, 0))
+			return nil, fmt.Errorf("range %s at revision 0: %w", keyText(key), TypedError(err, 0))
 		}
-		read[i] = &k
+		read[string(key)] = &k
 	}
 	return read, nil
 }
@@ -604,10 +632,6 @@ func (w *txnWriter) run(ctx context.Context, req TxnRequest, path *txnPath, top 
 
 func (w *txnWriter) rangeOp(ctx context.Context, op Op) (*RangeResponse, error) {
 	req := RangeRequest{KeyRange: op.Range, Revision: op.Revision, Limit: op.Limit, CountOnly: op.CountOnly}
-	if k := w.read[string(op.Range.Key)]; k != nil && w.rev == nil && req.IsSingleKey() && req.Revision == 0 {
-		r, err := k.response(req)
-		return &r, err
-	}
 	if w.rev != nil && op.Revision == 0 {
 		// etcd runs Txns one at a time, so a read after a write sees every
 		// Txn ordered before this one. Here one with a lower revision may
@@ -618,7 +642,7 @@ func (w *txnWriter) rangeOp(ctx context.Context, op Op) (*RangeResponse, error) 
 			return nil, fmt.Errorf("wait for the revisions below %d: %w", *w.rev, TypedError(err, 0))
 		}
 	}
-	r, err := rangeKeys(ctx, w.tx, req)
+	r, err := w.rangeKeys(ctx, req)
 	if err != nil {
 		return nil, err
 	}
@@ -634,7 +658,7 @@ func (w *txnWriter) put(ctx context.Context, op Op, last bool) (*PutResponse, er
 	if op.PrevKV || op.IgnoreValue || op.IgnoreLease {
 		// The Txn holds the key's lock: nobody writes it between this
 		// read and the put.
-		cur, err := rangeKeys(ctx, w.tx, RangeRequest{KeyRange: Key(key)})
+		cur, err := w.rangeKeys(ctx, RangeRequest{KeyRange: Key(key)})
 		if err != nil {
 			return nil, err
 		}
@@ -706,26 +730,21 @@ func (w *txnWriter) delete(ctx context.Context, op Op) (*DeleteResponse, error) 
 
 // compare checks one condition against the newest version of its key, or of
 // every key in its range.
-func compare(ctx context.Context, tx txnConn, c Compare) (bool, error) {
-	r, err := rangeKeys(ctx, tx, RangeRequest{KeyRange: KeyRange{Key: c.Key, End: c.End}})
+func compare(ctx context.Context, r txnReader, c Compare) (bool, error) {
+	cur, err := r.rangeKeys(ctx, RangeRequest{KeyRange: KeyRange{Key: c.Key, End: c.End}})
 	if err != nil {
 		return false, err
 	}
-	return holds(c, r), nil
-}
-
-// holds checks c against r, the newest versions of its key or range.
-func holds(c Compare, r RangeResponse) bool {
-	if len(r.KVs) == 0 {
+	if len(cur.KVs) == 0 {
 		// A missing key: no value to compare, every number 0.
-		return c.Target != CompareValue && compareKV(c, KeyValue{})
+		return c.Target != CompareValue && compareKV(c, KeyValue{}), nil
 	}
-	for _, kv := range r.KVs {
+	for _, kv := range cur.KVs {
 		if !compareKV(c, kv) {
-			return false
+			return false, nil
 		}
 	}
-	return true
+	return true, nil
 }
 
 func compareKV(c Compare, kv KeyValue) bool {

@@ -123,7 +123,7 @@ func TestTxnRoundTrips(t *testing.T) {
 	ctx := testContext(t)
 	trips := &roundTrips{}
 	s, _ := newStoreWith(t, store.Limits{}, func(cfg *pgxpool.Config) { cfg.ConnConfig.Tracer = trips })
-	key := []byte("/k8s/pod")
+	key := []byte("/k8s/\x00\xffpod")
 	modIs := func(rev int64) store.Compare {
 		return store.Compare{Key: key, Target: store.CompareModRevision, Result: store.ResultEqual, Number: rev}
 	}
@@ -147,6 +147,8 @@ func TestTxnRoundTrips(t *testing.T) {
 	run(update(0))
 	run(store.TxnRequest{Then: []store.Op{store.OpGet(store.Key(key), 0)}})
 
+	withPrev := store.Op{Kind: store.OpPut, Range: store.Key(key), Value: []byte("w"), PrevKV: true}
+	keepValue := store.Op{Kind: store.OpPut, Range: store.Key(key), IgnoreValue: true}
 	tests := []struct {
 		name      string
 		req       store.TxnRequest
@@ -157,9 +159,15 @@ func TestTxnRoundTrips(t *testing.T) {
 		{"update whose compare fails", update(1), false, 2},
 		{"create of a key that exists", update(0), false, 2},
 		{"read alone", store.TxnRequest{Then: []store.Op{store.OpGet(store.Key(key), 0)}}, true, 3},
+		{"put with the previous value", store.TxnRequest{Then: []store.Op{withPrev}}, true, 2},
+		{"put keeping the value", store.TxnRequest{Then: []store.Op{keepValue}}, true, 2},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
+			prev, _, err := s.Get(ctx, key, 0)
+			if err != nil {
+				t.Fatal(err)
+			}
 			before := trips.n.Load()
 			res, err := s.Txn(ctx, tt.req)
 			if err != nil || res.Succeeded != tt.succeeded {
@@ -175,10 +183,17 @@ func TestTxnRoundTrips(t *testing.T) {
 					t.Fatalf("the else branch read %+v; want %+v (%v)", res.Responses[0].Range, kv, err)
 				}
 			}
-			if tt.succeeded && len(tt.req.If) > 0 {
+			if put := res.Responses[0].Put; put != nil {
 				kv, ok, err := s.Get(ctx, key, 0)
 				if err != nil || !ok || kv.ModRevision != res.Revision {
-					t.Fatalf("%s = %+v, %v, %v; want it written at %d", key, kv, ok, err, res.Revision)
+					t.Fatalf("%q = %+v, %v, %v; want it written at %d", key, kv, ok, err, res.Revision)
+				}
+				op := tt.req.Then[0]
+				if op.PrevKV && (put.PrevKV == nil || put.PrevKV.ModRevision != prev.ModRevision || !bytes.Equal(put.PrevKV.Value, prev.Value)) {
+					t.Errorf("previous value %+v; want %+v", put.PrevKV, prev)
+				}
+				if op.IgnoreValue && !bytes.Equal(kv.Value, prev.Value) {
+					t.Errorf("value %q after a put keeping it; want %q", kv.Value, prev.Value)
 				}
 			}
 		})
