@@ -498,6 +498,26 @@ begin
     deleted := 0;
     if single then
         perform walwatch.lock_keys(array[p_key]);
+        -- The key's newest row is the index's first entry for it, where
+        -- latest_rows would read every row the key has: 12 ms for a key
+        -- deleted and created again 3,000 times, as a Kubernetes object
+        -- that is recreated under one name.
+        select * into newest from walwatch.kv where kv.key = p_key order by kv.revision desc limit 1;
+        if newest.revision > revision then -- in a Txn, whose revision came first
+            raise exception 'delete_range: % was written at revision %, above the delete''s %',
+                walwatch.text_of(p_key), newest.revision, revision using errcode = '40001';
+        end if;
+        if not coalesce(newest.tombstone, true) then
+            revision := walwatch.append(revision, p_sub, p_key, null, true);
+            deleted := 1;
+        elsif revision is null then
+            -- Deleted nothing, so wrote nothing: with synchronous
+            -- replication, wait for the standby to have the state the answer
+            -- shows.
+            revision := walwatch.current_revision();
+            perform walwatch.await_standby();
+        end if;
+        return;
     end if;
     loop
         if revision is null then
@@ -519,9 +539,6 @@ begin
                 end if;
             end loop;
         end if;
-        if single then
-            exit;
-        end if;
         -- With every revision below the answer's settled, a statement later
         -- (a new snapshot) sees all that committed below it.
         if revision is null then
@@ -539,13 +556,9 @@ begin
         end if;
     end loop;
     if revision is null then
-        -- Deleted nothing, so wrote nothing: with synchronous replication,
-        -- wait for the standby to have the state the answer shows (a range
-        -- has waited in settle_below).
+        -- Deleted nothing, so wrote nothing; settle_below has waited for
+        -- the standby.
         revision := cur;
-        if single then
-            perform walwatch.await_standby();
-        end if;
     end if;
 end
 $$;

@@ -1,0 +1,72 @@
+package sql_test
+
+import (
+	"testing"
+
+	"github.com/walwatch/walwatch/sql"
+)
+
+// delete_range of one key reads the key's newest row, not every row it has:
+// a key deleted and created again many times (a Kubernetes object recreated
+// under its name) costs what a new key does. The rows a delete reads, by
+// scan or through an index, counted by PostgreSQL for the transaction, must
+// not grow with the key's history.
+func TestDeleteOneKeyReadsItsNewestRow(t *testing.T) {
+	db := newDB(t)
+	ctx := testContext(t)
+	if _, err := sql.Migrate(ctx, db); err != nil {
+		t.Fatalf("migrate: %v", err)
+	}
+	const versions = 200
+	if _, err := db.Exec(ctx, `select walwatch.put('/pod', 'v'), walwatch.delete_range('/pod', null)
+	                             from generate_series(1, $1)`, versions/2); err != nil {
+		t.Fatal(err)
+	}
+	// As autovacuum would, so that the plans are those of a table in use.
+	if _, err := db.Exec(ctx, "analyze walwatch.kv"); err != nil {
+		t.Fatal(err)
+	}
+	for _, tc := range []struct {
+		name    string
+		setup   string
+		deleted int64
+	}{
+		{"live", "select walwatch.put('/pod', 'v')", 1},
+		{"deleted", "select walwatch.delete_range('/pod', null)", 0},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			if _, err := db.Exec(ctx, tc.setup); err != nil {
+				t.Fatal(err)
+			}
+			tx, err := db.Begin(ctx)
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer tx.Rollback(ctx) //nolint:errcheck // nothing to keep
+			// The counts may hold the connection's earlier transactions too,
+			// until the backend reports them: take the difference.
+			fetches := func() int64 {
+				var n int64
+				if err := tx.QueryRow(ctx, `select seq_tup_read + idx_tup_fetch from pg_stat_xact_user_tables
+				                             where relid = 'walwatch.kv'::regclass`).Scan(&n); err != nil {
+					t.Fatal(err)
+				}
+				return n
+			}
+			before := fetches()
+			var deleted int64
+			if err := tx.QueryRow(ctx, "select deleted from walwatch.delete_range('/pod', null)").Scan(&deleted); err != nil {
+				t.Fatal(err)
+			}
+			fetched := fetches() - before
+			if deleted != tc.deleted {
+				t.Errorf("deleted %d; want %d", deleted, tc.deleted)
+			}
+			// The newest row, and the few a put reads (append's own look at
+			// the key's newest row, the revision's neighbours).
+			if fetched > 10 {
+				t.Errorf("the delete fetched %d rows of a key with %d; want at most 10", fetched, versions+1)
+			}
+		})
+	}
+}
