@@ -71,12 +71,15 @@ func (s *Store) Delete(ctx context.Context, r KeyRange) (DeleteResponse, error) 
 	}
 }
 
+const deleteRangeSQL = "select revision, deleted from walwatch.delete_range($1, $2, $3, $4)"
+
+func deleteRangeArgs(r KeyRange, rev *int64, sub int) []any { return []any{r.Key, r.end(), rev, sub} }
+
 // deleteRange deletes at revision rev from sub on, or at a new revision when
 // rev is nil.
 func deleteRange(ctx context.Context, q querier, r KeyRange, rev *int64, sub int) (DeleteResponse, error) {
 	var res DeleteResponse
-	err := q.QueryRow(ctx, "select revision, deleted from walwatch.delete_range($1, $2, $3, $4)",
-		r.Key, r.end(), rev, sub).Scan(&res.Revision, &res.Deleted)
+	err := q.QueryRow(ctx, deleteRangeSQL, deleteRangeArgs(r, rev, sub)...).Scan(&res.Revision, &res.Deleted)
 	if err != nil {
 		return DeleteResponse{}, fmt.Errorf("delete %s: %w", keyText(r.Key), TypedError(err, 0))
 	}

@@ -96,6 +96,26 @@ func TestTxn(t *testing.T) {
 			t.Fatal("then branch wrote")
 		}
 	})
+
+	// A delete before the Txn's first write is answered from begin's read.
+	t.Run("a delete first shares the revision with the writes after it", func(t *testing.T) {
+		ctx := testContext(t)
+		mustPut(t, s, "/cfg", "v3") // 6
+		res, err := s.Txn(ctx, store.TxnRequest{Then: []store.Op{
+			{Kind: store.OpDelete, Range: store.Key(cfg), PrevKV: true}, put("/t/c", "3"),
+		}})
+		if err != nil || !res.Succeeded || res.Revision != 7 {
+			t.Fatalf("txn = %+v, %v; want succeeded at revision 7", res, err)
+		}
+		d := res.Responses[0].Delete
+		if d == nil || d.Deleted != 1 || d.Revision != 7 || len(d.PrevKVs) != 1 || kvs(store.RangeResponse{KVs: d.PrevKVs})[0] != "/cfg=v3@6/6/1" {
+			t.Fatalf("delete = %+v; want /cfg=v3 deleted at 7", d)
+		}
+		all, err := s.Range(ctx, store.RangeRequest{KeyRange: store.FromKey([]byte{0})})
+		if err != nil || !slices.Equal(kvs(all), []string{"/t/a=again@5/4/2", "/t/b=2@4/4/1", "/t/c=3@7/7/1"}) {
+			t.Fatalf("after txn: %q, %v", kvs(all), err)
+		}
+	})
 }
 
 // roundTrips counts the statements and batches a connection sends: each
@@ -143,24 +163,46 @@ func TestTxnRoundTrips(t *testing.T) {
 		return res
 	}
 	// Once each, so that every statement is prepared before counting.
-	created := run(update(0))
+	run(update(0))
 	run(update(0))
 	run(store.TxnRequest{Then: []store.Op{store.OpGet(store.Key(key), 0)}})
+	run(store.TxnRequest{Then: []store.Op{store.OpDeleteRange(store.Key(key))}})
+	run(update(0))
 
+	// Kubernetes' delete.
+	del := func(rev int64) store.TxnRequest {
+		return store.TxnRequest{
+			If:   []store.Compare{modIs(rev)},
+			Then: []store.Op{store.OpDeleteRange(store.Key(key))},
+			Else: []store.Op{store.OpGet(store.Key(key), 0)},
+		}
+	}
+	then := func(ops ...store.Op) store.TxnRequest { return store.TxnRequest{Then: ops} }
+	fixed := func(req store.TxnRequest) func(int64) store.TxnRequest {
+		return func(int64) store.TxnRequest { return req }
+	}
 	withPrev := store.Op{Kind: store.OpPut, Range: store.Key(key), Value: []byte("w"), PrevKV: true}
 	keepValue := store.Op{Kind: store.OpPut, Range: store.Key(key), IgnoreValue: true}
+	delPrev := store.Op{Kind: store.OpDelete, Range: store.Key(key), PrevKV: true}
+	// Each case runs on the key as the cases before it left it.
 	tests := []struct {
 		name      string
-		req       store.TxnRequest
+		req       func(cur int64) store.TxnRequest // cur: the key's mod revision
 		succeeded bool
+		deleted   int64
 		trips     int64
 	}{
-		{"update whose compare holds", update(created.Revision), true, 2},
-		{"update whose compare fails", update(1), false, 2},
-		{"create of a key that exists", update(0), false, 2},
-		{"read alone", store.TxnRequest{Then: []store.Op{store.OpGet(store.Key(key), 0)}}, true, 3},
-		{"put with the previous value", store.TxnRequest{Then: []store.Op{withPrev}}, true, 2},
-		{"put keeping the value", store.TxnRequest{Then: []store.Op{keepValue}}, true, 2},
+		{"update whose compare holds", update, true, 0, 2},
+		{"update whose compare fails", fixed(update(1)), false, 0, 2},
+		{"create of a key that exists", fixed(update(0)), false, 0, 2},
+		{"read alone", fixed(then(store.OpGet(store.Key(key), 0))), true, 0, 3},
+		{"put with the previous value", fixed(then(withPrev)), true, 0, 2},
+		{"put keeping the value", fixed(then(keepValue)), true, 0, 2},
+		{"delete whose compare fails", fixed(del(1)), false, 0, 2},
+		{"delete whose compare holds", del, true, 1, 2},
+		{"delete of a key that is gone", fixed(then(delPrev)), true, 0, 2},
+		{"create", fixed(update(0)), true, 0, 2},
+		{"delete with the previous value", fixed(then(delPrev)), true, 1, 2},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -168,8 +210,9 @@ func TestTxnRoundTrips(t *testing.T) {
 			if err != nil {
 				t.Fatal(err)
 			}
+			req := tt.req(prev.ModRevision)
 			before := trips.n.Load()
-			res, err := s.Txn(ctx, tt.req)
+			res, err := s.Txn(ctx, req)
 			if err != nil || res.Succeeded != tt.succeeded {
 				t.Fatalf("txn = %+v, %v; want succeeded=%v", res, err, tt.succeeded)
 			}
@@ -188,12 +231,31 @@ func TestTxnRoundTrips(t *testing.T) {
 				if err != nil || !ok || kv.ModRevision != res.Revision {
 					t.Fatalf("%q = %+v, %v, %v; want it written at %d", key, kv, ok, err, res.Revision)
 				}
-				op := tt.req.Then[0]
+				op := req.Then[0]
 				if op.PrevKV && (put.PrevKV == nil || put.PrevKV.ModRevision != prev.ModRevision || !bytes.Equal(put.PrevKV.Value, prev.Value)) {
 					t.Errorf("previous value %+v; want %+v", put.PrevKV, prev)
 				}
 				if op.IgnoreValue && !bytes.Equal(kv.Value, prev.Value) {
 					t.Errorf("value %q after a put keeping it; want %q", kv.Value, prev.Value)
+				}
+			}
+			if d := res.Responses[0].Delete; d != nil {
+				if d.Deleted != tt.deleted {
+					t.Fatalf("deleted %d; want %d", d.Deleted, tt.deleted)
+				}
+				if _, ok, err := s.Get(ctx, key, 0); err != nil || ok {
+					t.Fatalf("%q after the delete: ok=%v, %v; want it absent", key, ok, err)
+				}
+				if tt.deleted > 0 && res.Revision <= prev.ModRevision {
+					t.Errorf("deleted at revision %d; want above %d", res.Revision, prev.ModRevision)
+				}
+				var want []store.KeyValue
+				if req.Then[0].PrevKV && tt.deleted > 0 {
+					want = []store.KeyValue{prev}
+				}
+				if len(d.PrevKVs) != len(want) || len(want) > 0 && (d.PrevKVs[0].ModRevision != prev.ModRevision ||
+					!bytes.Equal(d.PrevKVs[0].Value, prev.Value) || !bytes.Equal(d.PrevKVs[0].Key, key)) {
+					t.Errorf("previous values %+v; want %+v", d.PrevKVs, want)
 				}
 			}
 		})
