@@ -26,3 +26,13 @@ const GetWorkers = getWorkers
 
 // ManyKeysLatestSQL is the statement that reads a batch of gets.
 const ManyKeysLatestSQL = manyKeysLatestSQL
+
+// TxnWorkers is how many Txn batches may be in flight at once.
+const TxnWorkers = txnWorkers
+
+// QueuedTxns reports how many Txns wait for a batch.
+func QueuedTxns(s *Store) int {
+	s.txns.b.mu.Lock()
+	defer s.txns.b.mu.Unlock()
+	return len(s.txns.b.queue)
+}

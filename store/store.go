@@ -34,6 +34,7 @@ type Store struct {
 	limits Limits
 	puts   *putBatcher
 	gets   *getBatcher
+	txns   *txnBatcher
 	renews *keepAliveBatcher
 }
 
@@ -48,7 +49,9 @@ func New(pool *pgxpool.Pool, limits Limits) *Store {
 	if limits.MaxTxnOps <= 0 {
 		limits.MaxTxnOps = DefaultLimits.MaxTxnOps
 	}
-	return &Store{pool: pool, limits: limits, puts: newPutBatcher(pool), gets: newGetBatcher(pool), renews: &keepAliveBatcher{pool: pool}}
+	s := &Store{pool: pool, limits: limits, puts: newPutBatcher(pool), gets: newGetBatcher(pool), renews: &keepAliveBatcher{pool: pool}}
+	s.txns = newTxnBatcher(s)
+	return s
 }
 
 // Limits returns the limits the store enforces.

@@ -146,6 +146,15 @@ func (s *Store) Txn(ctx context.Context, req TxnRequest) (TxnResponse, error) {
 	if _, _, err := writeSets(req.Else); err != nil {
 		return TxnResponse{}, err
 	}
+	if batchable(req) {
+		return s.txns.txn(ctx, req)
+	}
+	return s.txnAlone(ctx, req)
+}
+
+// txnAlone runs req, checked, in a transaction of its own, again when
+// PostgreSQL aborted it.
+func (s *Store) txnAlone(ctx context.Context, req TxnRequest) (TxnResponse, error) {
 	for attempt := 1; ; attempt++ {
 		res, err := s.txnOnce(ctx, req)
 		if aborted(err) && attempt < txnRetries {
