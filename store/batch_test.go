@@ -20,35 +20,46 @@ import (
 // waits for that lock, so later puts queue; release lets them all go.
 func occupyPutWorkers(t *testing.T, s *store.Store, pool *pgxpool.Pool) (release func()) {
 	t.Helper()
+	return occupyWorkers(t, pool, store.PutWorkers, func(ctx context.Context) error {
+		_, err := s.Put(ctx, []byte("/busy"), []byte("x"))
+		return err
+	})
+}
+
+// occupyWorkers holds /busy's lock and starts n calls of write, which must
+// write /busy, one at a time until each waits for that lock: with n a
+// batcher's workers, every worker holds one of them and later calls queue.
+// release lets them go and checks they succeeded.
+func occupyWorkers(t *testing.T, pool *pgxpool.Pool, n int, write func(context.Context) error) (release func()) {
+	t.Helper()
 	ctx := testContext(t)
 	tx, err := pool.Begin(ctx)
 	if err != nil {
 		t.Fatal(err)
 	}
+	// A test that fails before release must not leave the workers waiting.
+	t.Cleanup(func() { _ = tx.Rollback(context.Background()) })
 	if _, err := tx.Exec(ctx, "select pg_advisory_xact_lock(walwatch.key_lock($1))", []byte("/busy")); err != nil {
 		t.Fatal(err)
 	}
-	errs := make(chan error, store.PutWorkers)
-	for i := range store.PutWorkers {
-		go func() {
-			_, err := s.Put(ctx, []byte("/busy"), []byte("x"))
-			errs <- err
-		}()
-		// One more worker waits for the lock before the next put starts, so
-		// each worker holds exactly one of them.
+	errs := make(chan error, n)
+	for i := range n {
+		go func() { errs <- write(ctx) }()
+		// One more worker waits for the lock before the next call starts,
+		// so each worker holds exactly one of them.
 		wait.For(t, "the next worker to wait for the key lock", func() bool {
-			var n int
-			err := pool.QueryRow(ctx, "select count(*) from pg_locks where locktype = 'advisory' and not granted").Scan(&n)
-			return err == nil && n == i+1
+			var waiting int
+			err := pool.QueryRow(ctx, "select count(*) from pg_locks where locktype = 'advisory' and not granted").Scan(&waiting)
+			return err == nil && waiting == i+1
 		})
 	}
 	return func() {
 		if err := tx.Commit(ctx); err != nil {
 			t.Fatal(err)
 		}
-		for range store.PutWorkers {
+		for range n {
 			if err := <-errs; err != nil {
-				t.Errorf("put /busy: %v", err)
+				t.Errorf("write /busy: %v", err)
 			}
 		}
 	}

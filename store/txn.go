@@ -543,28 +543,37 @@ func begin(ctx context.Context, tx txnConn, req TxnRequest) (map[string]*oneKey,
 // single-key compares, of its puts, in either branch, that need the key's
 // value, and of its single-key deletes. All are locked (lockedKeys).
 func readKeys(req TxnRequest) [][]byte {
-	var keys [][]byte
-	seen := map[string]bool{}
-	add := func(key []byte) {
-		if !seen[string(key)] {
-			seen[string(key)] = true
-			keys = append(keys, key)
-		}
-	}
+	var keys distinctKeys
 	for _, c := range req.If {
 		if len(c.End) == 0 {
-			add(c.Key)
+			keys.add(c.Key)
 		}
 	}
 	for _, op := range slices.Concat(req.Then, req.Else) {
 		switch {
 		case op.Kind == OpPut && (op.PrevKV || op.IgnoreValue || op.IgnoreLease):
-			add(op.Range.Key)
+			keys.add(op.Range.Key)
 		case op.Kind == OpDelete && op.Range.IsSingleKey():
-			add(op.Range.Key)
+			keys.add(op.Range.Key)
 		}
 	}
-	return keys
+	return keys.list
+}
+
+// distinctKeys lists keys in the order first added, each once.
+type distinctKeys struct {
+	list [][]byte
+	seen map[string]bool
+}
+
+func (d *distinctKeys) add(key []byte) {
+	if d.seen == nil {
+		d.seen = map[string]bool{}
+	}
+	if !d.seen[string(key)] {
+		d.seen[string(key)] = true
+		d.list = append(d.list, key)
+	}
 }
 
 // beginResults reads the answers to begin's statements, in their order.

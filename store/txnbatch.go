@@ -143,21 +143,14 @@ func disjoint(calls []*txnCall) (together, rest []*txnCall) {
 
 // txnKeys returns every key a batchable req names, each once.
 func txnKeys(req TxnRequest) [][]byte {
-	var keys [][]byte
-	seen := map[string]bool{}
-	add := func(k []byte) {
-		if !seen[string(k)] {
-			seen[string(k)] = true
-			keys = append(keys, k)
-		}
-	}
+	var keys distinctKeys
 	for _, c := range req.If {
-		add(c.Key)
+		keys.add(c.Key)
 	}
 	for _, op := range slices.Concat(req.Then, req.Else) {
-		add(op.Range.Key)
+		keys.add(op.Range.Key)
 	}
-	return keys
+	return keys.list
 }
 
 // runTogether runs batch, whose Txns name distinct keys, in one

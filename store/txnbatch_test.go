@@ -2,6 +2,7 @@ package store_test
 
 import (
 	"bytes"
+	"context"
 	"errors"
 	"fmt"
 	"testing"
@@ -12,40 +13,14 @@ import (
 	"github.com/walwatch/walwatch/test/wait"
 )
 
-// occupyTxnWorkers holds /busy's lock and runs Txns putting it until every
-// Txn worker waits for that lock, so later Txns queue; release lets them go.
+// occupyTxnWorkers runs Txns putting /busy, whose lock it holds, until
+// every Txn worker waits for it, so later Txns queue; release lets them go.
 func occupyTxnWorkers(t *testing.T, s *store.Store, pool *pgxpool.Pool) (release func()) {
 	t.Helper()
-	ctx := testContext(t)
-	tx, err := pool.Begin(ctx)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if _, err := tx.Exec(ctx, "select pg_advisory_xact_lock(walwatch.key_lock($1))", []byte("/busy")); err != nil {
-		t.Fatal(err)
-	}
-	errs := make(chan error, store.TxnWorkers)
-	for i := range store.TxnWorkers {
-		go func() {
-			_, err := s.Txn(ctx, store.TxnRequest{Then: []store.Op{store.OpPutKey([]byte("/busy"), []byte("x"))}})
-			errs <- err
-		}()
-		wait.For(t, "the next Txn worker to wait for the key lock", func() bool {
-			var n int
-			err := pool.QueryRow(ctx, "select count(*) from pg_locks where locktype = 'advisory' and not granted").Scan(&n)
-			return err == nil && n == i+1
-		})
-	}
-	return func() {
-		if err := tx.Commit(ctx); err != nil {
-			t.Fatal(err)
-		}
-		for range store.TxnWorkers {
-			if err := <-errs; err != nil {
-				t.Errorf("txn putting /busy: %v", err)
-			}
-		}
-	}
+	return occupyWorkers(t, pool, store.TxnWorkers, func(ctx context.Context) error {
+		_, err := s.Txn(ctx, store.TxnRequest{Then: []store.Op{store.OpPutKey([]byte("/busy"), []byte("x"))}})
+		return err
+	})
 }
 
 type txnResult struct {
