@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"sync"
 	"time"
 
 	clientv3 "go.etcd.io/etcd/client/v3"
@@ -18,6 +19,9 @@ type etcdClients struct {
 	url     string
 	clients []*clientv3.Client
 	watcher *clientv3.Client
+	// key (string) -> its mod revision when update last wrote it; one map
+	// for every turn of a system, whose clients may change between turns.
+	revs *sync.Map
 }
 
 func newEtcdClient(url string) (*clientv3.Client, error) {
@@ -30,7 +34,7 @@ func newEtcdClient(url string) (*clientv3.Client, error) {
 
 // openEtcdClients connects maxClients clients and the watcher's to url.
 func openEtcdClients(url string) (*etcdClients, error) {
-	s := &etcdClients{url: url}
+	s := &etcdClients{url: url, revs: &sync.Map{}}
 	for range maxClients {
 		c, err := newEtcdClient(url)
 		if err != nil {
@@ -87,6 +91,36 @@ func (s *etcdSystem) pids() []int                 { return s.proc.pids() }
 func (s *etcdClients) put(ctx context.Context, client int, key, value []byte) error {
 	_, err := s.clients[client].Put(ctx, string(key), string(value))
 	return err
+}
+
+// update writes key as Kubernetes writes an object: a Txn that puts it if
+// its mod revision is still the one this client set last wrote, and
+// otherwise reads it, and then tries again at the revision read.
+func (s *etcdClients) update(ctx context.Context, client int, key, value []byte) error {
+	k := string(key)
+	rev, _ := s.revs.Load(k)
+	r, _ := rev.(int64) // 0 for a key never written here: a create
+	for range 100 {
+		resp, err := s.clients[client].Txn(ctx).
+			If(clientv3.Compare(clientv3.ModRevision(k), "=", r)).
+			Then(clientv3.OpPut(k, string(value))).
+			Else(clientv3.OpGet(k)).
+			Commit()
+		if err != nil {
+			return err
+		}
+		if resp.Succeeded {
+			s.revs.Store(k, resp.Header.Revision)
+			return nil
+		}
+		r = 0
+		if len(resp.Responses) == 1 {
+			if kvs := resp.Responses[0].GetResponseRange().GetKvs(); len(kvs) == 1 {
+				r = kvs[0].ModRevision
+			}
+		}
+	}
+	return fmt.Errorf("update %s: its revision kept changing, 100 tries", key)
 }
 
 // memberList is a request every etcd API server answers from memory.

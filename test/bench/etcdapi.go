@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"sync"
 )
 
 // etcdAPISlot is walwatch_etcd's replication slot.
@@ -14,7 +15,8 @@ const etcdAPISlot = "benchcpetcd"
 // same etcd Go client code as the etcd system.
 type etcdAPISystem struct {
 	cp           *cpProcess
-	*etcdClients // connected for a turn, nil between turns
+	*etcdClients          // connected for a turn, nil between turns
+	revs         sync.Map // the clients' revs, kept from turn to turn
 }
 
 func newEtcdAPISystem(e *env) *etcdAPISystem {
@@ -44,6 +46,7 @@ func (s *etcdAPISystem) begin(ctx context.Context) error {
 	if err != nil {
 		return errors.Join(err, s.cp.stop(ctx))
 	}
+	c.revs = &s.revs
 	s.etcdClients = c
 	err = s.cp.await(ctx, "the etcd API", c.answers)
 	if err != nil {

@@ -8,9 +8,7 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
-	"sync"
 
-	clientv3 "go.etcd.io/etcd/client/v3"
 	"golang.org/x/sync/errgroup"
 )
 
@@ -60,7 +58,6 @@ func (e *env) buildKine(ctx context.Context) error {
 type kineSystem struct {
 	proc serverProcess
 	*etcdClients
-	revs sync.Map // key (string) -> its mod revision when the benchmark last wrote it
 }
 
 // newKineSystem starts kine on a free port, connects the clients and waits
@@ -91,37 +88,12 @@ func newKineSystem(ctx context.Context, e *env) (*kineSystem, error) {
 	return s, nil
 }
 
-// put writes key as Kubernetes writes to kine: a Txn that puts it if its
-// mod revision is still the one this benchmark last wrote, and otherwise
-// reads it, and then tries again at the revision read. kine's own Put can
-// report success without writing (it reads the key at a cached current
+// put writes key as Kubernetes writes to kine, with update. kine's own Put
+// can report success without writing (it reads the key at a cached current
 // revision that may lag, and its update then conflicts unseen), and the
 // watcher would wait for events that never come.
 func (s *kineSystem) put(ctx context.Context, client int, key, value []byte) error {
-	k := string(key)
-	rev, _ := s.revs.Load(k)
-	r, _ := rev.(int64) // 0 for a key never written: a create
-	for range 100 {
-		resp, err := s.clients[client].Txn(ctx).
-			If(clientv3.Compare(clientv3.ModRevision(k), "=", r)).
-			Then(clientv3.OpPut(k, string(value))).
-			Else(clientv3.OpGet(k)).
-			Commit()
-		if err != nil {
-			return err
-		}
-		if resp.Succeeded {
-			s.revs.Store(k, resp.Header.Revision)
-			return nil
-		}
-		r = 0
-		if len(resp.Responses) == 1 {
-			if kvs := resp.Responses[0].GetResponseRange().GetKvs(); len(kvs) == 1 {
-				r = kvs[0].ModRevision
-			}
-		}
-	}
-	return fmt.Errorf("put %s: its revision kept changing, 100 tries", key)
+	return s.update(ctx, client, key, value)
 }
 
 // preload writes keys one put each, from several clients at once: kine's

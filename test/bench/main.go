@@ -64,6 +64,7 @@ type bench struct {
 	systems    []system // in turn order
 	walSystems map[string]bool
 	keys       [][]byte
+	txnKeys    [][]byte // written by the Txn workload alone
 	value      []byte
 	samples    samples
 	quiesced   time.Duration // waited for autovacuum before measuring, in all
@@ -146,6 +147,7 @@ func run(ctx context.Context, quick bool, only, outDir string, log *slog.Logger)
 	}
 	for i := range numKeys {
 		b.keys = append(b.keys, fmt.Appendf(nil, "%sk%05d", prefix, i))
+		b.txnKeys = append(b.txnKeys, fmt.Appendf(nil, "/k8s/%05d", i))
 	}
 	closeSystems, err := b.openSystems(ctx)
 	if err != nil {
@@ -416,6 +418,9 @@ func (b *bench) results(ctx context.Context, commit string) (*Results, error) {
 		}
 		if _, ok := sys.(frontDoor); ok {
 			r.Systems[name].NoopPerS = pick(name, "noop_per_s", clientKeys(getConcurrency))
+		}
+		if _, ok := sys.(txner); ok {
+			r.Systems[name].TxnPerS = pick(name, "txn_per_s", clientKeys(txnConcurrency))
 		}
 		if v, ok := b.samples.median(name, "wal_bytes_per_put", ""); ok {
 			r.WALBytesPerPut[name] = v

@@ -33,6 +33,7 @@ var versus = [][2]string{{"walwatch_etcd", "etcd"}}
 var (
 	putClients = []string{"1", "8", "32", "64"}
 	getClients = []string{"1", "32"}
+	txnClients = []string{"8", "32"}
 )
 
 // manualMarker starts the hand-written part of README.md, which writeReport
@@ -161,6 +162,7 @@ func gets(s *SystemResults) map[string]float64         { return s.GetPerS }
 func rttIdle(s *SystemResults) map[string]float64      { return s.WatchRTTUs }
 func rttLoaded(s *SystemResults) map[string]float64    { return s.WatchRTTLoadedUs }
 func noops(s *SystemResults) map[string]float64        { return s.NoopPerS }
+func txns(s *SystemResults) map[string]float64         { return s.TxnPerS }
 func rttPut(s *SystemResults) map[string]float64       { return s.WatchRTTPutUs }
 func rttDelivery(s *SystemResults) map[string]float64  { return s.WatchRTTDeliveryUs }
 func rttLoadedPut(s *SystemResults) map[string]float64 { return s.WatchRTTLoadedPutUs }
@@ -553,6 +555,31 @@ func renderReadme(r *Results) string {
 		noopTable.rows = append(noopTable.rows, row)
 	}
 	noopTable.write(&b)
+
+	b.WriteString("## Kubernetes' writes (Txns/s, higher is better)\n\n")
+	b.WriteString("Each client writes random keys as Kubernetes writes an object: a Txn that puts the key if its mod revision " +
+		"is the one this system's clients last wrote, else reads it and tries again (kine's puts above are these too). " +
+		"Nothing watches. Not one of the issues' targets.\n\n")
+	txnTable := table{header: []string{"system", "8 clients", "32 clients"}}
+	for _, sys := range []string{"walwatch_etcd", "etcd", "kine"} {
+		row := []string{sys}
+		for _, n := range txnClients {
+			v, ok := sysValue(r, sys, txns, n)
+			row = append(row, orDash(v, ok, fmtCount))
+		}
+		txnTable.rows = append(txnTable.rows, row)
+	}
+	for _, other := range []string{"etcd", "kine"} {
+		row := []string{"walwatch_etcd / " + other}
+		for _, n := range txnClients {
+			a, aok := sysValue(r, "walwatch_etcd", txns, n)
+			o, ook := sysValue(r, other, txns, n)
+			q, ok := ratio(a, aok, o, ook)
+			row = append(row, orDash(q, ok, fmtRatio))
+		}
+		txnTable.rows = append(txnTable.rows, row)
+	}
+	txnTable.write(&b)
 
 	targets := evalTargets(r)
 	nMet, nMeasured := 0, 0

@@ -47,6 +47,7 @@ func plausibleResults() *Results {
 				PutPerSUnwatched: map[string]float64{"1": 1500, "8": 9700, "32": 46000, "64": 61000},
 				GetPerS:          map[string]float64{"1": 6000, "32": 100000},
 				NoopPerS:         map[string]float64{"1": 12000, "32": 120000},
+				TxnPerS:          map[string]float64{"8": 2400, "32": 4000},
 				WatchRTTUs:       map[string]float64{"p50": 450, "p99": 1300},
 				WatchRTTLoadedUs: map[string]float64{"p50": 1400, "p99": 6000, "p999": 12000},
 			},
@@ -68,6 +69,7 @@ func plausibleResults() *Results {
 				PutPerS:          map[string]float64{"1": 600, "8": 2000, "32": 3000, "64": 3100},
 				PutPerSUnwatched: map[string]float64{"1": 650, "8": 2100, "32": 3200, "64": 3300},
 				GetPerS:          map[string]float64{"1": 3000, "32": 9000},
+				TxnPerS:          map[string]float64{"8": 1600, "32": 3200},
 				WatchRTTUs:       map[string]float64{"p50": 1300, "p99": 3000, "p999": 6000},
 				WatchRTTLoadedUs: map[string]float64{"p50": 14000, "p99": 45000, "p999": 60000},
 			},
@@ -344,6 +346,18 @@ func TestReportFull(t *testing.T) {
 	}
 	if got := row(t, door, "etcd"); strings.Join(got, ";") != "etcd;—;—" {
 		t.Errorf("etcd front door row = %q", got)
+	}
+	k8s := section(t, md, "Kubernetes' writes (Txns/s, higher is better)")
+	for name, want := range map[string]string{
+		"walwatch_etcd":        "2,400;4,000",
+		"etcd":                 "—;—", // not measured in this fixture
+		"kine":                 "1,600;3,200",
+		"walwatch_etcd / kine": "1.50×;1.25×",
+		"walwatch_etcd / etcd": "—;—",
+	} {
+		if got := row(t, k8s, name); strings.Join(got[1:], ";") != want {
+			t.Errorf("Kubernetes' writes row %s = %q, want %q", name, got, want)
+		}
 	}
 	leaves := section(t, md, "What the front door leaves")
 	for name, want := range map[string]string{

@@ -54,6 +54,9 @@ type SystemResults struct {
 	// NoopPerS is the rate of a request the system's server answers without
 	// its storage (systems behind a server of their own only).
 	NoopPerS map[string]float64 `json:"noop_per_s,omitempty"`
+	// TxnPerS is the rate of Kubernetes' writes, a Txn each (etcd API
+	// systems only, nothing watching).
+	TxnPerS map[string]float64 `json:"txn_per_s,omitempty"`
 }
 
 // Fanout is the time for one put to reach every watcher.

@@ -34,6 +34,12 @@ type frontDoor interface {
 	noop(ctx context.Context, client int) error
 }
 
+// txner is a system that speaks etcd's API; update writes a key as
+// Kubernetes writes an object (etcdClients.update).
+type txner interface {
+	update(ctx context.Context, client int, key, value []byte) error
+}
+
 // maxClients is the most clients any workload runs at once: 64 writers,
 // or 32 writers and a probe; a few spare.
 const maxClients = 66

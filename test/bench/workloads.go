@@ -28,6 +28,7 @@ const (
 var (
 	putConcurrency = []int{1, 8, 32, 64}
 	getConcurrency = []int{1, 32}
+	txnConcurrency = []int{8, 32}
 )
 
 // op is one client's operation; rng picks its keys.
@@ -113,6 +114,22 @@ func (b *bench) turn(ctx context.Context, sys system, round int) (err error) {
 		}
 		b.samples.add(name, "put_per_s_unwatched", strconv.Itoa(n), rate)
 		line += fmt.Sprintf(" put0@%d=%.0f", n, rate)
+	}
+
+	// Kubernetes' writes, nothing watching either, to keys of their own:
+	// the other workloads' puts would leave the revisions update knows
+	// stale, and every update would take two Txns.
+	if tx, ok := sys.(txner); ok {
+		for _, n := range txnConcurrency {
+			_, rate, err := throughput(ctx, n, b.cfg.putDur, func(ctx context.Context, client int, rng *rand.Rand) error {
+				return tx.update(ctx, client, b.txnKeys[rng.IntN(len(b.txnKeys))], b.value)
+			})
+			if err != nil {
+				return fmt.Errorf("%s: updates, %d clients: %w", name, n, err)
+			}
+			b.samples.add(name, "txn_per_s", strconv.Itoa(n), rate)
+			line += fmt.Sprintf(" txn@%d=%.0f", n, rate)
+		}
 	}
 
 	t := newTap([]byte(probeKey))
