@@ -339,27 +339,9 @@ func (g *getBatcher) runBatch(batch []*getCall) error {
 	if err != nil {
 		return err
 	}
-	read := make([]oneKey, len(batch))
-	got := 0
-	var i int
-	for rows.Next() {
-		var k oneKey
-		if err := rows.Scan(&k.cur, &i, &k.mod, &k.value, &k.create, &k.ver, &k.lease, &k.tombstone); err != nil {
-			rows.Close()
-			return err
-		}
-		if i < 1 || i > len(batch) {
-			rows.Close()
-			return fmt.Errorf("get batch: row for key %d of %d", i, len(batch))
-		}
-		read[i-1] = k
-		got++
-	}
-	if err := rows.Err(); err != nil {
-		return err
-	}
-	if got != len(batch) {
-		return fmt.Errorf("get batch: %d rows for %d keys", got, len(batch))
+	read, err := scanManyKeys(rows, len(keys))
+	if err != nil {
+		return fmt.Errorf("get batch: %w", err)
 	}
 	for i, c := range batch {
 		c.res, c.err = read[i].response(c.req)

@@ -186,6 +186,33 @@ func rangeOne(ctx context.Context, q querier, req RangeRequest) (RangeResponse, 
 	return k.response(req)
 }
 
+// scanManyKeys reads the n rows of manyKeysLatestSQL for n keys, closing
+// rows: each key's read, in the keys' order.
+func scanManyKeys(rows pgx.Rows, n int) ([]oneKey, error) {
+	defer rows.Close()
+	read := make([]oneKey, n)
+	got := 0
+	var i int
+	for rows.Next() {
+		var k oneKey
+		if err := rows.Scan(&k.cur, &i, &k.mod, &k.value, &k.create, &k.ver, &k.lease, &k.tombstone); err != nil {
+			return nil, err
+		}
+		if i < 1 || i > n {
+			return nil, fmt.Errorf("a row for key %d of %d", i, n)
+		}
+		read[i-1] = k
+		got++
+	}
+	if err := rows.Err(); err != nil {
+		return nil, err
+	}
+	if got != n {
+		return nil, fmt.Errorf("%d rows for %d keys", got, n)
+	}
+	return read, nil
+}
+
 // oneKey is what the single-key statements read: the compacted and current
 // revisions and the key's newest row at the revision read.
 type oneKey struct {

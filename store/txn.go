@@ -551,7 +551,7 @@ func readKeys(req TxnRequest) [][]byte {
 	}
 	for _, op := range slices.Concat(req.Then, req.Else) {
 		switch {
-		case op.Kind == OpPut && (op.PrevKV || op.IgnoreValue || op.IgnoreLease):
+		case op.Kind == OpPut && readsPrevious(op):
 			keys.add(op.Range.Key)
 		case op.Kind == OpDelete && op.Range.IsSingleKey():
 			keys.add(op.Range.Key)
@@ -676,24 +676,15 @@ func (w *txnWriter) rangeOp(ctx context.Context, op Op) (*RangeResponse, error) 
 func (w *txnWriter) put(ctx context.Context, op Op, last bool) (*PutResponse, error) {
 	key, value, lease := op.Range.Key, op.Value, op.Lease
 	var prev *KeyValue
-	if op.PrevKV || op.IgnoreValue || op.IgnoreLease {
+	if readsPrevious(op) {
 		// The Txn holds the key's lock: nobody writes it between this
 		// read and the put.
 		cur, err := w.rangeKeys(ctx, RangeRequest{KeyRange: Key(key)})
 		if err != nil {
 			return nil, err
 		}
-		if len(cur.KVs) > 0 {
-			prev = &cur.KVs[0]
-		}
-		if prev == nil && (op.IgnoreValue || op.IgnoreLease) {
-			return nil, fmt.Errorf("put %s: %w", keyText(key), ErrKeyNotFound)
-		}
-		if op.IgnoreValue {
-			value = prev.Value
-		}
-		if op.IgnoreLease {
-			lease = prev.Lease
+		if value, lease, prev, err = putOver(op, cur.KVs); err != nil {
+			return nil, err
 		}
 	}
 	var r PutResponse
@@ -710,10 +701,34 @@ func (w *txnWriter) put(ctx context.Context, op Op, last bool) (*PutResponse, er
 		return nil, fmt.Errorf("put %s: %w", keyText(key), TypedError(err, 0))
 	}
 	w.rev, w.sub = &r.Revision, w.sub+1
-	if op.PrevKV {
-		r.PrevKV = prev
-	}
+	r.PrevKV = prev
 	return &r, nil
+}
+
+// readsPrevious reports whether put op needs the key's current value.
+func readsPrevious(op Op) bool { return op.PrevKV || op.IgnoreValue || op.IgnoreLease }
+
+// putOver applies put op's options to cur, the key's current value (none
+// or one): the value and lease it writes, and the previous value it
+// returns.
+func putOver(op Op, cur []KeyValue) (value []byte, lease int64, prev *KeyValue, err error) {
+	value, lease = op.Value, op.Lease
+	if len(cur) > 0 {
+		prev = &cur[0]
+	}
+	if prev == nil && (op.IgnoreValue || op.IgnoreLease) {
+		return nil, 0, nil, fmt.Errorf("put %s: %w", keyText(op.Range.Key), ErrKeyNotFound)
+	}
+	if op.IgnoreValue {
+		value = prev.Value
+	}
+	if op.IgnoreLease {
+		lease = prev.Lease
+	}
+	if !op.PrevKV {
+		prev = nil
+	}
+	return value, lease, prev, nil
 }
 
 func (w *txnWriter) delete(ctx context.Context, op Op, last bool) (*DeleteResponse, error) {

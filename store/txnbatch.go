@@ -249,24 +249,13 @@ func beginBatchResults(results pgx.BatchResults, keys [][]byte) (map[string]*one
 	if err != nil {
 		return nil, fmt.Errorf("read keys: %w", err)
 	}
-	defer rows.Close()
-	read := make(map[string]*oneKey, len(keys))
-	var i int
-	for rows.Next() {
-		var k oneKey
-		if err := rows.Scan(&k.cur, &i, &k.mod, &k.value, &k.create, &k.ver, &k.lease, &k.tombstone); err != nil {
-			return nil, fmt.Errorf("read keys: %w", err)
-		}
-		if i < 1 || i > len(keys) {
-			return nil, fmt.Errorf("read keys: a row for key %d of %d", i, len(keys))
-		}
-		read[string(keys[i-1])] = &k
-	}
-	if err := rows.Err(); err != nil {
+	got, err := scanManyKeys(rows, len(keys))
+	if err != nil {
 		return nil, fmt.Errorf("read keys: %w", err)
 	}
-	if len(read) != len(keys) {
-		return nil, fmt.Errorf("read keys: %d rows for %d keys", len(read), len(keys))
+	read := make(map[string]*oneKey, len(keys))
+	for i := range got {
+		read[string(keys[i])] = &got[i]
 	}
 	return read, nil
 }
@@ -312,21 +301,15 @@ func planTxn(ctx context.Context, r txnReader, req TxnRequest) (*txnPlan, error)
 			}
 			resp.Range = &res
 		case OpPut:
-			cur, err := r.rangeKeys(ctx, RangeRequest{KeyRange: op.Range})
-			if err != nil {
-				return nil, err
-			}
 			value, lease := op.Value, op.Lease
 			resp.Put = &PutResponse{}
-			if len(cur.KVs) > 0 {
-				if op.PrevKV {
-					resp.Put.PrevKV = &cur.KVs[0]
+			if readsPrevious(op) {
+				cur, err := r.rangeKeys(ctx, RangeRequest{KeyRange: op.Range})
+				if err != nil {
+					return nil, err
 				}
-				if op.IgnoreValue {
-					value = cur.KVs[0].Value
-				}
-				if op.IgnoreLease {
-					lease = cur.KVs[0].Lease
+				if value, lease, resp.Put.PrevKV, err = putOver(op, cur.KVs); err != nil {
+					return nil, err
 				}
 			}
 			p.writes = append(p.writes, plannedWrite{

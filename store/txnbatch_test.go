@@ -79,7 +79,7 @@ func TestQueuedTxnsShareOneTransaction(t *testing.T) {
 		"twice2": {Then: []store.Op{put("/t/twice", "2")}},
 	}
 	for i := range 5 {
-		k := fmt.Sprintf("/t/create/%d", i)
+		k := fmt.Sprintf("/t/create/\x00\xff%d", i) // not UTF-8
 		reqs["create"+k] = store.TxnRequest{If: modIs(k, 0), Then: []store.Op{put(k, "v")}}
 	}
 	before, _, err := s.Revision(ctx)
