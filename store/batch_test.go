@@ -11,7 +11,9 @@ import (
 	"github.com/jackc/pgx/v5/pgconn"
 	"github.com/jackc/pgx/v5/pgxpool"
 
+	"github.com/walwatch/walwatch/sql"
 	"github.com/walwatch/walwatch/store"
+	"github.com/walwatch/walwatch/test/pgcluster"
 	"github.com/walwatch/walwatch/test/pgtest"
 	"github.com/walwatch/walwatch/test/wait"
 )
@@ -491,4 +493,101 @@ func TestBatchedGetsUseTheCachedPlan(t *testing.T) {
 		}
 	}
 	pgtest.CheckCachedPlan(t, ctx, conn, store.ManyKeysLatestSQL)
+}
+
+// waitingCommits finds and ends commits that wait for a synchronous standby.
+type waitingCommits struct {
+	t     *testing.T
+	admin *pgxpool.Pool
+}
+
+const waitingForStandby = "from pg_stat_activity where wait_event = 'SyncRep'"
+
+// await waits until n commits wait for the standby.
+func (w waitingCommits) await(n int) {
+	w.t.Helper()
+	wait.For(w.t, fmt.Sprintf("%d commits to wait for the standby", n), func() bool {
+		var got int
+		err := w.admin.QueryRow(testContext(w.t), "select count(*) "+waitingForStandby).Scan(&got)
+		return err == nil && got == n
+	})
+}
+
+// end ends the backends that wait: each commits locally and closes its
+// connection without an answer, so its client cannot know it committed.
+func (w waitingCommits) end() {
+	w.t.Helper()
+	if _, err := w.admin.Exec(testContext(w.t), "select pg_terminate_backend(pid) "+waitingForStandby); err != nil {
+		w.t.Fatal(err)
+	}
+}
+
+// newStoreAwaitingStandby returns a store whose every commit waits for a
+// synchronous standby that never comes, and a pool on the same database
+// whose commits do not wait.
+func newStoreAwaitingStandby(t *testing.T) (*store.Store, *pgxpool.Pool, waitingCommits) {
+	t.Helper()
+	_, url := pgtest.PrivateDatabase(t, pgcluster.Options{Settings: map[string]string{
+		"synchronous_standby_names": "walwatch_test_no_standby",
+		"synchronous_commit":        "local", // the store's pool alone asks for more
+	}})
+	ctx := testContext(t)
+	admin, err := pgxpool.New(ctx, url)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(admin.Close)
+	if _, err := sql.Migrate(ctx, admin); err != nil {
+		t.Fatal(err)
+	}
+	cfg, err := pgxpool.ParseConfig(url)
+	if err != nil {
+		t.Fatal(err)
+	}
+	cfg.ConnConfig.RuntimeParams["synchronous_commit"] = "on"
+	pool, err := pgxpool.NewWithConfig(ctx, cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(pool.Close)
+	return store.New(pool, store.Limits{}), admin, waitingCommits{t, admin}
+}
+
+// A put batch whose connection is lost after it went out may have
+// committed: every put of it fails as unavailable, and none is written
+// again one by one, as a put alone would not be.
+func TestPutBatchLostAfterCommitFailsEveryPut(t *testing.T) {
+	s, admin, commits := newStoreAwaitingStandby(t)
+	ctx := testContext(t)
+	lone := make(chan error, store.PutWorkers)
+	for i := range store.PutWorkers {
+		go func() {
+			_, err := s.Put(ctx, fmt.Appendf(nil, "/lone/%d", i), []byte("x"))
+			lone <- err
+		}()
+	}
+	commits.await(store.PutWorkers)
+	keys := [][]byte{[]byte("/l/a"), []byte("/l/b"), []byte("/l/c")}
+	results := queuePuts(t, s, keys...)
+	commits.end()
+	for range store.PutWorkers {
+		if err := <-lone; !errors.Is(err, store.ErrUnavailable) {
+			t.Errorf("a lone put whose commit was cut off: %v; want ErrUnavailable", err)
+		}
+	}
+	commits.await(1)
+	commits.end()
+	for range keys {
+		if r := <-results; !errors.Is(r.err, store.ErrUnavailable) {
+			t.Errorf("put %s, in a batch whose commit was cut off: %d, %v; want ErrUnavailable", r.key, r.rev, r.err)
+		}
+	}
+	var rows, xids int
+	err := admin.QueryRow(ctx, "select count(*), count(distinct xmin::text) from walwatch.kv where key = any($1)", keys).Scan(&rows, &xids)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if rows != len(keys) || xids != 1 {
+		t.Errorf("the batch's puts: %d rows in %d transactions; want %d in 1", rows, xids, len(keys))
+	}
 }

@@ -188,3 +188,53 @@ func TestBatchedTxnFailsAlone(t *testing.T) {
 		}
 	}
 }
+
+// A batch whose connection is lost after its commit went out may have
+// committed: every Txn of it fails as unavailable, and none runs again, as
+// a Txn alone would not.
+func TestBatchLostAfterCommitFailsEveryTxn(t *testing.T) {
+	s, admin, commits := newStoreAwaitingStandby(t)
+	ctx := testContext(t)
+
+	// Lone Txns hold every worker, each in its commit, so the next queue.
+	lone := make(chan error, store.TxnWorkers)
+	for i := range store.TxnWorkers {
+		go func() {
+			_, err := s.Txn(ctx, store.TxnRequest{Then: []store.Op{store.OpPutKey(fmt.Appendf(nil, "/lone/%d", i), []byte("x"))}})
+			lone <- err
+		}()
+	}
+	commits.await(store.TxnWorkers)
+	results := queueTxns(t, s, map[string]store.TxnRequest{
+		"put": {Then: []store.Op{store.OpPutKey([]byte("/l/put"), []byte("1"))}},
+		"create": {
+			If:   []store.Compare{{Key: []byte("/l/create"), Target: store.CompareModRevision, Result: store.ResultEqual}},
+			Then: []store.Op{store.OpPutKey([]byte("/l/create"), []byte("2"))},
+		},
+		"read": {Then: []store.Op{store.OpGet(store.Key([]byte("/l/missing")), 0)}},
+	})
+	commits.end()
+	for range store.TxnWorkers {
+		if err := <-lone; !errors.Is(err, store.ErrUnavailable) {
+			t.Errorf("a lone Txn whose commit was cut off: %v; want ErrUnavailable", err)
+		}
+	}
+	// The queued Txns go out together and wait in their commit in turn.
+	commits.await(1)
+	commits.end()
+	for range 3 {
+		if r := <-results; !errors.Is(r.err, store.ErrUnavailable) {
+			t.Errorf("%s, in a batch whose commit was cut off: %+v, %v; want ErrUnavailable", r.name, r.res, r.err)
+		}
+	}
+	// Committed once, in one transaction: nothing of the batch ran again.
+	var rows, xids int
+	err := admin.QueryRow(ctx, "select count(*), count(distinct xmin::text) from walwatch.kv where key in ($1, $2)",
+		[]byte("/l/put"), []byte("/l/create")).Scan(&rows, &xids)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if rows != 2 || xids != 1 {
+		t.Errorf("the batch's writes: %d rows in %d transactions; want 2 in 1", rows, xids)
+	}
+}
