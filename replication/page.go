@@ -59,7 +59,7 @@ func (r *tableRead) next(ctx context.Context) (page []row, compacted int64, err 
 		return nil, 0, nil
 	}
 	where, args := r.filter()
-	page, compacted, more, err := readPage(ctx, r.q, where, args, r.maxRows, r.maxBytes)
+	page, compacted, more, err := readPage(ctx, r.q, where, args, r.maxRows, r.maxBytes, r.rowsHint())
 	if err != nil {
 		return nil, 0, err
 	}
@@ -68,6 +68,17 @@ func (r *tableRead) next(ctx context.Context) (page []row, compacted int64, err 
 	}
 	r.done = !more || len(page) == 0
 	return page, compacted, nil
+}
+
+// rowsHint is how many rows the next page likely holds: a read up to a
+// revision has about one row a revision left to read, bounded by the page's
+// rows; a read with no bound, none known. Appending 5,000 rows to a page
+// grown from nothing was a sixth of BenchmarkCatchUp's CPU.
+func (r *tableRead) rowsHint() int {
+	if r.upto == 0 {
+		return 0
+	}
+	return int(min(int64(r.maxRows+1), max(r.upto-r.after, 0)))
 }
 
 // walkRevisionsTx begins the transaction of a catch-up page of a key range,
@@ -160,8 +171,9 @@ const pageMode = pgx.QueryExecModeCacheDescribe
 // maxRows rows and maxBytes bytes (rowsSize), or else the first revision
 // alone, whole, however large. more reports whether rows may follow the
 // page. compacted is the compacted revision, read in the same snapshot as
-// the rows; 0 when the page is empty. tableRead.next is its caller.
-func readPage(ctx context.Context, q querier, where string, args []any, maxRows, maxBytes int) (page []row, compacted int64, more bool, err error) {
+// the rows; 0 when the page is empty. hint is how many rows it likely
+// holds. tableRead.next is its caller.
+func readPage(ctx context.Context, q querier, where string, args []any, maxRows, maxBytes, hint int) (page []row, compacted int64, more bool, err error) {
 	n := len(args)
 	// Rows up to inline bytes come whole with the sizes: maxRows+1 of them
 	// stay within maxBytes.
@@ -176,7 +188,8 @@ func readPage(ctx context.Context, q querier, where string, args []any, maxRows,
 	if err != nil {
 		return nil, 0, false, fmt.Errorf("read a page of the table (%v): %w", args, err)
 	}
-	var sizes []rowSize
+	page = make([]row, 0, hint)
+	sizes := make([]rowSize, 0, hint)
 	page, err = scanRows(page, rows, &sizes, &compacted)
 	if err != nil {
 		return nil, 0, false, fmt.Errorf("read a page of the table (%v): %w", args, err)
