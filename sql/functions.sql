@@ -359,10 +359,17 @@ $$;
 -- bound; the two cases are two queries so that each keeps its index bounds.
 -- Planned for each call's values: a cached generic plan guessed a handful
 -- of rows and scanned a whole prefix through the key index, then sorted.
+-- And with sorts off, so that the plan walks the key index in order and
+-- stops at the limit: for a range that is a small part of the table, the
+-- planner preferred reading every row of it and sorting them, which for a
+-- page of 501 of 10,000 keys of 1.5 KiB values in three versions each (a
+-- Kubernetes list) took 95 ms and spilled 47 MB to disk, against 2.4 ms in
+-- order; the whole range 130 against 42 ms.
 create or replace function walwatch.latest_rows(p_lo bytea, p_hi bytea, p_rev bigint, p_limit bigint)
 returns setof walwatch.kv
 language plpgsql stable
 set plan_cache_mode = force_custom_plan
+set enable_sort = off
 as $$
 begin
     if p_hi is null then
@@ -383,10 +390,13 @@ $$;
 
 -- How many live keys [p_lo, p_hi) holds at revision p_rev (p_hi null: no
 -- upper bound), for a range whose limit cut it short: etcd's count. It
--- reads no values.
+-- reads no values. Sorts off as in latest_rows: 10,000 keys of three
+-- versions counted in 41 ms through the key index in order, 64 ms read and
+-- sorted.
 create or replace function walwatch.range_count(p_lo bytea, p_hi bytea, p_rev bigint) returns bigint
 language plpgsql stable
 set plan_cache_mode = force_custom_plan
+set enable_sort = off
 as $$
 begin
     if p_hi is null then
@@ -447,16 +457,21 @@ begin
         count := walwatch.range_count(p_key, hi, revision);
         return;
     end if;
-    select coalesce(array_agg(r.key order by r.key) filter (where r.n <= coalesce(lim, r.n)), '{}'),
-           coalesce(array_agg(r.value order by r.key) filter (where r.n <= coalesce(lim, r.n)), '{}'),
-           coalesce(array_agg(r.create_revision order by r.key) filter (where r.n <= coalesce(lim, r.n)), '{}'),
-           coalesce(array_agg(r.revision order by r.key) filter (where r.n <= coalesce(lim, r.n)), '{}'),
-           coalesce(array_agg(r.version order by r.key) filter (where r.n <= coalesce(lim, r.n)), '{}'),
-           coalesce(array_agg(r.lease order by r.key) filter (where r.n <= coalesce(lim, r.n)), '{}'),
+    -- latest_rows returns its rows in key order, so they are numbered and
+    -- gathered in the order they come: sorting them again by key, for the
+    -- numbers and for each of the six arrays, cost a whole range of 10,000
+    -- keys of 1.5 KiB values 200 ms against 144.
+    select coalesce(array_agg(r.key) filter (where r.n <= coalesce(lim, r.n)), '{}'),
+           coalesce(array_agg(r.value) filter (where r.n <= coalesce(lim, r.n)), '{}'),
+           coalesce(array_agg(r.create_revision) filter (where r.n <= coalesce(lim, r.n)), '{}'),
+           coalesce(array_agg(r.revision) filter (where r.n <= coalesce(lim, r.n)), '{}'),
+           coalesce(array_agg(r.version) filter (where r.n <= coalesce(lim, r.n)), '{}'),
+           coalesce(array_agg(r.lease) filter (where r.n <= coalesce(lim, r.n)), '{}'),
            coalesce(bool_or(r.n > lim), false)
       into keys, vals, create_revisions, mod_revisions, versions, leases, more
-      from (select l.*, row_number() over (order by l.key) as n
-            from walwatch.latest_rows(p_key, hi, revision, lim + 1) l) r;
+      from (select l.*, l.ordinality as n
+              from walwatch.latest_rows(p_key, hi, revision, lim + 1) with ordinality l
+             order by l.ordinality) r;
     if more then
         count := walwatch.range_count(p_key, hi, revision);
     else
