@@ -123,6 +123,40 @@ func (s *etcdClients) update(ctx context.Context, client int, key, value []byte)
 	return fmt.Errorf("update %s: its revision kept changing, 100 tries", key)
 }
 
+// list reads every key under prefix as Kubernetes' API server lists a
+// resource: pages of limit keys, the first at the current revision, the
+// others at the first's, each answered with the range's count (etcd's, which
+// the API server reports as the items remaining). It returns each page's
+// time and how many keys it read.
+func (s *etcdClients) list(ctx context.Context, client int, prefix string, limit int64) ([]time.Duration, int, error) {
+	var (
+		times []time.Duration
+		keys  int
+		rev   int64
+	)
+	from, end := prefix, clientv3.GetPrefixRangeEnd(prefix)
+	for {
+		opts := []clientv3.OpOption{clientv3.WithRange(end), clientv3.WithLimit(limit)}
+		if rev != 0 {
+			opts = append(opts, clientv3.WithRev(rev))
+		}
+		start := time.Now()
+		resp, err := s.clients[client].Get(ctx, from, opts...)
+		if err != nil {
+			return nil, 0, fmt.Errorf("list %s from %q: %w", prefix, from, err)
+		}
+		times = append(times, time.Since(start))
+		keys += len(resp.Kvs)
+		if rev == 0 {
+			rev = resp.Header.Revision
+		}
+		if !resp.More || len(resp.Kvs) == 0 {
+			return times, keys, nil
+		}
+		from = string(resp.Kvs[len(resp.Kvs)-1].Key) + "\x00"
+	}
+}
+
 // memberList is a request every etcd API server answers from memory.
 func (s *etcdClients) memberList(ctx context.Context, client int) error {
 	_, err := s.clients[client].MemberList(ctx)

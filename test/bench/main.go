@@ -6,6 +6,7 @@
 package main
 
 import (
+	"bytes"
 	"context"
 	"encoding/json"
 	"errors"
@@ -65,7 +66,9 @@ type bench struct {
 	walSystems map[string]bool
 	keys       [][]byte
 	txnKeys    [][]byte // written by the Txn workload alone
+	listKeys   [][]byte // read by the list workload alone
 	value      []byte
+	listValue  []byte
 	samples    samples
 	quiesced   time.Duration // waited for autovacuum before measuring, in all
 	out        io.Writer     // the summary, as it goes
@@ -148,6 +151,10 @@ func run(ctx context.Context, quick bool, only, outDir string, log *slog.Logger)
 	for i := range numKeys {
 		b.keys = append(b.keys, fmt.Appendf(nil, "%sk%05d", prefix, i))
 		b.txnKeys = append(b.txnKeys, fmt.Appendf(nil, "/k8s/%05d", i))
+	}
+	b.listValue = bytes.Repeat([]byte{'o'}, listValueSize)
+	for i := range listKeys {
+		b.listKeys = append(b.listKeys, fmt.Appendf(nil, "%s%05d", listPrefix, i))
 	}
 	closeSystems, err := b.openSystems(ctx)
 	if err != nil {
@@ -268,7 +275,12 @@ func (b *bench) openSystems(ctx context.Context) (func(), error) {
 		}
 		closers = append(closers, ww.close)
 		preloads = append(preloads, func() error {
-			return preloadSQL(ctx, ww.clients, `select count(walwatch.put(k, $2)) from unnest($1::bytea[]) k`, b.keys, b.value)
+			const put = `select count(walwatch.put(k, $2)) from unnest($1::bytea[]) k`
+			err := preloadSQL(ctx, ww.clients, put, b.keys, b.value)
+			for range listVersions {
+				err = errors.Join(err, preloadSQL(ctx, ww.clients, put, b.listKeys, b.listValue))
+			}
+			return err
 		})
 		if sel["walwatch"] {
 			b.walwatch = ww
@@ -295,7 +307,7 @@ func (b *bench) openSystems(ctx context.Context) (func(), error) {
 			return fail(err)
 		}
 		closers = append(closers, et.close)
-		preloads = append(preloads, func() error { return et.preload(ctx, b.keys, b.value) })
+		preloads = append(preloads, func() error { return b.preloadEtcd(ctx, et.preload) })
 		b.etcd = et
 		b.systems = append(b.systems, et)
 	}
@@ -305,7 +317,7 @@ func (b *bench) openSystems(ctx context.Context) (func(), error) {
 			return fail(err)
 		}
 		closers = append(closers, kn.close)
-		preloads = append(preloads, func() error { return kn.preload(ctx, b.keys, b.value) })
+		preloads = append(preloads, func() error { return b.preloadEtcd(ctx, kn.preload) })
 		b.systems = append(b.systems, kn)
 	}
 	if sel["notify"] {
@@ -340,6 +352,16 @@ func (b *bench) openSystems(ctx context.Context) (func(), error) {
 		return fail(err)
 	}
 	return closeAll, nil
+}
+
+// preloadEtcd loads a server of etcd's API with preload: the keys, and the
+// list workload's keys in listVersions versions each.
+func (b *bench) preloadEtcd(ctx context.Context, preload func(ctx context.Context, keys [][]byte, value []byte) error) error {
+	err := preload(ctx, b.keys, b.value)
+	for range listVersions {
+		err = errors.Join(err, preload(ctx, b.listKeys, b.listValue))
+	}
+	return err
 }
 
 // preloadSQL writes keys with query ($1 the keys, $2 the value), in chunks
@@ -421,6 +443,7 @@ func (b *bench) results(ctx context.Context, commit string) (*Results, error) {
 		}
 		if _, ok := sys.(txner); ok {
 			r.Systems[name].TxnPerS = pick(name, "txn_per_s", clientKeys(txnConcurrency))
+			r.Systems[name].ListPageMs = pick(name, "list_page_ms", []string{"p50", "p99"})
 		}
 		if v, ok := b.samples.median(name, "wal_bytes_per_put", ""); ok {
 			r.WALBytesPerPut[name] = v

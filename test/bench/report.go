@@ -163,6 +163,7 @@ func rttIdle(s *SystemResults) map[string]float64      { return s.WatchRTTUs }
 func rttLoaded(s *SystemResults) map[string]float64    { return s.WatchRTTLoadedUs }
 func noops(s *SystemResults) map[string]float64        { return s.NoopPerS }
 func txns(s *SystemResults) map[string]float64         { return s.TxnPerS }
+func listPages(s *SystemResults) map[string]float64    { return s.ListPageMs }
 func rttPut(s *SystemResults) map[string]float64       { return s.WatchRTTPutUs }
 func rttDelivery(s *SystemResults) map[string]float64  { return s.WatchRTTDeliveryUs }
 func rttLoadedPut(s *SystemResults) map[string]float64 { return s.WatchRTTLoadedPutUs }
@@ -580,6 +581,32 @@ func renderReadme(r *Results) string {
 		txnTable.rows = append(txnTable.rows, row)
 	}
 	txnTable.write(&b)
+
+	b.WriteString("## Kubernetes' lists (ms a page, lower is better)\n\n")
+	fmt.Fprintf(&b, "One client lists %d keys of %d-byte values in %d versions each as Kubernetes' API server lists a resource: "+
+		"pages of %d keys, the first at the current revision and the others at its revision, each with the range's count; "+
+		"lists one after another for as long as a gets measurement. Not one of the issues' targets.\n\n",
+		listKeys, listValueSize, listVersions, listPage)
+	listTable := table{header: []string{"system", "p50", "p99"}}
+	for _, sys := range []string{"walwatch_etcd", "etcd", "kine"} {
+		row := []string{sys}
+		for _, p := range []string{"p50", "p99"} {
+			v, ok := sysValue(r, sys, listPages, p)
+			row = append(row, orDash(v, ok, fmtMs))
+		}
+		listTable.rows = append(listTable.rows, row)
+	}
+	for _, other := range []string{"etcd", "kine"} {
+		row := []string{"walwatch_etcd / " + other}
+		for _, p := range []string{"p50", "p99"} {
+			a, aok := sysValue(r, "walwatch_etcd", listPages, p)
+			o, ook := sysValue(r, other, listPages, p)
+			q, ok := ratio(a, aok, o, ook)
+			row = append(row, orDash(q, ok, fmtRatio))
+		}
+		listTable.rows = append(listTable.rows, row)
+	}
+	listTable.write(&b)
 
 	targets := evalTargets(r)
 	nMet, nMeasured := 0, 0

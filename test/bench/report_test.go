@@ -48,6 +48,7 @@ func plausibleResults() *Results {
 				GetPerS:          map[string]float64{"1": 6000, "32": 100000},
 				NoopPerS:         map[string]float64{"1": 12000, "32": 120000},
 				TxnPerS:          map[string]float64{"8": 2400, "32": 4000},
+				ListPageMs:       map[string]float64{"p50": 6, "p99": 12},
 				WatchRTTUs:       map[string]float64{"p50": 450, "p99": 1300},
 				WatchRTTLoadedUs: map[string]float64{"p50": 1400, "p99": 6000, "p999": 12000},
 			},
@@ -70,6 +71,7 @@ func plausibleResults() *Results {
 				PutPerSUnwatched: map[string]float64{"1": 650, "8": 2100, "32": 3200, "64": 3300},
 				GetPerS:          map[string]float64{"1": 3000, "32": 9000},
 				TxnPerS:          map[string]float64{"8": 1600, "32": 3200},
+				ListPageMs:       map[string]float64{"p50": 24, "p99": 30},
 				WatchRTTUs:       map[string]float64{"p50": 1300, "p99": 3000, "p999": 6000},
 				WatchRTTLoadedUs: map[string]float64{"p50": 14000, "p99": 45000, "p999": 60000},
 			},
@@ -357,6 +359,18 @@ func TestReportFull(t *testing.T) {
 	} {
 		if got := row(t, k8s, name); strings.Join(got[1:], ";") != want {
 			t.Errorf("Kubernetes' writes row %s = %q, want %q", name, got, want)
+		}
+	}
+	lists := section(t, md, "Kubernetes' lists (ms a page, lower is better)")
+	for name, want := range map[string]string{
+		"walwatch_etcd":        "6.00 ms;12.00 ms",
+		"etcd":                 "—;—",
+		"kine":                 "24.00 ms;30.00 ms",
+		"walwatch_etcd / kine": "0.25×;0.40×",
+		"walwatch_etcd / etcd": "—;—",
+	} {
+		if got := row(t, lists, name); strings.Join(got[1:], ";") != want {
+			t.Errorf("Kubernetes' lists row %s = %q, want %q", name, got, want)
 		}
 	}
 	leaves := section(t, md, "What the front door leaves")

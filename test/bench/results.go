@@ -57,6 +57,9 @@ type SystemResults struct {
 	// TxnPerS is the rate of Kubernetes' writes, a Txn each (etcd API
 	// systems only, nothing watching).
 	TxnPerS map[string]float64 `json:"txn_per_s,omitempty"`
+	// ListPageMs is the time of a page of Kubernetes' list (etcd API
+	// systems): p50 and p99, in milliseconds.
+	ListPageMs map[string]float64 `json:"list_page_ms,omitempty"`
 }
 
 // Fanout is the time for one put to reach every watcher.

@@ -35,9 +35,11 @@ type frontDoor interface {
 }
 
 // txner is a system that speaks etcd's API; update writes a key as
-// Kubernetes writes an object (etcdClients.update).
+// Kubernetes writes an object (etcdClients.update), list reads a prefix as
+// Kubernetes lists a resource (etcdClients.list).
 type txner interface {
 	update(ctx context.Context, client int, key, value []byte) error
+	list(ctx context.Context, client int, prefix string, limit int64) (pages []time.Duration, keys int, err error)
 }
 
 // maxClients is the most clients any workload runs at once: 64 writers,

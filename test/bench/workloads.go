@@ -20,6 +20,13 @@ const (
 	rttTimeout = 10 * time.Second
 	loadedRTT  = 32 // writers besides the probe in the loaded round trip
 	cpuClients = 8
+	// The list workload's keys: a resource of Kubernetes' objects (a
+	// kilobyte each, a few versions), listed in its API server's pages.
+	listPrefix    = "/list/"
+	listKeys      = 5000
+	listVersions  = 3
+	listValueSize = 1024
+	listPage      = 500
 	// probeKey is the key the round-trip client puts: under the watched
 	// prefix, and none of the keys the other clients write.
 	probeKey = prefix + "probe"
@@ -96,6 +103,23 @@ func (b *bench) getRandom(sys system) op {
 	}
 }
 
+// lists lists the list workload's keys, one client, one list after another
+// for getDur (at least once), and returns every page's time.
+func (b *bench) lists(ctx context.Context, tx txner) ([]time.Duration, error) {
+	var all []time.Duration
+	for deadline := time.Now().Add(b.cfg.getDur); len(all) == 0 || time.Now().Before(deadline); {
+		pages, keys, err := tx.list(ctx, 0, listPrefix, listPage)
+		if err != nil {
+			return nil, err
+		}
+		if keys != len(b.listKeys) {
+			return nil, fmt.Errorf("listed %d keys of %d", keys, len(b.listKeys))
+		}
+		all = append(all, pages...)
+	}
+	return all, nil
+}
+
 // turn runs every per-round workload on one system.
 func (b *bench) turn(ctx context.Context, sys system, round int) (err error) {
 	name := sys.name()
@@ -130,6 +154,14 @@ func (b *bench) turn(ctx context.Context, sys system, round int) (err error) {
 			b.samples.add(name, "txn_per_s", strconv.Itoa(n), rate)
 			line += fmt.Sprintf(" txn@%d=%.0f", n, rate)
 		}
+		pages, err := b.lists(ctx, tx)
+		if err != nil {
+			return fmt.Errorf("%s: lists: %w", name, err)
+		}
+		ps := percentiles(millis(pages), 0.5, 0.99)
+		b.samples.add(name, "list_page_ms", "p50", ps[0])
+		b.samples.add(name, "list_page_ms", "p99", ps[1])
+		line += fmt.Sprintf(" list=%.1fms", ps[0])
 	}
 
 	t := newTap([]byte(probeKey))
