@@ -47,7 +47,7 @@ bench-store:
 # walwatch (directly, through cp's HTTP and etcd APIs) vs etcd, kine, the
 # seed's LISTEN/NOTIFY design and the floor, side by side on this machine (its
 # own Go module, so etcd's and kine's code stay out of the main one); writes
-# docs/benchmarks/{results.json,README.md,chart.png}. About 18 minutes.
+# docs/benchmarks/{results.json,README.md,chart.png}. About 21 minutes.
 bench:
 	cd test/bench && $(GO) run . -out ../../docs/benchmarks
 
