@@ -1,10 +1,6 @@
 package sql_test
 
-import (
-	"testing"
-
-	"github.com/walwatch/walwatch/sql"
-)
+import "testing"
 
 // delete_range of one key reads the key's newest row, not every row it has:
 // a key deleted and created again many times (a Kubernetes object recreated
@@ -12,11 +8,8 @@ import (
 // scan or through an index, counted by PostgreSQL for the transaction, must
 // not grow with the key's history.
 func TestDeleteOneKeyReadsItsNewestRow(t *testing.T) {
-	db := newDB(t)
+	db := newMigratedDB(t)
 	ctx := testContext(t)
-	if _, err := sql.Migrate(ctx, db); err != nil {
-		t.Fatalf("migrate: %v", err)
-	}
 	const versions = 200
 	if _, err := db.Exec(ctx, `select walwatch.put('/pod', 'v'), walwatch.delete_range('/pod', null)
 	                             from generate_series(1, $1)`, versions/2); err != nil {
@@ -43,22 +36,12 @@ func TestDeleteOneKeyReadsItsNewestRow(t *testing.T) {
 				t.Fatal(err)
 			}
 			defer tx.Rollback(ctx) //nolint:errcheck // nothing to keep
-			// The counts may hold the connection's earlier transactions too,
-			// until the backend reports them: take the difference.
-			fetches := func() int64 {
-				var n int64
-				if err := tx.QueryRow(ctx, `select seq_tup_read + idx_tup_fetch from pg_stat_xact_user_tables
-				                             where relid = 'walwatch.kv'::regclass`).Scan(&n); err != nil {
-					t.Fatal(err)
-				}
-				return n
-			}
-			before := fetches()
+			before := rowsRead(t, ctx, tx)
 			var deleted int64
 			if err := tx.QueryRow(ctx, "select deleted from walwatch.delete_range('/pod', null)").Scan(&deleted); err != nil {
 				t.Fatal(err)
 			}
-			fetched := fetches() - before
+			fetched := rowsRead(t, ctx, tx) - before
 			if deleted != tc.deleted {
 				t.Errorf("deleted %d; want %d", deleted, tc.deleted)
 			}

@@ -11,8 +11,10 @@ import (
 	"testing"
 	"time"
 
+	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgxpool"
 
+	"github.com/walwatch/walwatch/sql"
 	"github.com/walwatch/walwatch/test/pgtest"
 )
 
@@ -38,6 +40,30 @@ func newDB(tb testing.TB) *pgxpool.Pool {
 	}
 	tb.Cleanup(pool.Close)
 	return pool
+}
+
+// newMigratedDB returns a pool on a fresh database at this build's schema.
+func newMigratedDB(tb testing.TB) *pgxpool.Pool {
+	tb.Helper()
+	db := newDB(tb)
+	if _, err := sql.Migrate(testContext(tb), db); err != nil {
+		tb.Fatalf("migrate: %v", err)
+	}
+	return db
+}
+
+// rowsRead returns how many rows of walwatch.kv tx has read so far, by scan
+// or through an index, as PostgreSQL counts them for the transaction. The
+// counts may hold the connection's earlier transactions too, until the
+// backend reports them: callers take the difference across a statement.
+func rowsRead(tb testing.TB, ctx context.Context, tx pgx.Tx) int64 {
+	tb.Helper()
+	var n int64
+	if err := tx.QueryRow(ctx, `select seq_tup_read + idx_tup_fetch from pg_stat_xact_user_tables
+	                             where relid = 'walwatch.kv'::regclass`).Scan(&n); err != nil {
+		tb.Fatal(err)
+	}
+	return n
 }
 
 // applyOld brings db to schema version upTo (at most 10) as walwatch did

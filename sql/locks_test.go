@@ -1,19 +1,12 @@
 package sql_test
 
-import (
-	"testing"
-
-	"github.com/walwatch/walwatch/sql"
-)
+import "testing"
 
 // lock_keys holds one advisory lock per distinct key it is given, each the
 // key's key_lock, until the transaction ends.
 func TestLockKeys(t *testing.T) {
-	db := newDB(t)
+	db := newMigratedDB(t)
 	ctx := testContext(t)
-	if _, err := sql.Migrate(ctx, db); err != nil {
-		t.Fatalf("migrate: %v", err)
-	}
 	for _, tc := range []struct {
 		name string
 		keys [][]byte

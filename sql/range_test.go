@@ -3,8 +3,6 @@ package sql_test
 import (
 	"fmt"
 	"testing"
-
-	"github.com/walwatch/walwatch/sql"
 )
 
 // A page of a range (Kubernetes lists 500 keys at a time) reads the keys of
@@ -13,11 +11,8 @@ import (
 // of 501 of 10,000 keys of three versions each, where the key index in
 // order takes 2.4 ms. And the page comes in key order.
 func TestRangePageReadsItsPage(t *testing.T) {
-	db := newDB(t)
+	db := newMigratedDB(t)
 	ctx := testContext(t)
-	if _, err := sql.Migrate(ctx, db); err != nil {
-		t.Fatalf("migrate: %v", err)
-	}
 	const keys, versions, page, others = 2000, 3, 500, 20000
 	// The range is a small part of the table, as a kind of object is of a
 	// Kubernetes cluster's: its rows are few enough that reading them all
@@ -42,22 +37,12 @@ func TestRangePageReadsItsPage(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer tx.Rollback(ctx) //nolint:errcheck // nothing to keep
-	// The counts may hold the connection's earlier transactions too, until
-	// the backend reports them: take the difference.
-	fetches := func() int64 {
-		var n int64
-		if err := tx.QueryRow(ctx, `select seq_tup_read + idx_tup_fetch from pg_stat_xact_user_tables
-		                             where relid = 'walwatch.kv'::regclass`).Scan(&n); err != nil {
-			t.Fatal(err)
-		}
-		return n
-	}
-	before := fetches()
+	before := rowsRead(t, ctx, tx)
 	var n int
 	if err := tx.QueryRow(ctx, `select count(*) from walwatch.latest_rows('/p/', '/p0', walwatch.current_revision(), $1)`, page+1).Scan(&n); err != nil {
 		t.Fatal(err)
 	}
-	if fetched := fetches() - before; n != page+1 || fetched > 2*versions*(page+1) {
+	if fetched := rowsRead(t, ctx, tx) - before; n != page+1 || fetched > 2*versions*(page+1) {
 		t.Errorf("a page of %d keys: %d rows, %d fetched; want %d rows, at most %d fetched (the range holds %d)",
 			page+1, n, fetched, page+1, 2*versions*(page+1), keys*versions)
 	}

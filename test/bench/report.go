@@ -171,6 +171,31 @@ func rttLoadedDelivery(s *SystemResults) map[string]float64 {
 	return s.WatchRTTLoadedDeliveryUs
 }
 
+// kubernetesTable is m's figures (columns named heads, at keys) of the
+// systems that speak etcd's API, and walwatch_etcd's ratios to the others.
+func kubernetesTable(r *Results, m metric, heads, keys []string, format func(float64) string) table {
+	t := table{header: append([]string{"system"}, heads...)}
+	for _, sys := range []string{"walwatch_etcd", "etcd", "kine"} {
+		row := []string{sys}
+		for _, k := range keys {
+			v, ok := sysValue(r, sys, m, k)
+			row = append(row, orDash(v, ok, format))
+		}
+		t.rows = append(t.rows, row)
+	}
+	for _, other := range []string{"etcd", "kine"} {
+		row := []string{"walwatch_etcd / " + other}
+		for _, k := range keys {
+			a, aok := sysValue(r, "walwatch_etcd", m, k)
+			o, ook := sysValue(r, other, m, k)
+			q, ok := ratio(a, aok, o, ook)
+			row = append(row, orDash(q, ok, fmtRatio))
+		}
+		t.rows = append(t.rows, row)
+	}
+	return t
+}
+
 // sysValue is system sys's figure m[key], if it was measured.
 func sysValue(r *Results, sys string, m metric, key string) (float64, bool) {
 	s := r.Systems[sys]
@@ -561,52 +586,14 @@ func renderReadme(r *Results) string {
 	b.WriteString("Each client writes random keys as Kubernetes writes an object: a Txn that puts the key if its mod revision " +
 		"is the one this system's clients last wrote, else reads it and tries again (kine's puts above are these too). " +
 		"Nothing watches. Not one of the issues' targets.\n\n")
-	txnTable := table{header: []string{"system", "8 clients", "32 clients"}}
-	for _, sys := range []string{"walwatch_etcd", "etcd", "kine"} {
-		row := []string{sys}
-		for _, n := range txnClients {
-			v, ok := sysValue(r, sys, txns, n)
-			row = append(row, orDash(v, ok, fmtCount))
-		}
-		txnTable.rows = append(txnTable.rows, row)
-	}
-	for _, other := range []string{"etcd", "kine"} {
-		row := []string{"walwatch_etcd / " + other}
-		for _, n := range txnClients {
-			a, aok := sysValue(r, "walwatch_etcd", txns, n)
-			o, ook := sysValue(r, other, txns, n)
-			q, ok := ratio(a, aok, o, ook)
-			row = append(row, orDash(q, ok, fmtRatio))
-		}
-		txnTable.rows = append(txnTable.rows, row)
-	}
-	txnTable.write(&b)
+	kubernetesTable(r, txns, []string{"8 clients", "32 clients"}, txnClients, fmtCount).write(&b)
 
 	b.WriteString("## Kubernetes' lists (ms a page, lower is better)\n\n")
 	fmt.Fprintf(&b, "One client lists %d keys of %d-byte values in %d versions each as Kubernetes' API server lists a resource: "+
 		"pages of %d keys, the first at the current revision and the others at its revision, each with the range's count; "+
 		"lists one after another for as long as a gets measurement. Not one of the issues' targets.\n\n",
 		listKeys, listValueSize, listVersions, listPage)
-	listTable := table{header: []string{"system", "p50", "p99"}}
-	for _, sys := range []string{"walwatch_etcd", "etcd", "kine"} {
-		row := []string{sys}
-		for _, p := range []string{"p50", "p99"} {
-			v, ok := sysValue(r, sys, listPages, p)
-			row = append(row, orDash(v, ok, fmtMs))
-		}
-		listTable.rows = append(listTable.rows, row)
-	}
-	for _, other := range []string{"etcd", "kine"} {
-		row := []string{"walwatch_etcd / " + other}
-		for _, p := range []string{"p50", "p99"} {
-			a, aok := sysValue(r, "walwatch_etcd", listPages, p)
-			o, ook := sysValue(r, other, listPages, p)
-			q, ok := ratio(a, aok, o, ook)
-			row = append(row, orDash(q, ok, fmtRatio))
-		}
-		listTable.rows = append(listTable.rows, row)
-	}
-	listTable.write(&b)
+	kubernetesTable(r, listPages, []string{"p50", "p99"}, []string{"p50", "p99"}, fmtMs).write(&b)
 
 	targets := evalTargets(r)
 	nMet, nMeasured := 0, 0
