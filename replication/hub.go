@@ -127,6 +127,10 @@ type Hub struct {
 	responseBytes int
 	queue         queueLimit
 
+	// catchUpScratch is the memory catch-up pages are read into, the
+	// syncWatchersLoop's alone: at most a page's rows (about 600 KiB).
+	catchUpScratch pageScratch
+
 	// troubles log what the hub retries while PostgreSQL is away, once per
 	// outage each.
 	troubles struct{ stream, settle, catchUp *trouble }

@@ -47,7 +47,19 @@ type tableRead struct {
 	upto     int64           // the last revision to read; 0: no bound
 	maxRows  int
 	maxBytes int
-	done     bool // the last page has been read
+	done     bool         // the last page has been read
+	scratch  *pageScratch // nil: each page in memory of its own
+}
+
+// pageScratch is memory a table read scans its pages into, kept from read
+// to read by a reader done with each page before it reads the next (the
+// hub's catch-up). A page of up to 5,001 rows grown from nothing by
+// appending was a sixth of BenchmarkCatchUp's CPU, and a page sized up
+// front for the rows a read might hold would be a whole page for a sparse
+// range's few rows.
+type pageScratch struct {
+	rows  []row
+	sizes []rowSize
 }
 
 // next reads the next page: whole revisions, at most maxRows rows and
@@ -59,7 +71,7 @@ func (r *tableRead) next(ctx context.Context) (page []row, compacted int64, err 
 		return nil, 0, nil
 	}
 	where, args := r.filter()
-	page, compacted, more, err := readPage(ctx, r.q, where, args, r.maxRows, r.maxBytes, r.rowsHint())
+	page, compacted, more, err := readPage(ctx, r.q, where, args, r.maxRows, r.maxBytes, r.scratch)
 	if err != nil {
 		return nil, 0, err
 	}
@@ -68,17 +80,6 @@ func (r *tableRead) next(ctx context.Context) (page []row, compacted int64, err 
 	}
 	r.done = !more || len(page) == 0
 	return page, compacted, nil
-}
-
-// rowsHint is how many rows the next page likely holds: a read up to a
-// revision has about one row a revision left to read, bounded by the page's
-// rows; a read with no bound, none known. Appending 5,000 rows to a page
-// grown from nothing was a sixth of BenchmarkCatchUp's CPU.
-func (r *tableRead) rowsHint() int {
-	if r.upto == 0 {
-		return 0
-	}
-	return int(min(int64(r.maxRows+1), max(r.upto-r.after, 0)))
 }
 
 // walkRevisionsTx begins the transaction of a catch-up page of a key range,
@@ -171,9 +172,9 @@ const pageMode = pgx.QueryExecModeCacheDescribe
 // maxRows rows and maxBytes bytes (rowsSize), or else the first revision
 // alone, whole, however large. more reports whether rows may follow the
 // page. compacted is the compacted revision, read in the same snapshot as
-// the rows; 0 when the page is empty. hint is how many rows it likely
-// holds. tableRead.next is its caller.
-func readPage(ctx context.Context, q querier, where string, args []any, maxRows, maxBytes, hint int) (page []row, compacted int64, more bool, err error) {
+// the rows; 0 when the page is empty. With scratch, the page is scratch's
+// memory, which the next read with it reuses. tableRead.next is its caller.
+func readPage(ctx context.Context, q querier, where string, args []any, maxRows, maxBytes int, scratch *pageScratch) (page []row, compacted int64, more bool, err error) {
 	n := len(args)
 	// Rows up to inline bytes come whole with the sizes: maxRows+1 of them
 	// stay within maxBytes.
@@ -188,9 +189,14 @@ func readPage(ctx context.Context, q querier, where string, args []any, maxRows,
 	if err != nil {
 		return nil, 0, false, fmt.Errorf("read a page of the table (%v): %w", args, err)
 	}
-	page = make([]row, 0, hint)
-	sizes := make([]rowSize, 0, hint)
+	var sizes []rowSize
+	if scratch != nil {
+		page, sizes = scratch.rows[:0], scratch.sizes[:0]
+	}
 	page, err = scanRows(page, rows, &sizes, &compacted)
+	if scratch != nil {
+		scratch.rows, scratch.sizes = page[:0], sizes[:0] // grown, for the next read
+	}
 	if err != nil {
 		return nil, 0, false, fmt.Errorf("read a page of the table (%v): %w", args, err)
 	}
@@ -221,6 +227,9 @@ func readPage(ctx context.Context, q querier, where string, args []any, maxRows,
 	}
 	clear(page) // reused: keep none of the first read's rows alive
 	page, err = scanRows(page[:0], rows, nil, &compacted)
+	if scratch != nil {
+		scratch.rows = page[:0]
+	}
 	if err != nil {
 		return nil, 0, false, fmt.Errorf("read rows up to revision %d (%v): %w", end, args, err)
 	}

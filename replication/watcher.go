@@ -712,7 +712,8 @@ func (h *Hub) deliverLocked(wt *watcher, evs []Event, next int64) {
 // revision to read. A from below the compacted revision fails with a
 // *store.CompactedError, as a read of the store does.
 func (h *Hub) readChanges(ctx context.Context, rng store.KeyRange, from, upto int64, maxBytes int) ([]Event, int64, error) {
-	read := tableRead{q: h.cfg.Pool, keys: &rng, after: from - 1, upto: upto, maxRows: pageRows, maxBytes: maxBytes}
+	read := tableRead{q: h.cfg.Pool, keys: &rng, after: from - 1, upto: upto, maxRows: pageRows, maxBytes: maxBytes,
+		scratch: &h.catchUpScratch}
 	var (
 		page      []row
 		compacted int64
@@ -745,6 +746,7 @@ func (h *Hub) readChanges(ctx context.Context, rng store.KeyRange, from, upto in
 	for i := range page {
 		evs[i] = page[i].event(0, time.Time{})
 	}
+	clear(page) // the scratch keeps no keys or values alive
 	return evs, next, nil
 }
 
