@@ -105,8 +105,12 @@ func (t *txnBatcher) run(calls []*txnCall) {
 		case unknown:
 			// The connection failed while the commit was on its way:
 			// whether the batch committed is unknown, as for a Txn alone.
+			// A Txn that failed on its own wrote nothing either way, and
+			// keeps its error.
 			for _, c := range together {
-				c.err = fmt.Errorf("txn: %w", markTransient(TypedError(err, 0)))
+				if c.err == nil {
+					c.err = fmt.Errorf("txn: %w", markTransient(TypedError(err, 0)))
+				}
 			}
 		default:
 			alone = append(together, alone...)

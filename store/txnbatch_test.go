@@ -212,6 +212,8 @@ func TestBatchLostAfterCommitFailsEveryTxn(t *testing.T) {
 			Then: []store.Op{store.OpPutKey([]byte("/l/create"), []byte("2"))},
 		},
 		"read": {Then: []store.Op{store.OpGet(store.Key([]byte("/l/missing")), 0)}},
+		// Fails on its own, before the commit: it keeps its own error.
+		"keep": {Then: []store.Op{{Kind: store.OpPut, Range: store.Key([]byte("/l/\xff\x00missing")), IgnoreValue: true}}},
 	})
 	commits.end()
 	for range store.TxnWorkers {
@@ -222,8 +224,12 @@ func TestBatchLostAfterCommitFailsEveryTxn(t *testing.T) {
 	// The queued Txns go out together and wait in their commit in turn.
 	commits.await(1)
 	commits.end()
-	for range 3 {
-		if r := <-results; !errors.Is(r.err, store.ErrUnavailable) {
+	for range 4 {
+		r := <-results
+		switch {
+		case r.name == "keep" && !errors.Is(r.err, store.ErrKeyNotFound):
+			t.Errorf("a put keeping the value of a missing key, in a batch whose commit was cut off: %v; want ErrKeyNotFound", r.err)
+		case r.name != "keep" && !errors.Is(r.err, store.ErrUnavailable):
 			t.Errorf("%s, in a batch whose commit was cut off: %+v, %v; want ErrUnavailable", r.name, r.res, r.err)
 		}
 	}
