@@ -441,7 +441,7 @@ func (b *bench) results(ctx context.Context, commit string) (*Results, error) {
 		if _, ok := sys.(frontDoor); ok {
 			r.Systems[name].NoopPerS = pick(name, "noop_per_s", clientKeys(getConcurrency))
 		}
-		if _, ok := sys.(txner); ok {
+		if _, ok := sys.(kubernetesStore); ok {
 			r.Systems[name].TxnPerS = pick(name, "txn_per_s", clientKeys(txnConcurrency))
 			r.Systems[name].ListPageMs = pick(name, "list_page_ms", []string{"p50", "p99"})
 		}

@@ -171,11 +171,11 @@ func rttLoadedDelivery(s *SystemResults) map[string]float64 {
 	return s.WatchRTTLoadedDeliveryUs
 }
 
-// kubernetesTable is m's figures (columns named heads, at keys) of the
-// systems that speak etcd's API, and walwatch_etcd's ratios to the others.
-func kubernetesTable(r *Results, m metric, heads, keys []string, format func(float64) string) table {
+// figuresTable is m's figures of systems, a row each, columns named heads
+// at keys.
+func figuresTable(r *Results, systems []string, m metric, heads, keys []string, format func(float64) string) table {
 	t := table{header: append([]string{"system"}, heads...)}
-	for _, sys := range []string{"walwatch_etcd", "etcd", "kine"} {
+	for _, sys := range systems {
 		row := []string{sys}
 		for _, k := range keys {
 			v, ok := sysValue(r, sys, m, k)
@@ -183,6 +183,13 @@ func kubernetesTable(r *Results, m metric, heads, keys []string, format func(flo
 		}
 		t.rows = append(t.rows, row)
 	}
+	return t
+}
+
+// kubernetesTable is figuresTable of the systems that speak etcd's API,
+// with walwatch_etcd's ratios to the others.
+func kubernetesTable(r *Results, m metric, heads, keys []string, format func(float64) string) table {
+	t := figuresTable(r, []string{"walwatch_etcd", "etcd", "kine"}, m, heads, keys, format)
 	for _, other := range []string{"etcd", "kine"} {
 		row := []string{"walwatch_etcd / " + other}
 		for _, k := range keys {
@@ -571,16 +578,8 @@ func renderReadme(r *Results) string {
 	b.WriteString("## Front door alone (requests/s, higher is better)\n\n")
 	b.WriteString("A request each server answers without its storage: `cp`'s `GET /healthz` (walwatch_http), " +
 		"etcd's MemberList (walwatch_etcd and etcd; etcd's is linearizable, as its gets), driven as the gets are.\n\n")
-	noopTable := table{header: []string{"system", "1 client", "32 clients"}}
-	for _, sys := range []string{"walwatch_http", "walwatch_etcd", "etcd"} {
-		row := []string{sys}
-		for _, n := range getClients {
-			v, ok := sysValue(r, sys, noops, n)
-			row = append(row, orDash(v, ok, fmtCount))
-		}
-		noopTable.rows = append(noopTable.rows, row)
-	}
-	noopTable.write(&b)
+	figuresTable(r, []string{"walwatch_http", "walwatch_etcd", "etcd"}, noops,
+		[]string{"1 client", "32 clients"}, getClients, fmtCount).write(&b)
 
 	b.WriteString("## Kubernetes' writes (Txns/s, higher is better)\n\n")
 	b.WriteString("Each client writes random keys as Kubernetes writes an object: a Txn that puts the key if its mod revision " +

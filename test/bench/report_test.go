@@ -357,9 +357,7 @@ func TestReportFull(t *testing.T) {
 		"walwatch_etcd / kine": "1.50×;1.25×",
 		"walwatch_etcd / etcd": "—;—",
 	} {
-		if got := row(t, k8s, name); strings.Join(got[1:], ";") != want {
-			t.Errorf("Kubernetes' writes row %s = %q, want %q", name, got, want)
-		}
+		checkRow(t, k8s, name, want)
 	}
 	lists := section(t, md, "Kubernetes' lists (ms a page, lower is better)")
 	for name, want := range map[string]string{
@@ -369,9 +367,7 @@ func TestReportFull(t *testing.T) {
 		"walwatch_etcd / kine": "0.25×;0.40×",
 		"walwatch_etcd / etcd": "—;—",
 	} {
-		if got := row(t, lists, name); strings.Join(got[1:], ";") != want {
-			t.Errorf("Kubernetes' lists row %s = %q, want %q", name, got, want)
-		}
+		checkRow(t, lists, name, want)
 	}
 	leaves := section(t, md, "What the front door leaves")
 	for name, want := range map[string]string{

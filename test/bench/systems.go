@@ -34,10 +34,11 @@ type frontDoor interface {
 	noop(ctx context.Context, client int) error
 }
 
-// txner is a system that speaks etcd's API; update writes a key as
-// Kubernetes writes an object (etcdClients.update), list reads a prefix as
-// Kubernetes lists a resource (etcdClients.list).
-type txner interface {
+// kubernetesStore is a system that speaks etcd's API, which Kubernetes can
+// keep its objects in: update writes a key as Kubernetes writes an object
+// (etcdClients.update), list reads a prefix as it lists a resource
+// (etcdClients.list).
+type kubernetesStore interface {
 	update(ctx context.Context, client int, key, value []byte) error
 	list(ctx context.Context, client int, prefix string, limit int64) (pages []time.Duration, keys int, err error)
 }

@@ -105,10 +105,10 @@ func (b *bench) getRandom(sys system) op {
 
 // lists lists the list workload's keys, one client, one list after another
 // for getDur (at least once), and returns every page's time.
-func (b *bench) lists(ctx context.Context, tx txner) ([]time.Duration, error) {
+func (b *bench) lists(ctx context.Context, ks kubernetesStore) ([]time.Duration, error) {
 	var all []time.Duration
 	for deadline := time.Now().Add(b.cfg.getDur); len(all) == 0 || time.Now().Before(deadline); {
-		pages, keys, err := tx.list(ctx, 0, listPrefix, listPage)
+		pages, keys, err := ks.list(ctx, 0, listPrefix, listPage)
 		if err != nil {
 			return nil, err
 		}
@@ -143,10 +143,10 @@ func (b *bench) turn(ctx context.Context, sys system, round int) (err error) {
 	// Kubernetes' writes, nothing watching either, to keys of their own:
 	// the other workloads' puts would leave the revisions update knows
 	// stale, and every update would take two Txns.
-	if tx, ok := sys.(txner); ok {
+	if ks, ok := sys.(kubernetesStore); ok {
 		for _, n := range txnConcurrency {
 			_, rate, err := throughput(ctx, n, b.cfg.putDur, func(ctx context.Context, client int, rng *rand.Rand) error {
-				return tx.update(ctx, client, b.txnKeys[rng.IntN(len(b.txnKeys))], b.value)
+				return ks.update(ctx, client, b.txnKeys[rng.IntN(len(b.txnKeys))], b.value)
 			})
 			if err != nil {
 				return fmt.Errorf("%s: updates, %d clients: %w", name, n, err)
@@ -154,7 +154,7 @@ func (b *bench) turn(ctx context.Context, sys system, round int) (err error) {
 			b.samples.add(name, "txn_per_s", strconv.Itoa(n), rate)
 			line += fmt.Sprintf(" txn@%d=%.0f", n, rate)
 		}
-		pages, err := b.lists(ctx, tx)
+		pages, err := b.lists(ctx, ks)
 		if err != nil {
 			return fmt.Errorf("%s: lists: %w", name, err)
 		}
