@@ -39,6 +39,12 @@ comment on table walwatch.kv is
 -- of its time.
 create unique index kv_key_revision on walwatch.kv (key, revision desc);
 
+-- The tombstones alone, for counting a range (walwatch.range_count) from
+-- the indexes without reading a row of the table: the key index gives each
+-- key's newest revision, this one the keys whose newest row is a deletion.
+-- Puts, most rows, are not in it.
+create index kv_tombstones on walwatch.kv (key, revision desc) where tombstone;
+
 -- One row. compact_revision: reads below it fail, reads at it work.
 -- settled_revision: a hint a watch hub keeps, every revision from the
 -- compacted one up to it has its rows in the table (fillers included), so a
