@@ -3,9 +3,11 @@ package store
 import (
 	"bytes"
 	"context"
+	"errors"
 	"fmt"
 
 	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgtype"
 )
 
 // RangeRequest reads a key or range at a revision.
@@ -109,21 +111,64 @@ func rangeKeys(ctx context.Context, q querier, req RangeRequest) (RangeResponse,
 	if req.IsSingleKey() {
 		return rangeOne(ctx, q, req)
 	}
-	var (
-		res                             RangeResponse
-		keys, values                    [][]byte
-		creates, mods, versions, leases []int64
-	)
-	err := q.QueryRow(ctx,
-		"select revision, more, count, keys, vals, create_revisions, mod_revisions, versions, leases from walwatch.range($1, $2, $3, $4, $5)",
-		req.Key, req.end(), req.Revision, req.Limit, req.CountOnly,
-	).Scan(&res.Revision, &res.More, &res.Count, &keys, &values, &creates, &mods, &versions, &leases)
+	if req.CountOnly {
+		var res RangeResponse
+		err := q.QueryRow(ctx, "select revision, count from walwatch.range($1, $2, $3, 0, true)",
+			req.Key, req.end(), req.Revision).Scan(&res.Revision, &res.Count)
+		if err != nil {
+			return RangeResponse{}, fmt.Errorf("range %s at revision %d: %w", keyText(req.Key), req.Revision, TypedError(err, req.Revision))
+		}
+		res.KVs = []KeyValue{}
+		return res, nil
+	}
+	res, err := rangePage(ctx, q, req)
 	if err != nil {
 		return RangeResponse{}, fmt.Errorf("range %s at revision %d: %w", keyText(req.Key), req.Revision, TypedError(err, req.Revision))
 	}
-	res.KVs = make([]KeyValue, len(keys))
-	for i := range keys {
-		res.KVs[i] = KeyValue{Key: keys[i], Value: values[i], CreateRevision: creates[i], ModRevision: mods[i], Version: versions[i], Lease: leases[i]}
+	return res, nil
+}
+
+// rangePage reads req's page through walwatch.range_page: its keys, one
+// past the limit if the range has more, then a row with no key that holds
+// the revision read at and the count.
+func rangePage(ctx context.Context, q querier, req RangeRequest) (RangeResponse, error) {
+	rows, err := q.Query(ctx, "select revision, count, key, value, create_revision, mod_revision, version, lease from walwatch.range_page($1, $2, $3, $4)",
+		req.Key, req.end(), req.Revision, req.Limit)
+	if err != nil {
+		return RangeResponse{}, err
+	}
+	defer rows.Close()
+	res := RangeResponse{KVs: []KeyValue{}}
+	trailer := false
+	for rows.Next() {
+		// Int8s: each column is null in the keys' rows or in the closing
+		// one, and scanning into them allocates nothing.
+		var (
+			kv                                      KeyValue
+			rev, count, create, mod, version, lease pgtype.Int8
+		)
+		if err := rows.Scan(&rev, &count, &kv.Key, &kv.Value, &create, &mod, &version, &lease); err != nil {
+			return RangeResponse{}, err
+		}
+		if kv.Key == nil {
+			if !rev.Valid || !count.Valid {
+				return RangeResponse{}, errors.New("range_page: a closing row without its revision or count")
+			}
+			res.Revision, res.Count, trailer = rev.Int64, count.Int64, true
+			continue
+		}
+		if req.Limit > 0 && int64(len(res.KVs)) == req.Limit {
+			res.More = true
+			continue
+		}
+		kv.CreateRevision, kv.ModRevision, kv.Version, kv.Lease = create.Int64, mod.Int64, version.Int64, lease.Int64
+		res.KVs = append(res.KVs, kv)
+	}
+	if err := rows.Err(); err != nil {
+		return RangeResponse{}, err
+	}
+	if !trailer {
+		return RangeResponse{}, errors.New("range_page: no closing row")
 	}
 	return res, nil
 }

@@ -73,6 +73,7 @@ type KeyValue struct {
 // querier is what the store's operations need: a pool or a transaction.
 type querier interface {
 	QueryRow(ctx context.Context, sql string, args ...any) pgx.Row
+	Query(ctx context.Context, sql string, args ...any) (pgx.Rows, error)
 }
 
 var (
