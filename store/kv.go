@@ -138,7 +138,7 @@ func rangePage(ctx context.Context, q querier, req RangeRequest) (RangeResponse,
 		return RangeResponse{}, err
 	}
 	defer rows.Close()
-	res := RangeResponse{KVs: []KeyValue{}}
+	res := RangeResponse{KVs: make([]KeyValue, 0, min(max(req.Limit, 0), 1024))}
 	trailer := false
 	for rows.Next() {
 		// Int8s: each column is null in the keys' rows or in the closing
