@@ -31,17 +31,8 @@ func TestDeleteOneKeyReadsItsNewestRow(t *testing.T) {
 			if _, err := db.Exec(ctx, tc.setup); err != nil {
 				t.Fatal(err)
 			}
-			tx, err := db.Begin(ctx)
-			if err != nil {
-				t.Fatal(err)
-			}
-			defer tx.Rollback(ctx) //nolint:errcheck // nothing to keep
-			before := rowsRead(t, ctx, tx)
 			var deleted int64
-			if err := tx.QueryRow(ctx, "select deleted from walwatch.delete_range('/pod', null)").Scan(&deleted); err != nil {
-				t.Fatal(err)
-			}
-			fetched := rowsRead(t, ctx, tx) - before
+			fetched := rowsReadBy(t, db, "select deleted from walwatch.delete_range('/pod', null)", nil, &deleted)
 			if deleted != tc.deleted {
 				t.Errorf("deleted %d; want %d", deleted, tc.deleted)
 			}

@@ -59,6 +59,20 @@ language sql immutable as $$
     select coalesce(length(p_key) > 0, false)
 $$;
 
+-- Refuses what no range read takes: an empty key, a negative limit (0: no
+-- limit).
+create or replace function walwatch.check_range(p_key bytea, p_limit bigint) returns void
+language plpgsql as $$
+begin
+    if not walwatch.is_key(p_key) then
+        perform walwatch.raise_empty_key();
+    end if;
+    if p_limit < 0 then
+        raise exception 'invalid limit %: must be 0 (no limit) or positive', p_limit using errcode = '22023';
+    end if;
+end
+$$;
+
 
 -- Revisions -----------------------------------------------------------------
 
@@ -448,12 +462,7 @@ declare
     rev bigint;
     n bigint;
 begin
-    if not walwatch.is_key(p_key) then
-        perform walwatch.raise_empty_key();
-    end if;
-    if p_limit < 0 then
-        raise exception 'invalid limit %: must be 0 (no limit) or positive', p_limit using errcode = '22023';
-    end if;
+    perform walwatch.check_range(p_key, p_limit);
     rev := walwatch.read_revision(p_rev);
     return query
         select null::bigint, null::bigint, t.key, t.value, t.create_revision, t.revision, t.version, t.lease
@@ -486,12 +495,7 @@ declare
     hi bytea := walwatch.range_upper(p_key, p_end);
     one record;
 begin
-    if not walwatch.is_key(p_key) then
-        perform walwatch.raise_empty_key();
-    end if;
-    if p_limit < 0 then
-        raise exception 'invalid limit %: must be 0 (no limit) or positive', p_limit using errcode = '22023';
-    end if;
+    perform walwatch.check_range(p_key, p_limit);
     revision := walwatch.read_revision(p_rev);
     more := false;
     keys := '{}'; vals := '{}'; create_revisions := '{}'; mod_revisions := '{}'; versions := '{}'; leases := '{}';

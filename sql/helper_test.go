@@ -11,7 +11,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgxpool"
 
 	"github.com/walwatch/walwatch/sql"
@@ -52,18 +51,32 @@ func newMigratedDB(tb testing.TB) *pgxpool.Pool {
 	return db
 }
 
-// rowsRead returns how many rows of walwatch.kv tx has read so far, by scan
-// or through an index, as PostgreSQL counts them for the transaction. The
+// rowsReadBy runs query in a transaction of its own, scans its row into
+// dest, and returns how many rows of walwatch.kv it read, by scan or
+// through an index, as PostgreSQL counts them for the transaction. The
 // counts may hold the connection's earlier transactions too, until the
-// backend reports them: callers take the difference across a statement.
-func rowsRead(tb testing.TB, ctx context.Context, tx pgx.Tx) int64 {
+// backend reports them: so it takes the difference across the statement.
+func rowsReadBy(tb testing.TB, db *pgxpool.Pool, query string, args []any, dest ...any) int64 {
 	tb.Helper()
-	var n int64
-	if err := tx.QueryRow(ctx, `select seq_tup_read + idx_tup_fetch from pg_stat_xact_user_tables
-	                             where relid = 'walwatch.kv'::regclass`).Scan(&n); err != nil {
+	ctx := testContext(tb)
+	tx, err := db.Begin(ctx)
+	if err != nil {
 		tb.Fatal(err)
 	}
-	return n
+	defer tx.Rollback(ctx) //nolint:errcheck // nothing to keep
+	read := func() int64 {
+		var n int64
+		if err := tx.QueryRow(ctx, `select seq_tup_read + idx_tup_fetch from pg_stat_xact_user_tables
+		                             where relid = 'walwatch.kv'::regclass`).Scan(&n); err != nil {
+			tb.Fatal(err)
+		}
+		return n
+	}
+	before := read()
+	if err := tx.QueryRow(ctx, query, args...).Scan(dest...); err != nil {
+		tb.Fatalf("%s: %v", query, err)
+	}
+	return read() - before
 }
 
 // applyOld brings db to schema version upTo (at most 10) as walwatch did
