@@ -322,7 +322,7 @@ func TestReportFull(t *testing.T) {
 	if got := row(t, vs, "figure"); strings.Join(got, ";") != "figure;walwatch_etcd;etcd;walwatch_etcd ÷ etcd" {
 		t.Errorf("versus header = %q", got)
 	}
-	for name, want := range map[string]string{
+	checkRows(t, vs, map[string]string{
 		"puts/s, watched, 1 client":      "1,440;1,200;1.20×",
 		"puts/s, watched, 32 clients":    "36,000;45,000;0.80×",
 		"puts/s, no watcher, 64 clients": "61,000;61,000;1.00×",
@@ -331,9 +331,7 @@ func TestReportFull(t *testing.T) {
 		"round trip, idle, p999":         "—;1.30 ms;—",
 		"round trip, loaded, p99":        "6.00 ms;3.00 ms;2.00×",
 		"CPU per 10k puts":               "1.80 s;0.90 s;2.00×",
-	} {
-		checkRow(t, vs, name, want)
-	}
+	})
 	if n := strings.Count(vs, "\n| "); n != 2+4+4+2+3+3+1 {
 		t.Errorf("versus table has %d lines, want a header, its rule and 17 rows:\n%s", n, vs)
 	}
@@ -350,27 +348,23 @@ func TestReportFull(t *testing.T) {
 		t.Errorf("etcd front door row = %q", got)
 	}
 	k8s := section(t, md, "Kubernetes' writes (Txns/s, higher is better)")
-	for name, want := range map[string]string{
+	checkRows(t, k8s, map[string]string{
 		"walwatch_etcd":        "2,400;4,000",
 		"etcd":                 "—;—", // not measured in this fixture
 		"kine":                 "1,600;3,200",
 		"walwatch_etcd / kine": "1.50×;1.25×",
 		"walwatch_etcd / etcd": "—;—",
-	} {
-		checkRow(t, k8s, name, want)
-	}
+	})
 	lists := section(t, md, "Kubernetes' lists (ms a page, lower is better)")
-	for name, want := range map[string]string{
+	checkRows(t, lists, map[string]string{
 		"walwatch_etcd":        "6.00 ms;12.00 ms",
 		"etcd":                 "—;—",
 		"kine":                 "24.00 ms;30.00 ms",
 		"walwatch_etcd / kine": "0.25×;0.40×",
 		"walwatch_etcd / etcd": "—;—",
-	} {
-		checkRow(t, lists, name, want)
-	}
+	})
 	leaves := section(t, md, "What the front door leaves")
-	for name, want := range map[string]string{
+	checkRows(t, leaves, map[string]string{
 		// 1 ÷ (1/40,000 + 1/60,000)
 		"6. HTTP puts at 32 clients ≥ 0.7× walwatch direct": "28,000;24,000;30,000",
 		// 1 ÷ (1/9,000 + 1/12,000)
@@ -379,9 +373,7 @@ func TestReportFull(t *testing.T) {
 		"8. etcd API puts at 32 clients ≥ 3× kine": "9,000;30,000;36,000",
 		// 250 µs + 1 s ÷ 12,000
 		"7. etcd API idle round trip p50 ≤ etcd's": "300 µs;333 µs;450 µs",
-	} {
-		checkRow(t, leaves, name, want)
-	}
+	})
 
 	if !strings.Contains(tg, "15 of 27 met") {
 		t.Errorf("targets summary missing:\n%s", tg)
@@ -398,11 +390,14 @@ func TestReportFull(t *testing.T) {
 	}
 }
 
-// checkRow checks the cells after the first of the row named name.
-func checkRow(t *testing.T, table, name, want string) {
+// checkRows checks, for each row named in rows, the cells after the first,
+// joined by ";".
+func checkRows(t *testing.T, table string, rows map[string]string) {
 	t.Helper()
-	if got := row(t, table, name); strings.Join(got[1:], ";") != want {
-		t.Errorf("row %q = %q, want %s", name, got, want)
+	for name, want := range rows {
+		if got := row(t, table, name); strings.Join(got[1:], ";") != want {
+			t.Errorf("row %q = %q, want %s", name, got, want)
+		}
 	}
 }
 
