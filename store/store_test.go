@@ -266,3 +266,65 @@ func TestPrefixEnd(t *testing.T) {
 		}
 	}
 }
+
+// A page of a range reads bytes as bytes: keys with 0x00 and 0xff in them in
+// byte order, a range open at its end (a prefix of 0xff bytes has no upper
+// bound), a deleted key left out of the page and the count, and a value of a
+// mebibyte of every byte, whole.
+func TestRangePageOfBinaryKeys(t *testing.T) {
+	s, _ := newStore(t, store.Limits{})
+	ctx := testContext(t)
+	big := make([]byte, 1<<20)
+	for i := range big {
+		big[i] = byte(i * 7)
+	}
+	for _, kv := range []struct{ key, value string }{
+		{"\xff\xfe", "outside"},
+		{"\xff\xff\xff", "\x00"},
+		{"\xff\xff", string(big)},
+		{"\xff\xff\x00", "deleted"},
+		{"\xff\xff\x80\x00", "\xff"},
+	} {
+		if _, err := s.Put(ctx, []byte(kv.key), []byte(kv.value)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if _, err := s.Delete(ctx, store.Key([]byte("\xff\xff\x00"))); err != nil {
+		t.Fatal(err)
+	}
+	tests := []struct {
+		name  string
+		req   store.RangeRequest
+		keys  []string
+		more  bool
+		count int64
+	}{
+		{"prefix", store.RangeRequest{KeyRange: store.Prefix([]byte("\xff\xff"))},
+			[]string{"\xff\xff", "\xff\xff\x80\x00", "\xff\xff\xff"}, false, 3},
+		{"prefix with limit", store.RangeRequest{KeyRange: store.Prefix([]byte("\xff\xff")), Limit: 2},
+			[]string{"\xff\xff", "\xff\xff\x80\x00"}, true, 3},
+		{"from key with limit", store.RangeRequest{KeyRange: store.FromKey([]byte("\xff\xfe")), Limit: 1},
+			[]string{"\xff\xfe"}, true, 4},
+		{"count only", store.RangeRequest{KeyRange: store.Prefix([]byte("\xff\xff")), CountOnly: true},
+			nil, false, 3},
+	}
+	values := map[string]string{"\xff\xfe": "outside", "\xff\xff\xff": "\x00", "\xff\xff": string(big), "\xff\xff\x80\x00": "\xff"}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			res, err := s.Range(ctx, tt.req)
+			if err != nil {
+				t.Fatal(err)
+			}
+			var keys []string
+			for _, kv := range res.KVs {
+				keys = append(keys, string(kv.Key))
+				if string(kv.Value) != values[string(kv.Key)] {
+					t.Errorf("%q: a value of %d bytes, want %d", kv.Key, len(kv.Value), len(values[string(kv.Key)]))
+				}
+			}
+			if !slices.Equal(keys, tt.keys) || res.More != tt.more || res.Count != tt.count {
+				t.Fatalf("keys %q, more %v, count %d; want %q, more %v, count %d", keys, res.More, res.Count, tt.keys, tt.more, tt.count)
+			}
+		})
+	}
+}
