@@ -111,17 +111,17 @@ func rangeKeys(ctx context.Context, q querier, req RangeRequest) (RangeResponse,
 	if req.IsSingleKey() {
 		return rangeOne(ctx, q, req)
 	}
+	var (
+		res RangeResponse
+		err error
+	)
 	if req.CountOnly {
-		var res RangeResponse
-		err := q.QueryRow(ctx, "select revision, count from walwatch.range($1, $2, $3, 0, true)",
-			req.Key, req.end(), req.Revision).Scan(&res.Revision, &res.Count)
-		if err != nil {
-			return RangeResponse{}, fmt.Errorf("range %s at revision %d: %w", keyText(req.Key), req.Revision, TypedError(err, req.Revision))
-		}
 		res.KVs = []KeyValue{}
-		return res, nil
+		err = q.QueryRow(ctx, "select revision, count from walwatch.range($1, $2, $3, 0, true)",
+			req.Key, req.end(), req.Revision).Scan(&res.Revision, &res.Count)
+	} else {
+		res, err = rangePage(ctx, q, req)
 	}
-	res, err := rangePage(ctx, q, req)
 	if err != nil {
 		return RangeResponse{}, fmt.Errorf("range %s at revision %d: %w", keyText(req.Key), req.Revision, TypedError(err, req.Revision))
 	}
