@@ -11,6 +11,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgxpool"
 
 	"github.com/walwatch/walwatch/sql"
@@ -207,20 +208,12 @@ func catalog(tb testing.TB, db *pgxpool.Pool) []string {
 	ctx := testContext(tb)
 	var out []string
 	for _, q := range catalogQueries {
-		rows, err := db.Query(ctx, q)
+		rows, _ := db.Query(ctx, q)
+		got, err := pgx.CollectRows(rows, pgx.RowTo[string])
 		if err != nil {
 			tb.Fatalf("catalog query %q: %v", q, err)
 		}
-		for rows.Next() {
-			var s string
-			if err := rows.Scan(&s); err != nil {
-				tb.Fatal(err)
-			}
-			out = append(out, s)
-		}
-		if err := rows.Err(); err != nil {
-			tb.Fatalf("catalog query %q: %v", q, err)
-		}
+		out = append(out, got...)
 	}
 	return out
 }

@@ -5,6 +5,8 @@ import (
 	"regexp"
 	"strings"
 	"testing"
+
+	"github.com/jackc/pgx/v5"
 )
 
 // A page of a range (Kubernetes lists 500 keys at a time) reads the keys of
@@ -89,19 +91,9 @@ func TestRangePageStreamsItsRows(t *testing.T) {
 		if _, err := conn.Exec(ctx, "set plan_cache_mode = "+mode); err != nil {
 			t.Fatal(err)
 		}
-		rows, err := conn.Query(ctx, `explain execute page('/p/', '/p0', 0, 500)`)
+		rows, _ := conn.Query(ctx, `explain execute page('/p/', '/p0', 0, 500)`)
+		plan, err := pgx.CollectRows(rows, pgx.RowTo[string])
 		if err != nil {
-			t.Fatal(err)
-		}
-		var plan []string
-		for rows.Next() {
-			var line string
-			if err := rows.Scan(&line); err != nil {
-				t.Fatal(err)
-			}
-			plan = append(plan, line)
-		}
-		if err := rows.Err(); err != nil {
 			t.Fatal(err)
 		}
 		text := strings.Join(plan, "\n")

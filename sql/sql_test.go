@@ -13,6 +13,7 @@ import (
 	"sync"
 	"testing"
 
+	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgconn"
 	"github.com/jackc/pgx/v5/pgxpool"
 
@@ -36,16 +37,9 @@ func TestMigrateFresh(t *testing.T) {
 	if err := sql.CheckVersion(testContext(t), db); err != nil {
 		t.Fatal(err)
 	}
-	var recorded []string
 	rows, _ := db.Query(testContext(t), "select version || ' ' || name from walwatch.schema_migrations order by version")
-	for rows.Next() {
-		var s string
-		if err := rows.Scan(&s); err != nil {
-			t.Fatal(err)
-		}
-		recorded = append(recorded, s)
-	}
-	if err := rows.Err(); err != nil {
+	recorded, err := pgx.CollectRows(rows, pgx.RowTo[string])
+	if err != nil {
 		t.Fatal(err)
 	}
 	if want := []string{fmt.Sprintf("%d schema.sql", sql.Latest())}; !slices.Equal(recorded, want) {
