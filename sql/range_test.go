@@ -168,3 +168,44 @@ func TestRangeCount(t *testing.T) {
 		t.Errorf("counting %d keys of a vacuumed table read %d of its rows; want none", n, fetched)
 	}
 }
+
+// range_page finds its rows by row id, and a row id stays good for the
+// snapshot that found it: compaction deleting the page's older rows, and a
+// vacuum after it, change nothing for a transaction that read the page
+// before them and reads it again.
+func TestRangePageOfASnapshotOutlivesCompaction(t *testing.T) {
+	db := newMigratedDB(t)
+	ctx := testContext(t)
+	if _, err := db.Exec(ctx, `select walwatch.put(convert_to('/s/' || i, 'UTF8'), convert_to(repeat(v::text, 3000), 'UTF8'))
+	                             from generate_series(1, 3) v, generate_series(1, 20) i`); err != nil {
+		t.Fatal(err)
+	}
+	var rev int64
+	if err := db.QueryRow(ctx, "select walwatch.current_revision()").Scan(&rev); err != nil {
+		t.Fatal(err)
+	}
+	tx, err := db.BeginTx(ctx, pgx.TxOptions{IsoLevel: pgx.RepeatableRead})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer tx.Rollback(ctx) //nolint:errcheck // read only
+	const page = `select coalesce(string_agg(convert_from(key, 'UTF8') || '=' || md5(value), ',' order by key), '') || ' ' || max(count)
+	                from walwatch.range_page('/s/', '/s0', $1, 10)`
+	var before, after string
+	if err := tx.QueryRow(ctx, page, rev-30).Scan(&before); err != nil {
+		t.Fatal(err)
+	}
+	// Every version but the newest of each key goes, rev-30 with them.
+	if _, err := db.Exec(ctx, "select walwatch.compact($1)", rev); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := db.Exec(ctx, "vacuum walwatch.kv"); err != nil {
+		t.Fatal(err)
+	}
+	if err := tx.QueryRow(ctx, page, rev-30).Scan(&after); err != nil {
+		t.Fatal(err)
+	}
+	if after != before || !strings.HasSuffix(before, " 20") {
+		t.Errorf("the page at revision %d before compaction %q, after it in the same snapshot %q", rev-30, before, after)
+	}
+}
