@@ -434,8 +434,12 @@ $$;
 -- key order, at most p_limit + 1 of them (p_limit 0: all), then one row
 -- with no row id, with the revision read at and the range's count (etcd's:
 -- every key, whatever the limit). Planned for each call's bounds with sorts
--- off, as latest_rows.
-create or replace function walwatch.range_page_tids(p_key bytea, p_end bytea, p_rev bigint default 0, p_limit bigint default 0)
+-- off, as latest_rows. With p_count false a range the limit cuts short is
+-- not counted and its count is null: a caller that read the page before at
+-- the same revision knows it already (that count less that page's keys),
+-- and counting is most of the first pages' time.
+create or replace function walwatch.range_page_tids(p_key bytea, p_end bytea, p_rev bigint default 0, p_limit bigint default 0,
+    p_count boolean default true)
 returns table (revision bigint, count bigint, row_id tid)
 language plpgsql stable
 set plan_cache_mode = force_custom_plan
@@ -459,7 +463,7 @@ begin
          order by t.key limit lim + 1;
     get diagnostics n = row_count;
     return query
-        select rev, case when n > lim then walwatch.range_count(p_key, hi, rev) else n end, null::tid;
+        select rev, case when n <= lim or lim is null then n when p_count then walwatch.range_count(p_key, hi, rev) end, null::tid;
 end
 $$;
 
@@ -467,8 +471,10 @@ $$;
 -- current one), for the Go store: the range's live keys in key order, at
 -- most p_limit + 1 of them (p_limit 0: all; a row past p_limit says the
 -- limit cut the range short), then one row whose key is null, with the
--- revision read at and the range's count. Rows, where walwatch.range
--- answers with arrays, which copied every value four times more.
+-- revision read at and the range's count (null when p_count is false and
+-- the limit cut the range short: range_page_tids). Rows, where
+-- walwatch.range answers with arrays, which copied every value four times
+-- more.
 --
 -- The rows are fetched here, by the row ids range_page_tids found, and not
 -- in range_page_tids: what a PL/pgSQL function returns is gathered in memory
@@ -481,12 +487,13 @@ $$;
 -- its row. The fetch is a lateral subquery that cannot be flattened, so that
 -- it stays one row id at a time: as a join, a table the statistics take to
 -- be small was hashed whole and the page sorted.
-create or replace function walwatch.range_page(p_key bytea, p_end bytea, p_rev bigint default 0, p_limit bigint default 0)
+create or replace function walwatch.range_page(p_key bytea, p_end bytea, p_rev bigint default 0, p_limit bigint default 0,
+    p_count boolean default true)
 returns table (revision bigint, count bigint, key bytea, value bytea,
                create_revision bigint, mod_revision bigint, version bigint, lease bigint)
 language sql stable as $$
     select t.revision, t.count, k.key, k.value, k.create_revision, k.revision, k.version, k.lease
-      from walwatch.range_page_tids(p_key, p_end, p_rev, p_limit) with ordinality t(revision, count, row_id, n)
+      from walwatch.range_page_tids(p_key, p_end, p_rev, p_limit, p_count) with ordinality t(revision, count, row_id, n)
       left join lateral (select * from walwatch.kv k where k.ctid = t.row_id offset 0) k on true
      order by t.n
 $$;

@@ -209,3 +209,68 @@ func TestRangePageOfASnapshotOutlivesCompaction(t *testing.T) {
 		t.Errorf("the page at revision %d before compaction %q, after it in the same snapshot %q", rev-30, before, after)
 	}
 }
+
+// With p_count false, range_page leaves a page that the limit cut short
+// uncounted: its count is null, and range_count is not called. A page that
+// reaches the range's end is counted as it is read, whatever p_count says.
+func TestRangePageUncounted(t *testing.T) {
+	db := newMigratedDB(t)
+	ctx := testContext(t)
+	if _, err := db.Exec(ctx, `select walwatch.put(convert_to('/u/' || i, 'UTF8'), 'v') from generate_series(1, 9) i`); err != nil {
+		t.Fatal(err)
+	}
+	nine := int64(9)
+	for _, c := range []struct {
+		limit  int64
+		count  bool
+		rows   int64  // of keys, one past the limit when it cuts the range short
+		want   *int64 // the closing row's count
+		counts int64  // calls of range_count
+	}{
+		{limit: 4, count: true, rows: 5, want: &nine, counts: 1},
+		{limit: 4, count: false, rows: 5, want: nil, counts: 0},
+		{limit: 9, count: false, rows: 9, want: &nine, counts: 0},
+		{limit: 0, count: false, rows: 9, want: &nine, counts: 0},
+	} {
+		tx, err := db.Begin(ctx)
+		if err != nil {
+			t.Fatal(err)
+		}
+		var (
+			rows, before, after int64
+			count               *int64
+		)
+		if _, err := tx.Exec(ctx, "set local track_functions = 'pl'"); err != nil {
+			t.Fatal(err)
+		}
+		// The view may hold the connection's earlier transactions too, until
+		// the backend reports them.
+		const calls = `select coalesce(sum(calls), 0) from pg_stat_xact_user_functions
+		                where schemaname = 'walwatch' and funcname = 'range_count'`
+		if err := tx.QueryRow(ctx, calls).Scan(&before); err != nil {
+			t.Fatal(err)
+		}
+		if err := tx.QueryRow(ctx, `select count(key), (array_agg(count) filter (where key is null))[1]
+		                              from walwatch.range_page('/u/', '/u0', 0, $1, $2)`, c.limit, c.count).Scan(&rows, &count); err != nil {
+			t.Fatal(err)
+		}
+		if err := tx.QueryRow(ctx, calls).Scan(&after); err != nil {
+			t.Fatal(err)
+		}
+		counts := after - before
+		if err := tx.Rollback(ctx); err != nil {
+			t.Fatal(err)
+		}
+		if rows != c.rows || (count == nil) != (c.want == nil) || count != nil && *count != *c.want || counts != c.counts {
+			t.Errorf("range_page(limit %d, p_count %v): %d rows, count %v, range_count called %d times; want %d rows, count %v, %d calls",
+				c.limit, c.count, rows, fmtCount(count), counts, c.rows, fmtCount(c.want), c.counts)
+		}
+	}
+}
+
+func fmtCount(n *int64) string {
+	if n == nil {
+		return "null"
+	}
+	return fmt.Sprint(*n)
+}
