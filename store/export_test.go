@@ -36,3 +36,21 @@ func QueuedTxns(s *Store) int {
 	defer s.txns.b.mu.Unlock()
 	return len(s.txns.b.queue)
 }
+
+// KeptCount returns the count s keeps for the page of [key, end) at rev.
+func KeptCount(s *Store, key, end []byte, rev int64) (int64, bool) {
+	s.counts.mu.Lock()
+	defer s.counts.mu.Unlock()
+	n, ok := s.counts.count[pageAt{string(key), string(end), rev}]
+	return n, ok
+}
+
+// KeepCount makes s keep count for the page of [key, end) at rev.
+func KeepCount(s *Store, key, end []byte, rev, count int64) {
+	s.counts.mu.Lock()
+	defer s.counts.mu.Unlock()
+	if s.counts.count == nil {
+		s.counts.count = make(map[pageAt]int64)
+	}
+	s.counts.count[pageAt{string(key), string(end), rev}] = count
+}

@@ -101,10 +101,36 @@ func (s *Store) Range(ctx context.Context, req RangeRequest) (RangeResponse, err
 	if req.Limit < 0 {
 		return RangeResponse{}, fmt.Errorf("%w: %d: must be 0 (no limit) or positive", ErrInvalidLimit, req.Limit)
 	}
-	if req.IsSingleKey() && req.Revision == 0 {
+	switch {
+	case req.IsSingleKey() && req.Revision == 0:
 		return s.gets.get(ctx, req)
+	case req.IsSingleKey() || req.CountOnly || req.Limit == 0 || req.Revision == 0:
+		return rangeKeys(ctx, s.pool, req)
 	}
-	return rangeKeys(ctx, s.pool, req)
+	return s.rangePageAt(ctx, req)
+}
+
+// rangePageAt reads a limited range's page at a revision the caller named,
+// counted from the page before when this Store read that (pageCounts).
+func (s *Store) rangePageAt(ctx context.Context, req RangeRequest) (RangeResponse, error) {
+	count, known := s.counts.take(req)
+	res, err := rangePage(ctx, s.pool, req, !known)
+	if err == nil && known && res.More {
+		res.Count = count
+		if count <= int64(len(res.KVs)) {
+			res, err = rangePage(ctx, s.pool, req, true)
+		}
+	}
+	if err != nil {
+		return RangeResponse{}, rangeError(req, err)
+	}
+	s.counts.keep(req, res)
+	return res, nil
+}
+
+// rangeError says which read failed, with the error's type.
+func rangeError(req RangeRequest, err error) error {
+	return fmt.Errorf("range %s at revision %d: %w", keyText(req.Key), req.Revision, TypedError(err, req.Revision))
 }
 
 func rangeKeys(ctx context.Context, q querier, req RangeRequest) (RangeResponse, error) {
@@ -120,20 +146,21 @@ func rangeKeys(ctx context.Context, q querier, req RangeRequest) (RangeResponse,
 		err = q.QueryRow(ctx, "select revision, count from walwatch.range($1, $2, $3, 0, true)",
 			req.Key, req.end(), req.Revision).Scan(&res.Revision, &res.Count)
 	} else {
-		res, err = rangePage(ctx, q, req)
+		res, err = rangePage(ctx, q, req, true)
 	}
 	if err != nil {
-		return RangeResponse{}, fmt.Errorf("range %s at revision %d: %w", keyText(req.Key), req.Revision, TypedError(err, req.Revision))
+		return RangeResponse{}, rangeError(req, err)
 	}
 	return res, nil
 }
 
 // rangePage reads req's page through walwatch.range_page: its keys, one
 // past the limit if the range has more, then a row with no key that holds
-// the revision read at and the count.
-func rangePage(ctx context.Context, q querier, req RangeRequest) (RangeResponse, error) {
-	rows, err := q.Query(ctx, "select revision, count, key, value, create_revision, mod_revision, version, lease from walwatch.range_page($1, $2, $3, $4)",
-		req.Key, req.end(), req.Revision, req.Limit)
+// the revision read at and the count. Without count, a page the limit cut
+// short comes back with no count (0), for the caller to fill in.
+func rangePage(ctx context.Context, q querier, req RangeRequest, count bool) (RangeResponse, error) {
+	rows, err := q.Query(ctx, "select revision, count, key, value, create_revision, mod_revision, version, lease from walwatch.range_page($1, $2, $3, $4, $5)",
+		req.Key, req.end(), req.Revision, req.Limit, count)
 	if err != nil {
 		return RangeResponse{}, err
 	}
@@ -144,17 +171,18 @@ func rangePage(ctx context.Context, q querier, req RangeRequest) (RangeResponse,
 		// Int8s: each column is null in the keys' rows or in the closing
 		// one, and scanning into them allocates nothing.
 		var (
-			kv                                      KeyValue
-			rev, count, create, mod, version, lease pgtype.Int8
+			kv                                  KeyValue
+			rev, n, create, mod, version, lease pgtype.Int8
 		)
-		if err := rows.Scan(&rev, &count, &kv.Key, &kv.Value, &create, &mod, &version, &lease); err != nil {
+		if err := rows.Scan(&rev, &n, &kv.Key, &kv.Value, &create, &mod, &version, &lease); err != nil {
 			return RangeResponse{}, err
 		}
 		if kv.Key == nil {
-			if !rev.Valid || !count.Valid {
+			// The keys' rows come first, so More is known here.
+			if !rev.Valid || !n.Valid && (count || !res.More) {
 				return RangeResponse{}, errors.New("range_page: a closing row without its revision or count")
 			}
-			res.Revision, res.Count, trailer = rev.Int64, count.Int64, true
+			res.Revision, res.Count, trailer = rev.Int64, n.Int64, true
 			continue
 		}
 		if req.Limit > 0 && int64(len(res.KVs)) == req.Limit {

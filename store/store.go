@@ -36,6 +36,7 @@ type Store struct {
 	gets   *getBatcher
 	txns   *txnBatcher
 	renews *keepAliveBatcher
+	counts pageCounts
 }
 
 // New returns a Store on pool. Zero fields of limits take DefaultLimits.

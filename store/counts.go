@@ -1,0 +1,65 @@
+package store
+
+import (
+	"bytes"
+	"sync"
+)
+
+// A Kubernetes list, and etcd's Range streamed in chunks, read a range page
+// by page at one revision, each page from the key after the last one's, and
+// etcd answers every page with the count of the range from its key on. That
+// count costs more than the page (5,000 keys in three versions: 7 of a
+// first page's 9 ms in PostgreSQL), but at one revision a range never
+// changes, so the count from the key after a page is the page's count less
+// its keys. pageCounts keeps it for the page that asks next.
+//
+// Only pages read at a revision the caller names are kept: one read at the
+// current revision may have seen it before every write below it committed
+// (a Client waits for those before it names a revision). A page read
+// through the Store at a revision not yet settled can change, and so can
+// the count kept from it; one that no longer fits the page it is given to
+// is counted again.
+type pageCounts struct {
+	mu    sync.Mutex
+	count map[pageAt]int64
+}
+
+// maxPageCounts bounds the counts kept. A list takes its count as it reads
+// the next page, so what fills them is lists left unfinished; when full,
+// all are forgotten.
+const maxPageCounts = 256
+
+// pageAt is a page of a range: from key to end at rev.
+type pageAt struct {
+	key, end string
+	rev      int64
+}
+
+// take returns, and forgets, the count kept for req's page.
+func (c *pageCounts) take(req RangeRequest) (int64, bool) {
+	at := pageAt{string(req.Key), string(req.End), req.Revision}
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	n, ok := c.count[at]
+	if ok {
+		delete(c.count, at)
+	}
+	return n, ok
+}
+
+// keep keeps the count of the page after res, which req read, when the
+// limit cut it short.
+func (c *pageCounts) keep(req RangeRequest, res RangeResponse) {
+	if !res.More || len(res.KVs) == 0 {
+		return
+	}
+	last := res.KVs[len(res.KVs)-1].Key
+	next := append(bytes.Clone(last), 0)
+	at := pageAt{string(next), string(req.End), res.Revision}
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.count == nil || len(c.count) >= maxPageCounts {
+		c.count = make(map[pageAt]int64)
+	}
+	c.count[at] = res.Count - int64(len(res.KVs))
+}

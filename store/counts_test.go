@@ -1,0 +1,94 @@
+package store_test
+
+import (
+	"bytes"
+	"fmt"
+	"testing"
+
+	"github.com/walwatch/walwatch/store"
+)
+
+// A range read page by page at one revision, each page from the key after
+// the last one's, as Kubernetes lists: every page's count is the range's
+// from its key on, the first counted, the others carried from the page
+// before (which is then forgotten). A page read at the current revision
+// carries nothing: it may not have seen every write below its revision.
+func TestPagesAtOneRevisionCarryTheirCount(t *testing.T) {
+	s, _ := newStore(t, store.Limits{})
+	ctx := testContext(t)
+	for i := range 40 {
+		mustPut(t, s, fmt.Sprintf("/p/%02d", i), "v")
+	}
+	if _, err := s.Delete(ctx, store.Key([]byte("/p/05"))); err != nil {
+		t.Fatal(err)
+	}
+	rev := mustPut(t, s, "/p/17", "again")
+	mustPut(t, s, "/p/40", "after the revision read")
+	end := []byte("/p0")
+
+	latest, err := s.Range(ctx, store.RangeRequest{KeyRange: store.KeyRange{Key: []byte("/p/"), End: end}, Limit: 6})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, kept := store.KeptCount(s, []byte("/p/06\x00"), end, latest.Revision); kept || latest.Count != 40 {
+		t.Errorf("a page at the current revision: count %d, a count kept %v; want 40, none kept", latest.Count, kept)
+	}
+
+	key, listed, pages := []byte("/p/"), 0, 0
+	for {
+		r := store.KeyRange{Key: key, End: end}
+		res, err := s.Range(ctx, store.RangeRequest{KeyRange: r, Revision: rev, Limit: 6})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if _, kept := store.KeptCount(s, key, end, rev); kept {
+			t.Errorf("page %d: its count still kept after it was read", pages+1)
+		}
+		want, err := s.Range(ctx, store.RangeRequest{KeyRange: r, Revision: rev, CountOnly: true})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if res.Count != want.Count {
+			t.Errorf("page %d from %q: count %d; want %d", pages+1, key, res.Count, want.Count)
+		}
+		listed += len(res.KVs)
+		pages++
+		if !res.More {
+			break
+		}
+		key = append(bytes.Clone(res.KVs[len(res.KVs)-1].Key), 0)
+		if n, kept := store.KeptCount(s, key, end, rev); !kept || n != res.Count-6 {
+			t.Errorf("after page %d: kept %d (%v) for the next; want %d", pages, n, kept, res.Count-6)
+		}
+	}
+	if listed != 39 || pages != 7 {
+		t.Errorf("listed %d keys in %d pages; want 39 in 7", listed, pages)
+	}
+}
+
+// A count kept for a page is what the page answers, unless it cannot be the
+// page's (no more than the keys the page holds, though the limit cut it
+// short): then the page is counted.
+func TestPageCountKeptIsUsedUnlessItCannotBe(t *testing.T) {
+	s, _ := newStore(t, store.Limits{})
+	ctx := testContext(t)
+	var rev int64
+	for i := range 10 {
+		rev = mustPut(t, s, fmt.Sprintf("/k/%d", i), "v")
+	}
+	req := store.RangeRequest{KeyRange: store.KeyRange{Key: []byte("/k/"), End: []byte("/k0")}, Revision: rev, Limit: 3}
+	for _, c := range []struct{ kept, want int64 }{
+		{kept: 1000, want: 1000}, // not this range's, but nothing shows it
+		{kept: 3, want: 10},
+		{kept: 0, want: 10},
+	} {
+		store.KeepCount(s, req.Key, req.End, rev, c.kept)
+		res, err := s.Range(ctx, req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if res.Count != c.want || len(res.KVs) != 3 || !res.More {
+			t.Errorf("kept %d: count %d, %d keys, more %v; want count %d, 3 keys, more", c.kept, res.Count, len(res.KVs), res.More, c.want)
+		}
+	}
+}
