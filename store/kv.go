@@ -118,6 +118,7 @@ func (s *Store) rangePageAt(ctx context.Context, req RangeRequest) (RangeRespons
 	if err == nil && known && res.More {
 		res.Count = count
 		if count <= int64(len(res.KVs)) {
+			// Kept from a page read before its revision settled.
 			res, err = rangePage(ctx, s.pool, req, true)
 		}
 	}
