@@ -8,14 +8,15 @@ import (
 // A Kubernetes list, and etcd's Range streamed in chunks, read a range page
 // by page at one revision, each page from the key after the last one's, and
 // etcd answers every page with the count of the range from its key on. That
-// count costs more than the page (5,000 keys in three versions: 7 of a
-// first page's 9 ms in PostgreSQL), but at one revision a range never
-// changes, so the count from the key after a page is the page's count less
-// its keys. pageCounts keeps it for the page that asks next.
+// count is half a first page's time in PostgreSQL or more (5,000 keys in
+// three versions: 2.8 of 5.7 ms vacuumed, 7 of 9 ms before), but at one
+// revision a range never changes, so the count from the key after a page
+// is the page's count less its keys. pageCounts keeps it for the page that
+// asks next.
 //
-// Only pages read at a revision the caller names are kept: one read at the
-// current revision may have seen it before every write below it committed
-// (a Client waits for those before it names a revision). A page read
+// Only pages read at a revision the caller names keep one: a read at the
+// current revision may run before every write below that revision has
+// committed (a Client waits for those before it names a revision). A page read
 // through the Store at a revision not yet settled can change, and so can
 // the count kept from it; one that no longer fits the page it is given to
 // is counted again.

@@ -45,6 +45,13 @@ func KeptCount(s *Store, key, end []byte, rev int64) (int64, bool) {
 	return n, ok
 }
 
+// KeptCounts returns how many counts s keeps.
+func KeptCounts(s *Store) int {
+	s.counts.mu.Lock()
+	defer s.counts.mu.Unlock()
+	return len(s.counts.count)
+}
+
 // KeepCount makes s keep count for the page of [key, end) at rev.
 func KeepCount(s *Store, key, end []byte, rev, count int64) {
 	s.counts.mu.Lock()
