@@ -2,6 +2,8 @@ package store_test
 
 import (
 	"bytes"
+	"context"
+	"errors"
 	"fmt"
 	"testing"
 
@@ -90,5 +92,20 @@ func TestPageCountKeptIsUsedUnlessItCannotBe(t *testing.T) {
 		if res.Count != c.want || len(res.KVs) != 3 || !res.More {
 			t.Errorf("kept %d: count %d, %d keys, more %v; want count %d, 3 keys, more", c.kept, res.Count, len(res.KVs), res.More, c.want)
 		}
+	}
+
+	// A read that fails takes its kept count with it: the next one counts.
+	store.KeepCount(s, req.Key, req.End, rev, 1000)
+	cancelled, cancel := context.WithCancel(ctx)
+	cancel()
+	if _, err := s.Range(cancelled, req); !errors.Is(err, context.Canceled) {
+		t.Fatalf("a read with its context cancelled: %v; want context.Canceled", err)
+	}
+	res, err := s.Range(ctx, req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if res.Count != 10 || store.KeptCounts(s) != 1 {
+		t.Errorf("after a failed read: count %d, %d counts kept; want 10, one kept (for the next page)", res.Count, store.KeptCounts(s))
 	}
 }

@@ -327,4 +327,32 @@ func TestRangePageOfBinaryKeys(t *testing.T) {
 			}
 		})
 	}
+
+	// Page by page at one revision, as a list: from the second page on the
+	// count is carried from the page before, here across the deleted key
+	// (the key after "\xff\xff" is the deleted "\xff\xff\x00") and the 1 MiB
+	// value, to the open end.
+	t.Run("pages at a revision", func(t *testing.T) {
+		first, err := s.Range(ctx, store.RangeRequest{KeyRange: store.FromKey([]byte("\xff\xfe")), Limit: 1})
+		if err != nil {
+			t.Fatal(err)
+		}
+		var keys []string
+		var counts []int64
+		for key := []byte("\xff\xfe"); ; {
+			res, err := s.Range(ctx, store.RangeRequest{KeyRange: store.FromKey(key), Revision: first.Revision, Limit: 1})
+			if err != nil {
+				t.Fatal(err)
+			}
+			keys, counts = append(keys, string(res.KVs[0].Key)), append(counts, res.Count)
+			if !res.More {
+				break
+			}
+			key = append(bytes.Clone(res.KVs[0].Key), 0)
+		}
+		want := []string{"\xff\xfe", "\xff\xff", "\xff\xff\x80\x00", "\xff\xff\xff"}
+		if !slices.Equal(keys, want) || !slices.Equal(counts, []int64{4, 3, 2, 1}) {
+			t.Errorf("pages %q with counts %v; want %q with counts [4 3 2 1]", keys, counts, want)
+		}
+	})
 }
