@@ -171,6 +171,12 @@ func run(ctx context.Context, quick bool, only, outDir string, log *slog.Logger)
 				return fmt.Errorf("round %d: %w", round, err)
 			}
 		}
+		if err := b.quiesce(ctx); err != nil {
+			return err
+		}
+		if err := b.pairedRoundTrips(ctx, round); err != nil {
+			return fmt.Errorf("round %d: %w", round, err)
+		}
 	}
 	// Fan-out and catch-up drive walwatch's hub and etcd directly: each
 	// runs only if its system does.
@@ -432,6 +438,7 @@ func (b *bench) results(ctx context.Context, commit string) (*Results, error) {
 			PutPerSUnwatched:         pick(name, "put_per_s_unwatched", clientKeys(putConcurrency)),
 			GetPerS:                  pick(name, "get_per_s", clientKeys(getConcurrency)),
 			WatchRTTUs:               pick(name, "watch_rtt_us", pct),
+			WatchRTTPairedUs:         pick(name, "watch_rtt_paired_us", pct),
 			WatchRTTLoadedUs:         pick(name, "watch_rtt_loaded_us", pct),
 			WatchRTTPutUs:            pick(name, "watch_rtt_put_us", pct),
 			WatchRTTDeliveryUs:       pick(name, "watch_rtt_delivery_us", pct),

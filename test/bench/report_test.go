@@ -455,6 +455,51 @@ func TestReportTargetBoundaries(t *testing.T) {
 	}
 }
 
+// Targets 1 to 3 go by the paired round trip when walwatch and the other
+// system both have one, and by the turns' figures otherwise.
+func TestReportIdleTargetsPaired(t *testing.T) {
+	r := plausibleResults()
+	sys := func(name string) *SystemResults { return r.Systems[name] }
+	sys("walwatch").WatchRTTUs = map[string]float64{"p50": 900, "p99": 3000}
+	sys("floor").WatchRTTUs = map[string]float64{"p50": 500, "p99": 1000}
+	sys("notify").WatchRTTUs = map[string]float64{"p50": 600, "p99": 2000}
+	sys("etcd").WatchRTTUs = map[string]float64{"p50": 1000, "p99": 2000}
+	sys("walwatch").WatchRTTPairedUs = map[string]float64{"p50": 700, "p99": 2000}
+	sys("floor").WatchRTTPairedUs = map[string]float64{"p50": 600, "p99": 1500}
+	sys("notify").WatchRTTPairedUs = map[string]float64{"p50": 690, "p99": 1900}
+	// etcd has none: its targets stay on the turns' figures.
+
+	want := map[string]struct {
+		status   targetStatus
+		measured string
+	}{
+		"3. Idle put→event p50 ≤ 1.3× the floor's": {met, "walwatch 700 µs vs floor 600 µs (paired); by turn walwatch 900 µs vs floor 500 µs, 1.80×"},
+		"1. Idle put→event p50 ≤ notify's":         {missed, "walwatch 700 µs vs notify 690 µs (paired); by turn walwatch 900 µs vs notify 600 µs, 1.50×"},
+		"2. Idle put→event p99 ≤ notify's":         {missed, "walwatch 2.00 ms vs notify 1.90 ms (paired); by turn walwatch 3.00 ms vs notify 2.00 ms, 1.50×"},
+		"1. Idle put→event p50 ≤ etcd's":           {met, "walwatch 900 µs vs etcd 1.00 ms"},
+	}
+	for _, tg := range evalTargets(r) {
+		w, ok := want[tg.name]
+		if !ok {
+			continue
+		}
+		delete(want, tg.name)
+		if tg.status != w.status || tg.measured != w.measured {
+			t.Errorf("%s: %v, %q; want %v, %q", tg.name, tg.status, tg.measured, w.status, w.measured)
+		}
+	}
+	for name := range want {
+		t.Errorf("no target %q", name)
+	}
+	dir := t.TempDir()
+	if err := writeReport(dir, r); err != nil {
+		t.Fatal(err)
+	}
+	if md := readFile(t, filepath.Join(dir, "README.md")); !strings.Contains(md, "## Watch round trip, idle, paired") {
+		t.Error("the report has no paired round trip section")
+	}
+}
+
 func TestReportMissing(t *testing.T) {
 	for name, r := range map[string]*Results{
 		"empty": {},

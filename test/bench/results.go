@@ -44,6 +44,10 @@ type SystemResults struct {
 	GetPerS          map[string]float64 `json:"get_per_s"`
 	WatchRTTUs       map[string]float64 `json:"watch_rtt_us"`        // put -> event, idle
 	WatchRTTLoadedUs map[string]float64 `json:"watch_rtt_loaded_us"` // put -> event while 32 other clients put
+	// WatchRTTPairedUs is the idle round trip measured with the other
+	// paired systems', their probes alternated in blocks (paired.go): walwatch,
+	// notify, floor and etcd only.
+	WatchRTTPairedUs map[string]float64 `json:"watch_rtt_paired_us,omitempty"`
 	// The round trip in two stages: the put alone, until the writer has its
 	// answer, and the delivery, from then to the event at the watcher
 	// (percentiles of each sample's split, so p99s do not add up).

@@ -297,7 +297,7 @@ func (b *bench) roundTrips(ctx context.Context, sys system, t *tap, load int) (r
 	}
 	err = warmUp(gctx, load)
 	if err == nil {
-		rtts, puts, err = b.probe(gctx, sys, t)
+		rtts, puts, err = b.probe(gctx, sys, t, b.cfg.rttSamples, b.cfg.rttMaxTime)
 	}
 	stopLoad.Store(true)
 	if err := errors.Join(err, g.Wait()); err != nil {
@@ -332,13 +332,16 @@ func warmUp(ctx context.Context, load int) error {
 	}
 }
 
-func (b *bench) probe(ctx context.Context, sys system, t *tap) (rtts, puts []time.Duration, err error) {
-	rtts = make([]time.Duration, 0, b.cfg.rttSamples)
-	puts = make([]time.Duration, 0, b.cfg.rttSamples)
+// probe puts the probe key n times or until maxTime has passed, each put
+// once the watcher has seen the one before: the round trips and the puts
+// alone, until acknowledged.
+func (b *bench) probe(ctx context.Context, sys system, t *tap, n int, maxTime time.Duration) (rtts, puts []time.Duration, err error) {
+	rtts = make([]time.Duration, 0, n)
+	puts = make([]time.Duration, 0, n)
 	timeout := time.NewTimer(rttTimeout)
 	defer timeout.Stop()
-	end := time.Now().Add(b.cfg.rttMaxTime)
-	for len(rtts) < b.cfg.rttSamples && time.Now().Before(end) {
+	end := time.Now().Add(maxTime)
+	for len(rtts) < n && time.Now().Before(end) {
 		start := time.Now()
 		if err := sys.put(ctx, 0, []byte(probeKey), b.value); err != nil {
 			return nil, nil, fmt.Errorf("probe put: %w", err)
