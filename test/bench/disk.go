@@ -65,8 +65,10 @@ func (m *procMeter) written(extra []int) (writtenBytes, error) {
 	}
 	for pid := range tree {
 		n, err := readWriteBytes(strconv.Itoa(pid))
-		if errors.Is(err, os.ErrNotExist) {
-			continue // exited since the listing: the postmaster has it now
+		if errors.Is(err, os.ErrNotExist) || errors.Is(err, unix.ESRCH) {
+			// Exited since the listing (ESRCH while it is a zombie): the
+			// postmaster has it now, or will once it reaps it.
+			continue
 		}
 		if err != nil {
 			return w, err
