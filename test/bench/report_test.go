@@ -500,46 +500,6 @@ func TestReportIdleTargetsPaired(t *testing.T) {
 	}
 }
 
-// Target 7's round trip goes by the paired figures once walwatch_etcd and
-// etcd both have them, and so does its front-door ceiling.
-func TestReportEtcdAPIIdlePaired(t *testing.T) {
-	r := plausibleResults()
-	sys := func(name string) *SystemResults { return r.Systems[name] }
-	sys("walwatch").WatchRTTUs = map[string]float64{"p50": 500, "p99": 2000}
-	sys("walwatch_etcd").WatchRTTUs = map[string]float64{"p50": 1100, "p99": 2500}
-	sys("etcd").WatchRTTUs = map[string]float64{"p50": 1000, "p99": 3000}
-	sys("walwatch_etcd").NoopPerS = map[string]float64{"1": 5000}
-	target7 := func() map[string]target {
-		out := map[string]target{}
-		for _, tg := range evalTargets(r) {
-			if strings.HasPrefix(tg.name, "7. etcd API: idle") {
-				out[tg.name] = tg
-			}
-		}
-		return out
-	}
-	const p50, p99 = "7. etcd API: idle round trip p50 ≤ etcd's", "7. etcd API: idle round trip p99 ≤ etcd's"
-	if tg := target7()[p50]; tg.status != missed || tg.measured != "walwatch_etcd 1.10 ms vs etcd 1.00 ms" {
-		t.Errorf("by turn: %v, %q", tg.status, tg.measured)
-	}
-
-	sys("walwatch").WatchRTTPairedUs = map[string]float64{"p50": 600, "p99": 2000}
-	sys("walwatch_etcd").WatchRTTPairedUs = map[string]float64{"p50": 900, "p99": 3100}
-	sys("etcd").WatchRTTPairedUs = map[string]float64{"p50": 950, "p99": 3000}
-	got := target7()
-	if tg := got[p50]; tg.status != met || tg.measured != "walwatch_etcd 900 µs vs etcd 950 µs (paired); by turn walwatch_etcd 1.10 ms vs etcd 1.00 ms, 1.10×" {
-		t.Errorf("paired p50: %v, %q", tg.status, tg.measured)
-	}
-	if tg := got[p99]; tg.status != missed {
-		t.Errorf("paired p99: %v, %q", tg.status, tg.measured)
-	}
-	for _, c := range evalCeilings(r) {
-		if strings.HasPrefix(c.target, "7. etcd API idle") && (c.needs != 950 || c.best != 800 || c.measured != 900) {
-			t.Errorf("ceiling: needs %v, best %v, measured %v; want the paired 950, 600+200, 900", c.needs, c.best, c.measured)
-		}
-	}
-}
-
 func TestReportMissing(t *testing.T) {
 	for name, r := range map[string]*Results{
 		"empty": {},
