@@ -1,7 +1,7 @@
 # The two commands a new user needs: `make demo` and `make test`.
 GO ?= go
 
-.PHONY: build install demo test vet lint fmt bench-store bench bench-quick chaos soak
+.PHONY: build install demo test vet lint fmt bench-store bench bench-quick bench-etcd-api-floor chaos soak
 
 # staticcheck, pinned: go run fetches this version through the module proxy.
 STATICCHECK ?= honnef.co/go/tools/cmd/staticcheck@v0.8.2
@@ -55,6 +55,13 @@ bench:
 # about 2 minutes.
 bench-quick:
 	cd test/bench && $(GO) run . -quick -out ../../docs/benchmarks
+
+# Target 7's figures on the thinnest servers of etcd's API over walwatch's
+# store, beside cp's and etcd, alternated: how close any server beside
+# PostgreSQL comes to etcd. Writes docs/benchmarks/etcd-api-floor.md in
+# about 4 minutes.
+bench-etcd-api-floor:
+	cd test/bench && $(GO) run . -etcd-api-floor -out ../../docs/benchmarks
 
 # Chaos histories (test/chaos): CHAOS_HISTORIES of them, about 10 minutes
 # on two cores by default, and a report at CHAOS_REPORT.

@@ -82,6 +82,10 @@ func main() {
 	etcdClientURL := flag.String("etcd-client-url", "", "with -etcd-serve: the client URL")
 	etcdPeerURL := flag.String("etcd-peer-url", "", "with -etcd-serve: the peer URL")
 	holdWatchesURL := flag.String("hold-watches", "", "(the watcher memory figure's child process) hold idle etcd watches on this server until standard input closes")
+	apiFloor := flag.Bool("etcd-api-floor", false, "measure target 7's figures on the thinnest servers of etcd's API over walwatch's store, beside cp's and etcd, instead of the benchmark")
+	thinAddr := flag.String("thin-serve", "", "(-etcd-api-floor's thin server, a child process) serve etcd's KV over walwatch's store on this address until SIGTERM")
+	thinRead := flag.String("thin-read", "store", "with -thin-serve: answer gets from the store, or with select 1 (select1)")
+	thinPostgres := flag.String("thin-postgres", "", "with -thin-serve: the walwatch database's URL")
 	only := flag.String("systems", "", "comma-separated systems to measure, of "+strings.Join(systemOrder, ", ")+
 		" (default: all; a quick run leaves kine out unless it is named here)")
 	flag.Parse()
@@ -89,6 +93,13 @@ func main() {
 	if *etcdDir != "" {
 		if err := serveEtcd(*etcdDir, *etcdClientURL, *etcdPeerURL); err != nil {
 			fmt.Fprintln(os.Stderr, "bench -etcd-serve:", err)
+			os.Exit(1)
+		}
+		return
+	}
+	if *thinAddr != "" {
+		if err := serveThin(*thinAddr, *thinPostgres, *thinRead); err != nil {
+			fmt.Fprintln(os.Stderr, "bench -thin-serve:", err)
 			os.Exit(1)
 		}
 		return
@@ -102,7 +113,12 @@ func main() {
 	}
 	log := slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelInfo}))
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
-	err := run(ctx, *quick, *only, *out, log)
+	var err error
+	if *apiFloor {
+		err = etcdAPIFloor(ctx, *quick, *out, log)
+	} else {
+		err = run(ctx, *quick, *only, *out, log)
+	}
 	stop()
 	if err != nil {
 		fmt.Fprintln(os.Stderr, "bench:", err)

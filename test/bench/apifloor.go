@@ -1,0 +1,396 @@
+package main
+
+import (
+	"context"
+	"fmt"
+	"log/slog"
+	"math/rand/v2"
+	"net"
+	"os"
+	"os/exec"
+	"os/signal"
+	"path/filepath"
+	"slices"
+	"strings"
+	"syscall"
+	"time"
+
+	"github.com/jackc/pgx/v5/pgxpool"
+	pb "go.etcd.io/etcd/api/v3/etcdserverpb"
+	"go.etcd.io/etcd/api/v3/mvccpb"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+
+	"github.com/walwatch/walwatch/store"
+)
+
+// The etcd API's floor (-etcd-api-floor) asks how close any server of
+// etcd's API beside PostgreSQL can come to etcd, which answers from its own
+// memory: target 7's figures measured on the thinnest such servers there
+// can be, beside cp and etcd, alternated on one database. A thin server
+// (this program re-executed with -thin-serve) speaks etcd's gRPC with
+// grpc-go's defaults and cp's flow-control windows, and answers a get or a
+// put with one call of walwatch's store and nothing else: no hub, no
+// watch, no checks, no metrics. thin_select1 answers a get with
+// PostgreSQL's cheapest statement, select 1, the least that a linearizable
+// read, which must ask the database for what other servers wrote, can
+// cost. "in process" is the store called in this program: what walwatch
+// costs without a server in front of it.
+type apiFloorSystem struct {
+	name string
+	cli  *etcdClients // nil for the store in process
+	// puts says whether its puts are measured (thin_select1's are the
+	// thin server's own).
+	puts bool
+}
+
+// apiFloorMetrics are measured for each system in each round, in this order.
+var apiFloorMetrics = []string{"get_1_per_s", "get_1_p50_us", "put_1_p50_us", "get_32_per_s", "put_32_per_s", "noop_1_per_s"}
+
+// apiFloorConfig is how long each measurement runs.
+type apiFloorConfig struct {
+	rounds       int
+	calls        int           // sequential calls at one client
+	loadDuration time.Duration // at 32 clients
+}
+
+// etcdAPIFloor measures the floor and writes it, with what it ran on, to
+// etcd-api-floor.md in outDir.
+func etcdAPIFloor(ctx context.Context, quick bool, outDir string, log *slog.Logger) error {
+	cfg := apiFloorConfig{rounds: 4, calls: 2000, loadDuration: 5 * time.Second}
+	if quick {
+		cfg = apiFloorConfig{rounds: 2, calls: 500, loadDuration: 2 * time.Second}
+	}
+	repoDir, err := repoRoot(ctx)
+	if err != nil {
+		return err
+	}
+	commit, err := exec.CommandContext(ctx, "git", "-C", repoDir, "describe", "--always", "--dirty").Output()
+	if err != nil {
+		return fmt.Errorf("git describe: %w", err)
+	}
+	started := time.Now()
+	e, err := startEnv(ctx, repoDir, false, log)
+	if err != nil {
+		return err
+	}
+	defer e.Close()
+	b := &bench{env: e, value: make([]byte, valueSize)}
+	for i := range b.value {
+		b.value[i] = 'a' + byte(i%26)
+	}
+	for i := range numKeys {
+		b.keys = append(b.keys, fmt.Appendf(nil, "%sk%05d", prefix, i))
+	}
+	pool, err := newPool(ctx, e.walwatchURL, 32)
+	if err != nil {
+		return err
+	}
+	defer pool.Close()
+	const put = `select count(walwatch.put(k, $2)) from unnest($1::bytea[]) k`
+	if err := preloadSQL(ctx, pool, put, b.keys, b.value); err != nil {
+		return err
+	}
+	etcdCli, err := openEtcdClients(e.etcdURL)
+	if err != nil {
+		return err
+	}
+	defer etcdCli.close()
+	if err := etcdCli.preload(ctx, b.keys, b.value); err != nil {
+		return err
+	}
+
+	cp := newEtcdAPISystem(e)
+	if err := cp.begin(ctx); err != nil {
+		return err
+	}
+	defer func() { _ = cp.end(context.WithoutCancel(ctx)) }()
+	systems := []apiFloorSystem{{name: "in process", puts: true}}
+	for _, read := range []string{"select1", "store"} {
+		cli, stop, err := startThin(ctx, e, read)
+		if err != nil {
+			return err
+		}
+		defer stop()
+		name := "thin"
+		if read == "select1" {
+			name = "thin_select1"
+		}
+		systems = append(systems, apiFloorSystem{name: name, cli: cli, puts: read == "store"})
+	}
+	systems = append(systems,
+		apiFloorSystem{name: "walwatch_etcd", cli: cp.etcdClients, puts: true},
+		apiFloorSystem{name: "etcd", cli: etcdCli, puts: true})
+
+	st := store.New(pool, store.Limits{})
+	got := map[string]map[string][]float64{}
+	for round := range cfg.rounds {
+		order := slices.Clone(systems)
+		if round%2 == 1 {
+			slices.Reverse(order)
+		}
+		for _, s := range order {
+			log.Info("etcd API floor", "round", round+1, "system", s.name)
+			if _, err := e.quiesce(ctx); err != nil {
+				return err
+			}
+			m, err := measureAPIFloor(ctx, cfg, b, s, st)
+			if err != nil {
+				return fmt.Errorf("round %d: %s: %w", round+1, s.name, err)
+			}
+			if got[s.name] == nil {
+				got[s.name] = map[string][]float64{}
+			}
+			for k, v := range m {
+				got[s.name][k] = append(got[s.name][k], v)
+			}
+		}
+	}
+	names := make([]string, len(systems))
+	for i, s := range systems {
+		names[i] = s.name
+	}
+	var doc strings.Builder
+	doc.WriteString("# The etcd API's floor\n\n")
+	fmt.Fprintf(&doc, "`cd test/bench && go run . -etcd-api-floor` (`make bench-etcd-api-floor`) at %s, %s, on %s (sched_autogroup_enabled %s); %d rounds, the systems' order reversed every other round.\n\n",
+		strings.TrimSpace(string(commit)), started.UTC().Format("2006-01-02 15:04 MST"), machine(), autogroup(), cfg.rounds)
+	doc.WriteString(apiFloorIntro)
+	doc.WriteString(apiFloorTable(names, got))
+	path := filepath.Join(outDir, "etcd-api-floor.md")
+	if err := os.WriteFile(path, []byte(doc.String()), 0o644); err != nil {
+		return fmt.Errorf("write %s: %w", path, err)
+	}
+	log.Info("etcd API floor written", "path", path, "took", time.Since(started).Round(time.Second))
+	return nil
+}
+
+const apiFloorIntro = "Target 7 measures cp's etcd API against etcd, which answers from its own memory; every request to cp is a gRPC request " +
+	"and then a PostgreSQL statement. Here the same etcd Go client drives, alternated on one database: walwatch's store called in this " +
+	"program (in process, no server in front), two thin servers of etcd's API (this program re-executed: grpc-go with cp's windows, " +
+	"nothing but one store call a request; no hub, no watch, no checks, no metrics), cp (walwatch_etcd) and etcd. `thin` answers a get " +
+	"with the store's get, `thin_select1` with `select 1`, the least a linearizable read, which must ask the database what other " +
+	"servers wrote, can cost. Gets at one client and their p50 are sequential calls; at 32 clients each a 5 s run (2 s quick); puts write " +
+	"the benchmark's 10,000 keys, 128 B values, fsync on; MemberList is the front door alone.\n\n"
+
+// measureAPIFloor measures apiFloorMetrics of one system once.
+func measureAPIFloor(ctx context.Context, cfg apiFloorConfig, b *bench, s apiFloorSystem, st *store.Store) (map[string]float64, error) {
+	get := func(ctx context.Context, client int, rng *rand.Rand) error {
+		key := b.keys[rng.IntN(len(b.keys))]
+		if s.cli == nil {
+			_, err := st.Range(ctx, store.RangeRequest{KeyRange: store.Key(key)})
+			return err
+		}
+		return s.cli.get(ctx, client, key)
+	}
+	put := func(ctx context.Context, client int, rng *rand.Rand) error {
+		key := b.keys[rng.IntN(len(b.keys))]
+		if s.cli == nil {
+			_, err := st.Put(ctx, key, b.value)
+			return err
+		}
+		return s.cli.put(ctx, client, key, b.value)
+	}
+	m := map[string]float64{}
+	rate, p50, err := sequential(ctx, cfg.calls, get)
+	if err != nil {
+		return nil, fmt.Errorf("gets at 1 client: %w", err)
+	}
+	m["get_1_per_s"], m["get_1_p50_us"] = rate, p50
+	if _, m["get_32_per_s"], err = throughput(ctx, 32, cfg.loadDuration, get); err != nil {
+		return nil, fmt.Errorf("gets at 32 clients: %w", err)
+	}
+	if s.puts {
+		if _, p50, err = sequential(ctx, cfg.calls/2, put); err != nil {
+			return nil, fmt.Errorf("puts at 1 client: %w", err)
+		}
+		m["put_1_p50_us"] = p50
+		if _, m["put_32_per_s"], err = throughput(ctx, 32, cfg.loadDuration, put); err != nil {
+			return nil, fmt.Errorf("puts at 32 clients: %w", err)
+		}
+	}
+	if s.cli != nil {
+		noop := func(ctx context.Context, client int, _ *rand.Rand) error { return s.cli.memberList(ctx, client) }
+		if m["noop_1_per_s"], _, err = sequential(ctx, cfg.calls, noop); err != nil {
+			return nil, fmt.Errorf("MemberList at 1 client: %w", err)
+		}
+	}
+	return m, nil
+}
+
+// sequential calls f n times from one client and returns the calls a
+// second and their p50 in microseconds.
+func sequential(ctx context.Context, n int, f op) (perSec, p50 float64, err error) {
+	rng := rand.New(rand.NewPCG(1, uint64(time.Now().UnixNano())))
+	times := make([]time.Duration, 0, n)
+	start := time.Now()
+	for range n {
+		t := time.Now()
+		if err := f(ctx, 0, rng); err != nil {
+			return 0, 0, err
+		}
+		times = append(times, time.Since(t))
+	}
+	return float64(n) / time.Since(start).Seconds(), percentiles(micros(times), 0.5)[0], nil
+}
+
+// apiFloorTable is the medians over the rounds of each system's metrics, each
+// with its ratio to etcd's.
+func apiFloorTable(systems []string, got map[string]map[string][]float64) string {
+	var b strings.Builder
+	b.WriteString("| system | gets/s, 1 client | get p50, 1 client | put p50, 1 client | gets/s, 32 clients | puts/s, 32 clients | MemberList/s, 1 client |\n")
+	b.WriteString("| --- | ---: | ---: | ---: | ---: | ---: | ---: |\n")
+	for _, s := range systems {
+		b.WriteString("| " + s)
+		for _, m := range apiFloorMetrics {
+			xs := got[s][m]
+			if len(xs) == 0 {
+				b.WriteString(" | —")
+				continue
+			}
+			v := median(xs)
+			unit := ""
+			if strings.HasSuffix(m, "_us") {
+				unit = " µs"
+			}
+			fmt.Fprintf(&b, " | %.0f%s", v, unit)
+			if ref := median(got["etcd"][m]); s != "etcd" && ref > 0 {
+				fmt.Fprintf(&b, " (%.2f×)", v/ref)
+			}
+		}
+		b.WriteString(" |\n")
+	}
+	b.WriteString("\nMedians of the rounds; in brackets, the ratio to etcd's. Each round, per system:\n\n")
+	for _, s := range systems {
+		for _, m := range apiFloorMetrics {
+			if xs := got[s][m]; len(xs) > 0 {
+				fmt.Fprintf(&b, "- %s %s: %s\n", s, m, formatRounds(xs))
+			}
+		}
+	}
+	return b.String()
+}
+
+func formatRounds(xs []float64) string {
+	parts := make([]string, len(xs))
+	for i, x := range xs {
+		parts[i] = fmt.Sprintf("%.0f", x)
+	}
+	return strings.Join(parts, ", ")
+}
+
+// startThin starts a thin server whose gets are read: "store" or
+// "select1", and connects the etcd clients to it.
+func startThin(ctx context.Context, e *env, read string) (*etcdClients, func(), error) {
+	port, err := freePort()
+	if err != nil {
+		return nil, nil, err
+	}
+	exe, err := os.Executable()
+	if err != nil {
+		return nil, nil, fmt.Errorf("start the thin server: %w", err)
+	}
+	addr := fmt.Sprintf("127.0.0.1:%d", port)
+	p := &serverProcess{name: "thin " + read, logPath: filepath.Join(e.dir, "thin-"+read+".log")}
+	if err := p.start(exe, "-thin-serve", addr, "-thin-read", read, "-thin-postgres", e.walwatchURL); err != nil {
+		return nil, nil, err
+	}
+	cli, err := openEtcdClients("http://" + addr)
+	if err != nil {
+		p.stop()
+		return nil, nil, err
+	}
+	if err := p.await(ctx, "a get", cli.answers); err != nil {
+		cli.close()
+		p.stop()
+		return nil, nil, err
+	}
+	return cli, func() { cli.close(); p.stop() }, nil
+}
+
+// serveThin is the -thin-serve process: etcd's KV (gets of one key at the
+// latest revision, plain puts) and MemberList on addr, over walwatch's store
+// on pgURL, until SIGTERM.
+func serveThin(addr, pgURL, read string) error {
+	if read != "store" && read != "select1" {
+		return fmt.Errorf("-thin-read %q: want store or select1", read)
+	}
+	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, os.Interrupt)
+	defer stop()
+	pool, err := newPool(ctx, pgURL, 32)
+	if err != nil {
+		return err
+	}
+	defer pool.Close()
+	l, err := net.Listen("tcp", addr)
+	if err != nil {
+		return fmt.Errorf("listen: %w", err)
+	}
+	// cp's windows (etcdapi.New): without them gRPC pings after every
+	// request's data to estimate the link, which costs a thin server more
+	// than cp.
+	s := grpc.NewServer(grpc.InitialWindowSize(2<<20), grpc.InitialConnWindowSize(4<<20), grpc.MaxConcurrentStreams(1<<31-1))
+	pb.RegisterKVServer(s, &thinKV{store: store.New(pool, store.Limits{}), pool: pool, selectOne: read == "select1"})
+	pb.RegisterClusterServer(s, thinCluster{})
+	go func() {
+		<-ctx.Done()
+		s.Stop()
+	}()
+	if err := s.Serve(l); err != nil && ctx.Err() == nil {
+		return err
+	}
+	return nil
+}
+
+// thinKV answers what the floor measures and refuses the rest.
+type thinKV struct {
+	pb.UnimplementedKVServer
+	store     *store.Store
+	pool      *pgxpool.Pool
+	selectOne bool
+}
+
+var errThinRange = status.Error(codes.Unimplemented, "thin server: a get of one key at the latest revision only")
+
+func (k *thinKV) Range(ctx context.Context, r *pb.RangeRequest) (*pb.RangeResponse, error) {
+	if len(r.RangeEnd) != 0 || r.Revision != 0 || len(r.Key) == 0 {
+		return nil, errThinRange
+	}
+	if k.selectOne {
+		var one int
+		if err := k.pool.QueryRow(ctx, "select 1").Scan(&one); err != nil {
+			return nil, status.Error(codes.Unavailable, err.Error())
+		}
+		// The key, so that the benchmark's get finds what it asked for.
+		return &pb.RangeResponse{Header: &pb.ResponseHeader{Revision: 1}, Kvs: []*mvccpb.KeyValue{{Key: r.Key}}, Count: 1}, nil
+	}
+	res, err := k.store.Range(ctx, store.RangeRequest{KeyRange: store.Key(r.Key)})
+	if err != nil {
+		return nil, status.Error(codes.Unavailable, err.Error())
+	}
+	out := &pb.RangeResponse{Header: &pb.ResponseHeader{Revision: res.Revision}, Count: res.Count}
+	for _, kv := range res.KVs {
+		out.Kvs = append(out.Kvs, &mvccpb.KeyValue{Key: kv.Key, Value: kv.Value, CreateRevision: kv.CreateRevision,
+			ModRevision: kv.ModRevision, Version: kv.Version, Lease: kv.Lease})
+	}
+	return out, nil
+}
+
+func (k *thinKV) Put(ctx context.Context, r *pb.PutRequest) (*pb.PutResponse, error) {
+	if r.Lease != 0 || r.PrevKv || r.IgnoreValue || r.IgnoreLease {
+		return nil, status.Error(codes.Unimplemented, "thin server: a plain put only")
+	}
+	res, err := k.store.Put(ctx, r.Key, r.Value)
+	if err != nil {
+		return nil, status.Error(codes.Unavailable, err.Error())
+	}
+	return &pb.PutResponse{Header: &pb.ResponseHeader{Revision: res.Revision}}, nil
+}
+
+// thinCluster answers MemberList from memory, as cp and etcd do: the
+// front door alone.
+type thinCluster struct{ pb.UnimplementedClusterServer }
+
+func (thinCluster) MemberList(context.Context, *pb.MemberListRequest) (*pb.MemberListResponse, error) {
+	return &pb.MemberListResponse{Header: &pb.ResponseHeader{}}, nil
+}
