@@ -7,11 +7,11 @@ import (
 	"math/rand/v2"
 	"net"
 	"os"
-	"os/exec"
 	"os/signal"
 	"path/filepath"
 	"slices"
 	"strings"
+	"sync"
 	"syscall"
 	"time"
 
@@ -62,13 +62,9 @@ func etcdAPIFloor(ctx context.Context, quick bool, outDir string, log *slog.Logg
 	if quick {
 		cfg = apiFloorConfig{rounds: 2, calls: 500, loadDuration: 2 * time.Second}
 	}
-	repoDir, err := repoRoot(ctx)
+	repoDir, commit, err := repoCommit(ctx)
 	if err != nil {
 		return err
-	}
-	commit, err := exec.CommandContext(ctx, "git", "-C", repoDir, "describe", "--always", "--dirty").Output()
-	if err != nil {
-		return fmt.Errorf("git describe: %w", err)
 	}
 	started := time.Now()
 	e, err := startEnv(ctx, repoDir, false, log)
@@ -107,17 +103,13 @@ func etcdAPIFloor(ctx context.Context, quick bool, outDir string, log *slog.Logg
 	}
 	defer func() { _ = cp.end(context.WithoutCancel(ctx)) }()
 	systems := []apiFloorSystem{{name: "in process", puts: true}}
-	for _, read := range []string{"select1", "store"} {
+	for _, read := range thinReads {
 		cli, stop, err := startThin(ctx, e, read)
 		if err != nil {
 			return err
 		}
 		defer stop()
-		name := "thin"
-		if read == "select1" {
-			name = "thin_select1"
-		}
-		systems = append(systems, apiFloorSystem{name: name, cli: cli, puts: read == "store"})
+		systems = append(systems, apiFloorSystem{name: thinName(read), cli: cli, puts: read == "store"})
 	}
 	systems = append(systems,
 		apiFloorSystem{name: "walwatch_etcd", cli: cp.etcdClients, puts: true},
@@ -154,7 +146,7 @@ func etcdAPIFloor(ctx context.Context, quick bool, outDir string, log *slog.Logg
 	var doc strings.Builder
 	doc.WriteString("# The etcd API's floor\n\n")
 	fmt.Fprintf(&doc, "`cd test/bench && go run . -etcd-api-floor` (`make bench-etcd-api-floor`) at %s, %s, on %s (sched_autogroup_enabled %s); %d rounds, the systems' order reversed every other round.\n\n",
-		strings.TrimSpace(string(commit)), started.UTC().Format("2006-01-02 15:04 MST"), machine(), autogroup(), cfg.rounds)
+		commit, started.UTC().Format("2006-01-02 15:04 MST"), machine(), autogroup(), cfg.rounds)
 	doc.WriteString(apiFloorIntro)
 	doc.WriteString(apiFloorTable(names, got))
 	path := filepath.Join(outDir, "etcd-api-floor.md")
@@ -170,7 +162,8 @@ const apiFloorIntro = "Target 7 measures cp's etcd API against etcd, which answe
 	"program (in process, no server in front), two thin servers of etcd's API (this program re-executed: grpc-go with cp's windows, " +
 	"nothing but one store call a request; no hub, no watch, no checks, no metrics), cp (walwatch_etcd) and etcd. `thin` answers a get " +
 	"with the store's get, `thin_select1` with `select 1`, the least a linearizable read, which must ask the database what other " +
-	"servers wrote, can cost. Gets at one client and their p50 are sequential calls; at 32 clients each a 5 s run (2 s quick); puts write " +
+	"servers wrote, can cost one client; `thin_select1_shared` answers every get waiting with one `select 1`, one in flight at a " +
+	"time (as etcd's ReadIndex serves many reads with one round), the least it can cost many. Gets at one client and their p50 are sequential calls; at 32 clients each a 5 s run (2 s quick); puts write " +
 	"the benchmark's 10,000 keys, 128 B values, fsync on; MemberList is the front door alone.\n\n"
 
 // measureAPIFloor measures apiFloorMetrics of one system once.
@@ -279,6 +272,23 @@ func formatRounds(xs []float64) string {
 	return strings.Join(parts, ", ")
 }
 
+// thinReads are the thin servers' ways to answer a get: the store's get;
+// one select 1 a get; one select 1 for every get waiting when it starts,
+// one in flight at a time, as etcd's ReadIndex serves many reads with one
+// round of its leader's: the least a linearizable read at many clients can
+// cost a server that keeps nothing in memory.
+var thinReads = []string{"select1", "shared", "store"}
+
+func thinName(read string) string {
+	switch read {
+	case "store":
+		return "thin"
+	case "shared":
+		return "thin_select1_shared"
+	}
+	return "thin_" + read
+}
+
 // startThin starts a thin server whose gets are read: "store" or
 // "select1", and connects the etcd clients to it.
 func startThin(ctx context.Context, e *env, read string) (*etcdClients, func(), error) {
@@ -312,8 +322,8 @@ func startThin(ctx context.Context, e *env, read string) (*etcdClients, func(), 
 // latest revision, plain puts) and MemberList on addr, over walwatch's store
 // on pgURL, until SIGTERM.
 func serveThin(addr, pgURL, read string) error {
-	if read != "store" && read != "select1" {
-		return fmt.Errorf("-thin-read %q: want store or select1", read)
+	if !slices.Contains(thinReads, read) {
+		return fmt.Errorf("-thin-read %q: want one of %s", read, strings.Join(thinReads, ", "))
 	}
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, os.Interrupt)
 	defer stop()
@@ -330,7 +340,7 @@ func serveThin(addr, pgURL, read string) error {
 	// request's data to estimate the link, which costs a thin server more
 	// than cp.
 	s := grpc.NewServer(grpc.InitialWindowSize(2<<20), grpc.InitialConnWindowSize(4<<20), grpc.MaxConcurrentStreams(1<<31-1))
-	pb.RegisterKVServer(s, &thinKV{store: store.New(pool, store.Limits{}), pool: pool, selectOne: read == "select1"})
+	pb.RegisterKVServer(s, &thinKV{store: store.New(pool, store.Limits{}), pool: pool, read: read, shared: &sharedReads{pool: pool}})
 	pb.RegisterClusterServer(s, thinCluster{})
 	go func() {
 		<-ctx.Done()
@@ -345,9 +355,10 @@ func serveThin(addr, pgURL, read string) error {
 // thinKV answers what the floor measures and refuses the rest.
 type thinKV struct {
 	pb.UnimplementedKVServer
-	store     *store.Store
-	pool      *pgxpool.Pool
-	selectOne bool
+	store  *store.Store
+	pool   *pgxpool.Pool
+	read   string // one of thinReads
+	shared *sharedReads
 }
 
 var errThinRange = status.Error(codes.Unimplemented, "thin server: a get of one key at the latest revision only")
@@ -356,9 +367,14 @@ func (k *thinKV) Range(ctx context.Context, r *pb.RangeRequest) (*pb.RangeRespon
 	if len(r.RangeEnd) != 0 || r.Revision != 0 || len(r.Key) == 0 {
 		return nil, errThinRange
 	}
-	if k.selectOne {
-		var one int
-		if err := k.pool.QueryRow(ctx, "select 1").Scan(&one); err != nil {
+	if k.read != "store" {
+		var err error
+		if k.read == "shared" {
+			err = k.shared.read(ctx)
+		} else {
+			err = selectOne(ctx, k.pool)
+		}
+		if err != nil {
 			return nil, status.Error(codes.Unavailable, err.Error())
 		}
 		// The key, so that the benchmark's get finds what it asked for.
@@ -393,4 +409,58 @@ type thinCluster struct{ pb.UnimplementedClusterServer }
 
 func (thinCluster) MemberList(context.Context, *pb.MemberListRequest) (*pb.MemberListResponse, error) {
 	return &pb.MemberListResponse{Header: &pb.ResponseHeader{}}, nil
+}
+
+func selectOne(ctx context.Context, pool *pgxpool.Pool) error {
+	var one int
+	return pool.QueryRow(ctx, "select 1").Scan(&one)
+}
+
+// sharedReads answers every read waiting when a select 1 starts with that
+// select 1. The first reader to find none in flight runs it in its own
+// goroutine; reads that arrive meanwhile wait for the next, which a new
+// goroutine runs, as the store's batches do.
+type sharedReads struct {
+	pool    *pgxpool.Pool
+	mu      sync.Mutex
+	waiting []chan error
+	running bool
+}
+
+func (s *sharedReads) read(ctx context.Context) error {
+	ch := make(chan error, 1)
+	s.mu.Lock()
+	s.waiting = append(s.waiting, ch)
+	lead := !s.running
+	s.running = true
+	s.mu.Unlock()
+	if lead {
+		s.round()
+	}
+	select {
+	case err := <-ch:
+		return err
+	case <-ctx.Done():
+		return ctx.Err()
+	}
+}
+
+// round answers the reads waiting with one select 1, then hands the lead
+// to a new goroutine if more wait.
+func (s *sharedReads) round() {
+	s.mu.Lock()
+	batch := s.waiting
+	s.waiting = nil
+	s.mu.Unlock()
+	err := selectOne(context.Background(), s.pool)
+	for _, ch := range batch {
+		ch <- err
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if len(s.waiting) > 0 {
+		go s.round()
+		return
+	}
+	s.running = false
 }

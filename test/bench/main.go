@@ -143,14 +143,10 @@ func run(ctx context.Context, quick bool, only, outDir string, log *slog.Logger)
 	if err := os.MkdirAll(outDir, 0o755); err != nil {
 		return fmt.Errorf("output dir: %w", err)
 	}
-	repoDir, err := repoRoot(ctx)
+	// Before anything is built: the code measured is the code at this commit.
+	repoDir, commit, err := repoCommit(ctx)
 	if err != nil {
 		return err
-	}
-	// Before anything is built: the code measured is the code at this commit.
-	commit, err := exec.CommandContext(ctx, "git", "-C", repoDir, "describe", "--always", "--dirty").Output()
-	if err != nil {
-		return fmt.Errorf("git describe: %w", err)
 	}
 
 	e, err := startEnv(ctx, repoDir, selected["kine"], log)
@@ -227,7 +223,7 @@ func run(ctx context.Context, quick bool, only, outDir string, log *slog.Logger)
 		}
 	}
 
-	res, err := b.results(ctx, strings.TrimSpace(string(commit)))
+	res, err := b.results(ctx, commit)
 	if err != nil {
 		return err
 	}
@@ -396,6 +392,20 @@ func preloadSQL(ctx context.Context, pool *pgxpool.Pool, query string, keys [][]
 		}
 	}
 	return nil
+}
+
+// repoCommit is the walwatch repository and its commit as git describes
+// it, -dirty when the tree has changes.
+func repoCommit(ctx context.Context) (dir, commit string, err error) {
+	dir, err = repoRoot(ctx)
+	if err != nil {
+		return "", "", err
+	}
+	out, err := exec.CommandContext(ctx, "git", "-C", dir, "describe", "--always", "--dirty").Output()
+	if err != nil {
+		return "", "", fmt.Errorf("git describe: %w", err)
+	}
+	return dir, strings.TrimSpace(string(out)), nil
 }
 
 // repoRoot is the walwatch repository: the directory of the module this
