@@ -59,7 +59,7 @@ bench-quick:
 # Target 7's figures on the thinnest servers of etcd's API over walwatch's
 # store, beside cp's and etcd, alternated: how close any server beside
 # PostgreSQL comes to etcd. Writes docs/benchmarks/etcd-api-floor.md in
-# about 4 minutes.
+# about 4 to 5 minutes.
 bench-etcd-api-floor:
 	cd test/bench && $(GO) run . -etcd-api-floor -out ../../docs/benchmarks
 
