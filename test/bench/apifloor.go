@@ -32,16 +32,16 @@ import (
 // (this program re-executed with -thin-serve) speaks etcd's gRPC with
 // grpc-go's defaults and cp's flow-control windows, and answers a get or a
 // put with one call of walwatch's store and nothing else: no hub, no
-// watch, no checks, no metrics. thin_select1 answers a get with
-// PostgreSQL's cheapest statement, select 1, the least that a linearizable
-// read, which must ask the database for what other servers wrote, can
-// cost. "in process" is the store called in this program: what walwatch
-// costs without a server in front of it.
+// watch, no checks, no metrics. The select 1 servers answer a get with
+// PostgreSQL's cheapest statement instead (thinReads): the least that a
+// linearizable read, which must ask the database for what other servers
+// wrote, can cost. "in process" is the store called in this program: what
+// walwatch costs without a server in front of it.
 type apiFloorSystem struct {
 	name string
 	cli  *etcdClients // nil for the store in process
-	// puts says whether its puts are measured (thin_select1's are the
-	// thin server's own).
+	// puts says whether its puts are measured (the select 1 servers' are
+	// the thin server's own).
 	puts bool
 }
 
@@ -165,12 +165,13 @@ func etcdAPIFloor(ctx context.Context, quick bool, outDir string, log *slog.Logg
 
 const apiFloorIntro = "Target 7 measures cp's etcd API against etcd, which answers from its own memory; every request to cp is a gRPC request " +
 	"and then a PostgreSQL statement. Here the same etcd Go client drives, alternated on one database: walwatch's store called in this " +
-	"program (in process, no server in front), two thin servers of etcd's API (this program re-executed: grpc-go with cp's windows, " +
+	"program (in process, no server in front), three thin servers of etcd's API (this program re-executed: grpc-go with cp's windows, " +
 	"nothing but one store call a request; no hub, no watch, no checks, no metrics), cp (walwatch_etcd) and etcd. `thin` answers a get " +
 	"with the store's get, `thin_select1` with `select 1`, the least a linearizable read, which must ask the database what other " +
 	"servers wrote, can cost one client; `thin_select1_shared` answers every get waiting with one `select 1`, one in flight at a " +
 	"time (as etcd's ReadIndex serves many reads with one round), the least it can cost many. Gets at one client and their p50 are sequential calls; at 32 clients each a 5 s run (2 s quick); puts write " +
-	"the benchmark's 10,000 keys, 128 B values, fsync on; MemberList is the front door alone.\n\n"
+	"the benchmark's 10,000 keys, 128 B values, fsync on; MemberList is the front door alone. Before each measurement the benchmark waits for autovacuum and for cp's hub, which " +
+	"follows every walwatch system's writes, to catch up.\n\n"
 
 // measureAPIFloor measures apiFloorMetrics of one system once.
 func measureAPIFloor(ctx context.Context, cfg apiFloorConfig, b *bench, s apiFloorSystem, st *store.Store) (map[string]float64, error) {
