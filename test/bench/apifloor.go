@@ -62,6 +62,9 @@ func etcdAPIFloor(ctx context.Context, quick bool, outDir string, log *slog.Logg
 	if quick {
 		cfg = apiFloorConfig{rounds: 2, calls: 500, loadDuration: 2 * time.Second}
 	}
+	if err := os.MkdirAll(outDir, 0o755); err != nil {
+		return fmt.Errorf("output dir: %w", err)
+	}
 	repoDir, commit, err := repoCommit(ctx)
 	if err != nil {
 		return err
@@ -225,7 +228,7 @@ func caughtUp(ctx context.Context, c *etcdClients) error {
 	deadline := time.Now().Add(time.Minute)
 	for {
 		err := c.answers(ctx)
-		if err == nil || time.Now().After(deadline) {
+		if err == nil || ctx.Err() != nil || time.Now().After(deadline) {
 			return err
 		}
 	}
@@ -309,8 +312,8 @@ func thinName(read string) string {
 	return "thin_" + read
 }
 
-// startThin starts a thin server whose gets are read: "store" or
-// "select1", and connects the etcd clients to it.
+// startThin starts a thin server whose gets are read (one of thinReads),
+// and connects the etcd clients to it.
 func startThin(ctx context.Context, e *env, read string) (*etcdClients, func(), error) {
 	port, err := freePort()
 	if err != nil {
@@ -472,7 +475,11 @@ func (s *sharedReads) round() {
 	batch := s.waiting
 	s.waiting = nil
 	s.mu.Unlock()
-	err := selectOne(context.Background(), s.pool)
+	// The round is every waiting reader's, so no one reader's context may
+	// end it; a minute bounds a database that stopped answering.
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	err := selectOne(ctx, s.pool)
+	cancel()
 	for _, ch := range batch {
 		ch <- err
 	}
