@@ -35,13 +35,14 @@ import (
 // watch, no checks, no metrics. The select 1 servers answer a get with
 // PostgreSQL's cheapest statement instead (thinReads): the least that a
 // linearizable read, which must ask the database for what other servers
-// wrote, can cost. "in process" is the store called in this program: what
+// wrote, can cost; the mirror answers from memory after reading the
+// current revision. "in process" is the store called in this program: what
 // walwatch costs without a server in front of it.
 type apiFloorSystem struct {
 	name string
 	cli  *etcdClients // nil for the store in process
-	// puts says whether its puts are measured (the select 1 servers' are
-	// the thin server's own).
+	// puts says whether its puts are measured (the other thin servers'
+	// are the store's thin server's own).
 	puts bool
 }
 
@@ -168,11 +169,13 @@ func etcdAPIFloor(ctx context.Context, quick bool, outDir string, log *slog.Logg
 
 const apiFloorIntro = "Target 7 measures cp's etcd API against etcd, which answers from its own memory; every request to cp is a gRPC request " +
 	"and then a PostgreSQL statement. Here the same etcd Go client drives, alternated on one database: walwatch's store called in this " +
-	"program (in process, no server in front), three thin servers of etcd's API (this program re-executed: grpc-go with cp's windows, " +
-	"nothing but one store call a request; no hub, no watch, no checks, no metrics), cp (walwatch_etcd) and etcd. `thin` answers a get " +
+	"program (in process, no server in front), four thin servers of etcd's API (this program re-executed: grpc-go with cp's windows, " +
+	"nothing but one statement a request; no hub, no watch, no checks, no metrics), cp (walwatch_etcd) and etcd. `thin` answers a get " +
 	"with the store's get, `thin_select1` with `select 1`, the least a linearizable read, which must ask the database what other " +
 	"servers wrote, can cost one client; `thin_select1_shared` answers every get waiting with one `select 1`, one in flight at a " +
-	"time (as etcd's ReadIndex serves many reads with one round), the least it can cost many. Gets at one client and their p50 are sequential calls; at 32 clients each a 5 s run (2 s quick); puts write " +
+	"time (as etcd's ReadIndex serves many reads with one round), the least it can cost many; `thin_mirror` keeps every key in its " +
+	"memory (loaded when it starts) and reads only the current revision, shared in the same way: the least a cp that answered gets " +
+	"from a copy of the keyspace would pay. Gets at one client and their p50 are sequential calls; at 32 clients each a 5 s run (2 s quick); puts write " +
 	"the benchmark's 10,000 keys, 128 B values, fsync on; MemberList is the front door alone. Before each measurement the benchmark waits for autovacuum and for cp's hub, which " +
 	"follows every walwatch system's writes, to catch up.\n\n"
 
@@ -299,8 +302,11 @@ func formatRounds(xs []float64) string {
 // one select 1 a get; one select 1 for every get waiting when it starts,
 // one in flight at a time, as etcd's ReadIndex serves many reads with one
 // round of its leader's: the least a linearizable read at many clients can
-// cost a server that keeps nothing in memory.
-var thinReads = []string{"select1", "shared", "store"}
+// cost a server that keeps nothing in memory; and "mirror", a server that
+// keeps every key in memory (loaded when it starts, never updated) and
+// reads only the current revision, shared as the select 1 is: the least a
+// cp answering gets from a copy of the keyspace would pay.
+var thinReads = []string{"select1", "shared", "mirror", "store"}
 
 func thinName(read string) string {
 	switch read {
@@ -363,7 +369,17 @@ func serveThin(addr, pgURL, read string) error {
 	// request's data to estimate the link, which costs a thin server more
 	// than cp.
 	s := grpc.NewServer(grpc.InitialWindowSize(2<<20), grpc.InitialConnWindowSize(4<<20), grpc.MaxConcurrentStreams(1<<31-1))
-	pb.RegisterKVServer(s, &thinKV{store: store.New(pool, store.Limits{}), pool: pool, read: read, shared: &sharedReads{pool: pool}})
+	kv := &thinKV{store: store.New(pool, store.Limits{}), pool: pool, read: read}
+	switch read {
+	case "shared":
+		kv.shared = &sharedReads{pool: pool, stmt: "select 1"}
+	case "mirror":
+		kv.shared = &sharedReads{pool: pool, stmt: currentRevisionSQL}
+		if kv.mirror, err = loadMirror(ctx, kv.store); err != nil {
+			return err
+		}
+	}
+	pb.RegisterKVServer(s, kv)
 	pb.RegisterClusterServer(s, thinCluster{})
 	go func() {
 		<-ctx.Done()
@@ -380,8 +396,9 @@ type thinKV struct {
 	pb.UnimplementedKVServer
 	store  *store.Store
 	pool   *pgxpool.Pool
-	read   string // one of thinReads
-	shared *sharedReads
+	read   string       // one of thinReads
+	shared *sharedReads // for "shared" and "mirror"
+	mirror map[string]*mvccpb.KeyValue
 }
 
 var errThinRange = status.Error(codes.Unimplemented, "thin server: a get of one key at the latest revision only")
@@ -390,29 +407,60 @@ func (k *thinKV) Range(ctx context.Context, r *pb.RangeRequest) (*pb.RangeRespon
 	if len(r.RangeEnd) != 0 || r.Revision != 0 || len(r.Key) == 0 {
 		return nil, errThinRange
 	}
-	if k.read != "store" {
-		var err error
-		if k.read == "shared" {
-			err = k.shared.read(ctx)
-		} else {
-			err = selectOne(ctx, k.pool)
-		}
-		if err != nil {
-			return nil, status.Error(codes.Unavailable, err.Error())
-		}
-		// The key, so that the benchmark's get finds what it asked for.
-		return &pb.RangeResponse{Header: &pb.ResponseHeader{Revision: 1}, Kvs: []*mvccpb.KeyValue{{Key: r.Key}}, Count: 1}, nil
+	var (
+		rev int64 = 1
+		err error
+	)
+	switch k.read {
+	case "store":
+		return k.rangeStore(ctx, r)
+	case "select1":
+		err = selectOne(ctx, k.pool)
+	default:
+		rev, err = k.shared.read(ctx)
 	}
+	if err != nil {
+		return nil, status.Error(codes.Unavailable, err.Error())
+	}
+	out := &pb.RangeResponse{Header: &pb.ResponseHeader{Revision: rev}}
+	if kv, ok := k.mirror[string(r.Key)]; ok {
+		out.Kvs, out.Count = []*mvccpb.KeyValue{kv}, 1
+	} else if k.read != "mirror" {
+		// The key, so that the benchmark's get finds what it asked for.
+		out.Kvs, out.Count = []*mvccpb.KeyValue{{Key: r.Key}}, 1
+	}
+	return out, nil
+}
+
+func (k *thinKV) rangeStore(ctx context.Context, r *pb.RangeRequest) (*pb.RangeResponse, error) {
 	res, err := k.store.Range(ctx, store.RangeRequest{KeyRange: store.Key(r.Key)})
 	if err != nil {
 		return nil, status.Error(codes.Unavailable, err.Error())
 	}
 	out := &pb.RangeResponse{Header: &pb.ResponseHeader{Revision: res.Revision}, Count: res.Count}
 	for _, kv := range res.KVs {
-		out.Kvs = append(out.Kvs, &mvccpb.KeyValue{Key: kv.Key, Value: kv.Value, CreateRevision: kv.CreateRevision,
-			ModRevision: kv.ModRevision, Version: kv.Version, Lease: kv.Lease})
+		out.Kvs = append(out.Kvs, pbKeyValue(kv))
 	}
 	return out, nil
+}
+
+func pbKeyValue(kv store.KeyValue) *mvccpb.KeyValue {
+	return &mvccpb.KeyValue{Key: kv.Key, Value: kv.Value, CreateRevision: kv.CreateRevision,
+		ModRevision: kv.ModRevision, Version: kv.Version, Lease: kv.Lease}
+}
+
+// loadMirror reads every key's newest row once. The floor does not keep it
+// current: what it measures is the read, not the copy's upkeep.
+func loadMirror(ctx context.Context, st *store.Store) (map[string]*mvccpb.KeyValue, error) {
+	res, err := st.Range(ctx, store.RangeRequest{KeyRange: store.FromKey([]byte{0})})
+	if err != nil {
+		return nil, fmt.Errorf("load the mirror: %w", err)
+	}
+	m := make(map[string]*mvccpb.KeyValue, len(res.KVs))
+	for _, kv := range res.KVs {
+		m[string(kv.Key)] = pbKeyValue(kv)
+	}
+	return m, nil
 }
 
 func (k *thinKV) Put(ctx context.Context, r *pb.PutRequest) (*pb.PutResponse, error) {
@@ -439,19 +487,29 @@ func selectOne(ctx context.Context, pool *pgxpool.Pool) error {
 	return pool.QueryRow(ctx, "select 1").Scan(&one)
 }
 
-// sharedReads answers every read waiting when a select 1 starts with that
-// select 1. The first reader to find none in flight runs it in its own
-// goroutine; reads that arrive meanwhile wait for the next, which a new
-// goroutine runs, as the store's batches do.
+// currentRevisionSQL is how the store's gets learn the current revision:
+// the mirror's only statement.
+const currentRevisionSQL = "select coalesce((select max(x.revision) from walwatch.kv x), 1)"
+
+// sharedReads answers every read waiting when its statement starts with
+// that statement's answer (a bigint). The first reader to find none in
+// flight runs it in its own goroutine; reads that arrive meanwhile wait for
+// the next, which a new goroutine runs, as the store's batches do.
 type sharedReads struct {
 	pool    *pgxpool.Pool
+	stmt    string
 	mu      sync.Mutex
-	waiting []chan error
+	waiting []chan sharedRead
 	running bool
 }
 
-func (s *sharedReads) read(ctx context.Context) error {
-	ch := make(chan error, 1)
+type sharedRead struct {
+	n   int64
+	err error
+}
+
+func (s *sharedReads) read(ctx context.Context) (int64, error) {
+	ch := make(chan sharedRead, 1)
 	s.mu.Lock()
 	s.waiting = append(s.waiting, ch)
 	lead := !s.running
@@ -461,14 +519,14 @@ func (s *sharedReads) read(ctx context.Context) error {
 		s.round()
 	}
 	select {
-	case err := <-ch:
-		return err
+	case r := <-ch:
+		return r.n, r.err
 	case <-ctx.Done():
-		return ctx.Err()
+		return 0, ctx.Err()
 	}
 }
 
-// round answers the reads waiting with one select 1, then hands the lead
+// round answers the reads waiting with one statement, then hands the lead
 // to a new goroutine if more wait.
 func (s *sharedReads) round() {
 	s.mu.Lock()
@@ -478,10 +536,11 @@ func (s *sharedReads) round() {
 	// The round is every waiting reader's, so no one reader's context may
 	// end it; a minute bounds a database that stopped answering.
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
-	err := selectOne(ctx, s.pool)
+	var r sharedRead
+	r.err = s.pool.QueryRow(ctx, s.stmt).Scan(&r.n)
 	cancel()
 	for _, ch := range batch {
-		ch <- err
+		ch <- r
 	}
 	s.mu.Lock()
 	defer s.mu.Unlock()

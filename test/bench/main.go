@@ -84,7 +84,7 @@ func main() {
 	holdWatchesURL := flag.String("hold-watches", "", "(the watcher memory figure's child process) hold idle etcd watches on this server until standard input closes")
 	apiFloor := flag.Bool("etcd-api-floor", false, "measure target 7's figures on the thinnest servers of etcd's API over walwatch's store, beside cp's and etcd, instead of the benchmark")
 	thinAddr := flag.String("thin-serve", "", "(-etcd-api-floor's thin server, a child process) serve etcd's KV over walwatch's store on this address until SIGTERM")
-	thinRead := flag.String("thin-read", "store", "with -thin-serve: answer gets from the store (store), with one select 1 each (select1), or with one select 1 for all waiting (shared)")
+	thinRead := flag.String("thin-read", "store", "with -thin-serve: answer gets from the store (store), with one select 1 each (select1), with one select 1 for all waiting (shared), or from the keys in memory after one current-revision read for all waiting (mirror)")
 	thinPostgres := flag.String("thin-postgres", "", "with -thin-serve: the walwatch database's URL")
 	only := flag.String("systems", "", "comma-separated systems to measure, of "+strings.Join(systemOrder, ", ")+
 		" (default: all; a quick run leaves kine out unless it is named here)")
