@@ -44,7 +44,15 @@ type apiFloorSystem struct {
 	// puts says whether its puts are measured (the other thin servers'
 	// are the store's thin server's own).
 	puts bool
+	// idle, for the store in process, is how long the machine is left idle
+	// before each call at one client, as a server finds it when a request
+	// arrives: only those calls' p50s are measured.
+	idle time.Duration
 }
+
+// idleBeforeCall is the idle time before each call of "in process, after
+// idle": longer than a get or put through any of the systems takes.
+const idleBeforeCall = 500 * time.Microsecond
 
 // apiFloorMetrics are measured for each system in each round, in this order.
 var apiFloorMetrics = []string{"get_1_per_s", "get_1_p50_us", "put_1_p50_us", "get_32_per_s", "put_32_per_s", "noop_1_per_s"}
@@ -106,7 +114,7 @@ func etcdAPIFloor(ctx context.Context, quick bool, outDir string, log *slog.Logg
 		return err
 	}
 	defer func() { _ = cp.end(context.WithoutCancel(ctx)) }()
-	systems := []apiFloorSystem{{name: "in process", puts: true}}
+	systems := []apiFloorSystem{{name: "in process", puts: true}, {name: "in process, after idle", puts: true, idle: idleBeforeCall}}
 	for _, read := range thinReads {
 		cli, stop, err := startThin(ctx, e, read)
 		if err != nil {
@@ -176,7 +184,10 @@ const apiFloorIntro = "Target 7 measures cp's etcd API against etcd, which answe
 	"time (as etcd's ReadIndex serves many reads with one round), the least it can cost many; `thin_mirror` keeps every key in its " +
 	"memory (loaded when it starts) and reads only the current revision, shared in the same way: the least a cp that answered gets " +
 	"from a copy of the keyspace would pay. Gets at one client and their p50 are sequential calls; at 32 clients each a 5 s run (2 s quick); puts write " +
-	"the benchmark's 10,000 keys, 128 B values, fsync on; MemberList is the front door alone. Before each measurement the benchmark waits for autovacuum and for cp's hub, which " +
+	"the benchmark's 10,000 keys, 128 B values, fsync on; MemberList is the front door alone. `in process, after idle` is the store " +
+	"called in process as `in process` is, but each get and put at one client after 0.5 ms without work, as a request finds a " +
+	"server (its p50s only): the calls back to back find the machine's CPUs awake, which a call through a server, waiting on " +
+	"its client, does not. Before each measurement the benchmark waits for autovacuum and for cp's hub, which " +
 	"follows every walwatch system's writes, to catch up.\n\n"
 
 // measureAPIFloor measures apiFloorMetrics of one system once.
@@ -198,16 +209,23 @@ func measureAPIFloor(ctx context.Context, cfg apiFloorConfig, b *bench, s apiFlo
 		return s.cli.put(ctx, client, key, b.value)
 	}
 	m := map[string]float64{}
-	rate, p50, err := sequential(ctx, cfg.calls, get)
+	rate, p50, err := sequential(ctx, cfg.calls, s.idle, get)
 	if err != nil {
 		return nil, fmt.Errorf("gets at 1 client: %w", err)
 	}
-	m["get_1_per_s"], m["get_1_p50_us"] = rate, p50
+	m["get_1_p50_us"] = p50
+	if s.idle > 0 {
+		if _, m["put_1_p50_us"], err = sequential(ctx, cfg.calls/2, s.idle, put); err != nil {
+			return nil, fmt.Errorf("puts at 1 client: %w", err)
+		}
+		return m, nil
+	}
+	m["get_1_per_s"] = rate
 	if _, m["get_32_per_s"], err = throughput(ctx, 32, cfg.loadDuration, get); err != nil {
 		return nil, fmt.Errorf("gets at 32 clients: %w", err)
 	}
 	if s.puts {
-		if _, p50, err = sequential(ctx, cfg.calls/2, put); err != nil {
+		if _, p50, err = sequential(ctx, cfg.calls/2, 0, put); err != nil {
 			return nil, fmt.Errorf("puts at 1 client: %w", err)
 		}
 		m["put_1_p50_us"] = p50
@@ -217,7 +235,7 @@ func measureAPIFloor(ctx context.Context, cfg apiFloorConfig, b *bench, s apiFlo
 	}
 	if s.cli != nil {
 		noop := func(ctx context.Context, client int, _ *rand.Rand) error { return s.cli.memberList(ctx, client) }
-		if m["noop_1_per_s"], _, err = sequential(ctx, cfg.calls, noop); err != nil {
+		if m["noop_1_per_s"], _, err = sequential(ctx, cfg.calls, 0, noop); err != nil {
 			return nil, fmt.Errorf("MemberList at 1 client: %w", err)
 		}
 	}
@@ -237,13 +255,17 @@ func caughtUp(ctx context.Context, c *etcdClients) error {
 	}
 }
 
-// sequential calls f n times from one client and returns the calls a
-// second and their p50 in microseconds.
-func sequential(ctx context.Context, n int, f op) (perSec, p50 float64, err error) {
+// sequential calls f n times from one client, each after idle without
+// work, and returns the calls a second (counting the idle time) and their
+// p50 in microseconds.
+func sequential(ctx context.Context, n int, idle time.Duration, f op) (perSec, p50 float64, err error) {
 	rng := rand.New(rand.NewPCG(1, uint64(time.Now().UnixNano())))
 	times := make([]time.Duration, 0, n)
 	start := time.Now()
 	for range n {
+		if idle > 0 {
+			time.Sleep(idle)
+		}
 		t := time.Now()
 		if err := f(ctx, 0, rng); err != nil {
 			return 0, 0, err
