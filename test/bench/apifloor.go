@@ -215,8 +215,10 @@ func measureAPIFloor(ctx context.Context, cfg apiFloorConfig, b *bench, s apiFlo
 	}
 	m["get_1_p50_us"] = p50
 	if s.idle > 0 {
-		if _, m["put_1_p50_us"], err = sequential(ctx, cfg.calls/2, s.idle, put); err != nil {
-			return nil, fmt.Errorf("puts at 1 client: %w", err)
+		if s.puts {
+			if _, m["put_1_p50_us"], err = sequential(ctx, cfg.calls/2, s.idle, put); err != nil {
+				return nil, fmt.Errorf("puts at 1 client: %w", err)
+			}
 		}
 		return m, nil
 	}
