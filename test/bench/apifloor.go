@@ -511,8 +511,10 @@ func selectOne(ctx context.Context, pool *pgxpool.Pool) error {
 	return pool.QueryRow(ctx, "select 1").Scan(&one)
 }
 
-// currentRevisionSQL is how the store's gets learn the current revision:
-// the mirror's only statement.
+// currentRevisionSQL is the mirror's only statement: the subquery that
+// the store's get statements (oneKeyLatestSQL and manyKeysLatestSQL in
+// store/kv.go) read the current revision with, copied because they are the
+// store's own; walwatch.current_revision() would measure a costlier call.
 const currentRevisionSQL = "select coalesce((select max(x.revision) from walwatch.kv x), 1)"
 
 // sharedReads answers every read waiting when its statement starts with
