@@ -26,6 +26,7 @@ import (
 	"github.com/jackc/pgx/v5/pgxpool"
 
 	"github.com/walwatch/walwatch/expiry"
+	"github.com/walwatch/walwatch/keyspace"
 	"github.com/walwatch/walwatch/replication"
 	"github.com/walwatch/walwatch/sql"
 	"github.com/walwatch/walwatch/store"
@@ -54,6 +55,8 @@ type Client struct {
 	stopHub    context.CancelFunc // ends the hub's run
 	done       chan struct{}      // closed once the hub's run has returned and err is set
 	expiryDone chan struct{}      // closed once the lease expiry duty has stopped; nil without it
+	copy       *keyspace.Copy     // nil without Config.KeyspaceCopy
+	copyDone   chan struct{}      // closed once the copy's Run has returned; nil without it
 	err        error              // why the hub stopped, if it failed; written before done closes
 
 	closed    atomic.Bool
@@ -181,6 +184,14 @@ func newClient(pool *pgxpool.Pool, cfg Config, ownsPool bool) (*Client, error) {
 			expiry.Run(ctx, ecfg) //nolint:errcheck // it returns only when ctx ends
 		}()
 	}
+	if cfg.KeyspaceCopy {
+		c.copy = keyspace.New(c.store, hub, log.With("component", "keyspace"))
+		c.copyDone = make(chan struct{})
+		go func() {
+			defer close(c.copyDone)
+			c.copy.Run(ctx)
+		}()
+	}
 	return c, nil
 }
 
@@ -204,6 +215,9 @@ func (c *Client) Close() error {
 		<-c.done
 		if c.expiryDone != nil {
 			<-c.expiryDone
+		}
+		if c.copyDone != nil {
+			<-c.copyDone
 		}
 		if c.ownsPool {
 			c.pool.Close()
@@ -241,6 +255,10 @@ func (c *Client) Store() *store.Store { return c.store }
 // Hub returns the client's hub, for its state (Ready, Streaming, Watermark)
 // and metrics. The client runs it: do not call Run.
 func (c *Client) Hub() *replication.Hub { return c.hub }
+
+// KeyspaceCopy returns the client's copy of the keyspace, for its state
+// (Live, Served); nil without Config.KeyspaceCopy.
+func (c *Client) KeyspaceCopy() *keyspace.Copy { return c.copy }
 
 // Put sets key to value at a revision of its own.
 func (c *Client) Put(ctx context.Context, key, value []byte) (store.PutResponse, error) {
@@ -298,6 +316,19 @@ func (c *Client) Range(ctx context.Context, req store.RangeRequest) (store.Range
 // revision): one round trip. Otherwise it waits until the revision found
 // (or delivered) is settled and visible and reads again at it.
 func (c *Client) rangeLatest(ctx context.Context, req store.RangeRequest) (store.RangeResponse, error) {
+	if c.copy != nil && req.IsSingleKey() {
+		wctx, cancel := context.WithTimeout(ctx, c.settle)
+		res, err := c.copy.Get(wctx, req)
+		cancel()
+		switch {
+		case err == nil:
+			return res, nil
+		case errors.Is(err, keyspace.ErrBehind):
+			return store.RangeResponse{}, fmt.Errorf("%w: %w", ErrNotSettled, store.TypedError(err, 0))
+		case !errors.Is(err, keyspace.ErrNotLive):
+			return store.RangeResponse{}, err
+		}
+	}
 	visible, delivered := c.hub.Visible(), c.hub.Watermark()
 	res, err := c.store.Range(ctx, req)
 	if err != nil || (res.Revision >= delivered && res.Revision <= visible) {

@@ -38,6 +38,12 @@ type Config struct {
 	// does; a program that only reads and watches need not. Its Pool is the
 	// client's (leave it nil); a nil Logger takes the client's.
 	LeaseExpiry *expiry.Config
+	// KeyspaceCopy makes the client keep a copy of the latest value of
+	// every key in memory (package keyspace) and answer reads of one key
+	// at the latest revision from it, after one shared read of the current
+	// revision: fewer and cheaper statements per read, for the memory the
+	// keyspace takes. Reads are as linearizable either way.
+	KeyspaceCopy bool
 }
 
 // Option configures Open.

@@ -378,3 +378,38 @@ func batchContext[C call](batch []C) (context.Context, func()) {
 		cancel()
 	}
 }
+
+// Reads of the current revision that arrive while one is in flight share
+// the next statement: every reader still gets a statement that began after
+// it asked, which is what a linearizable read from a copy of the keyspace
+// needs (package keyspace), and 32 clients cost a round trip, not 32.
+const maxBatchRevisions = 1024
+
+// revisionCall is one CurrentRevision waiting for its batch.
+type revisionCall struct {
+	pending
+	rev int64
+}
+
+func (c *revisionCall) size() int { return 0 }
+
+func newRevisionBatcher(pool *pgxpool.Pool) *batcher[*revisionCall] {
+	b := &batcher[*revisionCall]{limit: 1, max: maxBatchRevisions}
+	b.run = func(calls []*revisionCall) {
+		batch := live(calls)
+		if len(batch) == 0 {
+			return
+		}
+		ctx, stop := batchContext(batch)
+		defer stop()
+		var rev int64
+		err := pool.QueryRow(ctx, "select walwatch.current_revision()").Scan(&rev)
+		if err != nil {
+			err = fmt.Errorf("read current revision: %w", markTransient(err))
+		}
+		for _, c := range batch {
+			c.rev, c.err = rev, err
+		}
+	}
+	return b
+}

@@ -36,6 +36,7 @@ type Store struct {
 	gets   *getBatcher
 	txns   *txnBatcher
 	renews *keepAliveBatcher
+	revs   *batcher[*revisionCall]
 	counts pageCounts
 }
 
@@ -50,7 +51,7 @@ func New(pool *pgxpool.Pool, limits Limits) *Store {
 	if limits.MaxTxnOps <= 0 {
 		limits.MaxTxnOps = DefaultLimits.MaxTxnOps
 	}
-	s := &Store{pool: pool, limits: limits, puts: newPutBatcher(pool), gets: newGetBatcher(pool), renews: &keepAliveBatcher{pool: pool}}
+	s := &Store{pool: pool, limits: limits, puts: newPutBatcher(pool), gets: newGetBatcher(pool), renews: &keepAliveBatcher{pool: pool}, revs: newRevisionBatcher(pool)}
 	s.txns = newTxnBatcher(s)
 	return s
 }
@@ -89,6 +90,17 @@ func (s *Store) Revision(ctx context.Context) (current, compacted int64, err err
 		return 0, 0, fmt.Errorf("read revision: %w", markTransient(err))
 	}
 	return current, compacted, nil
+}
+
+// CurrentRevision returns the current revision, as Revision does, read by
+// a statement that began after the call: calls waiting at once share one.
+func (s *Store) CurrentRevision(ctx context.Context) (int64, error) {
+	c := &revisionCall{pending: newPending(ctx)}
+	s.revs.submit(c)
+	if err := c.wait(); err != nil {
+		return 0, err
+	}
+	return c.rev, nil
 }
 
 func (s *Store) checkKey(key []byte) error {

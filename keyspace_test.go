@@ -1,0 +1,200 @@
+package walwatch_test
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"math/rand/v2"
+	"slices"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/walwatch/walwatch"
+	"github.com/walwatch/walwatch/store"
+	"github.com/walwatch/walwatch/test/wait"
+)
+
+// openWithCopy opens a client keeping a keyspace copy and a second client
+// on the same database without one, as another server would be, and waits
+// until the copy is live.
+func openWithCopy(t *testing.T) (withCopy, other *walwatch.Client) {
+	t.Helper()
+	c, url := open(t, walwatch.WithConfig(walwatch.Config{KeyspaceCopy: true}))
+	ctx, cancel := context.WithTimeout(t.Context(), openTimeout)
+	defer cancel()
+	other, err := walwatch.Open(ctx, url)
+	if err != nil {
+		t.Fatalf("Open: %v", err)
+	}
+	t.Cleanup(func() { other.Close() })
+	wait.For(t, "keyspace copy live", c.KeyspaceCopy().Live)
+	return c, other
+}
+
+// TestKeyspaceCopy checks that a read of one key from the copy answers what
+// the store holds at the revision it answers at, at or above a write made
+// just before it by this client or another.
+func TestKeyspaceCopy(t *testing.T) {
+	c, other := openWithCopy(t)
+	ctx := t.Context()
+	lease, err := other.Store().Grant(ctx, 60, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	revOf := func(res store.PutResponse, err error) (int64, error) { return res.Revision, err }
+	for _, tc := range []struct {
+		name  string
+		key   string
+		write func() (int64, error)
+		want  string // "" for no key
+	}{
+		{"put here", "/c/a", func() (int64, error) { return revOf(c.Put(ctx, []byte("/c/a"), []byte("1"))) }, "1"},
+		{"put elsewhere", "/c/a", func() (int64, error) { return revOf(other.Put(ctx, []byte("/c/a"), []byte("2"))) }, "2"},
+		{"another key written", "/c/a", func() (int64, error) { return revOf(other.Put(ctx, []byte("/c/b"), []byte("x"))) }, "2"},
+		{"txn elsewhere", "/c/b", func() (int64, error) {
+			res, err := other.Txn(ctx, store.TxnRequest{Then: []store.Op{
+				store.OpPutKey([]byte("/c/b"), []byte("3")), store.OpDeleteRange(store.Key([]byte("/c/a"))),
+			}})
+			return res.Revision, err
+		}, "3"},
+		{"deleted", "/c/a", func() (int64, error) { return revOf(c.Put(ctx, []byte("/c/z"), nil)) }, ""},
+		{"with a lease", "/c/l", func() (int64, error) {
+			res, err := other.Txn(ctx, store.TxnRequest{Then: []store.Op{
+				{Kind: store.OpPut, Range: store.Key([]byte("/c/l")), Value: []byte("4"), Lease: lease.ID},
+			}})
+			return res.Revision, err
+		}, "4"},
+		{"lease revoked", "/c/l", func() (int64, error) {
+			l, err := other.Store().Grant(ctx, 60, 0)
+			if err != nil {
+				return 0, err
+			}
+			if _, err := other.Txn(ctx, store.TxnRequest{Then: []store.Op{
+				{Kind: store.OpPut, Range: store.Key([]byte("/c/l")), Value: []byte("5"), Lease: l.ID},
+			}}); err != nil {
+				return 0, err
+			}
+			res, err := other.Store().Revoke(ctx, l.ID)
+			return res.Revision, err
+		}, ""},
+		{"delete elsewhere", "/c/b", func() (int64, error) {
+			res, err := other.Delete(ctx, store.Key([]byte("/c/b")))
+			return res.Revision, err
+		}, ""},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			// Many rounds: most reads come before the hub has the write.
+			for i := range 20 {
+				rev, err := tc.write()
+				if err != nil {
+					t.Fatal(err)
+				}
+				served := c.KeyspaceCopy().Served()
+				got, err := c.Get(ctx, store.Key([]byte(tc.key)))
+				if err != nil {
+					t.Fatal(err)
+				}
+				if c.KeyspaceCopy().Served() == served {
+					t.Fatalf("round %d: the copy did not answer", i)
+				}
+				if got.Revision < rev {
+					t.Fatalf("round %d: read at revision %d after a write at %d", i, got.Revision, rev)
+				}
+				if v := kvMap(got.KVs)[tc.key]; v != tc.want || (tc.want == "") != (got.Count == 0) {
+					t.Fatalf("round %d: read %q (count %d), want %q", i, v, got.Count, tc.want)
+				}
+				want, err := c.Range(ctx, store.RangeRequest{KeyRange: store.Key([]byte(tc.key)), Revision: got.Revision})
+				if err != nil {
+					t.Fatal(err)
+				}
+				if !slices.EqualFunc(got.KVs, want.KVs, sameKV) {
+					t.Fatalf("round %d: copy answered %+v at revision %d, the store holds %+v", i, got.KVs, got.Revision, want.KVs)
+				}
+				count, err := c.Range(ctx, store.RangeRequest{KeyRange: store.Key([]byte(tc.key)), CountOnly: true})
+				if err != nil {
+					t.Fatal(err)
+				}
+				if count.Count != got.Count || len(count.KVs) != 0 {
+					t.Fatalf("round %d: count only answered %d and %d keys, want %d and none", i, count.Count, len(count.KVs), got.Count)
+				}
+			}
+		})
+	}
+}
+
+func sameKV(a, b store.KeyValue) bool {
+	return bytes.Equal(a.Key, b.Key) && bytes.Equal(a.Value, b.Value) && a.CreateRevision == b.CreateRevision &&
+		a.ModRevision == b.ModRevision && a.Version == b.Version && a.Lease == b.Lease
+}
+
+// TestKeyspaceCopyUnderWrites reads keys from the copy while another client
+// writes them: every read must show at least the newest write acknowledged
+// before it began, and one reader's revisions never go back.
+func TestKeyspaceCopyUnderWrites(t *testing.T) {
+	c, other := openWithCopy(t)
+	const keys, writers, readers = 8, 4, 4
+	ctx, cancel := context.WithTimeout(t.Context(), 2*time.Second)
+	defer cancel()
+	var acked [keys]atomic.Int64 // per key, the revision of its newest acknowledged write
+	var wg sync.WaitGroup
+	errs := make(chan error, writers+readers)
+	for w := range writers {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for i := 0; ctx.Err() == nil; i++ {
+				k := (w + i) % keys
+				res, err := other.Put(ctx, []byte(fmt.Sprintf("/u/%d", k)), []byte(fmt.Sprint(i)))
+				if err != nil {
+					if ctx.Err() == nil {
+						errs <- fmt.Errorf("put: %w", err)
+					}
+					return
+				}
+				for prev := acked[k].Load(); prev < res.Revision && !acked[k].CompareAndSwap(prev, res.Revision); prev = acked[k].Load() {
+				}
+			}
+		}()
+	}
+	var reads atomic.Int64
+	for range readers {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			var last int64
+			for ctx.Err() == nil {
+				k := rand.IntN(keys)
+				before := acked[k].Load()
+				res, err := c.Get(ctx, store.Key([]byte(fmt.Sprintf("/u/%d", k))))
+				if err != nil {
+					if ctx.Err() == nil || !errors.Is(err, context.DeadlineExceeded) {
+						errs <- fmt.Errorf("get: %w", err)
+					}
+					return
+				}
+				reads.Add(1)
+				switch {
+				case res.Revision < last:
+					errs <- fmt.Errorf("read at revision %d after one at %d", res.Revision, last)
+					return
+				case before > 0 && (len(res.KVs) == 0 || res.KVs[0].ModRevision < before):
+					errs <- fmt.Errorf("key %d read %+v after a write at %d was acknowledged", k, res.KVs, before)
+					return
+				}
+				last = res.Revision
+			}
+		}()
+	}
+	wg.Wait()
+	close(errs)
+	for err := range errs {
+		t.Error(err)
+	}
+	if reads.Load() == 0 || c.KeyspaceCopy().Served() == 0 {
+		t.Fatalf("%d reads, %d from the copy", reads.Load(), c.KeyspaceCopy().Served())
+	}
+	t.Logf("%d reads, %d from the copy", reads.Load(), c.KeyspaceCopy().Served())
+}
