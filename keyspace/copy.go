@@ -216,6 +216,13 @@ func (c *Copy) Live() bool {
 	return c.kvs != nil
 }
 
+// Keys returns how many keys the copy holds; 0 while it is not live.
+func (c *Copy) Keys() int {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return len(c.kvs)
+}
+
 // Served returns how many reads the copy has answered.
 func (c *Copy) Served() uint64 { return c.served.Load() }
 

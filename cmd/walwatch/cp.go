@@ -26,6 +26,7 @@ import (
 	"github.com/walwatch/walwatch/cmd/walwatch/internal/etcdapi"
 	"github.com/walwatch/walwatch/cmd/walwatch/internal/httpapi"
 	"github.com/walwatch/walwatch/expiry"
+	"github.com/walwatch/walwatch/keyspace"
 	"github.com/walwatch/walwatch/replication"
 	"github.com/walwatch/walwatch/sql"
 )
@@ -50,6 +51,7 @@ type cpOptions struct {
 	compactionMode, compactionRetention string
 	compaction                          autocompact.Policy
 	pprof                               bool                // etcd's --enable-pprof: /debug/pprof/ on the HTTP API
+	keyspaceCopy                        bool                // walwatch.Config.KeyspaceCopy
 	ready                               func(addr net.Addr) // called once listening (tests, demo)
 }
 
@@ -208,6 +210,7 @@ etcd watchers cost one slot.`,
 		"as etcd's: periodic (keep the history of the retention period) or revision (keep that many revisions)")
 	cmd.Flags().StringVar(&o.compactionRetention, "auto-compaction-retention", "0",
 		`as etcd's: for periodic a duration ("1h", "30m") or a number of hours, for revision a number of revisions; 0: no auto-compaction. One cp per database does it`)
+	cmd.Flags().BoolVar(&o.keyspaceCopy, "keyspace-copy", false, "keep the latest value of every key in memory and answer reads of one key at the latest revision from it, after one read of the current revision shared by the reads waiting (memory: the keyspace's size)")
 	cmd.Flags().BoolVar(&o.pprof, "enable-pprof", false, "as etcd's: serve Go's runtime profiles at /debug/pprof/ on the HTTP API (no authentication)")
 	addEtcdFlags(cmd, &o.etcd)
 	return cmd
@@ -268,13 +271,17 @@ func runCP(ctx context.Context, log *slog.Logger, pool *pgxpool.Pool, o cpOption
 			Logger: log.With("component", "hub"), Metrics: replication.NewMetrics(reg),
 		},
 		// Every cp takes part in the lease expiry duty; one holds it.
-		LeaseExpiry: &expiry.Config{Logger: log.With("component", "expiry")},
-		Logger:      log,
+		LeaseExpiry:  &expiry.Config{Logger: log.With("component", "expiry")},
+		Logger:       log,
+		KeyspaceCopy: o.keyspaceCopy,
 	})
 	if err != nil {
 		return err
 	}
 	defer client.Close()
+	if c := client.KeyspaceCopy(); c != nil {
+		reg.MustRegister(keyspace.NewMetrics(c)...)
+	}
 	var sides []sideServer
 	if !o.compaction.Off() {
 		cfg := autocompact.Config{
