@@ -178,7 +178,7 @@ func etcdAPIFloor(ctx context.Context, quick bool, outDir string, log *slog.Logg
 const apiFloorIntro = "Target 7 measures cp's etcd API against etcd, which answers from its own memory; every request to cp is a gRPC request " +
 	"and then a PostgreSQL statement. Here the same etcd Go client drives, alternated on one database: walwatch's store called in this " +
 	"program (in process, no server in front), four thin servers of etcd's API (this program re-executed: grpc-go with cp's windows, " +
-	"nothing but one statement a request; no hub, no watch, no checks, no metrics), cp (walwatch_etcd) and etcd. `thin` answers a get " +
+	"nothing but one statement a request; no hub, no watch, no checks, no metrics), cp (walwatch_etcd, with its keyspace copy: --keyspace-copy) and etcd. `thin` answers a get " +
 	"with the store's get, `thin_select1` with `select 1`, the least a linearizable read, which must ask the database what other " +
 	"servers wrote, can cost one client; `thin_select1_shared` answers every get waiting with one `select 1`, one in flight at a " +
 	"time (as etcd's ReadIndex serves many reads with one round), the least it can cost many; `thin_mirror` keeps every key in its " +

@@ -39,7 +39,7 @@ func (s *etcdAPISystem) begin(ctx context.Context) error {
 	addr := fmt.Sprintf("127.0.0.1:%d", port)
 	// pprof: its heap profile with gc=1 is how the watcher memory figure
 	// collects garbage before it reads the cp's memory.
-	if err := s.cp.start(ctx, "--etcd-listen", addr, "--enable-pprof"); err != nil {
+	if err := s.cp.start(ctx, "--etcd-listen", addr, "--enable-pprof", "--keyspace-copy"); err != nil {
 		return err
 	}
 	c, err := openEtcdClients("http://" + addr)

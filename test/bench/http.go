@@ -37,10 +37,10 @@ func newHTTPSystem(e *env) *httpSystem {
 func (s *httpSystem) name() string { return "walwatch_http" }
 func (s *httpSystem) pids() []int  { return s.cp.pids() }
 
-// begin starts the control plane, its etcd API off, and waits until it is
-// ready.
+// begin starts the control plane, its etcd API off and its keyspace copy
+// on, as walwatch_etcd's, and waits until it is ready.
 func (s *httpSystem) begin(ctx context.Context) error {
-	return s.cp.start(ctx, "--etcd-listen", "")
+	return s.cp.start(ctx, "--etcd-listen", "", "--keyspace-copy")
 }
 
 // end stops the control plane and drops its slot.

@@ -563,7 +563,9 @@ func (b *bench) notes(names, lagNotes, cpuNotes []string) []string {
 			"together, at most two transactions at a time, each put at a revision of its own (etcd batches its writes too; notify writes each insert alone, as the seed does). " +
 			"walwatch without a watcher runs no hub and holds no slot. walwatch with a watcher runs one hub on a temporary slot in this process and one watcher on it. " +
 			"walwatch_http is the walwatch binary's control plane (cp) as a subprocess on its own slot, which it holds for its whole turn, so its " +
-			"'unwatched' puts still feed a hub; writes are PUT /v1/kv/..., reads GET /v1/kv/... (which wait until the hub has settled the revision read at), " +
+			"'unwatched' puts still feed a hub; writes are PUT /v1/kv/..., reads GET /v1/kv/... of one key, " +
+			"which the cp answers from its copy of the keyspace (--keyspace-copy: every key's latest value in its memory, kept by a watch) once the copy " +
+			"holds the current revision, read once for all the reads waiting, " +
 			"the watcher one Server-Sent Events stream; the cp uses its own pool of 32 connections, whatever the client count, and its etcd API is off. " +
 			"walwatch_etcd is the same cp (its own slot, held for its turn) with its etcd v3 gRPC API on (--etcd-listen), driven by the same code as etcd: " +
 			"the etcd Go client, one client (one gRPC connection) per benchmark client and one for the watcher; puts are KV.Put, gets linearizable KV.Range " +
