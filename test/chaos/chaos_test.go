@@ -70,10 +70,13 @@ type historyResult struct {
 func runHistory(t *testing.T, cfg config, seed int64) historyResult {
 	started := time.Now()
 	res := historyResult{seed: seed}
-	t.Logf("seed %d", seed)
+	// In every other history cp reads keys from a keyspace copy
+	// (--keyspace-copy), so both of its read paths face every fault.
+	keyspaceCopy := seed%2 == 1
+	t.Logf("seed %d, keyspace copy %v", seed, keyspaceCopy)
 	ctx := t.Context()
 	plan := schedule(seed, cfg.traffic, cfg.faults)
-	e := newEnv(t, ctx, slices.ContainsFunc(plan, func(p plannedFault) bool { return p.kind == faultFailover }))
+	e := newEnv(t, ctx, slices.ContainsFunc(plan, func(p plannedFault) bool { return p.kind == faultFailover }), keyspaceCopy)
 	r := &run{e: e, rec: newRecorder()}
 
 	clients := make([]*client, cfg.clients)

@@ -88,7 +88,7 @@ $$;
 create trigger chaos_audit after insert on walwatch.kv for each row execute function chaos.audit_row();
 `
 
-func newEnv(t *testing.T, ctx context.Context, withStandby bool) *env {
+func newEnv(t *testing.T, ctx context.Context, withStandby, keyspaceCopy bool) *env {
 	t.Helper()
 	dataDir, err := os.MkdirTemp("", "walwatch-chaos-pg-")
 	if err != nil {
@@ -153,7 +153,7 @@ func newEnv(t *testing.T, ctx context.Context, withStandby bool) *env {
 	}
 	t.Cleanup(e.sql.Close)
 
-	e.cp = startCP(t, ctx, e.viaPx, e.slot)
+	e.cp = startCP(t, ctx, e.viaPx, e.slot, keyspaceCopy)
 
 	e.hub, err = walwatch.Open(ctx, e.viaPx, walwatch.WithConfig(walwatch.Config{
 		Hub: replication.Config{ProgressInterval: progressPeriod},
@@ -190,12 +190,15 @@ type cpProc struct {
 	done chan struct{} // closed when cmd has exited
 }
 
-func startCP(t *testing.T, ctx context.Context, pg, slot string) *cpProc {
+func startCP(t *testing.T, ctx context.Context, pg, slot string, keyspaceCopy bool) *cpProc {
 	t.Helper()
 	for attempt := 0; ; attempt++ {
 		c := &cpProc{httpAddr: pgtest.FreeAddr(t), etcdAddr: pgtest.FreeAddr(t), out: &logs.Buffer{}}
 		c.args = []string{"--postgres", pg, "cp", "--listen", c.httpAddr, "--etcd-listen", c.etcdAddr, "--slot", slot,
 			"--progress-interval", progressPeriod.String(), "--etcd-progress-interval", progressPeriod.String()}
+		if keyspaceCopy {
+			c.args = append(c.args, "--keyspace-copy")
+		}
 		if err := c.start(); err != nil {
 			t.Fatal(err)
 		}
