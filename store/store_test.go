@@ -2,9 +2,12 @@ package store_test
 
 import (
 	"bytes"
+	"context"
 	"errors"
+	"fmt"
 	"slices"
 	"strings"
+	"sync"
 	"testing"
 
 	"github.com/walwatch/walwatch/sql"
@@ -39,6 +42,33 @@ func TestRevisionsCountWrites(t *testing.T) {
 	}
 	if rev := mustPut(t, s, "/b", "1"); rev != 3 {
 		t.Fatalf("put after empty delete got revision %d, want 3", rev)
+	}
+}
+
+// CurrentRevision, called by many at once, answers each at least the
+// revision of every write acknowledged before the call.
+func TestCurrentRevisionShared(t *testing.T) {
+	s, _ := newStore(t, store.Limits{})
+	ctx := testContext(t)
+	for round := range 5 {
+		rev := mustPut(t, s, "/cur", fmt.Sprint(round))
+		var wg sync.WaitGroup
+		got := make([]int64, 32)
+		errs := make([]error, len(got))
+		for i := range got {
+			wg.Go(func() { got[i], errs[i] = s.CurrentRevision(ctx) })
+		}
+		wg.Wait()
+		for i := range got {
+			if errs[i] != nil || got[i] != rev {
+				t.Fatalf("round %d: CurrentRevision = %d, %v after a put at %d", round, got[i], errs[i], rev)
+			}
+		}
+	}
+	cancelled, cancel := context.WithCancel(ctx)
+	cancel()
+	if _, err := s.CurrentRevision(cancelled); !errors.Is(err, context.Canceled) {
+		t.Fatalf("CurrentRevision with a cancelled context: %v", err)
 	}
 }
 
