@@ -170,8 +170,10 @@ func TestKeyspaceCopyUnderWrites(t *testing.T) {
 				before := acked[k].Load()
 				res, err := c.Get(ctx, store.Key([]byte(fmt.Sprintf("/u/%d", k))))
 				if err != nil {
-					if ctx.Err() == nil || !errors.Is(err, context.DeadlineExceeded) {
+					if ctx.Err() == nil {
 						errs <- fmt.Errorf("get: %w", err)
+					} else if !errors.Is(err, context.DeadlineExceeded) {
+						errs <- fmt.Errorf("get at the deadline: %w, want the deadline's error", err)
 					}
 					return
 				}

@@ -88,6 +88,9 @@ func (c *Copy) Run(ctx context.Context) {
 		if ctx.Err() != nil {
 			return
 		}
+		if errors.Is(err, errFollowed) {
+			wait = retryMin // it was live: a new failure, not the same one again
+		}
 		c.log.Warn("keyspace copy stopped; reads of one key go to the database until it is loaded again", "err", err, "retry_in", wait)
 		select {
 		case <-time.After(wait):
@@ -95,9 +98,6 @@ func (c *Copy) Run(ctx context.Context) {
 			return
 		}
 		wait = min(2*wait, retryMax)
-		if errors.Is(err, errFollowed) {
-			wait = retryMin // it was live: this is a new failure, not the same one again
-		}
 	}
 }
 
@@ -270,10 +270,12 @@ func (c *Copy) Get(ctx context.Context, req store.RangeRequest) (store.RangeResp
 }
 
 // await returns once the copy may have advanced toward cur. Changes reach
-// the copy as events, but a revision can be one no key changed in (a filler
-// that settled a hole): once the hub has settled cur, a progress mark on
-// the copy's watch, sent after every event up to the hub's watermark,
-// brings the copy to it.
+// the copy as events, and the current revision is always a row's (fillers
+// settle holes below the newest row, and compaction keeps the newest): its
+// event is on its way. Once the hub has settled cur, a progress mark on the
+// copy's watch, sent after every event up to the hub's watermark, brings
+// the copy to it all the same, so that no read can wait on an event that
+// will not come.
 func (c *Copy) await(ctx context.Context, w *replication.Watcher, cur int64, advanced <-chan struct{}) error {
 	if c.hub.Watermark() < cur {
 		// Events are on their way, or a hole is settling.

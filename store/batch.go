@@ -409,6 +409,9 @@ func newRevisionBatcher(pool *pgxpool.Pool) *batcher[*revisionCall] {
 		}
 		for _, c := range batch {
 			c.rev, c.err = rev, err
+			if err != nil && c.ctx.Err() != nil {
+				c.err = c.ctx.Err() // it gave up: the batch's own cancellation is not its error
+			}
 		}
 	}
 	return b
