@@ -10,7 +10,8 @@
 // revision, exactly what a watcher of every key has been sent up to that
 // revision, and a read answers at a revision at or above the current one
 // when it began. Ranges, reads at a revision and everything else go to the
-// store.
+// store. Its tests are the client's (keyspace_test.go at the module's root),
+// which runs it.
 package keyspace
 
 import (
