@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"math/rand/v2"
 	"slices"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -45,6 +46,7 @@ func TestKeyspaceCopy(t *testing.T) {
 		t.Fatal(err)
 	}
 	revOf := func(res store.PutResponse, err error) (int64, error) { return res.Revision, err }
+	large := strings.Repeat("\x00v\xff", 100_000) // 300 kB, not UTF-8
 	for _, tc := range []struct {
 		name  string
 		key   string
@@ -80,6 +82,9 @@ func TestKeyspaceCopy(t *testing.T) {
 			res, err := other.Store().Revoke(ctx, l.ID)
 			return res.Revision, err
 		}, ""},
+		{"binary key, large value", "\x00\xff/c", func() (int64, error) {
+			return revOf(other.Put(ctx, []byte("\x00\xff/c"), []byte(large)))
+		}, large},
 		{"delete elsewhere", "/c/b", func() (int64, error) {
 			res, err := other.Delete(ctx, store.Key([]byte("/c/b")))
 			return res.Revision, err
