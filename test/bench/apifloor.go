@@ -55,7 +55,7 @@ type apiFloorSystem struct {
 const idleBeforeCall = 500 * time.Microsecond
 
 // apiFloorMetrics are measured for each system in each round, in this order.
-var apiFloorMetrics = []string{"get_1_per_s", "get_1_p50_us", "put_1_p50_us", "get_32_per_s", "put_32_per_s", "noop_1_per_s"}
+var apiFloorMetrics = []string{"get_1_per_s", "get_1_p50_us", "put_1_p50_us", "put_1_p99_us", "get_32_per_s", "put_32_per_s", "noop_1_per_s"}
 
 // apiFloorConfig is how long each measurement runs.
 type apiFloorConfig struct {
@@ -183,7 +183,8 @@ const apiFloorIntro = "Target 7 measures cp's etcd API against etcd, which answe
 	"servers wrote, can cost one client; `thin_select1_shared` answers every get waiting with one `select 1`, one in flight at a " +
 	"time (as etcd's ReadIndex serves many reads with one round), the least it can cost many; `thin_mirror` keeps every key in its " +
 	"memory (loaded when it starts) and reads only the current revision, shared in the same way: the least a cp that answered gets " +
-	"from a copy of the keyspace would pay. Gets at one client and their p50 are sequential calls; at 32 clients each a 5 s run (2 s quick); puts write " +
+	"from a copy of the keyspace would pay. Gets at one client and their p50 are sequential calls, and so are puts at one client, whose p99 " +
+	"is the least an idle round trip's p99 (a put and its delivery) can be through that server; at 32 clients each a 5 s run (2 s quick); puts write " +
 	"the benchmark's 10,000 keys, 128 B values, fsync on; MemberList is the front door alone. `in process, after idle` is the store " +
 	"called in process as `in process` is, but each get and put at one client after 0.5 ms without work, as a request finds a " +
 	"server (its p50s only): the calls back to back find the machine's CPUs awake, which a call through a server, waiting on " +
@@ -209,14 +210,14 @@ func measureAPIFloor(ctx context.Context, cfg apiFloorConfig, b *bench, s apiFlo
 		return s.cli.put(ctx, client, key, b.value)
 	}
 	m := map[string]float64{}
-	rate, p50, err := sequential(ctx, cfg.calls, s.idle, get)
+	rate, p50, _, err := sequential(ctx, cfg.calls, s.idle, get)
 	if err != nil {
 		return nil, fmt.Errorf("gets at 1 client: %w", err)
 	}
 	m["get_1_p50_us"] = p50
 	if s.idle > 0 {
 		if s.puts {
-			if _, m["put_1_p50_us"], err = sequential(ctx, cfg.calls/2, s.idle, put); err != nil {
+			if _, m["put_1_p50_us"], _, err = sequential(ctx, cfg.calls/2, s.idle, put); err != nil {
 				return nil, fmt.Errorf("puts at 1 client: %w", err)
 			}
 		}
@@ -227,17 +228,16 @@ func measureAPIFloor(ctx context.Context, cfg apiFloorConfig, b *bench, s apiFlo
 		return nil, fmt.Errorf("gets at 32 clients: %w", err)
 	}
 	if s.puts {
-		if _, p50, err = sequential(ctx, cfg.calls/2, 0, put); err != nil {
+		if _, m["put_1_p50_us"], m["put_1_p99_us"], err = sequential(ctx, cfg.calls/2, 0, put); err != nil {
 			return nil, fmt.Errorf("puts at 1 client: %w", err)
 		}
-		m["put_1_p50_us"] = p50
 		if _, m["put_32_per_s"], err = throughput(ctx, 32, cfg.loadDuration, put); err != nil {
 			return nil, fmt.Errorf("puts at 32 clients: %w", err)
 		}
 	}
 	if s.cli != nil {
 		noop := func(ctx context.Context, client int, _ *rand.Rand) error { return s.cli.memberList(ctx, client) }
-		if m["noop_1_per_s"], _, err = sequential(ctx, cfg.calls, 0, noop); err != nil {
+		if m["noop_1_per_s"], _, _, err = sequential(ctx, cfg.calls, 0, noop); err != nil {
 			return nil, fmt.Errorf("MemberList at 1 client: %w", err)
 		}
 	}
@@ -259,8 +259,8 @@ func caughtUp(ctx context.Context, c *etcdClients) error {
 
 // sequential calls f n times from one client, each after idle without
 // work, and returns the calls a second (counting the idle time) and their
-// p50 in microseconds.
-func sequential(ctx context.Context, n int, idle time.Duration, f op) (perSec, p50 float64, err error) {
+// p50 and p99 in microseconds.
+func sequential(ctx context.Context, n int, idle time.Duration, f op) (perSec, p50, p99 float64, err error) {
 	rng := rand.New(rand.NewPCG(1, uint64(time.Now().UnixNano())))
 	times := make([]time.Duration, 0, n)
 	start := time.Now()
@@ -270,19 +270,20 @@ func sequential(ctx context.Context, n int, idle time.Duration, f op) (perSec, p
 		}
 		t := time.Now()
 		if err := f(ctx, 0, rng); err != nil {
-			return 0, 0, err
+			return 0, 0, 0, err
 		}
 		times = append(times, time.Since(t))
 	}
-	return float64(n) / time.Since(start).Seconds(), percentiles(micros(times), 0.5)[0], nil
+	ps := percentiles(micros(times), 0.5, 0.99)
+	return float64(n) / time.Since(start).Seconds(), ps[0], ps[1], nil
 }
 
 // apiFloorTable is the medians over the rounds of each system's metrics, each
 // with its ratio to etcd's.
 func apiFloorTable(systems []string, got map[string]map[string][]float64) string {
 	var b strings.Builder
-	b.WriteString("| system | gets/s, 1 client | get p50, 1 client | put p50, 1 client | gets/s, 32 clients | puts/s, 32 clients | MemberList/s, 1 client |\n")
-	b.WriteString("| --- | ---: | ---: | ---: | ---: | ---: | ---: |\n")
+	b.WriteString("| system | gets/s, 1 client | get p50, 1 client | put p50, 1 client | put p99, 1 client | gets/s, 32 clients | puts/s, 32 clients | MemberList/s, 1 client |\n")
+	b.WriteString("| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |\n")
 	for _, s := range systems {
 		b.WriteString("| " + s)
 		for _, m := range apiFloorMetrics {

@@ -20,8 +20,8 @@ func TestAPIFloorTable(t *testing.T) {
 	for name, want := range map[string]string{
 		// Medians of the rounds, the ratio to etcd's, a dash for what was
 		// not measured.
-		"thin": "| thin | 2000 (0.50×) | 450 µs (1.50×) | — | — | — | — |",
-		"etcd": "| etcd | 4000 | 300 µs | 800 µs | — | — | — |",
+		"thin": "| thin | 2000 (0.50×) | 450 µs (1.50×) | — | — | — | — | — |",
+		"etcd": "| etcd | 4000 | 300 µs | 800 µs | — | — | — | — |",
 	} {
 		if rows[name] != want {
 			t.Errorf("row %s = %q, want %q", name, rows[name], want)
