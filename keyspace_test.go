@@ -13,8 +13,12 @@ import (
 	"testing"
 	"time"
 
+	"github.com/jackc/pgx/v5"
+
 	"github.com/walwatch/walwatch"
 	"github.com/walwatch/walwatch/store"
+	"github.com/walwatch/walwatch/test/pgcluster"
+	"github.com/walwatch/walwatch/test/pgtest"
 	"github.com/walwatch/walwatch/test/wait"
 )
 
@@ -204,4 +208,84 @@ func TestKeyspaceCopyUnderWrites(t *testing.T) {
 		t.Fatalf("%d reads, %d from the copy", reads.Load(), c.KeyspaceCopy().Served())
 	}
 	t.Logf("%d reads, %d from the copy", reads.Load(), c.KeyspaceCopy().Served())
+}
+
+// TestKeyspaceCopyWithoutPostgreSQL takes PostgreSQL away from a client
+// that keeps a copy: after a crash and restart the copy answers again, and
+// never with what a write acknowledged before the read replaced; with
+// PostgreSQL taking no new connections, or gone, a read fails and the copy
+// answers nothing.
+func TestKeyspaceCopyWithoutPostgreSQL(t *testing.T) {
+	cluster, url := pgtest.PrivateDatabase(t, pgcluster.Options{})
+	ctx := t.Context()
+	octx, cancel := context.WithTimeout(ctx, openTimeout)
+	defer cancel()
+	c, err := walwatch.Open(octx, url, walwatch.WithMigrate(), walwatch.WithConfig(walwatch.Config{KeyspaceCopy: true}))
+	if err != nil {
+		t.Fatalf("Open: %v", err)
+	}
+	t.Cleanup(func() { c.Close() }) // its error: PostgreSQL is gone by then
+	cp := c.KeyspaceCopy()
+	key := []byte("/r/a")
+	if _, err := c.Put(ctx, key, []byte("1")); err != nil {
+		t.Fatal(err)
+	}
+	wait.For(t, "keyspace copy live", cp.Live)
+
+	if err := cluster.Restart(ctx, pgcluster.StopImmediate); err != nil {
+		t.Fatal(err)
+	}
+	// The pool's connections died with the server: a put may fail until
+	// it has new ones.
+	wait.For(t, "a put after the restart", func() bool {
+		_, err := c.Put(ctx, key, []byte("2"))
+		return err == nil
+	})
+	wait.For(t, "the copy answering after the restart", func() bool {
+		served := cp.Served()
+		res, err := c.Get(ctx, store.Key(key))
+		if err != nil {
+			return false // the store's or the copy's, while either recovers
+		}
+		if v := kvMap(res.KVs)[string(key)]; v != "2" {
+			t.Fatalf("read %q at revision %d after the put of \"2\" was acknowledged", v, res.Revision)
+		}
+		return cp.Served() > served
+	})
+
+	// The hub keeps its replication connection while the database takes no
+	// new ones and the pool's are ended: the copy may still be streaming,
+	// but it cannot read the current revision.
+	cfg, err := pgx.ParseConfig(url)
+	if err != nil {
+		t.Fatal(err)
+	}
+	admin := connect(t, cluster.ConnString("postgres"))
+	if _, err := admin.Exec(ctx, fmt.Sprintf("alter database %q with allow_connections false", cfg.Database)); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := admin.Exec(ctx, `select pg_terminate_backend(pid) from pg_stat_activity
+		where datname = $1 and backend_type = 'client backend'`, cfg.Database); err != nil {
+		t.Fatal(err)
+	}
+	for range 3 {
+		served := cp.Served()
+		res, err := c.Get(ctx, store.Key(key))
+		if err == nil || cp.Served() != served {
+			t.Fatalf("read with no connection to PostgreSQL but the hub's: %+v, %v, answered by the copy: %v", res, err, cp.Served() != served)
+		}
+		t.Logf("read with no connection but the hub's (streaming %v): %v", c.Hub().Streaming(), err)
+	}
+
+	if err := cluster.Stop(ctx); err != nil {
+		t.Fatal(err)
+	}
+	served := cp.Served()
+	res, err := c.Get(ctx, store.Key(key))
+	if !errors.Is(err, store.ErrUnavailable) {
+		t.Fatalf("read with PostgreSQL stopped: %+v, %v; want store.ErrUnavailable", res, err)
+	}
+	if cp.Served() != served {
+		t.Fatalf("with PostgreSQL stopped the copy answered %d reads, want none", cp.Served()-served)
+	}
 }
