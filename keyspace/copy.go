@@ -144,10 +144,11 @@ func (c *Copy) follow(ctx context.Context) error {
 // all is every key.
 var all = store.FromKey([]byte{0})
 
-// load reads every key at rev, a page at a time.
+// load reads every key at rev, a page at a time, uncounted: the first
+// page's count would read the whole range once more.
 func (c *Copy) load(ctx context.Context, rev int64) (map[string]store.KeyValue, error) {
 	kvs := make(map[string]store.KeyValue)
-	req := store.RangeRequest{KeyRange: all, Revision: rev, Limit: loadPage}
+	req := store.RangeRequest{KeyRange: all, Revision: rev, Limit: loadPage, NoCount: true}
 	for {
 		res, err := c.store.Range(ctx, req)
 		if err != nil {

@@ -109,3 +109,45 @@ func TestPageCountKeptIsUsedUnlessItCannotBe(t *testing.T) {
 		t.Errorf("after a failed read: count %d, %d counts kept; want 10, one kept (for the next page)", res.Count, store.KeptCounts(s))
 	}
 }
+
+// A range read uncounted (NoCount) page by page at one revision holds the
+// keys a counted read holds, with no count on the pages the limit cut
+// short and the page's own on the last; it keeps no count and takes none.
+func TestPagesUncounted(t *testing.T) {
+	s, _ := newStore(t, store.Limits{})
+	ctx := testContext(t)
+	var rev int64
+	for i := range 10 {
+		rev = mustPut(t, s, fmt.Sprintf("/u/%d", i), "v")
+	}
+	end := []byte("/u0")
+	store.KeepCount(s, []byte("/u/"), end, rev, 1000) // not to be used
+	key := []byte("/u/")
+	var listed []string
+	for {
+		res, err := s.Range(ctx, store.RangeRequest{KeyRange: store.KeyRange{Key: key, End: end}, Revision: rev, Limit: 4, NoCount: true})
+		if err != nil {
+			t.Fatal(err)
+		}
+		want := int64(0)
+		if !res.More {
+			want = int64(len(res.KVs))
+		}
+		if res.Count != want || res.Revision != rev {
+			t.Errorf("page from %q: count %d at revision %d; want %d at %d", key, res.Count, res.Revision, want, rev)
+		}
+		for _, kv := range res.KVs {
+			listed = append(listed, string(kv.Key))
+		}
+		if !res.More {
+			break
+		}
+		key = append(bytes.Clone(res.KVs[len(res.KVs)-1].Key), 0)
+	}
+	if fmt.Sprint(listed) != "[/u/0 /u/1 /u/2 /u/3 /u/4 /u/5 /u/6 /u/7 /u/8 /u/9]" {
+		t.Errorf("listed %v; want /u/0 to /u/9", listed)
+	}
+	if store.KeptCounts(s) != 1 {
+		t.Errorf("%d counts kept; want only the one kept before", store.KeptCounts(s))
+	}
+}

@@ -17,6 +17,11 @@ type RangeRequest struct {
 	Limit    int64 // 0: no limit
 	// CountOnly asks for Count alone, no keys.
 	CountOnly bool
+	// NoCount spares a page at a named Revision that Limit cuts short its
+	// count, a read of the rest of the range: Count is then 0. A reader
+	// that reads the whole range page by page, and counts the keys itself,
+	// reads it once rather than twice.
+	NoCount bool
 }
 
 // RangeResponse is what a read returns.
@@ -113,6 +118,13 @@ func (s *Store) Range(ctx context.Context, req RangeRequest) (RangeResponse, err
 // rangePageAt reads a limited range's page at a revision the caller named,
 // counted from the page before when this Store read that (pageCounts).
 func (s *Store) rangePageAt(ctx context.Context, req RangeRequest) (RangeResponse, error) {
+	if req.NoCount {
+		res, err := rangePage(ctx, s.pool, req, false)
+		if err != nil {
+			return RangeResponse{}, rangeError(req, err)
+		}
+		return res, nil
+	}
 	count, known := s.counts.take(req)
 	res, err := rangePage(ctx, s.pool, req, !known)
 	if err == nil && known && res.More {
