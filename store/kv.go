@@ -17,10 +17,10 @@ type RangeRequest struct {
 	Limit    int64 // 0: no limit
 	// CountOnly asks for Count alone, no keys.
 	CountOnly bool
-	// NoCount spares a page at a named Revision that Limit cuts short its
-	// count, a read of the rest of the range: Count is then 0. A reader
-	// that reads the whole range page by page, and counts the keys itself,
-	// reads it once rather than twice.
+	// NoCount leaves a page at a named Revision that Limit cuts short
+	// uncounted (Count 0): its count reads the rest of the range, so a
+	// reader that reads a whole range page by page, and counts the keys
+	// itself, reads it once rather than twice. Other reads are counted.
 	NoCount bool
 }
 
