@@ -1,11 +1,9 @@
 package main
 
 import (
-	"bytes"
 	"context"
 	"errors"
 	"fmt"
-	"io"
 	"log/slog"
 	"net/http"
 	"path/filepath"
@@ -78,20 +76,15 @@ func (p *cpProcess) start(ctx context.Context, args ...string) error {
 // copyLive reports whether cp's /metrics says its keyspace copy answers
 // reads.
 func (p *cpProcess) copyLive(ctx context.Context) error {
-	req, err := http.NewRequestWithContext(ctx, http.MethodGet, p.base+"/metrics", nil)
+	body, err := getBody(ctx, p.probe, p.base+"/metrics")
 	if err != nil {
 		return err
 	}
-	resp, err := p.probe.Do(req)
+	live, err := metricValue(body, "walwatch_keyspace_copy_live")
 	if err != nil {
 		return err
 	}
-	defer resp.Body.Close()
-	body, err := io.ReadAll(io.LimitReader(resp.Body, 1<<20))
-	if err != nil {
-		return err
-	}
-	if !bytes.Contains(body, []byte("\nwalwatch_keyspace_copy_live 1\n")) {
+	if live != 1 {
 		return errors.New("keyspace copy not live")
 	}
 	return nil

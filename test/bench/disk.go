@@ -5,7 +5,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"io"
 	"net/http"
 	"os"
 	"sort"
@@ -170,16 +169,7 @@ func deviceWritten(dir string) (int64, error) {
 // walWritten is etcd's own count of the bytes it has written to its WAL
 // and of its WAL fsyncs.
 func (s *etcdSystem) walWritten(ctx context.Context) (bytes, syncs float64, err error) {
-	req, err := http.NewRequestWithContext(ctx, http.MethodGet, s.url+"/metrics", nil)
-	if err != nil {
-		return 0, 0, err
-	}
-	resp, err := http.DefaultClient.Do(req)
-	if err != nil {
-		return 0, 0, fmt.Errorf("etcd metrics: %w", err)
-	}
-	defer resp.Body.Close()
-	b, err := io.ReadAll(io.LimitReader(resp.Body, 16<<20))
+	b, err := getBody(ctx, http.DefaultClient, s.url+"/metrics")
 	if err != nil {
 		return 0, 0, fmt.Errorf("etcd metrics: %w", err)
 	}

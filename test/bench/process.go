@@ -103,18 +103,29 @@ func (p *serverProcess) logTail() string {
 // getOK asks url with GET and fails unless it answers 200: whether a
 // server says it is ready.
 func getOK(ctx context.Context, hc *http.Client, url string) error {
+	_, err := getBody(ctx, hc, url)
+	return err
+}
+
+// maxGetBody bounds what getBody reads of an answer: a server's /metrics,
+// or a heap profile it is asked for only to collect its garbage.
+const maxGetBody = 64 << 20
+
+// getBody asks url with GET and returns the answer's body, failing unless
+// it answers 200.
+func getBody(ctx context.Context, hc *http.Client, url string) ([]byte, error) {
 	req, err := http.NewRequestWithContext(ctx, http.MethodGet, url, nil)
 	if err != nil {
-		return err
+		return nil, err
 	}
 	resp, err := hc.Do(req)
 	if err != nil {
-		return err
+		return nil, err
 	}
-	_, _ = io.Copy(io.Discard, resp.Body)
-	resp.Body.Close()
-	if resp.StatusCode != http.StatusOK {
-		return fmt.Errorf("GET %s: %s", url, resp.Status)
+	defer resp.Body.Close()
+	b, err := io.ReadAll(io.LimitReader(resp.Body, maxGetBody))
+	if err == nil && resp.StatusCode != http.StatusOK {
+		err = fmt.Errorf("GET %s: %s", url, resp.Status)
 	}
-	return nil
+	return b, err
 }

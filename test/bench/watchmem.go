@@ -34,27 +34,11 @@ type memoryOf func(ctx context.Context) (float64, error)
 // /metrics has the figures.
 func serverMemory(base string) memoryOf {
 	hc := &http.Client{Timeout: 30 * time.Second}
-	get := func(ctx context.Context, path string) ([]byte, error) {
-		req, err := http.NewRequestWithContext(ctx, http.MethodGet, base+path, nil)
-		if err != nil {
-			return nil, err
-		}
-		resp, err := hc.Do(req)
-		if err != nil {
-			return nil, err
-		}
-		defer resp.Body.Close()
-		b, err := io.ReadAll(resp.Body)
-		if err == nil && resp.StatusCode != http.StatusOK {
-			err = fmt.Errorf("%s: %s", path, resp.Status)
-		}
-		return b, err
-	}
 	return func(ctx context.Context) (float64, error) {
-		if _, err := get(ctx, "/debug/pprof/heap?gc=1"); err != nil {
+		if _, err := getBody(ctx, hc, base+"/debug/pprof/heap?gc=1"); err != nil {
 			return 0, fmt.Errorf("server memory: %w", err)
 		}
-		b, err := get(ctx, "/metrics")
+		b, err := getBody(ctx, hc, base+"/metrics")
 		if err != nil {
 			return 0, fmt.Errorf("server memory: %w", err)
 		}
