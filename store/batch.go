@@ -322,7 +322,7 @@ func (g *getBatcher) run(calls []*getCall) {
 	// Alone, or the batch failed: each on its own, so a get fails only
 	// for a reason of its own.
 	for _, c := range batch {
-		c.res, c.err = rangeOne(c.ctx, g.pool, c.req)
+		c.res, c.err = getLatest(c.ctx, g.pool, c.req)
 	}
 }
 
@@ -335,14 +335,21 @@ func (g *getBatcher) runBatch(batch []*getCall) error {
 	for i, c := range batch {
 		keys[i] = c.req.Key
 	}
-	rows, err := g.pool.Query(ctx, manyKeysLatestSQL, keys)
+	conn, err := g.pool.Acquire(ctx)
 	if err != nil {
 		return err
 	}
-	read, err := scanManyKeys(rows, len(keys))
+	defer conn.Release()
+	st := stampOf(conn.Conn(), latestStamp)
+	rows, err := conn.Query(ctx, manyKeysLatestSQL, keys, st.snapshot, st.rev)
+	if err != nil {
+		return err
+	}
+	read, snapshot, err := scanManyKeys(rows, len(keys))
 	if err != nil {
 		return fmt.Errorf("get batch: %w", err)
 	}
+	keepStamp(conn.Conn(), latestStamp, snapshot, read[0].cur)
 	for i, c := range batch {
 		c.res, c.err = read[i].response(c.req)
 	}
@@ -402,8 +409,7 @@ func newRevisionBatcher(pool *pgxpool.Pool) *batcher[*revisionCall] {
 		}
 		ctx, stop := batchContext(batch)
 		defer stop()
-		var rev int64
-		err := pool.QueryRow(ctx, "select walwatch.current_revision()").Scan(&rev)
+		rev, err := currentRevision(ctx, pool)
 		if err != nil {
 			err = fmt.Errorf("read current revision: %w", markTransient(err))
 		}
@@ -415,4 +421,29 @@ func newRevisionBatcher(pool *pgxpool.Pool) *batcher[*revisionCall] {
 		}
 	}
 	return b
+}
+
+// currentRevisionSQL is walwatch.current_revision() unless the
+// connection's stamp ($1, $2) gives it, with the snapshot when it is not
+// the stamp's.
+const currentRevisionSQL = `select nullif(o.s, $1), case when o.s = $1 then $2::bigint else walwatch.current_revision() end from ` + snapshotFrom
+
+// currentRevision reads the current revision on a pool connection of its
+// own, which may know it from its stamp.
+func currentRevision(ctx context.Context, pool *pgxpool.Pool) (int64, error) {
+	conn, err := pool.Acquire(ctx)
+	if err != nil {
+		return 0, err
+	}
+	defer conn.Release()
+	st := stampOf(conn.Conn(), currentStamp)
+	var (
+		snapshot *string
+		rev      int64
+	)
+	if err := conn.QueryRow(ctx, currentRevisionSQL, st.snapshot, st.rev).Scan(&snapshot, &rev); err != nil {
+		return 0, err
+	}
+	keepStamp(conn.Conn(), currentStamp, snapshot, rev)
+	return rev, nil
 }

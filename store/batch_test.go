@@ -480,7 +480,7 @@ func TestBatchedGetsUseTheCachedPlan(t *testing.T) {
 	// making them while they look cheaper than the cached one.
 	for i := range 8 {
 		keys := [][]byte{[]byte("/p/a"), []byte("/p/b"), []byte("/p/none")}[:2+i%2]
-		rows, err := conn.Query(ctx, store.ManyKeysLatestSQL, keys)
+		rows, err := conn.Query(ctx, store.ManyKeysLatestSQL, keys, "", 0)
 		if err != nil {
 			t.Fatal(err)
 		}

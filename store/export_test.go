@@ -1,5 +1,11 @@
 package store
 
+import (
+	"context"
+
+	"github.com/jackc/pgx/v5"
+)
+
 // PutWorkers is how many put batches may be in flight at once.
 const PutWorkers = putWorkers
 
@@ -60,4 +66,36 @@ func KeepCount(s *Store, key, end []byte, rev, count int64) {
 		s.counts.count = make(map[pageAt]int64)
 	}
 	s.counts.count[pageAt{string(key), string(end), rev}] = count
+}
+
+// ForgeStamps gives the connection stamps of both kinds with its snapshot
+// now and revision rev, as though it had read rev as the current revision:
+// a read that trusts a stamp answers rev.
+func ForgeStamps(ctx context.Context, conn *pgx.Conn, rev int64) error {
+	var snapshot string
+	if err := conn.QueryRow(ctx, "select pg_current_snapshot()::text").Scan(&snapshot); err != nil {
+		return err
+	}
+	keepStamp(conn, latestStamp, &snapshot, rev)
+	keepStamp(conn, currentStamp, &snapshot, rev)
+	return nil
+}
+
+// GetBatch runs keys' gets at the current revision as one batch.
+func GetBatch(ctx context.Context, s *Store, keys ...[]byte) ([]RangeResponse, error) {
+	calls := make([]*getCall, len(keys))
+	for i, key := range keys {
+		calls[i] = &getCall{pending: newPending(ctx), req: RangeRequest{KeyRange: Key(key)}}
+	}
+	if err := s.gets.runBatch(calls); err != nil {
+		return nil, err
+	}
+	res := make([]RangeResponse, len(keys))
+	for i, c := range calls {
+		if c.err != nil {
+			return nil, c.err
+		}
+		res[i] = c.res
+	}
+	return res, nil
 }

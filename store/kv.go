@@ -8,6 +8,7 @@ import (
 
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgtype"
+	"github.com/jackc/pgx/v5/pgxpool"
 )
 
 // RangeRequest reads a key or range at a revision.
@@ -221,17 +222,20 @@ func rangePage(ctx context.Context, q querier, req RangeRequest, count bool) (Ra
 // allocates nothing for them.
 //
 // oneKeyLatestSQL reads at the current revision: the newest row overall
-// and the key's newest. It leaves walwatch.meta out, which the other
-// statement reads for the compacted revision: the current revision is
-// never below the compacted one, as walwatch.revisions allows for, because
-// compaction refuses a revision above the current one and removes only rows
-// below its revision, so the newest row stays. Without the meta row and
-// the join that brought it, PostgreSQL serves 35% more of these statements
-// at 32 clients (pgbench, median of five runs: 23.8k against 17.6k/s).
+// (unless the connection's stamp, $2 and $3, gives it) and the key's
+// newest, and returns the snapshot when it is not the stamp's. It leaves
+// walwatch.meta out, which the other statement reads for the compacted
+// revision: the current revision is never below the compacted one, as
+// walwatch.revisions allows for, because compaction refuses a revision
+// above the current one and removes only rows below its revision, so the
+// newest row stays. Without the meta row and the join that brought it,
+// PostgreSQL serves 35% more of these statements at 32 clients (pgbench,
+// median of five runs: 23.8k against 17.6k/s).
 const (
-	oneKeyLatestSQL = `select coalesce((select max(x.revision) from walwatch.kv x), 1),
+	latestRevision  = `case when o.s = $2 then $3::bigint else coalesce((select max(x.revision) from walwatch.kv x), 1) end`
+	oneKeyLatestSQL = `select nullif(o.s, $2), ` + latestRevision + `,
        coalesce(k.revision, 0), k.value, coalesce(k.create_revision, 0), coalesce(k.version, 0), coalesce(k.lease, 0), coalesce(k.tombstone, true)
-  from (select 1) o
+  from ` + snapshotFrom + `
   left join (select * from walwatch.kv k where k.key = $1 order by k.revision desc limit 1) k on true`
 	// manyKeysLatestSQL is oneKeyLatestSQL for the keys of a batch of gets,
 	// all read in one snapshot: a row each, by its place in $1 (from 1).
@@ -242,9 +246,10 @@ const (
 	// planned every batch afresh: 326 against 144 µs of its CPU for a batch
 	// of five keys. generate_subscripts has one estimate for every array, so
 	// the cached plan serves from the sixth call on.
-	manyKeysLatestSQL = `select coalesce((select max(x.revision) from walwatch.kv x), 1), u.i,
+	manyKeysLatestSQL = `select nullif(o.s, $2), ` + latestRevision + `, u.i,
        coalesce(k.revision, 0), k.value, coalesce(k.create_revision, 0), coalesce(k.version, 0), coalesce(k.lease, 0), coalesce(k.tombstone, true)
-  from generate_subscripts($1::bytea[], 1) u(i)
+  from ` + snapshotFrom + `
+  cross join generate_subscripts($1::bytea[], 1) u(i)
   left join lateral (select * from walwatch.kv k where k.key = ($1::bytea[])[u.i] order by k.revision desc limit 1) k on true`
 	oneKeyAtSQL = `select m.compact_revision, greatest(coalesce((select max(x.revision) from walwatch.kv x), 1), m.compact_revision),
        coalesce(k.revision, 0), k.value, coalesce(k.create_revision, 0), coalesce(k.version, 0), coalesce(k.lease, 0), coalesce(k.tombstone, true)
@@ -262,41 +267,63 @@ func rangeOne(ctx context.Context, q querier, req RangeRequest) (RangeResponse, 
 		err error
 	)
 	if req.Revision == 0 {
-		err = k.scanLatest(q.QueryRow(ctx, oneKeyLatestSQL, req.Key))
+		_, err = k.scanLatest(q.QueryRow(ctx, oneKeyLatestSQL, req.Key, "", 0))
 	} else {
 		err = q.QueryRow(ctx, oneKeyAtSQL, req.Key, req.Revision).Scan(&k.compacted, &k.cur, &k.mod, &k.value, &k.create, &k.ver, &k.lease, &k.tombstone)
 	}
 	if err != nil {
-		return RangeResponse{}, fmt.Errorf("range %s at revision %d: %w", keyText(req.Key), req.Revision, TypedError(err, req.Revision))
+		return RangeResponse{}, rangeError(req, err)
 	}
 	return k.response(req)
 }
 
+// getLatest is rangeOne at the current revision on a pool connection of
+// its own, which may know the current revision from its stamp.
+func getLatest(ctx context.Context, pool *pgxpool.Pool, req RangeRequest) (RangeResponse, error) {
+	conn, err := pool.Acquire(ctx)
+	if err != nil {
+		return RangeResponse{}, rangeError(req, err)
+	}
+	defer conn.Release()
+	st := stampOf(conn.Conn(), latestStamp)
+	var k oneKey
+	snapshot, err := k.scanLatest(conn.QueryRow(ctx, oneKeyLatestSQL, req.Key, st.snapshot, st.rev))
+	if err != nil {
+		return RangeResponse{}, rangeError(req, err)
+	}
+	keepStamp(conn.Conn(), latestStamp, snapshot, k.cur)
+	return k.response(req)
+}
+
 // scanManyKeys reads the n rows of manyKeysLatestSQL for n keys, closing
-// rows: each key's read, in the keys' order.
-func scanManyKeys(rows pgx.Rows, n int) ([]oneKey, error) {
+// rows: each key's read, in the keys' order, and the snapshot for the
+// connection's stamp.
+func scanManyKeys(rows pgx.Rows, n int) ([]oneKey, *string, error) {
 	defer rows.Close()
 	read := make([]oneKey, n)
 	got := 0
-	var i int
+	var (
+		i        int
+		snapshot *string
+	)
 	for rows.Next() {
 		var k oneKey
-		if err := rows.Scan(&k.cur, &i, &k.mod, &k.value, &k.create, &k.ver, &k.lease, &k.tombstone); err != nil {
-			return nil, err
+		if err := rows.Scan(&snapshot, &k.cur, &i, &k.mod, &k.value, &k.create, &k.ver, &k.lease, &k.tombstone); err != nil {
+			return nil, nil, err
 		}
 		if i < 1 || i > n {
-			return nil, fmt.Errorf("a row for key %d of %d", i, n)
+			return nil, nil, fmt.Errorf("a row for key %d of %d", i, n)
 		}
 		read[i-1] = k
 		got++
 	}
 	if err := rows.Err(); err != nil {
-		return nil, err
+		return nil, nil, err
 	}
 	if got != n {
-		return nil, fmt.Errorf("%d rows for %d keys", got, n)
+		return nil, nil, fmt.Errorf("%d rows for %d keys", got, n)
 	}
-	return read, nil
+	return read, snapshot, nil
 }
 
 // oneKey is what the single-key statements read: the compacted and current
@@ -307,9 +334,11 @@ type oneKey struct {
 	tombstone                               bool
 }
 
-// scanLatest reads a row of oneKeyLatestSQL.
-func (k *oneKey) scanLatest(row pgx.Row) error {
-	return row.Scan(&k.cur, &k.mod, &k.value, &k.create, &k.ver, &k.lease, &k.tombstone)
+// scanLatest reads a row of oneKeyLatestSQL, and the snapshot for the
+// connection's stamp.
+func (k *oneKey) scanLatest(row pgx.Row) (snapshot *string, err error) {
+	err = row.Scan(&snapshot, &k.cur, &k.mod, &k.value, &k.create, &k.ver, &k.lease, &k.tombstone)
+	return snapshot, err
 }
 
 // response applies the revision rule to what was read for req.

@@ -529,7 +529,7 @@ func begin(ctx context.Context, tx txnConn, req TxnRequest) (map[string]*oneKey,
 	}
 	reads := readKeys(req)
 	for _, key := range reads {
-		b.Queue(oneKeyLatestSQL, key)
+		b.Queue(oneKeyLatestSQL, key, "", 0) // in a transaction: no stamp
 	}
 	results := tx.SendBatch(ctx, b)
 	read, err := beginResults(results, len(locks) > 0, reads)
@@ -589,7 +589,7 @@ func beginResults(results pgx.BatchResults, locked bool, keys [][]byte) (map[str
 	read := make(map[string]*oneKey, len(keys))
 	for _, key := range keys {
 		var k oneKey
-		if err := k.scanLatest(results.QueryRow()); err != nil {
+		if _, err := k.scanLatest(results.QueryRow()); err != nil {
 			return nil, fmt.Errorf("range %s at revision 0: %w", keyText(key), TypedError(err, 0))
 		}
 		read[string(key)] = &k

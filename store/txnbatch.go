@@ -233,7 +233,7 @@ func beginBatch(ctx context.Context, conn txnConn, keys [][]byte) (map[string]*o
 	b := &pgx.Batch{}
 	b.Queue("begin")
 	b.Queue("select walwatch.lock_keys($1)", keys)
-	b.Queue(manyKeysLatestSQL, keys)
+	b.Queue(manyKeysLatestSQL, keys, "", 0) // in a transaction: no stamp
 	results := conn.SendBatch(ctx, b)
 	read, err := beginBatchResults(results, keys)
 	if cerr := results.Close(); err == nil && cerr != nil {
@@ -253,7 +253,7 @@ func beginBatchResults(results pgx.BatchResults, keys [][]byte) (map[string]*one
 	if err != nil {
 		return nil, fmt.Errorf("read keys: %w", err)
 	}
-	got, err := scanManyKeys(rows, len(keys))
+	got, _, err := scanManyKeys(rows, len(keys))
 	if err != nil {
 		return nil, fmt.Errorf("read keys: %w", err)
 	}
