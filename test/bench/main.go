@@ -463,6 +463,7 @@ func (b *bench) results(ctx context.Context, commit string) (*Results, error) {
 			PutPerS:                  pick(name, "put_per_s", clientKeys(putConcurrency)),
 			PutPerSUnwatched:         pick(name, "put_per_s_unwatched", clientKeys(putConcurrency)),
 			GetPerS:                  pick(name, "get_per_s", clientKeys(getConcurrency)),
+			GetCPUUs:                 pick(name, "get_1_cpu_us", getCPUParts),
 			WatchRTTUs:               pick(name, "watch_rtt_us", pct),
 			WatchRTTPairedUs:         pick(name, "watch_rtt_paired_us", pct),
 			WatchRTTLoadedUs:         pick(name, "watch_rtt_loaded_us", pct),

@@ -160,6 +160,7 @@ type metric func(*SystemResults) map[string]float64
 func putWatched(s *SystemResults) map[string]float64   { return s.PutPerS }
 func putUnwatched(s *SystemResults) map[string]float64 { return s.PutPerSUnwatched }
 func gets(s *SystemResults) map[string]float64         { return s.GetPerS }
+func getCPU(s *SystemResults) map[string]float64       { return s.GetCPUUs }
 func rttIdle(s *SystemResults) map[string]float64      { return s.WatchRTTUs }
 func rttLoaded(s *SystemResults) map[string]float64    { return s.WatchRTTLoadedUs }
 func rttPaired(s *SystemResults) map[string]float64    { return s.WatchRTTPairedUs }
@@ -495,6 +496,13 @@ func renderReadme(r *Results) string {
 
 	b.WriteString("## Get throughput (gets/s, higher is better)\n\n")
 	systemTable(r, gets, getClients, clientHeaders(getClients), fmtCount).write(&b)
+
+	if slices.ContainsFunc(systems(r), func(sys string) bool { s := r.Systems[sys]; return s != nil && len(s.GetCPUUs) > 0 }) {
+		b.WriteString("## CPU a get at one client (lower is better)\n\n")
+		b.WriteString("The CPU time of the gets at one client above, divided by the gets, by whose (from /proc, as the CPU per 10,000 puts below): " +
+			"every PostgreSQL process; this process, which holds the client and walwatch's store; the system's server (etcd's, the cp, kine's).\n\n")
+		systemTable(r, getCPU, getCPUParts, []string{"PostgreSQL", "benchmark process", "server"}, fmtUs).write(&b)
+	}
 
 	pcts := []string{"p50", "p99", "p999"}
 	b.WriteString("## Watch round trip, idle (lower is better)\n\n")

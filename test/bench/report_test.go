@@ -27,6 +27,7 @@ func plausibleResults() *Results {
 				PutPerS:                  map[string]float64{"1": 1800, "8": 11000, "32": 40000, "64": 52000},
 				PutPerSUnwatched:         map[string]float64{"1": 1850, "8": 11500, "32": 42000, "64": 55000},
 				GetPerS:                  map[string]float64{"1": 9000, "32": 120000},
+				GetCPUUs:                 map[string]float64{"postgres": 60, "self": 30, "server": 0},
 				WatchRTTUs:               map[string]float64{"p50": 250, "p99": 700, "p999": 1450},
 				WatchRTTLoadedUs:         map[string]float64{"p50": 900, "p99": 4000, "p999": 8200},
 				WatchRTTPutUs:            map[string]float64{"p50": 180, "p99": 500},
@@ -56,6 +57,7 @@ func plausibleResults() *Results {
 				PutPerS:          map[string]float64{"1": 1600, "8": 3000, "32": 8000, "64": 8100},
 				PutPerSUnwatched: map[string]float64{"1": 1900, "8": 12000, "32": 43000, "64": 56000},
 				GetPerS:          map[string]float64{"1": 9100, "32": 125000},
+				GetCPUUs:         map[string]float64{"postgres": 45, "self": 24, "server": 0},
 				WatchRTTUs:       map[string]float64{"p50": 350, "p99": 800, "p999": 1600},
 				WatchRTTLoadedUs: map[string]float64{"p50": 5000, "p99": 25000, "p999": 40000},
 			},
@@ -236,6 +238,14 @@ func TestReportFull(t *testing.T) {
 	get := section(t, md, "Get throughput (gets/s, higher is better)")
 	if got := row(t, get, "etcd"); len(got) != 3 || got[2] != "90,000 (0.75×)" {
 		t.Errorf("etcd get row = %q", got)
+	}
+
+	getCPU := section(t, md, "CPU a get at one client (lower is better)")
+	if got := row(t, getCPU, "notify"); strings.Join(got, ";") != "notify;45 µs (0.75×);24 µs (0.80×);0 µs" {
+		t.Errorf("notify get CPU row = %q", got)
+	}
+	if got := row(t, getCPU, "walwatch_http"); strings.Join(got[1:], ";") != "—;—;—" {
+		t.Errorf("walwatch_http get CPU row = %q", got)
 	}
 
 	// Latencies: µs below 1 ms, ms with two decimals above.
@@ -527,6 +537,9 @@ func TestReportMissing(t *testing.T) {
 			}
 			if got := row(t, section(t, md, "Fan-out (lower is better)"), "walwatch_http"); strings.Join(got[1:], ";") != "—;—;—;—" {
 				t.Errorf("walwatch_http fanout row = %q", got)
+			}
+			if strings.Contains(md, "CPU a get at one client") {
+				t.Error("a section of the CPU a get, with no system's figures")
 			}
 			if got := row(t, section(t, md, "Put throughput, no watcher (puts/s, higher is better)"), "notify"); strings.Join(got[1:], ";") != "—;—;—;—" {
 				t.Errorf("notify unwatched row = %q", got)

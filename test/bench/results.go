@@ -42,6 +42,10 @@ type SystemResults struct {
 	PutPerS          map[string]float64 `json:"put_per_s"`           // with one watcher on the written prefix
 	PutPerSUnwatched map[string]float64 `json:"put_per_s_unwatched"` // no watcher
 	GetPerS          map[string]float64 `json:"get_per_s"`
+	// GetCPUUs is the CPU time a get at one client took, by whose:
+	// "postgres" (every PostgreSQL process), "self" (this process: the
+	// client, and walwatch's store) and "server" (etcd's, the cp, kine).
+	GetCPUUs         map[string]float64 `json:"get_1_cpu_us,omitempty"`
 	WatchRTTUs       map[string]float64 `json:"watch_rtt_us"`        // put -> event, idle
 	WatchRTTLoadedUs map[string]float64 `json:"watch_rtt_loaded_us"` // put -> event while 32 other clients put
 	// WatchRTTPairedUs is the idle round trip measured with the other

@@ -36,6 +36,9 @@ var (
 	putConcurrency = []int{1, 8, 32, 64}
 	getConcurrency = []int{1, 32}
 	txnConcurrency = []int{8, 32}
+	// getCPUParts split a get's CPU time: PostgreSQL's processes', this
+	// process's, the system's server's.
+	getCPUParts = []string{"postgres", "self", "server"}
 )
 
 // op is one client's operation; rng picks its keys.
@@ -191,9 +194,26 @@ func (b *bench) turn(ctx context.Context, sys system, round int) (err error) {
 	}
 
 	for _, n := range getConcurrency {
-		_, rate, err := throughput(ctx, n, b.cfg.getDur, b.getRandom(sys))
+		var cpu0 cpuSample
+		if n == 1 {
+			if cpu0, err = b.env.procs.cpu(sys.pids()); err != nil {
+				return err
+			}
+		}
+		ops, rate, err := throughput(ctx, n, b.cfg.getDur, b.getRandom(sys))
 		if err != nil {
 			return fmt.Errorf("%s: gets, %d clients: %w", name, n, err)
+		}
+		if n == 1 {
+			cpu1, err := b.env.procs.cpu(sys.pids())
+			if err != nil {
+				return err
+			}
+			d := cpu1.since(cpu0)
+			perGet := func(x time.Duration) float64 { return float64(x.Microseconds()) / float64(max(ops, 1)) }
+			b.samples.add(name, "get_1_cpu_us", "postgres", perGet(d.postgres))
+			b.samples.add(name, "get_1_cpu_us", "self", perGet(d.self))
+			b.samples.add(name, "get_1_cpu_us", "server", perGet(d.extra))
 		}
 		b.samples.add(name, "get_per_s", strconv.Itoa(n), rate)
 		line += fmt.Sprintf(" get@%d=%.0f", n, rate)
