@@ -335,21 +335,21 @@ func (g *getBatcher) runBatch(batch []*getCall) error {
 	for i, c := range batch {
 		keys[i] = c.req.Key
 	}
-	conn, err := g.pool.Acquire(ctx)
+	var read []oneKey
+	err := withStamp(ctx, g.pool, latestStamp, func(conn *pgxpool.Conn, st stamp) (*string, int64, error) {
+		rows, err := conn.Query(ctx, manyKeysLatestSQL, keys, st.snapshot, st.rev)
+		if err != nil {
+			return nil, 0, err
+		}
+		var snapshot *string
+		if read, snapshot, err = scanManyKeys(rows, len(keys)); err != nil {
+			return nil, 0, fmt.Errorf("get batch: %w", err)
+		}
+		return snapshot, read[0].cur, nil
+	})
 	if err != nil {
 		return err
 	}
-	defer conn.Release()
-	st := stampOf(conn.Conn(), latestStamp)
-	rows, err := conn.Query(ctx, manyKeysLatestSQL, keys, st.snapshot, st.rev)
-	if err != nil {
-		return err
-	}
-	read, snapshot, err := scanManyKeys(rows, len(keys))
-	if err != nil {
-		return fmt.Errorf("get batch: %w", err)
-	}
-	keepStamp(conn.Conn(), latestStamp, snapshot, read[0].cur)
 	for i, c := range batch {
 		c.res, c.err = read[i].response(c.req)
 	}
@@ -431,19 +431,11 @@ const currentRevisionSQL = `select nullif(o.s, $1), case when o.s = $1 then $2::
 // currentRevision reads the current revision on a pool connection of its
 // own, which may know it from its stamp.
 func currentRevision(ctx context.Context, pool *pgxpool.Pool) (int64, error) {
-	conn, err := pool.Acquire(ctx)
-	if err != nil {
-		return 0, err
-	}
-	defer conn.Release()
-	st := stampOf(conn.Conn(), currentStamp)
-	var (
-		snapshot *string
-		rev      int64
-	)
-	if err := conn.QueryRow(ctx, currentRevisionSQL, st.snapshot, st.rev).Scan(&snapshot, &rev); err != nil {
-		return 0, err
-	}
-	keepStamp(conn.Conn(), currentStamp, snapshot, rev)
-	return rev, nil
+	var rev int64
+	err := withStamp(ctx, pool, currentStamp, func(conn *pgxpool.Conn, st stamp) (*string, int64, error) {
+		var snapshot *string
+		err := conn.QueryRow(ctx, currentRevisionSQL, st.snapshot, st.rev).Scan(&snapshot, &rev)
+		return snapshot, rev, err
+	})
+	return rev, err
 }

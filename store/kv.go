@@ -280,18 +280,14 @@ func rangeOne(ctx context.Context, q querier, req RangeRequest) (RangeResponse, 
 // getLatest is rangeOne at the current revision on a pool connection of
 // its own, which may know the current revision from its stamp.
 func getLatest(ctx context.Context, pool *pgxpool.Pool, req RangeRequest) (RangeResponse, error) {
-	conn, err := pool.Acquire(ctx)
-	if err != nil {
-		return RangeResponse{}, rangeError(req, err)
-	}
-	defer conn.Release()
-	st := stampOf(conn.Conn(), latestStamp)
 	var k oneKey
-	snapshot, err := k.scanLatest(conn.QueryRow(ctx, oneKeyLatestSQL, req.Key, st.snapshot, st.rev))
+	err := withStamp(ctx, pool, latestStamp, func(conn *pgxpool.Conn, st stamp) (*string, int64, error) {
+		snapshot, err := k.scanLatest(conn.QueryRow(ctx, oneKeyLatestSQL, req.Key, st.snapshot, st.rev))
+		return snapshot, k.cur, err
+	})
 	if err != nil {
 		return RangeResponse{}, rangeError(req, err)
 	}
-	keepStamp(conn.Conn(), latestStamp, snapshot, k.cur)
 	return k.response(req)
 }
 

@@ -1,7 +1,10 @@
 package store
 
 import (
+	"context"
+
 	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgxpool"
 )
 
 // A stamp is the current revision a pool connection last read, with the
@@ -52,4 +55,21 @@ func keepStamp(conn *pgx.Conn, kind string, snapshot *string, rev int64) {
 	if snapshot != nil {
 		conn.PgConn().CustomData()[kind] = stamp{snapshot: *snapshot, rev: rev}
 	}
+}
+
+// withStamp runs read on a pool connection of its own with that
+// connection's stamp of kind, and keeps what read returns: its snapshot
+// (null when it matched the stamp) and the current revision it read.
+func withStamp(ctx context.Context, pool *pgxpool.Pool, kind string, read func(conn *pgxpool.Conn, st stamp) (snapshot *string, rev int64, err error)) error {
+	conn, err := pool.Acquire(ctx)
+	if err != nil {
+		return err
+	}
+	defer conn.Release()
+	snapshot, rev, err := read(conn, stampOf(conn.Conn(), kind))
+	if err != nil {
+		return err
+	}
+	keepStamp(conn.Conn(), kind, snapshot, rev)
+	return nil
 }
