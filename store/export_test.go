@@ -2,6 +2,7 @@ package store
 
 import (
 	"context"
+	"strings"
 
 	"github.com/jackc/pgx/v5"
 )
@@ -70,15 +71,36 @@ func KeepCount(s *Store, key, end []byte, rev, count int64) {
 
 // ForgeStamps gives the connection stamps of both kinds with its snapshot
 // now and revision rev, as though it had read rev as the current revision:
-// a read that trusts a stamp answers rev.
-func ForgeStamps(ctx context.Context, conn *pgx.Conn, rev int64) error {
-	var snapshot string
-	if err := conn.QueryRow(ctx, "select pg_current_snapshot()::text").Scan(&snapshot); err != nil {
-		return err
+// a read that trusts a stamp answers rev. It returns the snapshot.
+func ForgeStamps(ctx context.Context, conn *pgx.Conn, rev int64) (string, error) {
+	return forgeStamps(ctx, conn, rev, snapshotText)
+}
+
+// ForgeStampsElsewhere is ForgeStamps as read on another server whose
+// snapshot is the same, one started a second earlier. It returns the
+// snapshot as read on this one.
+func ForgeStampsElsewhere(ctx context.Context, conn *pgx.Conn, rev int64) (string, error) {
+	return forgeStamps(ctx, conn, rev, strings.Replace(snapshotText, "pg_postmaster_start_time()", "pg_postmaster_start_time() - interval '1 second'", 1))
+}
+
+// forgeStamps stamps conn with what the expression forged reads, in the
+// same statement as its snapshot.
+func forgeStamps(ctx context.Context, conn *pgx.Conn, rev int64, forged string) (string, error) {
+	var here, there string
+	if err := conn.QueryRow(ctx, "select "+snapshotText+", "+forged).Scan(&here, &there); err != nil {
+		return "", err
 	}
-	keepStamp(conn, latestStamp, &snapshot, rev)
-	keepStamp(conn, currentStamp, &snapshot, rev)
-	return nil
+	keepStamp(conn, latestStamp, &there, rev)
+	keepStamp(conn, currentStamp, &there, rev)
+	return here, nil
+}
+
+// SnapshotText is what a stamped statement on conn would read now as its
+// snapshot.
+func SnapshotText(ctx context.Context, conn *pgx.Conn) (string, error) {
+	var s string
+	err := conn.QueryRow(ctx, "select "+snapshotText).Scan(&s)
+	return s, err
 }
 
 // GetBatch runs keys' gets at the current revision as one batch.

@@ -16,8 +16,12 @@ import (
 // table of 1.9 million rows (three runs of 60 alternated blocks of 200
 // gets). Any write transaction that ends, walwatch's or not, changes the
 // next snapshot, so the stamp holds only while nothing is written. It is
-// the connection's, not the pool's: a connection reaches one server all
-// its life, a pool may reach a promoted standby after a failover.
+// the connection's, not the pool's, and names the server run it was read
+// on (pg_postmaster_start_time) beside the snapshot: a connection through
+// a pooler in transaction mode can reach another server without
+// reconnecting, a standby promoted after a failover that lost the old
+// primary's last transactions, whose own may then take the same
+// transaction ids and leave the same snapshot text over other rows.
 //
 // Only for statements on their own, never in a transaction: a transaction's
 // own writes are visible to it but change no snapshot. And only on a
@@ -30,8 +34,11 @@ type stamp struct {
 }
 
 // snapshotFrom is the FROM item a stamped statement reads its snapshot
-// from, as o.s, null on a standby.
-const snapshotFrom = `(select case when pg_is_in_recovery() then null else pg_current_snapshot()::text end) o(s)`
+// from, as o.s, null on a standby: the snapshot's text and the server's
+// start time (as seconds since 1970, whatever the session's time zone).
+const snapshotFrom = `(select case when pg_is_in_recovery() then null else ` + snapshotText + ` end) o(s)`
+
+const snapshotText = `pg_current_snapshot()::text || ' ' || extract(epoch from pg_postmaster_start_time())`
 
 // A connection keeps a stamp for each way of reading the current
 // revision, in its CustomData: the newest row's revision (the latest gets'

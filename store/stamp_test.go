@@ -26,26 +26,7 @@ func TestStampedRevision(t *testing.T) {
 	put("/s/b")
 	rev := put("/s/a")
 
-	reads := []struct {
-		name string
-		read func() (int64, error)
-	}{
-		{"get", func() (int64, error) {
-			res, err := s.Range(ctx, store.RangeRequest{KeyRange: store.Key([]byte("/s/a"))})
-			return res.Revision, err
-		}},
-		{"batch of gets", func() (int64, error) {
-			res, err := store.GetBatch(ctx, s, []byte("/s/a"), []byte("/s/b"), []byte("/s/none"))
-			if err != nil {
-				return 0, err
-			}
-			if res[0].Revision != res[1].Revision || res[1].Revision != res[2].Revision {
-				return 0, fmt.Errorf("one batch at revisions %d, %d and %d", res[0].Revision, res[1].Revision, res[2].Revision)
-			}
-			return res[0].Revision, nil
-		}},
-		{"current revision", func() (int64, error) { return s.CurrentRevision(ctx) }},
-	}
+	reads := stampedReads(ctx, s)
 	writes := []struct {
 		name  string
 		write func() int64 // the current revision after it
@@ -70,7 +51,7 @@ func TestStampedRevision(t *testing.T) {
 					if err != nil {
 						t.Fatal(err)
 					}
-					err = store.ForgeStamps(ctx, conn.Conn(), forged)
+					_, err = store.ForgeStamps(ctx, conn.Conn(), forged)
 					conn.Release()
 					if err != nil {
 						t.Fatal(err)
@@ -89,6 +70,85 @@ func TestStampedRevision(t *testing.T) {
 				}
 			})
 		}
+	}
+}
+
+// stampedRead is a read that may trust its connection's stamp: it
+// returns the current revision it answers at.
+type stampedRead struct {
+	name string
+	read func() (int64, error)
+}
+
+// stampedReads are the store's reads that keep a stamp: a get of /s/a, a
+// batch of gets and the current revision alone.
+func stampedReads(ctx context.Context, s *store.Store) []stampedRead {
+	return []stampedRead{
+		{"get", func() (int64, error) {
+			res, err := s.Range(ctx, store.RangeRequest{KeyRange: store.Key([]byte("/s/a"))})
+			return res.Revision, err
+		}},
+		{"batch of gets", func() (int64, error) {
+			res, err := store.GetBatch(ctx, s, []byte("/s/a"), []byte("/s/b"), []byte("/s/none"))
+			if err != nil {
+				return 0, err
+			}
+			if res[0].Revision != res[1].Revision || res[1].Revision != res[2].Revision {
+				return 0, fmt.Errorf("one batch at revisions %d, %d and %d", res[0].Revision, res[1].Revision, res[2].Revision)
+			}
+			return res[0].Revision, nil
+		}},
+		{"current revision", func() (int64, error) { return s.CurrentRevision(ctx) }},
+	}
+}
+
+// A connection can reach another server without reconnecting (through a
+// pooler, after a failover) and find a snapshot there with the same text
+// as its stamp's: the stamp names the server it was read on, and is not
+// trusted on another.
+func TestStampOfAnotherServer(t *testing.T) {
+	s, pool := newStoreWith(t, store.Limits{}, func(c *pgxpool.Config) { c.MaxConns = 1 })
+	ctx := testContext(t)
+	mustPut(t, s, "/s/b", "v")
+	rev := mustPut(t, s, "/s/a", "v")
+	const forged = 1 << 40
+	snapshot := func(forge bool) string {
+		t.Helper()
+		conn, err := pool.Acquire(ctx)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer conn.Release()
+		var text string
+		if forge {
+			text, err = store.ForgeStampsElsewhere(ctx, conn.Conn(), forged)
+		} else {
+			text, err = store.SnapshotText(ctx, conn.Conn())
+		}
+		if err != nil {
+			t.Fatal(err)
+		}
+		return text
+	}
+	for _, r := range stampedReads(ctx, s) {
+		t.Run(r.name, func(t *testing.T) {
+			// Only a read whose snapshot is the forged one's tells: try
+			// until no other test's transaction ended around it.
+			wait.For(t, "a read in the forged stamp's snapshot", func() bool {
+				before := snapshot(true)
+				got, err := r.read()
+				if err != nil {
+					t.Fatal(err)
+				}
+				if snapshot(false) != before {
+					return false
+				}
+				if got != rev {
+					t.Fatalf("with another server's stamp: current revision %d, want %d", got, rev)
+				}
+				return true
+			})
+		})
 	}
 }
 
