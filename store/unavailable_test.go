@@ -132,6 +132,7 @@ func TestStoreUnreachable(t *testing.T) {
 		},
 		"Delete":            func() error { _, err := s.Delete(ctx, store.Prefix([]byte("/"))); return err },
 		"Revision":          func() error { _, _, err := s.Revision(ctx); return err },
+		"CurrentRevision":   func() error { _, err := s.CurrentRevision(ctx); return err },
 		"Compact":           func() error { _, err := s.Compact(ctx, 3); return err },
 		"CompactKeepLatest": func() error { _, err := s.CompactKeepLatest(ctx); return err },
 		"Txn": func() error {
