@@ -366,6 +366,104 @@ end
 $$;
 
 
+-- Kubernetes' writes, batched as put_batch batches puts: a Txn that puts
+-- a key (or deletes it) if its mod revision is the one given, and else reads
+-- it. For each i: when p_keys[i]'s mod revision (0 while it has no row or its
+-- newest row is a tombstone) is p_mods[i], puts p_values[i] with lease
+-- p_leases[i] at a new revision of its own, or, where p_deletes[i], deletes
+-- the key if it is live. One statement, so one round trip and one commit for
+-- the whole batch, where a Txn's general path takes two (begin with its
+-- locks and reads, then its writes with the commit); the Go store sends the
+-- Txns of this shape that arrive together here. The keys must be distinct.
+--
+-- One row comes back for each i, in order: whether the compare held, the
+-- revision written (0: none), the current revision (for a Txn that wrote
+-- nothing: the current one once the keys were locked, or the batch's newest
+-- write if that is later), and the key's newest row before the write (live
+-- false when it has none or it is a tombstone; its fields 0 then). The keys
+-- are locked first, in the order of their locks (lock_keys), and read by a
+-- statement that began after that; the rows that hold are written by one
+-- insert, through new_row. A lease that does not exist, or a new revision
+-- the hub has already taken with a filler, fails the whole batch (the Go
+-- store then runs its Txns one by one).
+create or replace function walwatch.cas_batch(p_keys bytea[], p_mods bigint[], p_values bytea[],
+                                              p_leases bigint[], p_deletes boolean[])
+returns table (held boolean, written bigint, current_revision bigint, live boolean, mod_revision bigint,
+               value bytea, create_revision bigint, version bigint, lease bigint)
+language plpgsql volatile as $$
+declare
+    n integer := coalesce(cardinality(p_keys), 0);
+    distinct_keys boolean;
+    all_keys boolean;
+    l bigint;
+    cur bigint;
+begin
+    if n = 0 then
+        return;
+    end if;
+    if array_lower(p_keys, 1) <> 1
+       or n <> coalesce(cardinality(p_mods), 0) or array_lower(p_mods, 1) <> 1
+       or n <> coalesce(cardinality(p_values), 0) or array_lower(p_values, 1) <> 1
+       or n <> coalesce(cardinality(p_leases), 0) or array_lower(p_leases, 1) <> 1
+       or n <> coalesce(cardinality(p_deletes), 0) or array_lower(p_deletes, 1) <> 1 then
+        raise exception 'cas_batch needs five arrays of % elements from subscript 1', n
+            using errcode = '22023';
+    end if;
+    select count(distinct u.k) = n, bool_and(walwatch.is_key(u.k)) into distinct_keys, all_keys
+      from unnest(p_keys) as u(k);
+    if not all_keys then
+        perform walwatch.raise_empty_key();
+    end if;
+    if not distinct_keys then
+        raise exception 'cas_batch needs distinct keys' using errcode = '22023';
+    end if;
+    perform walwatch.lock_keys(p_keys);
+    -- As append: a put's lease row is shared until commit.
+    for l in select distinct x.l from unnest(p_leases, p_deletes) as x(l, d) where x.l <> 0 and not x.d loop
+        perform 1 from walwatch.lease where id = l for key share;
+        if not found then
+            perform walwatch.raise_lease_not_found(l);
+        end if;
+    end loop;
+    -- The keys are locked: what they hold now is what each Txn reads, at
+    -- any revision from now on, its own writes' included.
+    cur := walwatch.current_revision();
+    -- With synchronous replication, what a Txn that wrote nothing answers
+    -- with waits for the standby, as in the Go store's Txns.
+    perform walwatch.await_standby();
+    -- Every key's newest row, whether its compare holds, and the writes of
+    -- those that hold, in one insert.
+    return query
+    with t as materialized (
+        select u.i, coalesce(not k.tombstone, false) as live, k.revision, k.value, k.create_revision, k.version, k.lease
+          from generate_subscripts(p_keys, 1) as u(i)
+          left join lateral (select * from walwatch.kv k where k.key = p_keys[u.i]
+                              order by k.revision desc limit 1) as k on true
+    ), w as materialized (
+        select t.i, nextval('walwatch.revision') as rev
+          from t
+         where (case when t.live then t.revision else 0 end) = p_mods[t.i]
+           and (not p_deletes[t.i] or t.live)
+    ), ins as (
+        insert into walwatch.kv
+        select r.* from w, lateral walwatch.new_row(w.rev, 0, p_keys[w.i], p_values[w.i], p_deletes[w.i],
+                                                    case when p_deletes[w.i] then 0 else p_leases[w.i] end) as r
+    )
+    select (case when t.live then t.revision else 0 end) = p_mods[t.i],
+           coalesce(w.rev, 0),
+           greatest(cur, (select max(x.rev) from w x)),
+           t.live,
+           case when t.live then t.revision else 0 end,
+           case when t.live then t.value end,
+           case when t.live then t.create_revision else 0 end,
+           case when t.live then t.version else 0 end,
+           case when t.live then t.lease else 0 end
+      from t left join w on w.i = t.i
+     order by t.i;
+end
+$$;
+
+
 -- Reads ---------------------------------------------------------------------
 
 -- The newest row of each key in [p_lo, p_hi) at or below p_rev, live keys

@@ -121,3 +121,13 @@ func GetBatch(ctx context.Context, s *Store, keys ...[]byte) ([]RangeResponse, e
 	}
 	return res, nil
 }
+
+// TxnGeneral runs req as a Txn that is not of Kubernetes' shape would run:
+// alone, through begin's reads and the writes they plan.
+func TxnGeneral(ctx context.Context, s *Store, req TxnRequest) (TxnResponse, error) {
+	return s.txnAlone(ctx, req)
+}
+
+// CASShape reports whether req is one of Kubernetes' writes, which
+// walwatch.cas_batch runs.
+func CASShape(req TxnRequest) (any, bool) { return casShape(req) }

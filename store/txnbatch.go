@@ -1,6 +1,7 @@
 package store
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"fmt"
@@ -17,8 +18,11 @@ import (
 // A batch holds Txns of distinct keys only, so each one's reads are what it
 // would have read alone, and each still takes a revision of its own, in the
 // order of the batch. Its two round trips: begin, every key's lock and
-// every key's read; then every Txn's writes and the commit. A Txn that finds
-// no batch in flight runs alone, as before.
+// every key's read; then every Txn's writes and the commit. Kubernetes' own
+// writes (compare one key's mod revision, put or delete it, else read it)
+// need no decision made in Go: walwatch.cas_batch decides and writes them
+// all in one statement, one round trip, a batch of one included. A Txn of
+// another shape that finds no batch in flight runs alone, as before.
 const (
 	txnWorkers   = 2
 	maxBatchTxns = 32
@@ -94,10 +98,23 @@ func (t *txnBatcher) txn(ctx context.Context, req TxnRequest) (TxnResponse, erro
 }
 
 // run runs a batch: the Txns whose keys no earlier one in it names run
-// together, the others after, alone; so do all when the batch fails in a
-// way that leaves nothing written.
+// together (Kubernetes' writes among them in one statement, the others in
+// one transaction), the others after, alone; so do all when the batch fails
+// in a way that leaves nothing written.
 func (t *txnBatcher) run(calls []*txnCall) {
 	together, alone := disjoint(live(calls))
+	var cas []*txnCall
+	var writes []casWrite
+	together = slices.DeleteFunc(together, func(c *txnCall) bool {
+		w, ok := casShape(c.req)
+		if ok {
+			cas, writes = append(cas, c), append(writes, w)
+		}
+		return ok
+	})
+	if len(cas) > 0 {
+		alone = append(t.runCAS(cas, writes), alone...)
+	}
 	if len(together) > 1 {
 		unknown, err := t.runTogether(together)
 		switch {
@@ -398,4 +415,174 @@ func (p *txnPlan) response(cur int64) TxnResponse {
 		}
 	}
 	return p.res
+}
+
+// casWrite is a Txn of Kubernetes' writes: if key's mod revision is mod,
+// put value with lease, or delete the key; else read it (read), or nothing.
+// walwatch.cas_batch runs a batch of them in one statement.
+type casWrite struct {
+	key    []byte
+	mod    int64
+	value  []byte
+	lease  int64
+	delete bool
+	read   *RangeRequest // the Else branch's read; nil when it is empty
+}
+
+// casShape reports whether req is a Txn of Kubernetes' writes (its
+// GuaranteedUpdate, Create and Delete): one compare of a key's mod revision
+// for equality, then one put (neither keeping the value or lease nor
+// asking for the previous one) or one delete (not asking for the previous
+// one) of that key, else nothing or one read of it at the current revision.
+func casShape(req TxnRequest) (casWrite, bool) {
+	if len(req.If) != 1 || len(req.Then) != 1 || len(req.Else) > 1 {
+		return casWrite{}, false
+	}
+	c := req.If[0]
+	if len(c.End) > 0 || c.Target != CompareModRevision || c.Result != ResultEqual {
+		return casWrite{}, false
+	}
+	w := casWrite{key: c.Key, mod: c.Number}
+	switch op := req.Then[0]; {
+	case !op.Range.IsSingleKey() || !bytes.Equal(op.Range.Key, c.Key) || op.PrevKV:
+		return casWrite{}, false
+	case op.Kind == OpPut && !op.IgnoreValue && !op.IgnoreLease:
+		w.value, w.lease = op.Value, op.Lease
+	case op.Kind == OpDelete:
+		w.delete = true
+	default:
+		return casWrite{}, false
+	}
+	if len(req.Else) == 1 {
+		op := req.Else[0]
+		if op.Kind != OpRange || !op.Range.IsSingleKey() || !bytes.Equal(op.Range.Key, c.Key) || op.Revision != 0 {
+			return casWrite{}, false
+		}
+		w.read = &RangeRequest{KeyRange: op.Range, Limit: op.Limit, CountOnly: op.CountOnly}
+	}
+	return w, true
+}
+
+// runCAS runs batch, Txns of Kubernetes' writes on distinct keys (writes,
+// in the same order), with one statement: one round trip and one commit,
+// where the general path takes two round trips. It returns the Txns to run
+// alone: all of them when the server refused the batch, which rolled it
+// back whole (a lease that does not exist, a revision a filler took, a
+// deadlock), so that each fails only for a reason of its own.
+func (t *txnBatcher) runCAS(batch []*txnCall, writes []casWrite) (alone []*txnCall) {
+	ctx := batch[0].ctx
+	if len(batch) > 1 {
+		var stop func()
+		ctx, stop = batchContext(batch)
+		defer stop()
+	}
+	n := len(writes)
+	keys, values := make([][]byte, n), make([][]byte, n)
+	mods, leases := make([]int64, n), make([]int64, n)
+	deletes := make([]bool, n)
+	for i, w := range writes {
+		keys[i], mods[i], values[i], leases[i], deletes[i] = w.key, w.mod, w.value, w.lease, w.delete
+	}
+	rows, err := t.s.pool.Query(ctx, "select * from walwatch.cas_batch($1, $2, $3, $4, $5)", keys, mods, values, leases, deletes)
+	if err == nil {
+		err = scanCAS(rows, batch, writes)
+	}
+	var pe *pgconn.PgError
+	switch {
+	case err == nil:
+		return nil
+	case errors.As(err, &pe):
+		return batch
+	case errors.Is(err, errCASDisagrees):
+		// Committed, but its answers cannot be trusted.
+		for _, c := range batch {
+			c.err = fmt.Errorf("txn: %w", err)
+		}
+		return nil
+	}
+	// The connection failed: whether the batch committed is unknown, as for
+	// a Txn alone.
+	for _, c := range batch {
+		c.err = fmt.Errorf("txn: %w", markTransient(TypedError(err, 0)))
+	}
+	return nil
+}
+
+// errCASDisagrees is walwatch.cas_batch's answer contradicting the store's
+// own rules: the two definitions of Kubernetes' writes have drifted apart.
+var errCASDisagrees = errors.New("cas_batch disagrees with the store")
+
+// scanCAS reads walwatch.cas_batch's rows, one a Txn in batch's order, and
+// hands each Txn its response.
+func scanCAS(rows pgx.Rows, batch []*txnCall, writes []casWrite) error {
+	defer rows.Close()
+	res := make([]TxnResponse, 0, len(batch))
+	for rows.Next() {
+		var (
+			held, live bool
+			written    int64
+			k          oneKey
+		)
+		if err := rows.Scan(&held, &written, &k.cur, &live, &k.mod, &k.value, &k.create, &k.ver, &k.lease); err != nil {
+			return fmt.Errorf("read cas_batch: %w", err)
+		}
+		if len(res) == len(writes) {
+			return fmt.Errorf("%w: more than %d rows", errCASDisagrees, len(writes))
+		}
+		k.tombstone = !live
+		r, err := writes[len(res)].response(held, written, k)
+		if err != nil {
+			return err
+		}
+		res = append(res, r)
+	}
+	if err := rows.Err(); err != nil {
+		return err
+	}
+	if len(res) != len(batch) {
+		return fmt.Errorf("%w: %d rows for %d Txns", errCASDisagrees, len(res), len(batch))
+	}
+	for i, c := range batch {
+		c.res = res[i]
+	}
+	return nil
+}
+
+// response is the Txn's answer from what walwatch.cas_batch found and did:
+// held, whether the compare held; written, the revision written (0: none);
+// k, the key's newest row before the write and the current revision after
+// the batch. The compare is decided in SQL; the store's own rule (compareKV)
+// must agree, or the two definitions have drifted apart.
+func (w casWrite) response(held bool, written int64, k oneKey) (TxnResponse, error) {
+	var kv KeyValue
+	if !k.tombstone {
+		kv = KeyValue{ModRevision: k.mod, CreateRevision: k.create, Version: k.ver, Lease: k.lease, Value: k.value}
+	}
+	if compareKV(Compare{Target: CompareModRevision, Result: ResultEqual, Number: w.mod}, kv) != held {
+		return TxnResponse{}, fmt.Errorf("%w: on %s, whether mod revision %d holds", errCASDisagrees, keyText(w.key), w.mod)
+	}
+	wrote := held && (!w.delete || !k.tombstone)
+	if wrote != (written != 0) {
+		return TxnResponse{}, fmt.Errorf("%w: on %s, wrote at revision %d where a write was due: %t", errCASDisagrees, keyText(w.key), written, wrote)
+	}
+	switch {
+	case held && w.delete:
+		res := TxnResponse{Succeeded: true, Revision: k.cur, Responses: []OpResponse{{Delete: &DeleteResponse{Revision: k.cur}}}}
+		if wrote {
+			res.Revision = written
+			res.Responses[0].Delete = &DeleteResponse{Revision: written, Deleted: 1}
+		}
+		return res, nil
+	case held:
+		return TxnResponse{Succeeded: true, Revision: written, Responses: []OpResponse{{Put: &PutResponse{Revision: written}}}}, nil
+	}
+	res := TxnResponse{Revision: k.cur}
+	if w.read != nil {
+		rr, err := k.response(*w.read)
+		if err != nil {
+			return TxnResponse{}, err
+		}
+		res.Responses = []OpResponse{{Range: &rr}}
+	}
+	return res, nil
 }
