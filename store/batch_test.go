@@ -318,16 +318,7 @@ func TestPutBatchPairsByPosition(t *testing.T) {
 func TestPutBatchLosesRevisionToFiller(t *testing.T) {
 	s, pool := newStore(t, store.Limits{})
 	ctx := testContext(t)
-	var next int64
-	if err := pool.QueryRow(ctx, "select nextval('walwatch.revision') + 1").Scan(&next); err != nil {
-		t.Fatal(err)
-	}
-	// A filler row at the batch's revision, as the hub writes one for a
-	// revision nobody wrote within its grace period (walwatch.fill fills
-	// only below a committed revision: a race the test cannot stage).
-	if _, err := pool.Exec(ctx, "insert into walwatch.kv (revision, sub, key, value, tombstone) values ($1, 0, '', null, true)", next); err != nil {
-		t.Fatal(err)
-	}
+	next := fillNextRevision(t, pool)
 	var revs []int64
 	err := pool.QueryRow(ctx, "select walwatch.put_batch($1, $2)", [][]byte{[]byte("/f")}, [][]byte{[]byte("v")}).Scan(&revs)
 	var pe *pgconn.PgError

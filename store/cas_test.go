@@ -279,13 +279,7 @@ func TestCASBatchRefusesBadInput(t *testing.T) {
 func TestKubernetesWriteStepsOverFiller(t *testing.T) {
 	s, pool := newStore(t, store.Limits{})
 	ctx := testContext(t)
-	var next int64
-	if err := pool.QueryRow(ctx, "select nextval('walwatch.revision') + 1").Scan(&next); err != nil {
-		t.Fatal(err)
-	}
-	if _, err := pool.Exec(ctx, "insert into walwatch.kv (revision, sub, key, value, tombstone) values ($1, 0, '', null, true)", next); err != nil {
-		t.Fatal(err)
-	}
+	next := fillNextRevision(t, pool)
 	key := []byte("/filled")
 	res, err := s.Txn(ctx, store.TxnRequest{
 		If:   []store.Compare{{Key: key, Target: store.CompareModRevision, Result: store.ResultEqual}},

@@ -75,3 +75,20 @@ func kvs(res store.RangeResponse) []string {
 	}
 	return out
 }
+
+// fillNextRevision writes a filler row at the revision the next write
+// after one more would take, and returns it: the hub writes one for a
+// revision nobody wrote within its grace period (walwatch.fill fills only
+// below a committed revision: a race a test cannot stage).
+func fillNextRevision(tb testing.TB, pool *pgxpool.Pool) int64 {
+	tb.Helper()
+	ctx := testContext(tb)
+	var next int64
+	if err := pool.QueryRow(ctx, "select nextval('walwatch.revision') + 1").Scan(&next); err != nil {
+		tb.Fatal(err)
+	}
+	if _, err := pool.Exec(ctx, "insert into walwatch.kv (revision, sub, key, value, tombstone) values ($1, 0, '', null, true)", next); err != nil {
+		tb.Fatal(err)
+	}
+	return next
+}
