@@ -506,11 +506,20 @@ func (w waitingCommits) await(n int) {
 
 // end ends the backends that wait: each commits locally and closes its
 // connection without an answer, so its client cannot know it committed.
+// It returns once they are gone, so that the next await does not count one
+// still on its way out (on a busy machine they can linger).
 func (w waitingCommits) end() {
 	w.t.Helper()
-	if _, err := w.admin.Exec(testContext(w.t), "select pg_terminate_backend(pid) "+waitingForStandby); err != nil {
+	ctx := testContext(w.t)
+	var pids []int32
+	if err := w.admin.QueryRow(ctx, "select coalesce(array_agg(pid), '{}') from (select pid, pg_terminate_backend(pid) "+waitingForStandby+") t").Scan(&pids); err != nil {
 		w.t.Fatal(err)
 	}
+	wait.For(w.t, "the ended commits' backends to exit", func() bool {
+		var n int
+		err := w.admin.QueryRow(ctx, "select count(*) from pg_stat_activity where pid = any($1)", pids).Scan(&n)
+		return err == nil && n == 0
+	})
 }
 
 // newStoreAwaitingStandby returns a store whose every commit waits for a
