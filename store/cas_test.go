@@ -90,7 +90,7 @@ func TestKubernetesWritesAnswerAsTheGeneralPath(t *testing.T) {
 					mod = 1
 				}
 				req := tt.req(key, mod)
-				if _, ok := store.CASShape(req); !ok {
+				if !store.CASShape(req) {
 					t.Fatalf("%+v is not of Kubernetes' shape", req)
 				}
 				var res store.TxnResponse

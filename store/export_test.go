@@ -130,4 +130,7 @@ func TxnGeneral(ctx context.Context, s *Store, req TxnRequest) (TxnResponse, err
 
 // CASShape reports whether req is one of Kubernetes' writes, which
 // walwatch.cas_batch runs.
-func CASShape(req TxnRequest) (any, bool) { return casShape(req) }
+func CASShape(req TxnRequest) bool {
+	_, ok := casShape(req)
+	return ok
+}

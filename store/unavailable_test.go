@@ -139,6 +139,15 @@ func TestStoreUnreachable(t *testing.T) {
 			_, err := s.Txn(ctx, store.TxnRequest{Then: []store.Op{store.OpPutKey([]byte("/x"), []byte("v"))}})
 			return err
 		},
+		// Kubernetes' update: walwatch.cas_batch's path.
+		"Txn of Kubernetes' shape": func() error {
+			_, err := s.Txn(ctx, store.TxnRequest{
+				If:   []store.Compare{{Key: []byte("/x"), Target: store.CompareModRevision, Result: store.ResultEqual, Number: 2}},
+				Then: []store.Op{store.OpPutKey([]byte("/x"), []byte("v"))},
+				Else: []store.Op{store.OpGet(store.Key([]byte("/x")), 0)},
+			})
+			return err
+		},
 	}
 	for name, op := range ops {
 		if err := op(); !errors.Is(err, store.ErrUnavailable) {
