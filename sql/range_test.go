@@ -7,6 +7,7 @@ import (
 	"testing"
 
 	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgxpool"
 )
 
 // A page of a range (Kubernetes lists 500 keys at a time) reads the keys of
@@ -273,4 +274,139 @@ func fmtCount(n *int64) string {
 		return "null"
 	}
 	return fmt.Sprint(*n)
+}
+
+// A range whose keys have many versions (never compacted) is read a key at
+// a step, not a version: its page, its count and latest_rows read about one
+// entry of the key index a key, and answer as reading every version does
+// (the reference below), at every revision of a history of puts, deletes,
+// puts again and keys created late, over bounded and unbounded ranges,
+// whole and cut by a limit.
+func TestRangeOfManyVersionsReadsAKeyAStep(t *testing.T) {
+	db := newMigratedDB(t)
+	ctx := testContext(t)
+	const keys, rounds = 120, 40
+	var revs []int64
+	step := func(q string, args ...any) {
+		t.Helper()
+		if _, err := db.Exec(ctx, q, args...); err != nil {
+			t.Fatal(err)
+		}
+		var rev int64
+		if err := db.QueryRow(ctx, "select walwatch.current_revision()").Scan(&rev); err != nil {
+			t.Fatal(err)
+		}
+		revs = append(revs, rev)
+	}
+	key := `convert_to('/m/' || lpad(i::text, 3, '0'), 'UTF8')`
+	step(`select walwatch.put(convert_to('/a/' || i, 'UTF8'), 'few') from generate_series(1, 500) i`)
+	for r := 1; r <= rounds; r++ {
+		switch r {
+		case 20:
+			step(`select walwatch.delete_range(`+key+`, null) from generate_series(0, $1, 7) i`, keys-1)
+		case 30:
+			step(`select walwatch.put(`+key+`, 'again') from generate_series(0, $1, 14) i`, keys-1)
+		case 35:
+			step(`select walwatch.delete_range(`+key+`, null) from generate_series(0, $1, 21) i`, keys-1)
+		case 38:
+			step(`select walwatch.put(`+key+`, 'late') from generate_series($1::int, $1 + 9) i`, keys)
+		default:
+			step(`select walwatch.put(`+key+`, convert_to($1::text, 'UTF8')) from generate_series(0, $2) i`, fmt.Sprint(r), keys-1)
+		}
+	}
+	step(`select walwatch.put('/z', 'after the range')`)
+	if _, err := db.Exec(ctx, "vacuum analyze walwatch.kv"); err != nil {
+		t.Fatal(err)
+	}
+
+	const reference = `select coalesce(array_agg(convert_from(t.key, 'UTF8') order by t.key), '{}')
+	                     from (select distinct on (k.key) k.key, k.tombstone from walwatch.kv k
+	                            where k.key >= $1 and ($2::bytea is null or k.key < $2) and k.revision <= $3
+	                            order by k.key, k.revision desc) t where not t.tombstone`
+	ranges := []struct{ lo, hi []byte }{
+		{[]byte("/m/"), []byte("/m0")},
+		{[]byte("/m/05"), []byte("/m/1")},
+		{[]byte("/m/100"), nil},
+		{[]byte("/m/"), nil},
+		{[]byte("/m/0"), []byte("/m/00")},
+	}
+	for _, r := range ranges {
+		end := r.hi
+		if end == nil {
+			end = []byte{0}
+		}
+		for _, rev := range revs {
+			var want, got, latest, first []string
+			var count, counted, pageCount int64
+			if err := db.QueryRow(ctx, reference, r.lo, r.hi, rev).Scan(&want); err != nil {
+				t.Fatal(err)
+			}
+			if err := db.QueryRow(ctx, `select coalesce(array_agg(convert_from(p.key, 'UTF8')) filter (where p.key is not null), '{}'),
+			                                   max(p.count)
+			                              from walwatch.range_page($1, $2, $3, 0) p`, r.lo, end, rev).Scan(&got, &count); err != nil {
+				t.Fatal(err)
+			}
+			if err := db.QueryRow(ctx, `select coalesce(array_agg(convert_from(p.key, 'UTF8')) filter (where p.key is not null), '{}'),
+			                                   max(p.count)
+			                              from walwatch.range_page($1, $2, $3, 7) p`, r.lo, end, rev).Scan(&first, &pageCount); err != nil {
+				t.Fatal(err)
+			}
+			if err := db.QueryRow(ctx, `select coalesce(array_agg(convert_from(l.key, 'UTF8')), '{}')
+			                              from walwatch.latest_rows($1, $2, $3, null) l`, r.lo, r.hi, rev).Scan(&latest); err != nil {
+				t.Fatal(err)
+			}
+			if err := db.QueryRow(ctx, "select walwatch.range_count($1, $2, $3)", r.lo, r.hi, rev).Scan(&counted); err != nil {
+				t.Fatal(err)
+			}
+			wantFirst := want[:min(len(want), 8)]
+			n := int64(len(want))
+			if fmt.Sprint(got) != fmt.Sprint(want) || count != n || fmt.Sprint(latest) != fmt.Sprint(want) || counted != n ||
+				fmt.Sprint(first) != fmt.Sprint(wantFirst) || pageCount != n {
+				t.Errorf("[%q, %q) at %d: range_page %v (count %d), with limit 7 %v (count %d), latest_rows %v, range_count %d; want %v, count %d",
+					r.lo, r.hi, rev, got, count, first, pageCount, latest, counted, want, n)
+			}
+		}
+	}
+
+	// Each reads the range's keys at most twice (a page cut short is
+	// counted too) and two samples of 128 entries (versions_a_key); read the
+	// way a DISTINCT ON reads, each would take about rounds entries a key.
+	const most = 2*(keys+10+1) + 2*128
+	for _, q := range []string{
+		`select count(*) from walwatch.range_page('/m/', '/m0', 0, 0)`,
+		`select count(*) from walwatch.range_page('/m/', '/m0', 0, 50)`,
+		`select walwatch.range_count('/m/', '/m0', walwatch.current_revision())`,
+		`select count(*) from walwatch.latest_rows('/m/', '/m0', walwatch.current_revision(), null)`,
+	} {
+		var n int64
+		if entries := indexEntriesReadBy(t, db, q, &n); entries > most {
+			t.Errorf("%s: read %d entries of the key index for %d keys of up to %d versions; want at most %d",
+				q, entries, keys+10, rounds, most)
+		}
+	}
+}
+
+// indexEntriesReadBy runs query in a transaction of its own, scans its row
+// into dest, and returns how many entries of the key index (kv_key_revision)
+// it read, as rowsReadBy counts rows.
+func indexEntriesReadBy(tb testing.TB, db *pgxpool.Pool, query string, dest ...any) int64 {
+	tb.Helper()
+	ctx := testContext(tb)
+	tx, err := db.Begin(ctx)
+	if err != nil {
+		tb.Fatal(err)
+	}
+	defer tx.Rollback(ctx) //nolint:errcheck // nothing to keep
+	read := func() int64 {
+		var n int64
+		if err := tx.QueryRow(ctx, "select pg_stat_get_xact_tuples_returned('walwatch.kv_key_revision'::regclass)").Scan(&n); err != nil {
+			tb.Fatal(err)
+		}
+		return n
+	}
+	before := read()
+	if err := tx.QueryRow(ctx, query).Scan(dest...); err != nil {
+		tb.Fatalf("%s: %v", query, err)
+	}
+	return read() - before
 }
