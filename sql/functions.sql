@@ -434,30 +434,32 @@ begin
     -- Every key's newest row, whether its compare holds, and the writes of
     -- those that hold, in one insert.
     return query
+    -- t: each key's newest row as a Txn reads it, all zero when the key
+    -- is not live (etcd's mod revision of a missing key is 0).
     with t as materialized (
-        select u.i, coalesce(not k.tombstone, false) as live, k.revision, k.value, k.create_revision, k.version, k.lease
+        select u.i, coalesce(not k.tombstone, false) as live,
+               case when not k.tombstone then k.revision else 0 end as mod_revision,
+               case when not k.tombstone then k.value end as value,
+               case when not k.tombstone then k.create_revision else 0 end as create_revision,
+               case when not k.tombstone then k.version else 0 end as version,
+               case when not k.tombstone then k.lease else 0 end as lease
           from generate_subscripts(p_keys, 1) as u(i)
           left join lateral (select * from walwatch.kv k where k.key = p_keys[u.i]
                               order by k.revision desc limit 1) as k on true
     ), w as materialized (
         select t.i, nextval('walwatch.revision') as rev
           from t
-         where (case when t.live then t.revision else 0 end) = p_mods[t.i]
+         where t.mod_revision = p_mods[t.i]
            and (not p_deletes[t.i] or t.live)
     ), ins as (
         insert into walwatch.kv
         select r.* from w, lateral walwatch.new_row(w.rev, 0, p_keys[w.i], p_values[w.i], p_deletes[w.i],
                                                     case when p_deletes[w.i] then 0 else p_leases[w.i] end) as r
     )
-    select (case when t.live then t.revision else 0 end) = p_mods[t.i],
+    select t.mod_revision = p_mods[t.i],
            coalesce(w.rev, 0),
            greatest(cur, (select max(x.rev) from w x)),
-           t.live,
-           case when t.live then t.revision else 0 end,
-           case when t.live then t.value end,
-           case when t.live then t.create_revision else 0 end,
-           case when t.live then t.version else 0 end,
-           case when t.live then t.lease else 0 end
+           t.live, t.mod_revision, t.value, t.create_revision, t.version, t.lease
       from t left join w on w.i = t.i
      order by t.i;
 end
