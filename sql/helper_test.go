@@ -54,10 +54,26 @@ func newMigratedDB(tb testing.TB) *pgxpool.Pool {
 
 // rowsReadBy runs query in a transaction of its own, scans its row into
 // dest, and returns how many rows of walwatch.kv it read, by scan or
-// through an index, as PostgreSQL counts them for the transaction. The
-// counts may hold the connection's earlier transactions too, until the
-// backend reports them: so it takes the difference across the statement.
+// through an index, as PostgreSQL counts them for the transaction.
 func rowsReadBy(tb testing.TB, db *pgxpool.Pool, query string, args []any, dest ...any) int64 {
+	tb.Helper()
+	return countedBy(tb, db, `select seq_tup_read + idx_tup_fetch from pg_stat_xact_user_tables
+	                           where relid = 'walwatch.kv'::regclass`, query, args, dest...)
+}
+
+// keyIndexEntriesReadBy is rowsReadBy for the entries of the key index
+// (kv_key_revision) query read.
+func keyIndexEntriesReadBy(tb testing.TB, db *pgxpool.Pool, query string, args []any, dest ...any) int64 {
+	tb.Helper()
+	return countedBy(tb, db, "select pg_stat_get_xact_tuples_returned('walwatch.kv_key_revision'::regclass)", query, args, dest...)
+}
+
+// countedBy runs query in a transaction of its own, scans its row into
+// dest, and returns how much the statistic that counter reads grew. The
+// statistics may hold the connection's earlier transactions too, until
+// the backend reports them: so it takes the difference across the
+// statement.
+func countedBy(tb testing.TB, db *pgxpool.Pool, counter, query string, args []any, dest ...any) int64 {
 	tb.Helper()
 	ctx := testContext(tb)
 	tx, err := db.Begin(ctx)
@@ -67,8 +83,7 @@ func rowsReadBy(tb testing.TB, db *pgxpool.Pool, query string, args []any, dest 
 	defer tx.Rollback(ctx) //nolint:errcheck // nothing to keep
 	read := func() int64 {
 		var n int64
-		if err := tx.QueryRow(ctx, `select seq_tup_read + idx_tup_fetch from pg_stat_xact_user_tables
-		                             where relid = 'walwatch.kv'::regclass`).Scan(&n); err != nil {
+		if err := tx.QueryRow(ctx, counter).Scan(&n); err != nil {
 			tb.Fatal(err)
 		}
 		return n
@@ -78,6 +93,20 @@ func rowsReadBy(tb testing.TB, db *pgxpool.Pool, query string, args []any, dest 
 		tb.Fatalf("%s: %v", query, err)
 	}
 	return read() - before
+}
+
+// execRev runs q and returns the current revision after it.
+func execRev(tb testing.TB, db *pgxpool.Pool, q string, args ...any) int64 {
+	tb.Helper()
+	ctx := testContext(tb)
+	if _, err := db.Exec(ctx, q, args...); err != nil {
+		tb.Fatal(err)
+	}
+	var rev int64
+	if err := db.QueryRow(ctx, "select walwatch.current_revision()").Scan(&rev); err != nil {
+		tb.Fatal(err)
+	}
+	return rev
 }
 
 // applyOld brings db to schema version upTo (at most 10) as walwatch did

@@ -7,7 +7,6 @@ import (
 	"testing"
 
 	"github.com/jackc/pgx/v5"
-	"github.com/jackc/pgx/v5/pgxpool"
 )
 
 // A page of a range (Kubernetes lists 500 keys at a time) reads the keys of
@@ -116,13 +115,7 @@ func TestRangeCount(t *testing.T) {
 	revs := []int64{1}
 	step := func(q string, args ...any) {
 		t.Helper()
-		if _, err := db.Exec(ctx, q, args...); err != nil {
-			t.Fatal(err)
-		}
-		var rev int64
-		if err := db.QueryRow(ctx, "select walwatch.current_revision()").Scan(&rev); err != nil {
-			t.Fatal(err)
-		}
+		rev := execRev(t, db, q, args...)
 		revs = append(revs, rev-1, rev)
 	}
 	// Other keys, so that the range is a small part of the table, and the
@@ -289,14 +282,7 @@ func TestRangeOfManyVersionsReadsAKeyAStep(t *testing.T) {
 	var revs []int64
 	step := func(q string, args ...any) {
 		t.Helper()
-		if _, err := db.Exec(ctx, q, args...); err != nil {
-			t.Fatal(err)
-		}
-		var rev int64
-		if err := db.QueryRow(ctx, "select walwatch.current_revision()").Scan(&rev); err != nil {
-			t.Fatal(err)
-		}
-		revs = append(revs, rev)
+		revs = append(revs, execRev(t, db, q, args...))
 	}
 	key := `convert_to('/m/' || lpad(i::text, 3, '0'), 'UTF8')`
 	step(`select walwatch.put(convert_to('/a/' || i, 'UTF8'), 'few') from generate_series(1, 500) i`)
@@ -379,34 +365,9 @@ func TestRangeOfManyVersionsReadsAKeyAStep(t *testing.T) {
 		`select count(*) from walwatch.latest_rows('/m/', '/m0', walwatch.current_revision(), null)`,
 	} {
 		var n int64
-		if entries := indexEntriesReadBy(t, db, q, &n); entries > most {
+		if entries := keyIndexEntriesReadBy(t, db, q, nil, &n); entries > most {
 			t.Errorf("%s: read %d entries of the key index for %d keys of up to %d versions; want at most %d",
 				q, entries, keys+10, rounds, most)
 		}
 	}
-}
-
-// indexEntriesReadBy runs query in a transaction of its own, scans its row
-// into dest, and returns how many entries of the key index (kv_key_revision)
-// it read, as rowsReadBy counts rows.
-func indexEntriesReadBy(tb testing.TB, db *pgxpool.Pool, query string, dest ...any) int64 {
-	tb.Helper()
-	ctx := testContext(tb)
-	tx, err := db.Begin(ctx)
-	if err != nil {
-		tb.Fatal(err)
-	}
-	defer tx.Rollback(ctx) //nolint:errcheck // nothing to keep
-	read := func() int64 {
-		var n int64
-		if err := tx.QueryRow(ctx, "select pg_stat_get_xact_tuples_returned('walwatch.kv_key_revision'::regclass)").Scan(&n); err != nil {
-			tb.Fatal(err)
-		}
-		return n
-	}
-	before := read()
-	if err := tx.QueryRow(ctx, query).Scan(dest...); err != nil {
-		tb.Fatalf("%s: %v", query, err)
-	}
-	return read() - before
 }
