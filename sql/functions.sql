@@ -474,8 +474,8 @@ $$;
 -- DISTINCT ON, cheapest for a few versions a key) and stepping from key to
 -- key (newest_rows_skip, which costs a descent of the key index a key, but
 -- reads no version it does not return). A range never compacted keeps every
--- version: 10,000 keys of 139 versions each took 2.1 s to read whole by the
--- first, 56 ms by the second. An estimate from the start of the range: a
+-- version: 10,000 keys of 139 versions each took 2.5 s to read whole by the
+-- first, 57-63 ms by the second. An estimate from the start of the range: a
 -- range whose keys differ far along it is read the way its start suits.
 -- Generic plans, one for each bound, so that no call pays a planning; the
 -- bounds are index conditions in either.
