@@ -223,6 +223,8 @@ func TestRangePageUncounted(t *testing.T) {
 	}{
 		{limit: 4, count: true, rows: 5, want: &nine, counts: 1},
 		{limit: 4, count: false, rows: 5, want: nil, counts: 0},
+		// The page's extra key is the range's last: none left to count.
+		{limit: 8, count: true, rows: 9, want: &nine, counts: 1},
 		{limit: 9, count: false, rows: 9, want: &nine, counts: 0},
 		{limit: 0, count: false, rows: 9, want: &nine, counts: 0},
 	} {
