@@ -10,6 +10,7 @@ import (
 	"github.com/jackc/pgx/v5/pgtype"
 
 	"github.com/walwatch/walwatch/sql"
+	"github.com/walwatch/walwatch/store"
 )
 
 // row is one decoded row of the revision table. A row with an empty key is a
@@ -256,15 +257,7 @@ func (d *decoder) decodeRow(rel *relation, tuple []byte) (row, error) {
 // own copies the row's key and value into one allocation of its own; a nil
 // one (a NULL) stays nil.
 func (r *row) own() {
-	n := len(r.key)
-	buf := make([]byte, 0, n+len(r.value))
-	buf = append(buf, r.key...)
-	if r.key != nil {
-		r.key = buf[:n:n]
-	}
-	if r.value != nil {
-		r.value = append(buf[n:], r.value...)
-	}
+	r.key, r.value = store.OwnKeyValue(r.key, r.value)
 }
 
 // setBinary sets a field from its binary form when the column has the type

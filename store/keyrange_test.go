@@ -43,3 +43,43 @@ func TestKeyRange(t *testing.T) {
 		})
 	}
 }
+
+func TestOwnKeyValue(t *testing.T) {
+	tests := []struct {
+		name       string
+		key, value []byte
+	}{
+		{"both", []byte("/a"), []byte("v")},
+		{"empty value", []byte("/a"), []byte{}},
+		{"no value", []byte("/a"), nil},
+		{"no key", nil, []byte("v")},
+		{"neither", nil, nil},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			// The driver's buffer: one slice holding both, as a message does.
+			lent := append(append([]byte{}, tt.key...), tt.value...)
+			var key, value []byte
+			if tt.key != nil {
+				key = lent[:len(tt.key)]
+			}
+			if tt.value != nil {
+				value = lent[len(tt.key):]
+			}
+			k, v := store.OwnKeyValue(key, value)
+			if !bytes.Equal(k, tt.key) || (k == nil) != (tt.key == nil) ||
+				!bytes.Equal(v, tt.value) || (v == nil) != (tt.value == nil) {
+				t.Fatalf("OwnKeyValue(%q, %q) = %q, %q", tt.key, tt.value, k, v)
+			}
+			for i := range lent {
+				lent[i] = 'x' // the driver reuses its buffer
+			}
+			if string(k) != string(tt.key) || string(v) != string(tt.value) {
+				t.Fatalf("after the driver's buffer changed: %q, %q; want %q, %q", k, v, tt.key, tt.value)
+			}
+			if grown := append(k, 'y'); len(v) > 0 && v[0] == 'y' {
+				t.Fatalf("appending to the key (%q) wrote over the value: %q", grown, v)
+			}
+		})
+	}
+}

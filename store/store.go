@@ -72,6 +72,22 @@ type KeyValue struct {
 	Lease          int64 // the lease the key is attached to; 0: none
 }
 
+// OwnKeyValue copies a key and a value the driver lends (pgx's
+// pgtype.DriverBytes) into one allocation of their own, keeping a nil
+// slice nil and an empty one empty.
+func OwnKeyValue(key, value []byte) (ownKey, ownValue []byte) {
+	n := len(key)
+	buf := make([]byte, 0, n+len(value))
+	buf = append(buf, key...)
+	if key != nil {
+		ownKey = buf[:n:n]
+	}
+	if value != nil {
+		ownValue = append(buf[n:], value...)
+	}
+	return ownKey, ownValue
+}
+
 // querier is what the store's operations need: a pool or a transaction.
 type querier interface {
 	QueryRow(ctx context.Context, sql string, args ...any) pgx.Row
