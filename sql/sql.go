@@ -44,7 +44,7 @@ import (
 var files embed.FS
 
 // version is the schema version this build brings (Latest).
-const version = 26
+const version = 27
 
 // oldestUpgradable is the oldest schema version Migrate upgrades in place:
 // the squashed history's last two versions, 9 and 10, have the tables
