@@ -249,7 +249,7 @@ func (c *Copy) Get(ctx context.Context, req store.RangeRequest) (store.RangeResp
 		c.mu.Lock()
 		kvs, rev, w, advanced := c.kvs, c.rev, c.watcher, c.advanced
 		if kvs != nil && rev >= cur {
-			res := store.RangeResponse{Revision: rev}
+			res := store.RangeResponse{Revision: rev, Current: rev}
 			if kv, ok := kvs[string(req.Key)]; ok {
 				res.Count = 1
 				if !req.CountOnly {

@@ -28,8 +28,11 @@ type RangeRequest struct {
 // RangeResponse is what a read returns.
 type RangeResponse struct {
 	Revision int64 // the revision read at
-	KVs      []KeyValue
-	More     bool // Limit cut the result short
+	// Current is the current revision in the read's snapshot (etcd's
+	// header revision): Revision for a read at the current revision.
+	Current int64
+	KVs     []KeyValue
+	More    bool // Limit cut the result short
 	// Count is how many keys the range holds at Revision, whatever Limit
 	// says, as etcd's count.
 	Count int64
@@ -157,8 +160,8 @@ func rangeKeys(ctx context.Context, q querier, req RangeRequest) (RangeResponse,
 	)
 	if req.CountOnly {
 		res.KVs = []KeyValue{}
-		err = q.QueryRow(ctx, "select revision, count from walwatch.range($1, $2, $3, 0, true)",
-			req.Key, req.end(), req.Revision).Scan(&res.Revision, &res.Count)
+		err = q.QueryRow(ctx, "select revision, count, walwatch.current_revision() from walwatch.range($1, $2, $3, 0, true)",
+			req.Key, req.end(), req.Revision).Scan(&res.Revision, &res.Count, &res.Current)
 	} else {
 		res, err = rangePage(ctx, q, req, true)
 	}
@@ -170,10 +173,14 @@ func rangeKeys(ctx context.Context, q querier, req RangeRequest) (RangeResponse,
 
 // rangePage reads req's page through walwatch.range_page: its keys, one
 // past the limit if the range has more, then a row with no key that holds
-// the revision read at and the count. Without count, a page the limit cut
-// short comes back with no count (0), for the caller to fill in.
+// the revision read at, the count and the current revision (read there, in
+// the page's snapshot, so that a read at an older revision needs no second
+// round trip for it). Without count, a page the limit cut short comes back
+// with no count (0), for the caller to fill in.
 func rangePage(ctx context.Context, q querier, req RangeRequest, count bool) (RangeResponse, error) {
-	rows, err := q.Query(ctx, "select revision, count, key, value, create_revision, mod_revision, version, lease from walwatch.range_page($1, $2, $3, $4, $5)",
+	rows, err := q.Query(ctx, `select revision, count, key, value, create_revision, mod_revision, version, lease,
+	       case when key is null then case when $3 = 0 then revision else walwatch.current_revision() end end
+	  from walwatch.range_page($1, $2, $3, $4, $5)`,
 		req.Key, req.end(), req.Revision, req.Limit, count)
 	if err != nil {
 		return RangeResponse{}, err
@@ -187,20 +194,20 @@ func rangePage(ctx context.Context, q querier, req RangeRequest, count bool) (Ra
 	// value made the rest of a list's garbage. Int8s: each column is null
 	// in the keys' rows or in the closing one.
 	var (
-		key, value                          pgtype.DriverBytes // the driver's until the next row
-		rev, n, create, mod, version, lease pgtype.Int8
+		key, value                               pgtype.DriverBytes // the driver's until the next row
+		rev, n, create, mod, version, lease, cur pgtype.Int8
 	)
-	dest := []any{&rev, &n, &key, &value, &create, &mod, &version, &lease}
+	dest := []any{&rev, &n, &key, &value, &create, &mod, &version, &lease, &cur}
 	for rows.Next() {
 		if err := rows.Scan(dest...); err != nil {
 			return RangeResponse{}, err
 		}
 		if key == nil {
 			// The keys' rows come first, so More is known here.
-			if !rev.Valid || !n.Valid && (count || !res.More) {
+			if !rev.Valid || !cur.Valid || !n.Valid && (count || !res.More) {
 				return RangeResponse{}, errors.New("range_page: a closing row without its revision or count")
 			}
-			res.Revision, res.Count, trailer = rev.Int64, n.Int64, true
+			res.Revision, res.Count, res.Current, trailer = rev.Int64, n.Int64, cur.Int64, true
 			continue
 		}
 		if req.Limit > 0 && int64(len(res.KVs)) == req.Limit {
@@ -357,7 +364,7 @@ func (k *oneKey) response(req RangeRequest) (RangeResponse, error) {
 	if err != nil {
 		return RangeResponse{}, fmt.Errorf("range %s at revision %d: %w", keyText(req.Key), req.Revision, err)
 	}
-	res := RangeResponse{Revision: rev, KVs: []KeyValue{}}
+	res := RangeResponse{Revision: rev, Current: k.cur, KVs: []KeyValue{}}
 	if k.mod == 0 || k.tombstone {
 		return res, nil
 	}

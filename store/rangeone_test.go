@@ -38,8 +38,8 @@ func TestRangeOneMatchesRangeFunction(t *testing.T) {
 						keys, vals                      [][]byte
 						creates, mods, versions, leases []int64
 					)
-					wantErr := pool.QueryRow(ctx, "select revision, more, count, keys, vals, create_revisions, mod_revisions, versions, leases from walwatch.range($1, null, $2, 0, $3)",
-						[]byte(key), rev, countOnly).Scan(&want.Revision, &want.More, &want.Count, &keys, &vals, &creates, &mods, &versions, &leases)
+					wantErr := pool.QueryRow(ctx, "select revision, more, count, keys, vals, create_revisions, mod_revisions, versions, leases, walwatch.current_revision() from walwatch.range($1, null, $2, 0, $3)",
+						[]byte(key), rev, countOnly).Scan(&want.Revision, &want.More, &want.Count, &keys, &vals, &creates, &mods, &versions, &leases, &want.Current)
 					if wantErr != nil {
 						wantErr = store.TypedError(wantErr, rev)
 						if gotErr == nil || errors.Unwrap(gotErr) == nil || errors.Unwrap(gotErr).Error() != wantErr.Error() {

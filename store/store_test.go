@@ -123,6 +123,9 @@ func TestRange(t *testing.T) {
 		{"half-open range", store.RangeRequest{KeyRange: store.KeyRange{Key: []byte("/routes/a"), End: []byte("/routes/b")}}, []string{"/routes/a=2@4/2/2"}, false},
 		{"from key", store.RangeRequest{KeyRange: store.FromKey([]byte("/routes/b"))}, []string{"/routes/b=3@8/8/1", "/routes2/x=1@5/5/1"}, false},
 		{"all keys at revision 2", store.RangeRequest{KeyRange: store.FromKey([]byte{0}), Revision: 2}, []string{"/routes/a=1@2/2/1"}, false},
+		{"page at old revision", store.RangeRequest{KeyRange: store.Prefix([]byte("/routes")), Revision: 7, Limit: 1}, []string{"/routes=root@6/6/1"}, true},
+		{"count only", store.RangeRequest{KeyRange: store.Prefix([]byte("/routes/")), CountOnly: true}, []string{}, false},
+		{"count only at old revision", store.RangeRequest{KeyRange: store.Prefix([]byte("/routes/")), Revision: 7, CountOnly: true}, []string{}, false},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -136,6 +139,10 @@ func TestRange(t *testing.T) {
 			}
 			if got := kvs(res); !slices.Equal(got, tt.want) || res.More != tt.more || res.Revision != wantRev {
 				t.Fatalf("got %q more=%v revision=%d, want %q more=%v revision=%d", got, res.More, res.Revision, tt.want, tt.more, wantRev)
+			}
+			// Each read carries the current revision, whatever it read at.
+			if res.Current != 8 {
+				t.Fatalf("current revision %d, want 8", res.Current)
 			}
 		})
 	}

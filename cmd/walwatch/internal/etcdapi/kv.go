@@ -56,22 +56,19 @@ func (k *kvServer) Range(ctx context.Context, r *pb.RangeRequest) (*pb.RangeResp
 		return nil, toGRPC(err)
 	}
 	resp := rangeResponse(r, res)
-	head, err := k.headRevision(ctx, r, res.Revision)
-	if err != nil {
-		return nil, toGRPC(err)
-	}
-	resp.Header = k.s.header(head)
+	resp.Header = k.s.header(headRevision(r, res))
 	return resp, nil
 }
 
-// headRevision is the revision a read's header carries: the current one,
-// also for a read at an older one (one more round trip then).
-func (k *kvServer) headRevision(ctx context.Context, r *pb.RangeRequest, read int64) (int64, error) {
+// headRevision is the revision a read's header carries: the one read at
+// when the request named none (the current one, or for a serializable read
+// the one it was served at), else the current one, which the read found in
+// its own snapshot.
+func headRevision(r *pb.RangeRequest, res store.RangeResponse) int64 {
 	if r.Revision == 0 {
-		return read, nil
+		return res.Revision
 	}
-	cur, _, err := k.s.cfg.Client.Store().Revision(ctx)
-	return cur, err
+	return res.Current
 }
 
 // readRevision is the revision a Range reads at: the one it names, or for
@@ -117,11 +114,7 @@ func (k *kvServer) RangeStream(r *pb.RangeRequest, stream grpc.ServerStreamingSe
 		if err != nil {
 			return toGRPC(err)
 		}
-		head, err := k.headRevision(ctx, r, res.Revision)
-		if err != nil {
-			return toGRPC(err)
-		}
-		return stream.Send(&pb.RangeStreamResponse{RangeResponse: &pb.RangeResponse{Header: k.s.header(head), Count: res.Count}})
+		return stream.Send(&pb.RangeStreamResponse{RangeResponse: &pb.RangeResponse{Header: k.s.header(headRevision(r, res)), Count: res.Count}})
 	}
 	total := r.Limit
 	if total == 0 {
@@ -141,11 +134,7 @@ func (k *kvServer) RangeStream(r *pb.RangeRequest, stream grpc.ServerStreamingSe
 		sent += int64(len(out.Kvs))
 		done := !res.More || sent == total
 		if done {
-			head, err := k.headRevision(ctx, r, rev)
-			if err != nil {
-				return toGRPC(err)
-			}
-			out.Header, out.More, out.Count = k.s.header(head), res.More, sent
+			out.Header, out.More, out.Count = k.s.header(headRevision(r, res)), res.More, sent
 			if res.More {
 				// What is left of the range after the last key sent.
 				rest := storeRange(r, rev)
