@@ -205,7 +205,7 @@ func rangePage(ctx context.Context, q querier, req RangeRequest, count bool) (Ra
 		if key == nil {
 			// The keys' rows come first, so More is known here.
 			if !rev.Valid || !cur.Valid || !n.Valid && (count || !res.More) {
-				return RangeResponse{}, errors.New("range_page: a closing row without its revision or count")
+				return RangeResponse{}, errors.New("range_page: a closing row without its revisions or count")
 			}
 			res.Revision, res.Count, res.Current, trailer = rev.Int64, n.Int64, cur.Int64, true
 			continue
