@@ -644,7 +644,7 @@ begin
     perform walwatch.check_range(p_key, p_limit);
     rev := walwatch.read_revision(p_rev);
     skip := walwatch.versions_a_key(p_key, hi, rev) > 16;
-    if lim is null or not p_count then
+    if lim is null or p_count is not true then
         -- Nothing left to count: the page goes out as it is read.
         if skip then
             return query

@@ -216,13 +216,14 @@ func TestRangePageUncounted(t *testing.T) {
 	nine := int64(9)
 	for _, c := range []struct {
 		limit  int64
-		count  bool
+		count  any    // true, false or nil (null: as false)
 		rows   int64  // of keys, one past the limit when it cuts the range short
 		want   *int64 // the closing row's count
 		counts int64  // calls of range_count
 	}{
 		{limit: 4, count: true, rows: 5, want: &nine, counts: 1},
 		{limit: 4, count: false, rows: 5, want: nil, counts: 0},
+		{limit: 4, count: nil, rows: 5, want: nil, counts: 0},
 		// The page's extra key is the range's last: none left to count.
 		{limit: 8, count: true, rows: 9, want: &nine, counts: 1},
 		{limit: 9, count: false, rows: 9, want: &nine, counts: 0},
