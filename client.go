@@ -331,8 +331,14 @@ func (c *Client) rangeLatest(ctx context.Context, req store.RangeRequest) (store
 	}
 	visible, delivered := c.hub.Visible(), c.hub.Watermark()
 	res, err := c.store.Range(ctx, req)
-	if err != nil || (res.Revision >= delivered && res.Revision <= visible) {
+	if err != nil {
 		return res, err
+	}
+	if res.Revision >= delivered && res.Revision <= visible {
+		// Its count is its revision's for good: the next page need not
+		// count the range again.
+		c.store.CarryCount(req, res)
+		return res, nil
 	}
 	req.Revision = max(res.Revision, delivered)
 	if err := c.waitFor(ctx, req.Revision); err != nil {

@@ -1,8 +1,10 @@
 package walwatch_test
 
 import (
+	"bytes"
 	"context"
 	"errors"
+	"fmt"
 	"maps"
 	"runtime"
 	"strings"
@@ -540,5 +542,45 @@ func TestListAndWatchRefusesAStart(t *testing.T) {
 	_, _, err := c.ListAndWatch(t.Context(), replication.WatchRequest{Range: store.Prefix([]byte("/")), StartRevision: 5})
 	if !errors.Is(err, store.ErrInvalidRevision) {
 		t.Fatalf("ListAndWatch with a start = %v, want ErrInvalidRevision", err)
+	}
+}
+
+// A list read page by page as Kubernetes reads one, the first page at the
+// current revision and the others at its revision: the first page's count
+// carries to the next once the hub has seen its revision settled, and
+// every page answers the count of the range from its key on.
+func TestListPagesThroughTheClient(t *testing.T) {
+	c, _ := open(t)
+	var rev int64
+	for i := range 10 {
+		rev = put(t, c, fmt.Sprintf("/pages/%d", i), "v")
+	}
+	// Settled and checked visible: the first page's answer stands at once.
+	if err := c.Hub().WaitFor(t.Context(), rev); err != nil {
+		t.Fatal(err)
+	}
+	end := []byte("/pages0")
+	req := store.RangeRequest{KeyRange: store.KeyRange{Key: []byte("/pages/"), End: end}, Limit: 4}
+	var counts []int64
+	var listed []string
+	for {
+		res, err := c.Range(t.Context(), req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if res.Revision != rev {
+			t.Fatalf("page from %q at revision %d; want %d", req.Key, res.Revision, rev)
+		}
+		counts = append(counts, res.Count)
+		for _, kv := range res.KVs {
+			listed = append(listed, string(kv.Key))
+		}
+		if !res.More {
+			break
+		}
+		req.Key, req.Revision = append(bytes.Clone(res.KVs[len(res.KVs)-1].Key), 0), res.Revision
+	}
+	if fmt.Sprint(counts) != "[10 6 2]" || len(listed) != 10 {
+		t.Errorf("counts %v, %d keys listed; want [10 6 2] and 10", counts, len(listed))
 	}
 }

@@ -14,9 +14,11 @@ import (
 // is the page's count less its keys. pageCounts keeps it for the page that
 // asks next.
 //
-// Only pages read at a revision the caller names keep one: a read at the
-// current revision may run before every write below that revision has
-// committed (a Client waits for those before it names a revision). A page read
+// Only pages read at a revision the caller names keep one, and pages read at
+// the current revision that the caller says saw every write below it
+// (CarryCount): a read at the current revision may run before every write
+// below that revision has committed (a Client waits for those before it
+// names a revision, and knows from its hub when a read did not). A page read
 // through the Store at a revision not yet settled can change, and so can
 // the count kept from it; one that no longer fits the page it is given to
 // is counted again.
@@ -63,4 +65,15 @@ func (c *pageCounts) keep(req RangeRequest, res RangeResponse) {
 		c.count = make(map[pageAt]int64)
 	}
 	c.count[at] = res.Count - int64(len(res.KVs))
+}
+
+// CarryCount keeps the count after res, a page req read at the current
+// revision, for the range's next page at res.Revision, as a page read at a
+// named revision keeps it. The caller vouches that the read's snapshot held
+// every write at or below res.Revision: a Client does when its hub had
+// seen them all visible before the read began.
+func (s *Store) CarryCount(req RangeRequest, res RangeResponse) {
+	if req.Revision == 0 && req.Limit > 0 && !req.CountOnly && !req.NoCount && !req.IsSingleKey() {
+		s.counts.keep(req, res)
+	}
 }

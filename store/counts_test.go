@@ -151,3 +151,46 @@ func TestPagesUncounted(t *testing.T) {
 		t.Errorf("%d counts kept; want only the one kept before", store.KeptCounts(s))
 	}
 }
+
+// A page read at the current revision keeps the count after it only when
+// its caller vouches that the read saw every write below its revision
+// (CarryCount), and only a counted page of a range that the limit cut
+// short.
+func TestCarryCount(t *testing.T) {
+	s, _ := newStore(t, store.Limits{})
+	ctx := testContext(t)
+	var rev int64
+	for i := range 10 {
+		rev = mustPut(t, s, fmt.Sprintf("/c/%d", i), "v")
+	}
+	page := store.KeyRange{Key: []byte("/c/"), End: []byte("/c0")}
+	for _, c := range []struct {
+		name string
+		req  store.RangeRequest
+		kept bool
+	}{
+		{"a page cut short", store.RangeRequest{KeyRange: page, Limit: 4}, true},
+		{"the whole range", store.RangeRequest{KeyRange: page, Limit: 10}, false},
+		{"no limit", store.RangeRequest{KeyRange: page}, false},
+		{"uncounted", store.RangeRequest{KeyRange: page, Limit: 4, NoCount: true}, false},
+		{"count only", store.RangeRequest{KeyRange: page, Limit: 4, CountOnly: true}, false},
+		{"at a named revision (kept by the read itself)", store.RangeRequest{KeyRange: page, Revision: rev, Limit: 4}, true},
+		{"one key", store.RangeRequest{KeyRange: store.Key([]byte("/c/1")), Limit: 1}, false},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			store.ForgetCounts(s)
+			res, err := s.Range(ctx, c.req)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if c.req.Revision == 0 && store.KeptCounts(s) != 0 {
+				t.Fatalf("%d counts kept before CarryCount", store.KeptCounts(s))
+			}
+			s.CarryCount(c.req, res)
+			n, kept := store.KeptCount(s, []byte("/c/3\x00"), page.End, rev)
+			if kept != c.kept || kept && n != 6 || !kept && store.KeptCounts(s) != 0 {
+				t.Errorf("kept %d (%v), %d counts in all; want kept %v, 6", n, kept, store.KeptCounts(s), c.kept)
+			}
+		})
+	}
+}
