@@ -74,10 +74,7 @@ func TestPagesAtOneRevisionCarryTheirCount(t *testing.T) {
 func TestPageCountKeptIsUsedUnlessItCannotBe(t *testing.T) {
 	s, _ := newStore(t, store.Limits{})
 	ctx := testContext(t)
-	var rev int64
-	for i := range 10 {
-		rev = mustPut(t, s, fmt.Sprintf("/k/%d", i), "v")
-	}
+	rev := putTen(t, s, "/k/")
 	req := store.RangeRequest{KeyRange: store.KeyRange{Key: []byte("/k/"), End: []byte("/k0")}, Revision: rev, Limit: 3}
 	for _, c := range []struct{ kept, want int64 }{
 		{kept: 1000, want: 1000}, // not this range's, but nothing shows it
@@ -116,10 +113,7 @@ func TestPageCountKeptIsUsedUnlessItCannotBe(t *testing.T) {
 func TestPagesUncounted(t *testing.T) {
 	s, _ := newStore(t, store.Limits{})
 	ctx := testContext(t)
-	var rev int64
-	for i := range 10 {
-		rev = mustPut(t, s, fmt.Sprintf("/u/%d", i), "v")
-	}
+	rev := putTen(t, s, "/u/")
 	end := []byte("/u0")
 	store.KeepCount(s, []byte("/u/"), end, rev, 1000) // not to be used
 	key := []byte("/u/")
@@ -159,10 +153,7 @@ func TestPagesUncounted(t *testing.T) {
 func TestCarryCount(t *testing.T) {
 	s, _ := newStore(t, store.Limits{})
 	ctx := testContext(t)
-	var rev int64
-	for i := range 10 {
-		rev = mustPut(t, s, fmt.Sprintf("/c/%d", i), "v")
-	}
+	rev := putTen(t, s, "/c/")
 	page := store.KeyRange{Key: []byte("/c/"), End: []byte("/c0")}
 	for _, c := range []struct {
 		name string

@@ -58,6 +58,17 @@ func mustPut(tb testing.TB, s *store.Store, key, value string) int64 {
 	return res.Revision
 }
 
+// putTen puts the keys prefix0 to prefix9 and returns the last one's
+// revision.
+func putTen(tb testing.TB, s *store.Store, prefix string) int64 {
+	tb.Helper()
+	var rev int64
+	for i := range 10 {
+		rev = mustPut(tb, s, fmt.Sprintf("%s%d", prefix, i), "v")
+	}
+	return rev
+}
+
 func rowCount(tb testing.TB, pool *pgxpool.Pool) int64 {
 	tb.Helper()
 	var n int64
