@@ -73,7 +73,9 @@ func (c *pageCounts) keep(req RangeRequest, res RangeResponse) {
 // every write at or below res.Revision: a Client does when its hub had
 // seen them all visible before the read began.
 func (s *Store) CarryCount(req RangeRequest, res RangeResponse) {
-	if req.Revision == 0 && req.Limit > 0 && !req.CountOnly && !req.NoCount && !req.IsSingleKey() {
+	// keep passes over a page the limit did not cut short, which a
+	// count-only read, a single key or a read with no limit never is.
+	if req.Revision == 0 && !req.NoCount {
 		s.counts.keep(req, res)
 	}
 }

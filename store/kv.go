@@ -160,7 +160,7 @@ func rangeKeys(ctx context.Context, q querier, req RangeRequest) (RangeResponse,
 	)
 	if req.CountOnly {
 		res.KVs = []KeyValue{}
-		err = q.QueryRow(ctx, "select revision, count, walwatch.current_revision() from walwatch.range($1, $2, $3, 0, true)",
+		err = q.QueryRow(ctx, "select revision, count, "+currentOfRead+" from walwatch.range($1, $2, $3, 0, true)",
 			req.Key, req.end(), req.Revision).Scan(&res.Revision, &res.Count, &res.Current)
 	} else {
 		res, err = rangePage(ctx, q, req, true)
@@ -171,6 +171,11 @@ func rangeKeys(ctx context.Context, q querier, req RangeRequest) (RangeResponse,
 	return res, nil
 }
 
+// currentOfRead is the current revision in a range statement's snapshot,
+// beside the revision it read at and whose parameter is $3: that revision
+// itself for a read at the current one (0).
+const currentOfRead = "case when $3 = 0 then revision else walwatch.current_revision() end"
+
 // rangePage reads req's page through walwatch.range_page: its keys, one
 // past the limit if the range has more, then a row with no key that holds
 // the revision read at, the count and the current revision (read there, in
@@ -179,7 +184,7 @@ func rangeKeys(ctx context.Context, q querier, req RangeRequest) (RangeResponse,
 // with no count (0), for the caller to fill in.
 func rangePage(ctx context.Context, q querier, req RangeRequest, count bool) (RangeResponse, error) {
 	rows, err := q.Query(ctx, `select revision, count, key, value, create_revision, mod_revision, version, lease,
-	       case when key is null then case when $3 = 0 then revision else walwatch.current_revision() end end
+	       case when key is null then `+currentOfRead+` end
 	  from walwatch.range_page($1, $2, $3, $4, $5)`,
 		req.Key, req.end(), req.Revision, req.Limit, count)
 	if err != nil {
