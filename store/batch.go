@@ -19,13 +19,22 @@ import (
 // one, so a lone put goes out at once, alone, and batches grow only with
 // concurrency. Every put still takes a revision of its own.
 //
-// Two in flight keep the server busy, one batch running while the other waits
-// for its commit to be flushed, and let the waiting puts gather into batches
-// about twice the size four make: fewer transactions for the same puts.
-// BenchmarkPutWorkers compares the two. A second batch goes in flight only
-// once it would be no smaller than the one in flight (see batcher.startable).
+// One in flight, as etcd applies its writes one batch at a time. A second
+// batch beside it kept the server a little busier (without a watcher,
+// BenchmarkPutWorkers: 1.16× the puts a second at 32 writers, 1.03× at 8),
+// the two took revisions from the one sequence at once and committed in
+// either order, and a watcher can have a revision only once every revision
+// below it is in: a batch's events waited for the other's commit, and under
+// load for a CPU for the other's backend (BenchmarkPutToEvent at 32 writers: revisions arriving before a
+// lower one 0.31–0.36 a put with two, 0.13 with one, where the probe's own
+// store still interleaves with the writers'). With one, bench-quick's
+// put→event p99 under 32 writers fell from 20.8–89.6 ms to 4.3–6.8 (etcd
+// 12.7–18.7), its puts at 32 writers stayed level with a watcher and rose
+// without one, and each put cost 0.55× the CPU and 0.85× the disk writes:
+// batches are larger, so there are fewer transactions, commits and WAL
+// flushes.
 const (
-	putWorkers    = 2
+	putWorkers    = 1
 	maxBatchPuts  = 64
 	maxBatchBytes = 1 << 20 // keys and values; a larger put goes alone
 )
@@ -87,7 +96,8 @@ type batcher[C call] struct {
 // batches of about 4, and a transaction (a WAL flush, which writes at least
 // one 8 KiB page) per 3.2 puts rather than 2.6 (BenchmarkPutWorkers:
 // transactions per put 0.38 → 0.32, puts/s 6,198 → 7,089; at 4 clients
-// 0.63 → 0.50 and 3,832 → 4,928).
+// 0.63 → 0.50 and 3,832 → 4,928; measured on puts when two of their
+// batches flew, as Txns' still do).
 func (b *batcher[C]) startable() bool {
 	switch {
 	case b.workers == 0:

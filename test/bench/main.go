@@ -561,7 +561,7 @@ func (b *bench) notes(names, lagNotes, cpuNotes []string) []string {
 			"With a watcher, the watcher must have every event before the next measurement; how long it lagged behind the writers after each phase "+
 			"(median, by client count; polled every millisecond): %s.", numKeys, prefix, valueSize, c.putDur, strings.Join(lagNotes, "; ")),
 		"walwatch is its Go store and hub, as a program embedding them would use them; the store sends puts that arrive while others are in flight " +
-			"together, at most two transactions at a time, each put at a revision of its own (etcd batches its writes too; notify writes each insert alone, as the seed does). " +
+			"together, one transaction at a time, each put at a revision of its own (etcd batches its writes too; notify writes each insert alone, as the seed does). " +
 			"walwatch without a watcher runs no hub and holds no slot. walwatch with a watcher runs one hub on a temporary slot in this process and one watcher on it. " +
 			"walwatch_http is the walwatch binary's control plane (cp) as a subprocess on its own slot, which it holds for its whole turn, so its " +
 			"'unwatched' puts still feed a hub; writes are PUT /v1/kv/..., reads GET /v1/kv/... of one key, " +
