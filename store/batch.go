@@ -19,20 +19,21 @@ import (
 // one, so a lone put goes out at once, alone, and batches grow only with
 // concurrency. Every put still takes a revision of its own.
 //
-// One in flight, as etcd applies its writes one batch at a time. A second
-// batch beside it kept the server a little busier (without a watcher,
-// BenchmarkPutWorkers: 1.16× the puts a second at 32 writers, 1.03× at 8),
-// the two took revisions from the one sequence at once and committed in
+// One in flight, as etcd applies its writes one batch at a time. Two
+// batches took revisions from the one sequence at once and committed in
 // either order, and a watcher can have a revision only once every revision
 // below it is in: a batch's events waited for the other's commit, and under
-// load for a CPU for the other's backend (BenchmarkPutToEvent at 32 writers: revisions arriving before a
-// lower one 0.31–0.36 a put with two, 0.13 with one, where the probe's own
-// store still interleaves with the writers'). With one, bench-quick's
-// put→event p99 under 32 writers fell from 20.8–89.6 ms to 4.3–6.8 (etcd
-// 12.7–18.7), its puts at 32 writers stayed level with a watcher and rose
-// without one, and each put cost 0.55× the CPU and 0.85× the disk writes:
-// batches are larger, so there are fewer transactions, commits and WAL
-// flushes.
+// load for a CPU for the other's backend (BenchmarkPutToEvent at 32
+// writers: revisions arriving before a lower one 0.31–0.36 a put with two,
+// 0.13 with one, where the probe's own store still interleaves with the
+// writers'). With one, the benchmark's put→event p99 under 32 writers fell
+// from 20.8–89.6 ms to 4.3–6.8 (etcd's 12.7–18.7), and its puts at 8
+// writers cost about half the CPU and 0.88× the disk writes, in larger
+// batches: fewer transactions, commits and WAL flushes (bench-quick, three
+// runs each, alternated). Its watched puts at 32 writers stayed level and
+// its unwatched ones rose; BenchmarkPutWorkers, which has no watcher and
+// writes each client's keys in turn, still finds two 1.16× as fast at 32
+// writers and 1.03× at 8.
 const (
 	putWorkers    = 1
 	maxBatchPuts  = 64

@@ -48,7 +48,8 @@ func BenchmarkPut(b *testing.B) {
 // watcher: one round of each per op, interleaved so drift on a shared
 // machine falls on both. It reports each setting's median puts/s and
 // transactions per put, and the ratio of one to two. What one buys a
-// watcher under load, BenchmarkPutToEvent in replication shows. Run it with -benchtime Nx for N rounds.
+// watcher under load, BenchmarkPutToEvent in replication shows. Run it
+// with -benchtime Nx for N rounds.
 func BenchmarkPutWorkers(b *testing.B) {
 	const round = 2 * time.Second
 	settings := []int{1, 2}
