@@ -31,9 +31,9 @@ import (
 // writers cost about half the CPU and 0.88× the disk writes, in larger
 // batches: fewer transactions, commits and WAL flushes (bench-quick, three
 // runs each, alternated). Its watched puts at 32 writers stayed level and
-// its unwatched ones rose; BenchmarkPutWorkers, which has no watcher and
-// writes each client's keys in turn, still finds two 1.16× as fast at 32
-// writers and 1.03× at 8.
+// its unwatched ones rose; BenchmarkPutWorkers, which has no watcher,
+// finds one 0.86×, 1.02× and 0.98× two's puts at 32 writers in three runs,
+// 0.97×, 1.04× and 1.03× at 8, with a third fewer transactions a put.
 const (
 	putWorkers    = 1
 	maxBatchPuts  = 64
