@@ -477,6 +477,7 @@ func (b *bench) results(ctx context.Context, commit string) (*Results, error) {
 		}
 		if _, ok := sys.(kubernetesStore); ok {
 			r.Systems[name].TxnPerS = pick(name, "txn_per_s", clientKeys(txnConcurrency))
+			r.Systems[name].TxnRTTLoadedUs = pick(name, "txn_rtt_loaded_us", []string{"p50", "p99", "p999"})
 			r.Systems[name].ListPageMs = pick(name, "list_page_ms", []string{"p50", "p99"})
 		}
 		if v, ok := b.samples.median(name, "wal_bytes_per_put", ""); ok {

@@ -66,7 +66,7 @@ func (b *bench) pairedRoundTrips(ctx context.Context, round int) (err error) {
 	blockTime := b.cfg.rttMaxTime / time.Duration(blocks)
 	for range blocks {
 		for _, i := range order {
-			r, _, err := b.probe(ctx, syss[i], taps[i], pairedBlock, blockTime)
+			r, _, err := b.probe(ctx, syss[i].put, taps[i], pairedBlock, blockTime)
 			if err != nil {
 				return fmt.Errorf("paired round trips: %s: %w", syss[i].name(), err)
 			}

@@ -49,6 +49,7 @@ func plausibleResults() *Results {
 				GetPerS:          map[string]float64{"1": 6000, "32": 100000},
 				NoopPerS:         map[string]float64{"1": 12000, "32": 120000},
 				TxnPerS:          map[string]float64{"8": 2400, "32": 4000},
+				TxnRTTLoadedUs:   map[string]float64{"p50": 2500, "p99": 9000, "p999": 15000},
 				ListPageMs:       map[string]float64{"p50": 6, "p99": 12},
 				WatchRTTUs:       map[string]float64{"p50": 450, "p99": 1300},
 				WatchRTTLoadedUs: map[string]float64{"p50": 1400, "p99": 6000, "p999": 12000},
@@ -73,6 +74,7 @@ func plausibleResults() *Results {
 				PutPerSUnwatched: map[string]float64{"1": 650, "8": 2100, "32": 3200, "64": 3300},
 				GetPerS:          map[string]float64{"1": 3000, "32": 9000},
 				TxnPerS:          map[string]float64{"8": 1600, "32": 3200},
+				TxnRTTLoadedUs:   map[string]float64{"p50": 10000, "p99": 45000, "p999": 60000},
 				ListPageMs:       map[string]float64{"p50": 24, "p99": 30},
 				WatchRTTUs:       map[string]float64{"p50": 1300, "p99": 3000, "p999": 6000},
 				WatchRTTLoadedUs: map[string]float64{"p50": 14000, "p99": 45000, "p999": 60000},
@@ -364,6 +366,14 @@ func TestReportFull(t *testing.T) {
 		"kine":                 "1,600;3,200",
 		"walwatch_etcd / kine": "1.50×;1.25×",
 		"walwatch_etcd / etcd": "—;—",
+	})
+	watched := section(t, md, "Kubernetes' writes, watched (lower is better)")
+	checkRows(t, watched, map[string]string{
+		"walwatch_etcd":        "2.50 ms;9.00 ms;15.00 ms",
+		"etcd":                 "—;—;—",
+		"kine":                 "10.00 ms;45.00 ms;60.00 ms",
+		"walwatch_etcd / kine": "0.25×;0.20×;0.25×",
+		"walwatch_etcd / etcd": "—;—;—",
 	})
 	lists := section(t, md, "Kubernetes' lists (ms a page, lower is better)")
 	checkRows(t, lists, map[string]string{

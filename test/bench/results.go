@@ -65,6 +65,10 @@ type SystemResults struct {
 	// TxnPerS is the rate of Kubernetes' writes, a Txn each (etcd API
 	// systems only, nothing watching).
 	TxnPerS map[string]float64 `json:"txn_per_s,omitempty"`
+	// TxnRTTLoadedUs is the round trip of Kubernetes' writes: a Txn ->
+	// its event at a watcher of their prefix, while 32 other clients write
+	// them (etcd API systems only): p50, p99, p999.
+	TxnRTTLoadedUs map[string]float64 `json:"txn_rtt_loaded_us,omitempty"`
 	// ListPageMs is the time of a page of Kubernetes' list (etcd API
 	// systems): p50 and p99, in milliseconds.
 	ListPageMs map[string]float64 `json:"list_page_ms,omitempty"`

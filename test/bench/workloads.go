@@ -30,6 +30,10 @@ const (
 	// probeKey is the key the round-trip client puts: under the watched
 	// prefix, and none of the keys the other clients write.
 	probeKey = prefix + "probe"
+	// Kubernetes' writes go to keys of their own under txnPrefix; their
+	// round trip's probe is txnProbeKey.
+	txnPrefix   = "/k8s/"
+	txnProbeKey = txnPrefix + "probe"
 )
 
 var (
@@ -92,6 +96,10 @@ func count(ctx context.Context, n, total int, f op) error {
 	}
 	return g.Wait()
 }
+
+// write is how a round trip's clients write a key: a system's put, or a
+// Kubernetes store's update.
+type write func(ctx context.Context, client int, key, value []byte) error
 
 // putRandom puts a random one of the benchmark's keys.
 func (b *bench) putRandom(sys system) op {
@@ -165,6 +173,16 @@ func (b *bench) turn(ctx context.Context, sys system, round int) (err error) {
 		b.samples.add(name, "list_page_ms", "p50", ps[0])
 		b.samples.add(name, "list_page_ms", "p99", ps[1])
 		line += fmt.Sprintf(" list=%.1fms", ps[0])
+
+		rtts, err := b.updateRoundTrips(ctx, sys, ks)
+		if err != nil {
+			return fmt.Errorf("%s: updates' round trip: %w", name, err)
+		}
+		ps = percentiles(micros(rtts), 0.5, 0.99, 0.999)
+		for i, k := range []string{"p50", "p99", "p999"} {
+			b.samples.add(name, "txn_rtt_loaded_us", k, ps[i])
+		}
+		line += fmt.Sprintf(" txn-rtt=%.0f/%.0fus", ps[0], ps[1])
 	}
 
 	t := newTap([]byte(probeKey))
@@ -232,11 +250,11 @@ func (b *bench) turn(ctx context.Context, sys system, round int) (err error) {
 		}
 	}
 
-	idle, idlePuts, err := b.roundTrips(ctx, sys, t, 0)
+	idle, idlePuts, err := b.roundTrips(ctx, sys.put, b.keys, t, 0)
 	if err != nil {
 		return fmt.Errorf("%s: idle round trip: %w", name, err)
 	}
-	loaded, loadedPuts, err := b.roundTrips(ctx, sys, t, loadedRTT)
+	loaded, loadedPuts, err := b.roundTrips(ctx, sys.put, b.keys, t, loadedRTT)
 	if err != nil {
 		return fmt.Errorf("%s: loaded round trip: %w", name, err)
 	}
@@ -292,11 +310,12 @@ func (b *bench) turn(ctx context.Context, sys system, round int) (err error) {
 	return nil
 }
 
-// roundTrips measures put -> event on the watcher: the probe client puts
-// the probe key and waits for the watcher to see it, cfg.rttSamples times
-// or for cfg.rttMaxTime, while load other clients put the other keys as
-// fast as they can. puts are the probe's puts alone, until acknowledged.
-func (b *bench) roundTrips(ctx context.Context, sys system, t *tap, load int) (rtts, puts []time.Duration, err error) {
+// roundTrips measures a write -> its event on the watcher: the probe client
+// writes t's probe key with w and waits for the watcher to see it,
+// cfg.rttSamples times or for cfg.rttMaxTime, while load other clients write
+// random keys of keys with w as fast as they can. puts are the probe's
+// writes alone, until acknowledged.
+func (b *bench) roundTrips(ctx context.Context, w write, keys [][]byte, t *tap, load int) (rtts, puts []time.Duration, err error) {
 	before := t.events.Load()
 	var (
 		stopLoad atomic.Bool
@@ -307,7 +326,7 @@ func (b *bench) roundTrips(ctx context.Context, sys system, t *tap, load int) (r
 		g.Go(func() error {
 			rng := rand.New(rand.NewPCG(uint64(c), 2))
 			for !stopLoad.Load() {
-				if err := sys.put(gctx, c, b.keys[rng.IntN(len(b.keys))], b.value); err != nil {
+				if err := w(gctx, c, keys[rng.IntN(len(keys))], b.value); err != nil {
 					return fmt.Errorf("load client %d: %w", c, err)
 				}
 				loadPuts.Add(1)
@@ -317,7 +336,7 @@ func (b *bench) roundTrips(ctx context.Context, sys system, t *tap, load int) (r
 	}
 	err = warmUp(gctx, load)
 	if err == nil {
-		rtts, puts, err = b.probe(gctx, sys, t, b.cfg.rttSamples, b.cfg.rttMaxTime)
+		rtts, puts, err = b.probe(gctx, w, t, b.cfg.rttSamples, b.cfg.rttMaxTime)
 	}
 	stopLoad.Store(true)
 	if err := errors.Join(err, g.Wait()); err != nil {
@@ -327,6 +346,20 @@ func (b *bench) roundTrips(ctx context.Context, sys system, t *tap, load int) (r
 		return nil, nil, err
 	}
 	return rtts, puts, nil
+}
+
+// updateRoundTrips is the round trip of Kubernetes' writes under load: a
+// watcher on txnPrefix, as Kubernetes' API server watches a resource, the
+// probe and loadedRTT other clients writing with update.
+func (b *bench) updateRoundTrips(ctx context.Context, sys system, ks kubernetesStore) (rtts []time.Duration, err error) {
+	t := newTap([]byte(txnProbeKey))
+	stop, err := sys.watch(ctx, txnPrefix, t.observe)
+	if err != nil {
+		return nil, fmt.Errorf("watch: %w", err)
+	}
+	defer func() { err = errors.Join(err, stop()) }()
+	rtts, _, err = b.roundTrips(ctx, ks.update, b.txnKeys, t, loadedRTT)
+	return rtts, err
 }
 
 // delivery is each round trip less its put: from the writer's answer to
@@ -355,7 +388,7 @@ func warmUp(ctx context.Context, load int) error {
 // probe puts the probe key n times or until maxTime has passed, each put
 // once the watcher has seen the one before: the round trips and the puts
 // alone, until acknowledged.
-func (b *bench) probe(ctx context.Context, sys system, t *tap, n int, maxTime time.Duration) (rtts, puts []time.Duration, err error) {
+func (b *bench) probe(ctx context.Context, w write, t *tap, n int, maxTime time.Duration) (rtts, puts []time.Duration, err error) {
 	rtts = make([]time.Duration, 0, n)
 	puts = make([]time.Duration, 0, n)
 	timeout := time.NewTimer(rttTimeout)
@@ -363,7 +396,7 @@ func (b *bench) probe(ctx context.Context, sys system, t *tap, n int, maxTime ti
 	end := time.Now().Add(maxTime)
 	for len(rtts) < n && time.Now().Before(end) {
 		start := time.Now()
-		if err := sys.put(ctx, 0, []byte(probeKey), b.value); err != nil {
+		if err := w(ctx, 0, t.probe, b.value); err != nil {
 			return nil, nil, fmt.Errorf("probe put: %w", err)
 		}
 		acked := time.Since(start)
