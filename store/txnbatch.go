@@ -23,8 +23,16 @@ import (
 // need no decision made in Go: walwatch.cas_batch decides and writes them
 // all in one statement, one round trip, a batch of one included. A Txn of
 // another shape that finds no batch in flight runs alone, as before.
+//
+// One batch in flight, as puts have (batch.go says why). Under 32 clients
+// writing as Kubernetes does through cp, a watcher of their prefix had each
+// event at a p99 of 1.06–1.56× etcd's with two (median 1.40×) and
+// 0.85–1.29× with one (0.99×), and the writes ran at 0.68–0.90× etcd's
+// rate with two (0.81×) and 0.81–0.99× with one (0.94×); at 8 clients at
+// a median of 0.62× and 0.72× (bench-quick, -systems walwatch_etcd,etcd,
+// four runs each, alternated).
 const (
-	txnWorkers   = 2
+	txnWorkers   = 1
 	maxBatchTxns = 32
 	// maxBatchTxnKeys bounds the keys a batchable Txn names.
 	maxBatchTxnKeys = 16
