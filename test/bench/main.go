@@ -162,7 +162,7 @@ func run(ctx context.Context, quick bool, only, outDir string, log *slog.Logger)
 	}
 	for i := range numKeys {
 		b.keys = append(b.keys, fmt.Appendf(nil, "%sk%05d", prefix, i))
-		b.txnKeys = append(b.txnKeys, fmt.Appendf(nil, "/k8s/%05d", i))
+		b.txnKeys = append(b.txnKeys, fmt.Appendf(nil, "%s%05d", txnPrefix, i))
 	}
 	b.listValue = bytes.Repeat([]byte{'o'}, listValueSize)
 	for i := range listKeys {

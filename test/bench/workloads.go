@@ -385,9 +385,9 @@ func warmUp(ctx context.Context, load int) error {
 	}
 }
 
-// probe puts the probe key n times or until maxTime has passed, each put
-// once the watcher has seen the one before: the round trips and the puts
-// alone, until acknowledged.
+// probe writes t's probe key with w n times or until maxTime has passed,
+// each write once the watcher has seen the one before: the round trips and
+// the writes alone, until acknowledged.
 func (b *bench) probe(ctx context.Context, w write, t *tap, n int, maxTime time.Duration) (rtts, puts []time.Duration, err error) {
 	rtts = make([]time.Duration, 0, n)
 	puts = make([]time.Duration, 0, n)
