@@ -69,9 +69,12 @@ type etcdOptions struct {
 	ready           func(addr net.Addr) // called once listening (tests, demo)
 }
 
-// defaultEtcdListen is where cp serves etcd's API unless told: etcd's own
+// Where cp serves unless told: its HTTP API, and etcd's API on etcd's own
 // client address.
-const defaultEtcdListen = "127.0.0.1:2379"
+const (
+	defaultEtcdListen = "127.0.0.1:2379"
+	defaultCPListen   = "127.0.0.1:9180"
+)
 
 // defaultEtcdName is the member name MemberList gives: the host's.
 func defaultEtcdName() string {
@@ -198,7 +201,7 @@ etcd watchers cost one slot.`,
 			return runCP(cmd.Context(), g.logger(), pool, o)
 		},
 	}
-	cmd.Flags().StringVar(&o.listen, "listen", "127.0.0.1:9180", "address to serve the API on")
+	cmd.Flags().StringVar(&o.listen, "listen", defaultCPListen, "address to serve the API on")
 	cmd.Flags().StringVar(&o.slot, "slot", defaultSlotName(), "the hub's replication slot (created if missing)")
 	cmd.Flags().StringVar(&o.tokenFile, "token-file", "", `bearer tokens, one "TOKEN ro|rw" per line (default: no authentication)`)
 	cmd.Flags().DurationVar(&o.holderLimit, "holder-limit", 0, "end a session that holds a revision open longer than this (0: never)")

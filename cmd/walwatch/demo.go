@@ -52,7 +52,7 @@ instead of a private one.`,
 	}
 	cmd.Flags().StringVar(&o.dataDir, "data-dir", "", "keep the private PostgreSQL's data here (default: a temporary directory, removed on exit)")
 	cmd.Flags().BoolVar(&o.withCP, "cp", true, "run the control plane too (--cp=false: run it yourself with walwatch cp, e.g. to restart it)")
-	cmd.Flags().StringVar(&o.cpListen, "cp-listen", "127.0.0.1:9180", "control plane address")
+	cmd.Flags().StringVar(&o.cpListen, "cp-listen", defaultCPListen, "control plane address")
 	cmd.Flags().StringVar(&o.etcdListen, "etcd-listen", "127.0.0.1:2379", `the control plane's etcd API address ("" turns it off)`)
 	cmd.Flags().StringVar(&o.dpListen, "dp-listen", "127.0.0.1:9080", "data plane address")
 	cmd.Flags().StringVar(&o.dpAdmin, "dp-admin-listen", "127.0.0.1:9081", "data plane admin address")
@@ -141,6 +141,7 @@ func runDemo(ctx context.Context, g *globals, url string, o demoOptions) error {
 	} else {
 		cpReady <- "http://" + o.cpListen
 		etcdReady <- o.etcdListen // your cp's, if you keep its default
+		addrs.cpCommand = cpCommand(url, o.cpListen, o.etcdListen)
 	}
 	select {
 	case addrs.cp = <-cpReady:
@@ -171,6 +172,20 @@ type demoAddrs struct {
 	cp, dp, dpAdmin string
 	etcd            string // host:port of the etcd API; "": off
 	upstreams       [2]string
+	cpCommand       string // how to start the control plane; "": the demo runs it
+}
+
+// cpCommand is the command that starts the control plane the demo's data
+// plane and walkthrough expect, for --cp=false.
+func cpCommand(url, listen, etcdListen string) string {
+	cmd := "walwatch cp --postgres '" + url + "'"
+	if listen != defaultCPListen {
+		cmd += " --listen " + listen
+	}
+	if etcdListen != defaultEtcdListen {
+		cmd += " --etcd-listen '" + etcdListen + "'"
+	}
+	return cmd
 }
 
 func printWalkthrough(w io.Writer, url string, private bool, dataDir string, a demoAddrs) {
@@ -181,6 +196,10 @@ func printWalkthrough(w io.Writer, url string, private bool, dataDir string, a d
 			where = "(private; data kept in " + dataDir + ")"
 		}
 	}
+	cpLine := a.cp + "\n"
+	if a.cpCommand != "" {
+		cpLine = a.cp + "  (not started: run " + a.cpCommand + ")\n"
+	}
 	etcdLine := ""
 	if a.etcd != "" {
 		etcdLine = "  etcd API       http://" + a.etcd + "  (etcdctl, the etcd Go client, Kubernetes)\n"
@@ -188,8 +207,7 @@ func printWalkthrough(w io.Writer, url string, private bool, dataDir string, a d
 	fmt.Fprintf(w, `
 walwatch demo is running.
   PostgreSQL     %s  %s
-  control plane  %s
-%[8]s  data plane     %[4]s  (admin: %[5]s/metrics)
+  control plane  %[9]s%[8]s  data plane     %[4]s  (admin: %[5]s/metrics)
   upstreams      %[6]s (upstream-a), %[7]s (upstream-b)
 
 The walkthrough, in another terminal:
@@ -207,7 +225,7 @@ The walkthrough, in another terminal:
   curl -i %[4]s/anything/x           # 404 no route again
   curl -N '%[3]s/v1/watch?prefix=/routes/&rev=1'   # every change, as Server-Sent Events
   psql '%[1]s' -c "select walwatch.set('/routes/sql', '{\"uri\": \"/sql\", \"upstream\": \"%[6]s\"}')"
-`, url, where, a.cp, a.dp, a.dpAdmin, a.upstreams[0], a.upstreams[1], etcdLine)
+`, url, where, a.cp, a.dp, a.dpAdmin, a.upstreams[0], a.upstreams[1], etcdLine, cpLine)
 	if a.etcd != "" {
 		fmt.Fprintf(w, `
 etcd's v3 API serves the same keys on %[1]s: etcdctl (v3.7; the README says

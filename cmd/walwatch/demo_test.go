@@ -108,3 +108,23 @@ func TestDemo(t *testing.T) {
 	}
 	waitRouted("/baz")
 }
+
+// With --cp=false the walkthrough says how to start the control plane it
+// expects, on the demo's database and at the addresses it was given.
+func TestDemoCPCommand(t *testing.T) {
+	const url = "postgres://postgres@127.0.0.1:5432/walwatch"
+	for _, tc := range []struct {
+		listen, etcd, want string
+	}{
+		{defaultCPListen, defaultEtcdListen, "walwatch cp --postgres '" + url + "'"},
+		{"127.0.0.1:9999", defaultEtcdListen, "walwatch cp --postgres '" + url + "' --listen 127.0.0.1:9999"},
+		{defaultCPListen, "", "walwatch cp --postgres '" + url + "' --etcd-listen ''"},
+	} {
+		var out strings.Builder
+		printWalkthrough(&out, url, true, "", demoAddrs{cp: "http://" + tc.listen, cpCommand: cpCommand(url, tc.listen, tc.etcd)})
+		want := "control plane  http://" + tc.listen + "  (not started: run " + tc.want + ")\n"
+		if !strings.Contains(out.String(), want) {
+			t.Errorf("listen %q, etcd %q: no %q in\n%s", tc.listen, tc.etcd, want, out.String())
+		}
+	}
+}
