@@ -53,7 +53,7 @@ instead of a private one.`,
 	cmd.Flags().StringVar(&o.dataDir, "data-dir", "", "keep the private PostgreSQL's data here (default: a temporary directory, removed on exit)")
 	cmd.Flags().BoolVar(&o.withCP, "cp", true, "run the control plane too (--cp=false: run it yourself with walwatch cp, e.g. to restart it)")
 	cmd.Flags().StringVar(&o.cpListen, "cp-listen", defaultCPListen, "control plane address")
-	cmd.Flags().StringVar(&o.etcdListen, "etcd-listen", "127.0.0.1:2379", `the control plane's etcd API address ("" turns it off)`)
+	cmd.Flags().StringVar(&o.etcdListen, "etcd-listen", defaultEtcdListen, `the control plane's etcd API address ("" turns it off)`)
 	cmd.Flags().StringVar(&o.dpListen, "dp-listen", "127.0.0.1:9080", "data plane address")
 	cmd.Flags().StringVar(&o.dpAdmin, "dp-admin-listen", "127.0.0.1:9081", "data plane admin address")
 	cmd.Flags().StringVar(&o.upstreams[0], "upstream-a", "127.0.0.1:9380", "address of the first built-in upstream")
