@@ -397,7 +397,7 @@ func (b *bench) probe(ctx context.Context, w write, t *tap, n int, maxTime time.
 	for len(rtts) < n && time.Now().Before(end) {
 		start := time.Now()
 		if err := w(ctx, 0, t.probe, b.value); err != nil {
-			return nil, nil, fmt.Errorf("probe put: %w", err)
+			return nil, nil, fmt.Errorf("probe write: %w", err)
 		}
 		acked := time.Since(start)
 		timeout.Reset(rttTimeout)
