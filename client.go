@@ -294,6 +294,9 @@ func (c *Client) Range(ctx context.Context, req store.RangeRequest) (store.Range
 	if req.Revision < 0 {
 		return store.RangeResponse{}, fmt.Errorf("%w: %d: must be 0 (latest) or positive", store.ErrInvalidRevision, req.Revision)
 	}
+	if res, ok, err := c.rangeCopy(ctx, req); ok {
+		return res, err
+	}
 	switch {
 	case req.Revision == 0:
 		return c.rangeLatest(ctx, req)
@@ -316,19 +319,6 @@ func (c *Client) Range(ctx context.Context, req store.RangeRequest) (store.Range
 // revision): one round trip. Otherwise it waits until the revision found
 // (or delivered) is settled and visible and reads again at it.
 func (c *Client) rangeLatest(ctx context.Context, req store.RangeRequest) (store.RangeResponse, error) {
-	if c.copy != nil && req.IsSingleKey() {
-		wctx, cancel := context.WithTimeout(ctx, c.settle)
-		res, err := c.copy.Get(wctx, req)
-		cancel()
-		switch {
-		case err == nil:
-			return res, nil
-		case errors.Is(err, keyspace.ErrBehind):
-			return store.RangeResponse{}, fmt.Errorf("%w: %w", ErrNotSettled, store.TypedError(err, 0))
-		case !errors.Is(err, keyspace.ErrNotLive):
-			return store.RangeResponse{}, err
-		}
-	}
 	visible, delivered := c.hub.Visible(), c.hub.Watermark()
 	res, err := c.store.Range(ctx, req)
 	if err != nil {
@@ -341,10 +331,32 @@ func (c *Client) rangeLatest(ctx context.Context, req store.RangeRequest) (store
 		return res, nil
 	}
 	req.Revision = max(res.Revision, delivered)
+	req.NoCount = false // a read of the latest revision is counted
 	if err := c.waitFor(ctx, req.Revision); err != nil {
 		return store.RangeResponse{}, err
 	}
 	return c.store.Range(ctx, req)
+}
+
+// rangeCopy answers req from the keyspace copy, when the client keeps one
+// and it can answer; ok is false when the store must. Its wait for the
+// current revision is bounded as a settling one is.
+func (c *Client) rangeCopy(ctx context.Context, req store.RangeRequest) (res store.RangeResponse, ok bool, err error) {
+	if c.copy == nil {
+		return res, false, nil
+	}
+	wctx, cancel := context.WithTimeout(ctx, c.settle)
+	res, err = c.copy.Range(wctx, req)
+	cancel()
+	switch {
+	case err == nil:
+		return res, true, nil
+	case errors.Is(err, keyspace.ErrBehind):
+		return res, true, fmt.Errorf("%w: %w", ErrNotSettled, store.TypedError(err, 0))
+	case !errors.Is(err, keyspace.ErrNotLive):
+		return res, true, err
+	}
+	return store.RangeResponse{}, false, nil
 }
 
 // settled returns rev once every write at or below it is settled and

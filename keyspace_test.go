@@ -139,6 +139,99 @@ func sameKV(a, b store.KeyValue) bool {
 		a.ModRevision == b.ModRevision && a.Version == b.Version && a.Lease == b.Lease
 }
 
+// TestKeyspaceCopyRanges checks every kind of read the copy answers
+// against the store's answer to it, read through a client without a copy,
+// over a history of puts, deletes and transactions: at the latest revision
+// and at older ones, with limits, counts and without. It also checks that
+// the copy answered reads at older revisions, and not only at the latest.
+func TestKeyspaceCopyRanges(t *testing.T) {
+	c, other := openWithCopy(t)
+	ctx := t.Context()
+	rnd := rand.New(rand.NewPCG(1, 17))
+	key := func() []byte { return []byte(fmt.Sprintf("/k/%02d", rnd.IntN(24))) }
+	var revs []int64 // every revision the test wrote
+	write := func() {
+		var (
+			rev int64
+			err error
+		)
+		switch n := rnd.IntN(10); {
+		case n < 6:
+			var res store.PutResponse
+			res, err = other.Put(ctx, key(), []byte(fmt.Sprint("v", len(revs))))
+			rev = res.Revision
+		case n < 8:
+			var res store.DeleteResponse
+			res, err = other.Delete(ctx, store.Key(key()))
+			rev = res.Revision
+		case n < 9:
+			var res store.DeleteResponse
+			a, b := key(), key()
+			if bytes.Compare(a, b) > 0 {
+				a, b = b, a
+			}
+			res, err = other.Delete(ctx, store.KeyRange{Key: a, End: b})
+			rev = res.Revision
+		default:
+			var res store.TxnResponse
+			res, err = other.Txn(ctx, store.TxnRequest{Then: []store.Op{
+				store.OpPutKey(key(), []byte("t")), store.OpPutKey([]byte("/k/99"), nil), store.OpDeleteRange(store.Key(key())),
+			}})
+			rev = res.Revision
+		}
+		if err != nil {
+			t.Fatal(err)
+		}
+		revs = append(revs, rev)
+	}
+	ranges := []func() store.KeyRange{
+		func() store.KeyRange { return store.Key(key()) },
+		func() store.KeyRange { return store.Prefix([]byte("/k/")) },
+		func() store.KeyRange { return store.Prefix([]byte("/k/1")) },
+		func() store.KeyRange { return store.FromKey(key()) },
+		func() store.KeyRange { return store.KeyRange{Key: key(), End: key()} }, // empty when End <= Key
+		func() store.KeyRange { return store.Prefix([]byte("/none/")) },
+	}
+	var older, olderServed int
+	for round := range 30 {
+		for range 1 + rnd.IntN(8) {
+			write()
+		}
+		for range 40 {
+			req := store.RangeRequest{KeyRange: ranges[rnd.IntN(len(ranges))](), Limit: []int64{0, 1, 3, 100}[rnd.IntN(4)]}
+			if rnd.IntN(3) > 0 {
+				req.Revision = revs[rnd.IntN(len(revs))]
+			}
+			req.CountOnly = rnd.IntN(6) == 0
+			req.NoCount = rnd.IntN(2) == 0
+			served := c.KeyspaceCopy().Served()
+			got, err := c.Range(ctx, req)
+			if err != nil {
+				t.Fatalf("round %d: %+v from the client with the copy: %v", round, req, err)
+			}
+			fromCopy := c.KeyspaceCopy().Served() > served
+			want, err := other.Range(ctx, req)
+			if err != nil {
+				t.Fatalf("round %d: %+v from the store: %v", round, req, err)
+			}
+			if req.Revision != 0 && !req.IsSingleKey() {
+				older++
+				if fromCopy {
+					olderServed++
+				}
+			}
+			if got.Revision != want.Revision || got.Current != want.Current || got.More != want.More ||
+				got.Count != want.Count || !slices.EqualFunc(got.KVs, want.KVs, sameKV) {
+				t.Fatalf("round %d: %+v (from the copy: %v)\ngot  %+v\nwant %+v", round, req, fromCopy, got, want)
+			}
+		}
+	}
+	if olderServed == 0 || olderServed == older {
+		t.Fatalf("the copy answered %d of %d ranges at older revisions; want some, and not those whose keys changed", olderServed, older)
+	}
+	t.Logf("the copy answered %d of %d ranges at older revisions", olderServed, older)
+}
+
 // TestKeyspaceCopyUnderWrites reads keys from the copy while another client
 // writes them: every read must show at least the newest write acknowledged
 // before it began, and one reader's revisions never go back.

@@ -1,17 +1,23 @@
-// Package keyspace keeps a copy of the latest keyspace in memory, fed by one
-// watch on every key, so that a linearizable read of one key asks
+// Package keyspace keeps a copy of the latest keyspace in memory, in key
+// order, fed by one watch on every key, so that a linearizable read asks
 // PostgreSQL only for the current revision, in one statement shared by
-// every read waiting at the moment (store.CurrentRevision), and answers
-// from memory once the copy holds that revision. It is what etcd's members
-// do with their in-memory index, and costs what that costs: the keyspace's
-// latest values in every process that keeps a copy.
+// every read of the latest revision waiting at the moment
+// (store.CurrentRevision), and answers from memory once the copy holds that
+// revision. It is what etcd's members do with their in-memory index, and
+// costs what that costs: the keyspace's latest values in every process that
+// keeps a copy.
+//
+// The copy keeps each key's newest version only, and the keys deleted
+// lately as tombstones, so it also answers a range at an older revision
+// when no key of the range changed since: the pages of a list after its
+// first, which Kubernetes reads at the first page's revision.
 //
 // The copy is correct as long as the hub's deliveries are: it holds, at its
 // revision, exactly what a watcher of every key has been sent up to that
 // revision, and a read answers at a revision at or above the current one
-// when it began. Ranges, reads at a revision and everything else go to the
-// store. Its tests are the client's (keyspace_test.go at the module's root),
-// which runs it.
+// when it began. What it cannot answer goes to the store. Its tests are
+// mostly the client's (keyspace_test.go at the module's root), which runs
+// it, against the store's answers.
 package keyspace
 
 import (
@@ -20,9 +26,12 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"slices"
 	"sync"
 	"sync/atomic"
 	"time"
+
+	"github.com/google/btree"
 
 	"github.com/walwatch/walwatch/replication"
 	"github.com/walwatch/walwatch/store"
@@ -41,29 +50,51 @@ const (
 	// for a progress mark the hub could not send (its watcher was catching
 	// up).
 	askAgain = time.Millisecond
+	// maxTombstones is how many deleted keys the copy remembers. Past it,
+	// the older half is forgotten, and reads before their deletes go to
+	// the store.
+	maxTombstones = 1 << 14
+	// degree is the B-tree's, as etcd's index's.
+	degree = 32
 )
 
-// ErrNotLive is returned by Get when the copy cannot answer: it is loading,
-// or its watch ended and it is loading again. Read the store instead.
+// ErrNotLive is returned by Range when the copy cannot answer: it is
+// loading, or its watch ended and it is loading again, or it no longer
+// knows the range at the revision asked for. Read the store instead.
 var ErrNotLive = errors.New("keyspace copy not live")
 
-// ErrBehind is returned (wrapped, with the cause) by Get when the copy did
+// ErrBehind is returned (wrapped, with the cause) by Range when the copy did
 // not reach the current revision within ctx: a transaction may hold a lower
 // revision open, or the hub is not keeping up.
 var ErrBehind = errors.New("keyspace copy behind the current revision")
 
-// Copy is the latest value of every key, kept by a watch. Run keeps it; Get
-// reads it. It is safe for concurrent use.
+// entry is a key's newest version in the copy, or its tombstone, whose
+// ModRevision is its delete's. Entries are replaced, never written, so a
+// reader may hold one after the lock.
+type entry struct {
+	kv      store.KeyValue
+	deleted bool
+}
+
+func entryLess(a, b *entry) bool { return bytes.Compare(a.kv.Key, b.kv.Key) < 0 }
+
+// Copy is the latest value of every key, kept by a watch. Run keeps it;
+// Range reads it. It is safe for concurrent use.
 type Copy struct {
 	store *store.Store
 	hub   *replication.Hub
 	log   *slog.Logger
 
-	mu       sync.Mutex
-	kvs      map[string]store.KeyValue // nil while not live
-	rev      int64                     // the copy holds every change at or below rev
-	watcher  *replication.Watcher      // the watch feeding the copy while live
-	advanced chan struct{}             // closed and replaced when rev advances or the copy stops being live
+	mu    sync.RWMutex
+	keys  *btree.BTreeG[*entry] // nil while not live
+	live  int                   // entries of keys that are not tombstones
+	tombs []*entry              // the tombstones put in keys, oldest first; a later put may have replaced some
+	// floor is the oldest revision the copy answers at: the one it was
+	// loaded at, or the newest tombstone it forgot.
+	floor    int64
+	rev      int64                // the copy holds every change at or below rev
+	watcher  *replication.Watcher // the watch feeding the copy while live
+	advanced chan struct{}        // closed and replaced when rev advances or the copy stops being live
 
 	asked  atomic.Bool   // a progress mark is on its way
 	served atomic.Uint64 // reads answered from the copy
@@ -118,7 +149,7 @@ func (c *Copy) follow(ctx context.Context) error {
 	if err != nil {
 		return fmt.Errorf("load keyspace copy: %w", err)
 	}
-	kvs, err := c.load(ctx, rev)
+	keys, live, err := c.load(ctx, rev)
 	if err != nil {
 		return fmt.Errorf("load keyspace copy at revision %d: %w", rev, err)
 	}
@@ -128,10 +159,10 @@ func (c *Copy) follow(ctx context.Context) error {
 		return fmt.Errorf("watch for keyspace copy from revision %d: %w", rev+1, err)
 	}
 	c.mu.Lock()
-	c.kvs, c.rev, c.watcher = kvs, rev, w
+	c.keys, c.live, c.tombs, c.floor, c.rev, c.watcher = keys, live, nil, rev, rev, w
 	c.wakeLocked()
 	c.mu.Unlock()
-	c.log.Info("keyspace copy loaded", "keys", len(kvs), "revision", rev)
+	c.log.Info("keyspace copy loaded", "keys", live, "revision", rev)
 	for resp := range w.C {
 		if resp.Canceled {
 			break // w.Err says why
@@ -146,19 +177,19 @@ var all = store.FromKey([]byte{0})
 
 // load reads every key at rev, a page at a time, uncounted: the first
 // page's count would read the whole range once more.
-func (c *Copy) load(ctx context.Context, rev int64) (map[string]store.KeyValue, error) {
-	kvs := make(map[string]store.KeyValue)
+func (c *Copy) load(ctx context.Context, rev int64) (*btree.BTreeG[*entry], int, error) {
+	keys := btree.NewG(degree, entryLess)
 	req := store.RangeRequest{KeyRange: all, Revision: rev, Limit: loadPage, NoCount: true}
 	for {
 		res, err := c.store.Range(ctx, req)
 		if err != nil {
-			return nil, err
+			return nil, 0, err
 		}
 		for _, kv := range res.KVs {
-			kvs[string(kv.Key)] = kv
+			keys.ReplaceOrInsert(&entry{kv: kv})
 		}
 		if !res.More || len(res.KVs) == 0 {
-			return kvs, nil
+			return keys, keys.Len(), nil
 		}
 		req.Key = append(bytes.Clone(res.KVs[len(res.KVs)-1].Key), 0)
 	}
@@ -175,22 +206,41 @@ func (c *Copy) apply(resp replication.WatchResponse) {
 	defer c.mu.Unlock()
 	for i := range resp.Events {
 		ev := &resp.Events[i]
+		// The event's bytes are the hub's, shared with every watcher and
+		// never written: Range hands out copies.
+		e := &entry{kv: store.KeyValue{Key: ev.Key, ModRevision: ev.Revision}}
 		if ev.Type == replication.EventDelete {
-			delete(c.kvs, string(ev.Key))
-			continue
+			e.deleted = true
+			c.tombs = append(c.tombs, e)
+		} else {
+			e.kv.Value, e.kv.CreateRevision, e.kv.Version, e.kv.Lease = ev.Value, ev.CreateRevision, ev.Version, ev.Lease
+			c.live++
 		}
-		// The event's bytes are the hub's, shared with every watcher and never
-		// written: Get hands out copies.
-		c.kvs[string(ev.Key)] = store.KeyValue{
-			Key: ev.Key, Value: ev.Value, CreateRevision: ev.CreateRevision,
-			ModRevision: ev.Revision, Version: ev.Version, Lease: ev.Lease,
+		if old, ok := c.keys.ReplaceOrInsert(e); ok && !old.deleted {
+			c.live--
 		}
+	}
+	if len(c.tombs) > maxTombstones {
+		c.forgetLocked(len(c.tombs) - maxTombstones/2)
 	}
 	if resp.Revision > c.rev || mark {
 		// A mark below what a read waits for still wakes it, to ask again.
 		c.rev = max(c.rev, resp.Revision)
 		c.wakeLocked()
 	}
+}
+
+// forgetLocked drops the n oldest tombstones; c.mu is held. A read before
+// a forgotten delete cannot know that its key was there, so the floor
+// rises to it.
+func (c *Copy) forgetLocked(n int) {
+	for _, t := range c.tombs[:n] {
+		if cur, ok := c.keys.Get(t); ok && cur == t {
+			c.keys.Delete(t)
+			c.floor = max(c.floor, t.kv.ModRevision)
+		}
+	}
+	c.tombs = slices.Delete(c.tombs, 0, n)
 }
 
 // stop drops the copy's keys and wakes the reads waiting for it.
@@ -200,7 +250,7 @@ func (c *Copy) stop() {
 	if c.watcher != nil {
 		c.watcher.Close()
 	}
-	c.kvs, c.rev, c.watcher = nil, 0, nil
+	c.keys, c.live, c.tombs, c.floor, c.rev, c.watcher = nil, 0, nil, 0, 0, nil
 	c.asked.Store(false)
 	c.wakeLocked()
 }
@@ -213,60 +263,147 @@ func (c *Copy) wakeLocked() {
 
 // Live reports whether the copy can answer reads now.
 func (c *Copy) Live() bool {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	return c.kvs != nil
+	c.mu.RLock()
+	defer c.mu.RUnlock()
+	return c.keys != nil
 }
 
 // Keys returns how many keys the copy holds; 0 while it is not live.
 func (c *Copy) Keys() int {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	return len(c.kvs)
+	c.mu.RLock()
+	defer c.mu.RUnlock()
+	return c.live
 }
 
 // Served returns how many reads the copy has answered.
 func (c *Copy) Served() uint64 { return c.served.Load() }
 
-// Get reads one key (req.End empty, req.Revision 0) at the latest revision:
-// it reads the current revision, waits until the copy holds it, and answers
-// at the copy's revision, at or above it. ctx bounds the wait. It fails
-// with ErrNotLive when the copy cannot answer (also when it stops while
-// the read waits): the caller reads the store.
-func (c *Copy) Get(ctx context.Context, req store.RangeRequest) (store.RangeResponse, error) {
-	if !req.IsSingleKey() || req.Revision != 0 {
-		return store.RangeResponse{}, fmt.Errorf("keyspace copy reads one key at the latest revision, not %q..%q at %d: %w", req.Key, req.End, req.Revision, ErrNotLive)
+// Range reads req from the copy. At the latest revision (req.Revision 0)
+// it reads the current revision, waits until the copy holds it, and
+// answers at the copy's revision, at or above it. At a revision req names
+// it reads the current and the compacted revision, waits the same, and
+// answers when the copy still knows the range there: the revision is not
+// below the copy's floor, and no key of the range changed after it. ctx
+// bounds the wait. It fails with ErrNotLive when the copy cannot answer
+// (also when it stops while the read waits), and for a request the store
+// refuses (a compacted or future revision, a bad key or limit), as it
+// reads one key at a named revision in one statement too: the caller
+// reads the store, which says why.
+func (c *Copy) Range(ctx context.Context, req store.RangeRequest) (store.RangeResponse, error) {
+	if req.Revision < 0 || req.Limit < 0 || req.Revision > 0 && req.IsSingleKey() || c.store.CheckRange(req.KeyRange) != nil {
+		return store.RangeResponse{}, ErrNotLive
 	}
 	// Not live: no round trip spent before the store's own.
 	if !c.Live() || !c.hub.Streaming() {
 		return store.RangeResponse{}, ErrNotLive
 	}
-	cur, err := c.store.CurrentRevision(ctx)
+	var (
+		cur, compacted int64
+		err            error
+	)
+	if req.Revision == 0 {
+		cur, err = c.store.CurrentRevision(ctx)
+	} else {
+		cur, compacted, err = c.store.Revision(ctx)
+	}
 	if err != nil {
 		return store.RangeResponse{}, err
 	}
+	if req.Revision != 0 && (req.Revision < compacted || req.Revision > cur) {
+		return store.RangeResponse{}, ErrNotLive
+	}
 	for {
-		c.mu.Lock()
-		kvs, rev, w, advanced := c.kvs, c.rev, c.watcher, c.advanced
-		if kvs != nil && rev >= cur {
-			res := store.RangeResponse{Revision: rev, Current: rev}
-			if kv, ok := kvs[string(req.Key)]; ok {
-				res.Count = 1
-				if !req.CountOnly {
-					kv.Key, kv.Value = bytes.Clone(kv.Key), bytes.Clone(kv.Value)
-					res.KVs = []store.KeyValue{kv}
-				}
+		c.mu.RLock()
+		keys, rev, w, advanced := c.keys, c.rev, c.watcher, c.advanced
+		if keys != nil && rev >= cur {
+			res, ok := c.readLocked(req)
+			c.mu.RUnlock()
+			if !ok {
+				return store.RangeResponse{}, fmt.Errorf("keyspace copy: %q..%q changed after revision %d: %w", req.Key, req.End, req.Revision, ErrNotLive)
 			}
-			c.mu.Unlock()
+			own(res.KVs)
 			c.served.Add(1)
 			return res, nil
 		}
-		c.mu.Unlock()
-		if kvs == nil {
+		c.mu.RUnlock()
+		if keys == nil {
 			return store.RangeResponse{}, ErrNotLive
 		}
 		if err := c.await(ctx, w, cur, advanced); err != nil {
 			return store.RangeResponse{}, fmt.Errorf("%w: at %d, current %d: %w", ErrBehind, rev, cur, err)
+		}
+	}
+}
+
+// readLocked answers req as the store would at req.Revision, or at the
+// copy's revision for 0; c.mu is held and the copy is live. ok is false
+// when the copy no longer knows the range at that revision. The key values
+// are the copy's, for the caller to copy.
+func (c *Copy) readLocked(req store.RangeRequest) (res store.RangeResponse, ok bool) {
+	at := req.Revision
+	if at == 0 {
+		at = c.rev
+	}
+	if at < c.floor {
+		return res, false
+	}
+	res = store.RangeResponse{Revision: at, Current: c.rev, KVs: []store.KeyValue{}}
+	// As the store's: a page at a named revision that the limit cuts short
+	// goes uncounted when asked; every other read is counted.
+	counted := !req.NoCount || req.Revision == 0
+	ok = true
+	visit := func(e *entry) bool {
+		switch {
+		case e.kv.ModRevision > at:
+			ok = false
+			return false
+		case e.deleted:
+			return true
+		case req.CountOnly:
+		case req.Limit > 0 && int64(len(res.KVs)) == req.Limit:
+			res.More = true
+			if !counted {
+				return false
+			}
+		default:
+			res.KVs = append(res.KVs, e.kv)
+		}
+		res.Count++
+		return true
+	}
+	from := &entry{kv: store.KeyValue{Key: req.Key}}
+	switch {
+	case req.IsSingleKey():
+		if e, found := c.keys.Get(from); found {
+			visit(e)
+		}
+	case req.IsOpenEnded():
+		c.keys.AscendGreaterOrEqual(from, visit)
+	default:
+		c.keys.AscendRange(from, &entry{kv: store.KeyValue{Key: req.End}}, visit)
+	}
+	if res.More && !counted {
+		res.Count = 0
+	}
+	return res, ok
+}
+
+// own gives kvs keys and values of their own, in one allocation.
+func own(kvs []store.KeyValue) {
+	n := 0
+	for _, kv := range kvs {
+		n += len(kv.Key) + len(kv.Value)
+	}
+	buf := make([]byte, 0, n)
+	for i := range kvs {
+		kv := &kvs[i]
+		start := len(buf)
+		buf = append(buf, kv.Key...)
+		kv.Key = buf[start:len(buf):len(buf)]
+		if kv.Value != nil {
+			start = len(buf)
+			buf = append(buf, kv.Value...)
+			kv.Value = buf[start:len(buf):len(buf)]
 		}
 	}
 }

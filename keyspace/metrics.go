@@ -16,6 +16,6 @@ func NewMetrics(c *Copy) []prometheus.Collector {
 		prometheus.NewGaugeFunc(prometheus.GaugeOpts{Namespace: ns, Subsystem: sub, Name: "keys",
 			Help: "Keys the keyspace copy holds."}, func() float64 { return float64(c.Keys()) }),
 		prometheus.NewCounterFunc(prometheus.CounterOpts{Namespace: ns, Subsystem: sub, Name: "reads_total",
-			Help: "Reads of one key answered from the keyspace copy."}, func() float64 { return float64(c.Served()) }),
+			Help: "Reads answered from the keyspace copy."}, func() float64 { return float64(c.Served()) }),
 	}
 }

@@ -70,7 +70,7 @@ func (s *Store) Put(ctx context.Context, key, value []byte) (PutResponse, error)
 
 // Delete deletes a key or range in one revision; deleting nothing takes none.
 func (s *Store) Delete(ctx context.Context, r KeyRange) (DeleteResponse, error) {
-	if err := s.checkRange(r); err != nil {
+	if err := s.CheckRange(r); err != nil {
 		return DeleteResponse{}, err
 	}
 	for attempt := 1; ; attempt++ {
@@ -101,7 +101,7 @@ func deleteRange(ctx context.Context, q querier, r KeyRange, rev *int64, sub int
 // Below the compacted revision it fails with a *CompactedError, above the
 // current one with a *FutureRevisionError.
 func (s *Store) Range(ctx context.Context, req RangeRequest) (RangeResponse, error) {
-	if err := s.checkRange(req.KeyRange); err != nil {
+	if err := s.CheckRange(req.KeyRange); err != nil {
 		return RangeResponse{}, err
 	}
 	if err := checkRevision(req.Revision); err != nil {

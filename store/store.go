@@ -129,7 +129,9 @@ func (s *Store) checkKey(key []byte) error {
 	return nil
 }
 
-func (s *Store) checkRange(r KeyRange) error {
+// CheckRange returns why the store refuses r, or nil: an empty key, or a
+// key or end above its limits.
+func (s *Store) CheckRange(r KeyRange) error {
 	if err := s.checkKey(r.Key); err != nil {
 		return err
 	}

@@ -209,7 +209,7 @@ func (s *Store) checkTxn(req TxnRequest, maxOps int) error {
 		return fmt.Errorf("%w: %d, limit %d", ErrTooManyOps, n, maxOps)
 	}
 	for _, c := range req.If {
-		if err := s.checkRange(KeyRange{Key: c.Key, End: c.End}); err != nil {
+		if err := s.CheckRange(KeyRange{Key: c.Key, End: c.End}); err != nil {
 			return err
 		}
 		if c.Target < CompareValue || c.Target > CompareLease || c.Result < ResultEqual || c.Result > ResultGreater {
@@ -233,7 +233,7 @@ func (s *Store) checkOp(op Op, maxOps int) error {
 		}
 		return s.checkTxn(*op.Txn, maxOps)
 	}
-	if err := s.checkRange(op.Range); err != nil {
+	if err := s.CheckRange(op.Range); err != nil {
 		return err
 	}
 	switch op.Kind {
