@@ -39,9 +39,10 @@ type Config struct {
 	// client's (leave it nil); a nil Logger takes the client's.
 	LeaseExpiry *expiry.Config
 	// KeyspaceCopy makes the client keep a copy of the latest value of
-	// every key in memory (package keyspace) and answer reads of one key
-	// at the latest revision from it, after one shared read of the current
-	// revision: fewer and cheaper statements per read, for the memory the
+	// every key in memory (package keyspace) and answer reads at the
+	// latest revision from it, after one shared read of the current
+	// revision, and ranges at older revisions whose keys have not changed
+	// since: fewer and cheaper statements per read, for the memory the
 	// keyspace takes. Reads are as linearizable either way.
 	KeyspaceCopy bool
 }

@@ -123,7 +123,7 @@ func (c *Copy) Run(ctx context.Context) {
 		if errors.Is(err, errFollowed) {
 			wait = retryMin // it was live: a new failure, not the same one again
 		}
-		c.log.Warn("keyspace copy stopped; reads of one key go to the database until it is loaded again", "err", err, "retry_in", wait)
+		c.log.Warn("keyspace copy stopped; reads go to the database until it is loaded again", "err", err, "retry_in", wait)
 		select {
 		case <-time.After(wait):
 		case <-ctx.Done():
