@@ -141,9 +141,10 @@ func sameKV(a, b store.KeyValue) bool {
 
 // TestKeyspaceCopyRanges checks every kind of read the copy answers
 // against the store's answer to it, read through a client without a copy,
-// over a history of puts, deletes and transactions: at the latest revision
-// and at older ones, with limits, counts and without. It also checks that
-// the copy answered reads at older revisions, and not only at the latest.
+// over a history of puts, deletes, transactions and compactions: at the
+// latest revision and at older ones, with limits, counts and without. It
+// also checks that the copy answered reads at older revisions, and not
+// only at the latest.
 func TestKeyspaceCopyRanges(t *testing.T) {
 	c, other := openWithCopy(t)
 	ctx := t.Context()
@@ -192,10 +193,16 @@ func TestKeyspaceCopyRanges(t *testing.T) {
 		func() store.KeyRange { return store.KeyRange{Key: key(), End: key()} }, // empty when End <= Key
 		func() store.KeyRange { return store.Prefix([]byte("/none/")) },
 	}
-	var older, olderServed int
+	var older, olderServed, compacted int
 	for round := range 30 {
 		for range 1 + rnd.IntN(8) {
 			write()
+		}
+		if round%10 == 9 {
+			// Reads below it must fail from the copy as from the store.
+			if _, err := other.Compact(ctx, revs[len(revs)/2]); err != nil {
+				t.Fatal(err)
+			}
 		}
 		for range 40 {
 			req := store.RangeRequest{KeyRange: ranges[rnd.IntN(len(ranges))](), Limit: []int64{0, 1, 3, 100}[rnd.IntN(4)]}
@@ -205,14 +212,15 @@ func TestKeyspaceCopyRanges(t *testing.T) {
 			req.CountOnly = rnd.IntN(6) == 0
 			req.NoCount = rnd.IntN(2) == 0
 			served := c.KeyspaceCopy().Served()
-			got, err := c.Range(ctx, req)
-			if err != nil {
-				t.Fatalf("round %d: %+v from the client with the copy: %v", round, req, err)
-			}
+			got, gotErr := c.Range(ctx, req)
 			fromCopy := c.KeyspaceCopy().Served() > served
 			want, err := other.Range(ctx, req)
-			if err != nil {
-				t.Fatalf("round %d: %+v from the store: %v", round, req, err)
+			switch {
+			case errors.Is(err, store.ErrCompacted) && errors.Is(gotErr, store.ErrCompacted):
+				compacted++
+				continue
+			case err != nil || gotErr != nil:
+				t.Fatalf("round %d: %+v: %v from the client with the copy (answered by it: %v), %v from the store", round, req, gotErr, fromCopy, err)
 			}
 			if req.Revision != 0 && !req.IsSingleKey() {
 				older++
@@ -226,10 +234,10 @@ func TestKeyspaceCopyRanges(t *testing.T) {
 			}
 		}
 	}
-	if olderServed == 0 || olderServed == older {
-		t.Fatalf("the copy answered %d of %d ranges at older revisions; want some, and not those whose keys changed", olderServed, older)
+	if olderServed == 0 || olderServed == older || compacted == 0 {
+		t.Fatalf("the copy answered %d of %d ranges at older revisions, %d compacted; want some, and not those whose keys changed, and some compacted", olderServed, older, compacted)
 	}
-	t.Logf("the copy answered %d of %d ranges at older revisions", olderServed, older)
+	t.Logf("the copy answered %d of %d ranges at older revisions; %d were compacted", olderServed, older, compacted)
 }
 
 // TestKeyspaceCopyUnderWrites reads keys from the copy while another client

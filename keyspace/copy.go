@@ -280,15 +280,13 @@ func (c *Copy) Served() uint64 { return c.served.Load() }
 
 // Range reads req from the copy. At the latest revision (req.Revision 0)
 // it reads the current revision, waits until the copy holds it, and
-// answers at the copy's revision, at or above it. At a revision req names
-// it reads the current and the compacted revision, waits the same, and
-// answers when the copy still knows the range there: the revision is not
-// below the copy's floor, and no key of the range changed after it. ctx
-// bounds the wait. It fails with ErrNotLive when the copy cannot answer
-// (also when it stops while the read waits), and for a request the store
-// refuses (a compacted or future revision, a bad key or limit), as it
-// reads one key at a named revision in one statement too: the caller
-// reads the store, which says why.
+// answers at the copy's revision, at or above it; ctx bounds the wait. At
+// a revision req names, see rangeAt. It fails with ErrNotLive when the
+// copy cannot answer (also when it stops while the read waits), for a
+// request the store refuses (a bad key or limit, a compacted or future
+// revision), whose error the store words, and for one key at a named
+// revision, which the store reads in one statement anyway: the caller
+// reads the store.
 func (c *Copy) Range(ctx context.Context, req store.RangeRequest) (store.RangeResponse, error) {
 	if req.Revision < 0 || req.Limit < 0 || req.Revision > 0 && req.IsSingleKey() || c.store.CheckRange(req.KeyRange) != nil {
 		return store.RangeResponse{}, ErrNotLive
@@ -297,30 +295,19 @@ func (c *Copy) Range(ctx context.Context, req store.RangeRequest) (store.RangeRe
 	if !c.Live() || !c.hub.Streaming() {
 		return store.RangeResponse{}, ErrNotLive
 	}
-	var (
-		cur, compacted int64
-		err            error
-	)
-	if req.Revision == 0 {
-		cur, err = c.store.CurrentRevision(ctx)
-	} else {
-		cur, compacted, err = c.store.Revision(ctx)
+	if req.Revision != 0 {
+		return c.rangeAt(ctx, req)
 	}
+	cur, err := c.store.CurrentRevision(ctx)
 	if err != nil {
 		return store.RangeResponse{}, err
-	}
-	if req.Revision != 0 && (req.Revision < compacted || req.Revision > cur) {
-		return store.RangeResponse{}, ErrNotLive
 	}
 	for {
 		c.mu.RLock()
 		keys, rev, w, advanced := c.keys, c.rev, c.watcher, c.advanced
 		if keys != nil && rev >= cur {
-			res, ok := c.readLocked(req)
+			res, _ := c.readLocked(req) // at the copy's revision: always known
 			c.mu.RUnlock()
-			if !ok {
-				return store.RangeResponse{}, fmt.Errorf("keyspace copy: %q..%q changed after revision %d: %w", req.Key, req.End, req.Revision, ErrNotLive)
-			}
 			own(res.KVs)
 			c.served.Add(1)
 			return res, nil
@@ -335,10 +322,41 @@ func (c *Copy) Range(ctx context.Context, req store.RangeRequest) (store.RangeRe
 	}
 }
 
+// rangeAt answers a range at the revision req names, which the copy holds
+// when that revision is at or below the copy's and at or above its floor,
+// and no key of the range, live or deleted, changed after it. That answer
+// never changes, so it needs no wait: the one statement after it reads
+// what the store checks in its own snapshot, the compacted revision, and
+// the current one for the answer's header.
+func (c *Copy) rangeAt(ctx context.Context, req store.RangeRequest) (store.RangeResponse, error) {
+	c.mu.RLock()
+	if c.keys == nil || c.rev < req.Revision {
+		c.mu.RUnlock()
+		return store.RangeResponse{}, ErrNotLive
+	}
+	res, ok := c.readLocked(req)
+	c.mu.RUnlock()
+	if !ok {
+		return store.RangeResponse{}, fmt.Errorf("keyspace copy does not hold %q..%q at revision %d: %w", req.Key, req.End, req.Revision, ErrNotLive)
+	}
+	cur, compacted, err := c.store.Revision(ctx)
+	if err != nil {
+		return store.RangeResponse{}, err
+	}
+	if req.Revision < compacted || req.Revision > cur {
+		return store.RangeResponse{}, ErrNotLive
+	}
+	res.Current = cur
+	own(res.KVs)
+	c.served.Add(1)
+	return res, nil
+}
+
 // readLocked answers req as the store would at req.Revision, or at the
-// copy's revision for 0; c.mu is held and the copy is live. ok is false
-// when the copy no longer knows the range at that revision. The key values
-// are the copy's, for the caller to copy.
+// copy's revision for 0, with the copy's revision as the current one; c.mu
+// is held, the copy is live and holds req.Revision. ok is false when the
+// copy no longer knows the range at that revision. The key values are the
+// copy's, for the caller to copy.
 func (c *Copy) readLocked(req store.RangeRequest) (res store.RangeResponse, ok bool) {
 	at := req.Revision
 	if at == 0 {
