@@ -54,7 +54,7 @@ const (
 	// the older half is forgotten, and reads before their deletes go to
 	// the store.
 	maxTombstones = 1 << 14
-	// degree is the B-tree's, as etcd's index's.
+	// degree is the B-tree's, as etcd's index's (a fork of the same B-tree).
 	degree = 32
 )
 
