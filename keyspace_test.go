@@ -149,7 +149,14 @@ func TestKeyspaceCopyRanges(t *testing.T) {
 	c, other := openWithCopy(t)
 	ctx := t.Context()
 	rnd := rand.New(rand.NewPCG(1, 17))
-	key := func() []byte { return []byte(fmt.Sprintf("/k/%02d", rnd.IntN(24))) }
+	key := func() []byte {
+		k := rnd.IntN(24)
+		if k%5 == 0 {
+			// Binary keys, ordered by their bytes as PostgreSQL's bytea is.
+			return []byte(fmt.Sprintf("/k/\xff\x00%02d", k))
+		}
+		return []byte(fmt.Sprintf("/k/%02d", k))
+	}
 	var revs []int64 // every revision the test wrote
 	write := func() {
 		var (
@@ -189,6 +196,7 @@ func TestKeyspaceCopyRanges(t *testing.T) {
 		func() store.KeyRange { return store.Key(key()) },
 		func() store.KeyRange { return store.Prefix([]byte("/k/")) },
 		func() store.KeyRange { return store.Prefix([]byte("/k/1")) },
+		func() store.KeyRange { return store.Prefix([]byte("/k/\xff")) },
 		func() store.KeyRange { return store.FromKey(key()) },
 		func() store.KeyRange { return store.KeyRange{Key: key(), End: key()} }, // empty when End <= Key
 		func() store.KeyRange { return store.Prefix([]byte("/none/")) },
@@ -342,12 +350,14 @@ func TestKeyspaceCopyWithoutPostgreSQL(t *testing.T) {
 		_, err := c.Put(ctx, key, []byte("2"))
 		return err == nil
 	})
+	var known int64 // a revision the copy held, for a range at it below
 	wait.For(t, "the copy answering after the restart", func() bool {
 		served := cp.Served()
 		res, err := c.Get(ctx, store.Key(key))
 		if err != nil {
 			return false // the store's or the copy's, while either recovers
 		}
+		known = res.Revision
 		if v := kvMap(res.KVs)[string(key)]; v != "2" {
 			t.Fatalf("read %q at revision %d after the put of \"2\" was acknowledged", v, res.Revision)
 		}
@@ -385,6 +395,14 @@ func TestKeyspaceCopyWithoutPostgreSQL(t *testing.T) {
 	res, err := c.Get(ctx, store.Key(key))
 	if !errors.Is(err, store.ErrUnavailable) {
 		t.Fatalf("read with PostgreSQL stopped: %+v, %v; want store.ErrUnavailable", res, err)
+	}
+	// Ranges too, at the latest revision and at one the copy holds: the
+	// latter's answer is in memory, but its statement cannot run.
+	for _, rev := range []int64{0, known} {
+		res, err := c.Range(ctx, store.RangeRequest{KeyRange: store.Prefix([]byte("/r/")), Revision: rev})
+		if !errors.Is(err, store.ErrUnavailable) {
+			t.Fatalf("range at %d with PostgreSQL stopped: %+v, %v; want store.ErrUnavailable", rev, res, err)
+		}
 	}
 	if cp.Served() != served {
 		t.Fatalf("with PostgreSQL stopped the copy answered %d reads, want none", cp.Served()-served)
