@@ -8,10 +8,11 @@
 // keeps a copy.
 //
 // The copy also keeps the versions that the latest changes replaced, and
-// the keys they deleted as tombstones, so it answers a range at an older
-// revision as long as it still holds every change after it: the pages of a
-// list after its first, which Kubernetes reads at the first page's
-// revision, while the list's keys are being written.
+// the keys deleted lately as tombstones, so it answers a range at an older
+// revision as long as it still holds the version of each key of the range
+// at that revision: the pages of a list after its first, which Kubernetes
+// reads at the first page's revision, also while the list's keys are being
+// written.
 //
 // The copy is correct as long as the hub's deliveries are: it holds, at its
 // revision, exactly what a watcher of every key has been sent up to that
@@ -51,15 +52,20 @@ const (
 	// for a progress mark the hub could not send (its watcher was catching
 	// up).
 	askAgain = time.Millisecond
-	// maxHistory and maxHistoryBytes bound the changes whose replaced
-	// versions and tombstones the copy remembers: the changes, and the
-	// keys and values of the versions they replaced and of their
-	// tombstones. Past either, the older half is forgotten, and reads
-	// before those changes go to the store. etcd keeps every version until
-	// a compaction; this keeps seconds of history at thousands of puts a
-	// second of a kilobyte, and a list of 5,000 keys lasts tens of ms.
+	// maxTombstones is how many deleted keys the copy remembers. Past it,
+	// the older half is forgotten, and reads before their deletes go to
+	// the store.
+	maxTombstones = 1 << 14
+	// maxHistory and maxHistoryBytes bound the versions that later changes
+	// replaced which the copy remembers: how many, and their keys' and
+	// values' bytes. Past either, the oldest half is forgotten, and a read
+	// of a key before the change that replaced a forgotten version goes to
+	// the store. etcd keeps every version until a compaction, in its
+	// database file; these are in the Go heap, so they are bounded to
+	// seconds of a kilobyte's puts at thousands a second, and minutes at
+	// tens, where a list of 5,000 keys takes tens of milliseconds.
 	maxHistory      = 1 << 16
-	maxHistoryBytes = 64 << 20
+	maxHistoryBytes = 16 << 20
 	// degree is the B-tree's, as etcd's index's (a fork of the same B-tree).
 	degree = 32
 )
@@ -76,24 +82,28 @@ var ErrBehind = errors.New("keyspace copy behind the current revision")
 
 // entry is a version of a key in the copy, or its tombstone, whose
 // ModRevision is its delete's. The B-tree holds each key's newest; prev
-// is the version it replaced, while the copy remembers it. Only prev is
-// ever written (cut, under the lock), so a reader may hold an entry's kv
-// after the lock.
+// is the version it replaced while the copy remembers it, and cut says it
+// forgot it. Only prev and cut are ever written (under the lock), so a
+// reader may hold an entry's kv after the lock.
 type entry struct {
 	kv      store.KeyValue
 	deleted bool
+	cut     bool
 	prev    *entry
 }
 
 // at returns the version of e's key at rev: the newest at or below it, or
-// nil when the key had none the copy remembers.
-func (e *entry) at(rev int64) *entry {
-	for ; e != nil; e = e.prev {
-		if e.kv.ModRevision <= rev {
-			return e
+// nil when the key had none. known is false when the copy forgot it.
+func (e *entry) at(rev int64) (v *entry, known bool) {
+	for v = e; v != nil; v = v.prev {
+		if v.kv.ModRevision <= rev {
+			return v, true
+		}
+		if v.cut {
+			return nil, false
 		}
 	}
-	return nil
+	return nil, true
 }
 
 // size is what an entry's key and value hold.
@@ -108,17 +118,17 @@ type Copy struct {
 	hub   *replication.Hub
 	log   *slog.Logger
 
-	mu   sync.RWMutex
-	keys *btree.BTreeG[*entry] // nil while not live
-	live int                   // entries of keys that are not tombstones
-	// changes are the versions the copy applied since it loaded, oldest
-	// first, whose replaced versions (prev) and tombstones it remembers;
-	// history is the bytes those hold.
-	changes []*entry
-	history int
+	mu    sync.RWMutex
+	keys  *btree.BTreeG[*entry] // nil while not live
+	live  int                   // entries of keys that are not tombstones
+	tombs []*entry              // the tombstones put in keys, oldest first; a later put may have replaced some
+	// replacers are the versions that replaced another, oldest first,
+	// while the copy remembers the version replaced (prev); history is
+	// the bytes of those.
+	replacers []*entry
+	history   int
 	// floor is the oldest revision the copy answers at: the one it was
-	// loaded at, or the newest change whose replaced version or tombstone
-	// it forgot.
+	// loaded at, or the newest tombstone it forgot.
 	floor    int64
 	rev      int64                // the copy holds every change at or below rev
 	watcher  *replication.Watcher // the watch feeding the copy while live
@@ -187,7 +197,7 @@ func (c *Copy) follow(ctx context.Context) error {
 		return fmt.Errorf("watch for keyspace copy from revision %d: %w", rev+1, err)
 	}
 	c.mu.Lock()
-	c.keys, c.live, c.changes, c.history, c.floor, c.rev, c.watcher = keys, live, nil, 0, rev, rev, w
+	c.keys, c.live, c.tombs, c.replacers, c.history, c.floor, c.rev, c.watcher = keys, live, nil, nil, 0, rev, rev, w
 	c.wakeLocked()
 	c.mu.Unlock()
 	c.log.Info("keyspace copy loaded", "keys", live, "revision", rev)
@@ -239,22 +249,25 @@ func (c *Copy) apply(resp replication.WatchResponse) {
 		e := &entry{kv: store.KeyValue{Key: ev.Key, ModRevision: ev.Revision}}
 		if ev.Type == replication.EventDelete {
 			e.deleted = true
-			c.history += e.size()
+			c.tombs = append(c.tombs, e)
 		} else {
 			e.kv.Value, e.kv.CreateRevision, e.kv.Version, e.kv.Lease = ev.Value, ev.CreateRevision, ev.Version, ev.Lease
 			c.live++
 		}
 		if old, ok := c.keys.ReplaceOrInsert(e); ok {
-			e.prev = old
 			if !old.deleted {
 				c.live--
-				c.history += old.size() // a tombstone was counted as it came
 			}
+			e.prev = old
+			c.replacers = append(c.replacers, e)
+			c.history += old.size()
 		}
-		c.changes = append(c.changes, e)
 	}
-	if len(c.changes) > maxHistory || c.history > maxHistoryBytes {
-		c.forgetLocked()
+	if len(c.tombs) > maxTombstones {
+		c.forgetTombstonesLocked(len(c.tombs) - maxTombstones/2)
+	}
+	if len(c.replacers) > maxHistory || c.history > maxHistoryBytes {
+		c.forgetVersionsLocked()
 	}
 	if resp.Revision > c.rev || mark {
 		// A mark below what a read waits for still wakes it, to ask again.
@@ -263,29 +276,34 @@ func (c *Copy) apply(resp replication.WatchResponse) {
 	}
 }
 
-// forgetLocked forgets the oldest changes until at most half of
-// maxHistory and of maxHistoryBytes are left; c.mu is held. Changes are
-// applied in revision order, so a change's replaced version is the last
-// the copy remembers of its key: it goes, and a tombstone still newest goes
-// with its key. A read before such a change cannot know what the key
-// held, so the floor rises to it.
-func (c *Copy) forgetLocked() {
-	n := 0
-	for ; n < len(c.changes) && (len(c.changes)-n > maxHistory/2 || c.history > maxHistoryBytes/2); n++ {
-		e := c.changes[n]
-		if e.prev != nil {
-			c.history -= e.prev.size()
-			e.prev = nil
-			c.floor = max(c.floor, e.kv.ModRevision)
-		}
-		if cur, ok := c.keys.Get(e); e.deleted && ok && cur == e {
-			c.history -= e.size()
-			c.keys.Delete(e)
-			c.floor = max(c.floor, e.kv.ModRevision)
+// forgetTombstonesLocked drops the n oldest tombstones; c.mu is held. A
+// read before a forgotten delete cannot know that its key was there, so
+// the floor rises to it.
+func (c *Copy) forgetTombstonesLocked(n int) {
+	for _, t := range c.tombs[:n] {
+		if cur, ok := c.keys.Get(t); ok && cur == t {
+			c.keys.Delete(t)
+			c.floor = max(c.floor, t.kv.ModRevision)
 		}
 	}
-	clear(c.changes[:n])
-	c.changes = slices.Delete(c.changes, 0, n)
+	clear(c.tombs[:n])
+	c.tombs = slices.Delete(c.tombs, 0, n)
+}
+
+// forgetVersionsLocked forgets the oldest replaced versions until at most
+// half of maxHistory and of maxHistoryBytes are left; c.mu is held.
+// Changes are applied in revision order, so the oldest replaced version
+// the copy remembers is the last it remembers of its key: cutting it
+// leaves the rest of the key's versions, and every other key's, known.
+func (c *Copy) forgetVersionsLocked() {
+	n := 0
+	for ; n < len(c.replacers) && (len(c.replacers)-n > maxHistory/2 || c.history > maxHistoryBytes/2); n++ {
+		e := c.replacers[n]
+		c.history -= e.prev.size()
+		e.prev, e.cut = nil, true
+	}
+	clear(c.replacers[:n])
+	c.replacers = slices.Delete(c.replacers, 0, n)
 }
 
 // stop drops the copy's keys and wakes the reads waiting for it.
@@ -295,7 +313,7 @@ func (c *Copy) stop() {
 	if c.watcher != nil {
 		c.watcher.Close()
 	}
-	c.keys, c.live, c.changes, c.history, c.floor, c.rev, c.watcher = nil, 0, nil, 0, 0, 0, nil
+	c.keys, c.live, c.tombs, c.replacers, c.history, c.floor, c.rev, c.watcher = nil, 0, nil, nil, 0, 0, 0, nil
 	c.asked.Store(false)
 	c.wakeLocked()
 }
@@ -368,10 +386,12 @@ func (c *Copy) Range(ctx context.Context, req store.RangeRequest) (store.RangeRe
 }
 
 // rangeAt answers a range at the revision req names, which the copy holds
-// when that revision is at or below the copy's and at or above its floor.
-// That answer never changes, so it needs no wait: the one statement after
-// it reads what the store checks in its own snapshot, the compacted
-// revision, and the current one for the answer's header.
+// when that revision is at or below the copy's and at or above its floor,
+// and it remembers the version at that revision of every key of the
+// range, live or deleted. That answer never changes, so it needs no wait:
+// the one statement after it reads what the store checks in its own
+// snapshot, the compacted revision, and the current one for the answer's
+// header.
 func (c *Copy) rangeAt(ctx context.Context, req store.RangeRequest) (store.RangeResponse, error) {
 	c.mu.RLock()
 	if c.keys == nil || c.rev < req.Revision {
@@ -399,8 +419,8 @@ func (c *Copy) rangeAt(ctx context.Context, req store.RangeRequest) (store.Range
 // readLocked answers req as the store would at req.Revision, or at the
 // copy's revision for 0, with the copy's revision as the current one; c.mu
 // is held, the copy is live and holds req.Revision. ok is false when the
-// revision is below the copy's floor, where it no longer knows what the
-// keys held. The key values are the copy's, for the caller to copy.
+// copy no longer knows what a key of the range held at that revision. The
+// key values are the copy's, for the caller to copy.
 func (c *Copy) readLocked(req store.RangeRequest) (res store.RangeResponse, ok bool) {
 	at := req.Revision
 	if at == 0 {
@@ -413,8 +433,13 @@ func (c *Copy) readLocked(req store.RangeRequest) (res store.RangeResponse, ok b
 	// As the store's: a page at a named revision that the limit cuts short
 	// goes uncounted when asked; every other read is counted.
 	counted := !req.NoCount || req.Revision == 0
+	ok = true
 	visit := func(e *entry) bool {
-		switch e = e.at(at); {
+		e, known := e.at(at)
+		switch {
+		case !known:
+			ok = false
+			return false
 		case e == nil || e.deleted:
 			return true
 		case req.CountOnly:
@@ -443,7 +468,7 @@ func (c *Copy) readLocked(req store.RangeRequest) (res store.RangeResponse, ok b
 	if res.More && !counted {
 		res.Count = 0
 	}
-	return res, true
+	return res, ok
 }
 
 // own gives kvs keys and values of their own, in one allocation.

@@ -32,14 +32,14 @@ func newTestCopy() (*Copy, func(key string, value []byte, deleted bool) int64) {
 	return c, apply
 }
 
-// TestForgottenTombstones deletes more keys than the copy remembers
-// changes: a range at a revision before a forgotten delete must go to the
-// store, one after it is answered, and a key put again after its delete is
-// not lost with its tombstone.
+// TestForgottenTombstones deletes more keys than the copy remembers: a
+// range at a revision before a forgotten delete must go to the store, one
+// after it is answered, and a key put again after its delete is not lost
+// with its tombstone.
 func TestForgottenTombstones(t *testing.T) {
 	c, apply := newTestCopy()
 	key := func(i int) string { return fmt.Sprintf("/t/%06d", i) }
-	const n = maxHistory + 10 // with their deletes, past maxHistory twice
+	const n = maxTombstones + 10
 	for i := range n {
 		apply(key(i), []byte("v"), false)
 	}
@@ -55,17 +55,14 @@ func TestForgottenTombstones(t *testing.T) {
 	if c.live != 1 {
 		t.Fatalf("%d live keys, want 1", c.live)
 	}
-	if len(c.changes) > maxHistory {
-		t.Fatalf("%d changes remembered, want at most %d", len(c.changes), maxHistory)
+	if len(c.tombs) > maxTombstones {
+		t.Fatalf("%d tombstones kept, want at most %d", len(c.tombs), maxTombstones)
 	}
 	if c.floor <= again || c.floor >= rev {
 		t.Fatalf("floor %d, want above key 0's put at %d and below %d", c.floor, again, rev)
 	}
-	if got := c.keys.Len(); got >= n {
-		t.Fatalf("%d keys in the tree, want the forgotten tombstones gone", got)
-	}
 	// The keys forgotten with their tombstones, and key 0.
-	forgotten := store.KeyRange{Key: []byte(key(0)), End: []byte(key(n / 4))}
+	forgotten := store.KeyRange{Key: []byte(key(0)), End: []byte(key(maxTombstones/2 + 1))}
 	all := store.Prefix([]byte("/t/"))
 	for _, tc := range []struct {
 		name  string
@@ -77,7 +74,8 @@ func TestForgottenTombstones(t *testing.T) {
 		{"forgotten, below the floor", forgotten, c.floor - 1, false, 0},
 		{"forgotten, at the floor", forgotten, c.floor, true, 1},
 		{"all, below the floor", all, c.floor - 1, false, 0},
-		{"all, at the floor", all, c.floor, true, int64(rev - c.floor + 1)}, // the keys whose deletes the copy remembers, and key 0
+		// Key 0, and the keys deleted since, whose versions the copy remembers.
+		{"all, at the floor", all, c.floor, true, 1 + rev - c.floor},
 		{"all, before the last delete", all, rev - 1, true, 2},
 		{"all, at the last delete", all, rev, true, 1},
 		{"all, latest", all, 0, true, 1},
@@ -89,50 +87,69 @@ func TestForgottenTombstones(t *testing.T) {
 	}
 }
 
-// TestForgottenVersions writes one key over and over with values whose
-// bytes pass maxHistoryBytes before the changes pass maxHistory: the copy
-// forgets the oldest versions, answers at every revision from its floor
-// with the value written then, and refuses below it.
+// TestForgottenVersions writes one key over and over, past each bound of
+// the versions the copy remembers: the copy forgets the oldest, answers a
+// range with the key at every revision whose version it remembers, with
+// the value written then, and refuses the others, while a range of
+// another key, written once before, is answered at every revision.
 func TestForgottenVersions(t *testing.T) {
-	c, apply := newTestCopy()
-	value := func(rev int64) []byte {
-		v := bytes.Repeat([]byte{'v'}, 1<<20)
-		copy(v, fmt.Sprint(rev))
-		return v
-	}
-	other := apply("/a", []byte("other"), false) // a key written once, before the rest
-	var revs []int64
-	for range maxHistoryBytes>>20 + 10 {
-		rev := c.rev + 1
-		revs = append(revs, apply("/k", value(rev), false))
-	}
-	if c.history > maxHistoryBytes {
-		t.Fatalf("%d bytes remembered, want at most %d", c.history, maxHistoryBytes)
-	}
-	if c.floor <= revs[0] || c.floor >= revs[len(revs)-1] {
-		t.Fatalf("floor %d, want between %d and %d", c.floor, revs[0], revs[len(revs)-1])
-	}
-	for _, rev := range append(revs, other, 1) {
-		res, ok := c.readLocked(store.RangeRequest{KeyRange: store.Prefix([]byte("/")), Revision: rev})
-		switch {
-		case rev < c.floor:
-			if ok {
-				t.Errorf("revision %d below the floor %d answered", rev, c.floor)
+	for _, tc := range []struct {
+		name   string
+		size   int // of a value
+		writes int
+	}{
+		{"bytes", 1 << 20, maxHistoryBytes>>20 + 10},
+		{"versions", 8, maxHistory + 10},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			c, apply := newTestCopy()
+			value := func(rev int64) []byte {
+				v := bytes.Repeat([]byte{'v'}, tc.size)
+				copy(v, fmt.Sprint(rev))
+				return v
 			}
-		case !ok:
-			t.Errorf("revision %d at or above the floor %d not answered", rev, c.floor)
-		case len(res.KVs) != 2 || string(res.KVs[0].Value) != "other" || !bytes.Equal(res.KVs[1].Value, value(rev)) || res.KVs[1].ModRevision != rev:
-			t.Errorf("revision %d: %d keys, want /a and /k's value written at %d", rev, len(res.KVs), rev)
-		}
-	}
-	// What the copy counts is what it holds.
-	held := 0
-	for _, e := range c.changes {
-		if e.prev != nil {
-			held += e.prev.size()
-		}
-	}
-	if held != c.history {
-		t.Fatalf("history counts %d bytes, the versions replaced hold %d", c.history, held)
+			other := apply("/a", []byte("other"), false)
+			var revs []int64
+			for range tc.writes {
+				revs = append(revs, apply("/k", value(c.rev+1), false))
+			}
+			if c.history > maxHistoryBytes || len(c.replacers) > maxHistory {
+				t.Fatalf("%d versions of %d bytes remembered, want at most %d and %d", len(c.replacers), c.history, maxHistory, maxHistoryBytes)
+			}
+			held := 0
+			for _, e := range c.replacers {
+				held += e.prev.size()
+			}
+			if held != c.history {
+				t.Fatalf("history counts %d bytes, the versions replaced hold %d", c.history, held)
+			}
+			// The oldest version remembered is the one the oldest
+			// replacer replaced.
+			oldest := c.replacers[0].prev.kv.ModRevision
+			if oldest <= revs[0] || oldest >= revs[len(revs)-1] || c.floor != 1 {
+				t.Fatalf("oldest version remembered at %d, floor %d; want between %d and %d, and 1", oldest, c.floor, revs[0], revs[len(revs)-1])
+			}
+			answered := 0
+			for i, rev := range append(revs, other) {
+				if i%97 != 0 && (rev < oldest-2 || rev > oldest+2) && rev != other {
+					continue // a sample, and the revisions around the oldest remembered
+				}
+				res, ok := c.readLocked(store.RangeRequest{KeyRange: store.Prefix([]byte("/")), Revision: rev})
+				switch {
+				case ok != (rev >= oldest):
+					t.Fatalf("revision %d answered %v, oldest version remembered at %d", rev, ok, oldest)
+				case ok && (len(res.KVs) != 2 || string(res.KVs[0].Value) != "other" || !bytes.Equal(res.KVs[1].Value, value(rev)) || res.KVs[1].ModRevision != rev):
+					t.Fatalf("revision %d: %d keys, want /a and /k's value written at %d", rev, len(res.KVs), rev)
+				case ok:
+					answered++
+				}
+				if res, ok := c.readLocked(store.RangeRequest{KeyRange: store.Key([]byte("/a")), Revision: rev}); !ok || len(res.KVs) != 1 {
+					t.Fatalf("/a at %d: %d keys, answered %v", rev, len(res.KVs), ok)
+				}
+			}
+			if answered == 0 {
+				t.Fatal("no revision of /k answered")
+			}
+		})
 	}
 }
