@@ -41,9 +41,11 @@ type Config struct {
 	// KeyspaceCopy makes the client keep a copy of the latest value of
 	// every key in memory (package keyspace) and answer reads at the
 	// latest revision from it, after one shared read of the current
-	// revision, and ranges at older revisions whose keys have not changed
-	// since: fewer and cheaper statements per read, for the memory the
-	// keyspace takes. Reads are as linearizable either way.
+	// revision, and ranges at older revisions whose versions it still
+	// holds (it keeps those the latest changes replaced): fewer and
+	// cheaper statements per read, for the memory the keyspace takes and
+	// up to 16 MiB of replaced versions. Reads are as linearizable either
+	// way.
 	KeyspaceCopy bool
 }
 

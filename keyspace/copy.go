@@ -338,6 +338,14 @@ func (c *Copy) Keys() int {
 	return c.live
 }
 
+// HistoryBytes returns the bytes of the keys and values of the replaced
+// versions the copy remembers.
+func (c *Copy) HistoryBytes() int {
+	c.mu.RLock()
+	defer c.mu.RUnlock()
+	return c.history
+}
+
 // Served returns how many reads the copy has answered.
 func (c *Copy) Served() uint64 { return c.served.Load() }
 

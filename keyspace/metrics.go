@@ -15,6 +15,8 @@ func NewMetrics(c *Copy) []prometheus.Collector {
 		}),
 		prometheus.NewGaugeFunc(prometheus.GaugeOpts{Namespace: ns, Subsystem: sub, Name: "keys",
 			Help: "Keys the keyspace copy holds."}, func() float64 { return float64(c.Keys()) }),
+		prometheus.NewGaugeFunc(prometheus.GaugeOpts{Namespace: ns, Subsystem: sub, Name: "history_bytes",
+			Help: "Bytes of the keys and values of the replaced versions the keyspace copy remembers."}, func() float64 { return float64(c.HistoryBytes()) }),
 		prometheus.NewCounterFunc(prometheus.CounterOpts{Namespace: ns, Subsystem: sub, Name: "reads_total",
 			Help: "Reads answered from the keyspace copy."}, func() float64 { return float64(c.Served()) }),
 	}

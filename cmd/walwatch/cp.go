@@ -213,7 +213,7 @@ etcd watchers cost one slot.`,
 		"as etcd's: periodic (keep the history of the retention period) or revision (keep that many revisions)")
 	cmd.Flags().StringVar(&o.compactionRetention, "auto-compaction-retention", "0",
 		`as etcd's: for periodic a duration ("1h", "30m") or a number of hours, for revision a number of revisions; 0: no auto-compaction. One cp per database does it`)
-	cmd.Flags().BoolVar(&o.keyspaceCopy, "keyspace-copy", false, "keep the latest value of every key in memory and answer reads at the latest revision from it, after one read of the current revision shared by the reads waiting, and ranges at older revisions whose keys have not changed since (memory: the keyspace's size)")
+	cmd.Flags().BoolVar(&o.keyspaceCopy, "keyspace-copy", false, "keep the latest value of every key in memory and answer reads at the latest revision from it, after one read of the current revision shared by the reads waiting, and ranges at older revisions whose versions it still holds (memory: the keyspace's size, and up to 16 MiB of versions the latest changes replaced)")
 	cmd.Flags().BoolVar(&o.pprof, "enable-pprof", false, "as etcd's: serve Go's runtime profiles at /debug/pprof/ on the HTTP API (no authentication)")
 	addEtcdFlags(cmd, &o.etcd)
 	return cmd

@@ -572,7 +572,7 @@ func (b *bench) notes(names, lagNotes, cpuNotes []string) []string {
 			"walwatch_etcd is the same cp (its own slot, held for its turn) with its etcd v3 gRPC API on (--etcd-listen), driven by the same code as etcd: " +
 			"the etcd Go client, one client (one gRPC connection) per benchmark client and one for the watcher; puts are KV.Put, gets linearizable KV.Range " +
 			"of one key, the watcher one etcd Watch on the prefix; its gRPC server shares the cp's pool of 32 connections, and its copy of the keyspace answers " +
-			"the gets and the pages of the Kubernetes lists below (those after the first at the first page's revision, as no key of the list changes meanwhile).",
+			"the gets and the pages of the Kubernetes lists below (those after the first at the first page's revision, from the versions it holds).",
 		"notify: the seed's design written afresh: a revision table with an AFTER INSERT trigger calling pg_notify only when a listener holds the shared " +
 			"advisory lock (a writer that can take it exclusively knows nobody listens), one LISTEN connection as the watcher.",
 		"floor: the physical limit of a logical-replication watch here: walwatch's row (its columns and indexes) written by a plain INSERT whose revision " +

@@ -43,4 +43,8 @@ func TestKeyspaceCopyAnswersGets(t *testing.T) {
 	if n := metricValue(t, page, "walwatch_keyspace_copy_keys"); n != 2 {
 		t.Errorf("walwatch_keyspace_copy_keys %v, want 2", n)
 	}
+	// "one" and "two" were replaced: twice /ks/key's 7 bytes and 3 of value.
+	if n := metricValue(t, page, "walwatch_keyspace_copy_history_bytes"); n != 20 {
+		t.Errorf("walwatch_keyspace_copy_history_bytes %v, want 20", n)
+	}
 }
