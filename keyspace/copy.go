@@ -4,8 +4,8 @@
 // every read of the latest revision waiting at the moment
 // (store.CurrentRevision), and answers from memory once the copy holds that
 // revision. It is what etcd's members do with their in-memory index, and
-// costs what that costs: the keyspace's latest values in every process that
-// keeps a copy.
+// costs the keyspace's latest values, and a bounded history of the versions
+// they replaced, in every process that keeps a copy.
 //
 // The copy also keeps the versions that the latest changes replaced, and
 // the keys deleted lately as tombstones, so it answers a range at an older

@@ -67,12 +67,14 @@ type bench struct {
 	keys       [][]byte
 	txnKeys    [][]byte // written by the Txn workload alone
 	listKeys   [][]byte // read by the list workload alone
-	value      []byte
-	listValue  []byte
-	samples    samples
-	quiesced   time.Duration // waited for autovacuum before measuring, in all
-	out        io.Writer     // the summary, as it goes
-	log        *slog.Logger
+	// writtenListKeys are the lists' while written, and their writer's.
+	writtenListKeys [][]byte
+	value           []byte
+	listValue       []byte
+	samples         samples
+	quiesced        time.Duration // waited for autovacuum before measuring, in all
+	out             io.Writer     // the summary, as it goes
+	log             *slog.Logger
 }
 
 func main() {
@@ -167,6 +169,7 @@ func run(ctx context.Context, quick bool, only, outDir string, log *slog.Logger)
 	b.listValue = bytes.Repeat([]byte{'o'}, listValueSize)
 	for i := range listKeys {
 		b.listKeys = append(b.listKeys, fmt.Appendf(nil, "%s%05d", listPrefix, i))
+		b.writtenListKeys = append(b.writtenListKeys, fmt.Appendf(nil, "%s%05d", writtenListPrefix, i))
 	}
 	closeSystems, err := b.openSystems(ctx)
 	if err != nil {
@@ -296,7 +299,8 @@ func (b *bench) openSystems(ctx context.Context) (func(), error) {
 			const put = `select count(walwatch.put(k, $2)) from unnest($1::bytea[]) k`
 			err := preloadSQL(ctx, ww.clients, put, b.keys, b.value)
 			for range listVersions {
-				err = errors.Join(err, preloadSQL(ctx, ww.clients, put, b.listKeys, b.listValue))
+				err = errors.Join(err, preloadSQL(ctx, ww.clients, put, b.listKeys, b.listValue),
+					preloadSQL(ctx, ww.clients, put, b.writtenListKeys, b.listValue))
 			}
 			return err
 		})
@@ -373,11 +377,11 @@ func (b *bench) openSystems(ctx context.Context) (func(), error) {
 }
 
 // preloadEtcd loads a server of etcd's API with preload: the keys, and the
-// list workload's keys in listVersions versions each.
+// list workloads' keys in listVersions versions each.
 func (b *bench) preloadEtcd(ctx context.Context, preload func(ctx context.Context, keys [][]byte, value []byte) error) error {
 	err := preload(ctx, b.keys, b.value)
 	for range listVersions {
-		err = errors.Join(err, preload(ctx, b.listKeys, b.listValue))
+		err = errors.Join(err, preload(ctx, b.listKeys, b.listValue), preload(ctx, b.writtenListKeys, b.listValue))
 	}
 	return err
 }
@@ -479,6 +483,7 @@ func (b *bench) results(ctx context.Context, commit string) (*Results, error) {
 			r.Systems[name].TxnPerS = pick(name, "txn_per_s", clientKeys(txnConcurrency))
 			r.Systems[name].TxnRTTLoadedUs = pick(name, "txn_rtt_loaded_us", []string{"p50", "p99", "p999"})
 			r.Systems[name].ListPageMs = pick(name, "list_page_ms", []string{"p50", "p99"})
+			r.Systems[name].ListPageWrittenMs = pick(name, "list_page_written_ms", []string{"p50", "p99", "updates_per_s"})
 		}
 		if v, ok := b.samples.median(name, "wal_bytes_per_put", ""); ok {
 			r.WALBytesPerPut[name] = v

@@ -72,6 +72,10 @@ type SystemResults struct {
 	// ListPageMs is the time of a page of Kubernetes' list (etcd API
 	// systems): p50 and p99, in milliseconds.
 	ListPageMs map[string]float64 `json:"list_page_ms,omitempty"`
+	// ListPageWrittenMs is the same while another client updates the
+	// listed keys as fast as it can (etcd API systems): p50 and p99, in
+	// milliseconds, and its updates a second meanwhile (updates_per_s).
+	ListPageWrittenMs map[string]float64 `json:"list_page_written_ms,omitempty"`
 }
 
 // Fanout is the time for one put to reach every watcher.

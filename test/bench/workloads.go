@@ -22,11 +22,15 @@ const (
 	cpuClients = 8
 	// The list workload's keys: a resource of Kubernetes' objects (a
 	// kilobyte each, a few versions), listed in its API server's pages.
-	listPrefix    = "/list/"
-	listKeys      = 5000
-	listVersions  = 3
-	listValueSize = 1024
-	listPage      = 500
+	listPrefix = "/list/"
+	// The keys of the lists while written, as many, and as loaded, but
+	// their own, so that the versions their writer adds leave the other
+	// lists' keys as they were.
+	writtenListPrefix = "/listw/"
+	listKeys          = 5000
+	listVersions      = 3
+	listValueSize     = 1024
+	listPage          = 500
 	// probeKey is the key the round-trip client puts: under the watched
 	// prefix, and none of the keys the other clients write.
 	probeKey = prefix + "probe"
@@ -114,21 +118,56 @@ func (b *bench) getRandom(sys system) op {
 	}
 }
 
-// lists lists the list workload's keys, one client, one list after another
-// for getDur (at least once), and returns every page's time.
-func (b *bench) lists(ctx context.Context, ks kubernetesStore) ([]time.Duration, error) {
+// lists lists the keys under prefix, listKeys of them, one client, one
+// list after another for getDur (at least once), and returns every page's
+// time.
+func (b *bench) lists(ctx context.Context, ks kubernetesStore, prefix string) ([]time.Duration, error) {
 	var all []time.Duration
 	for deadline := time.Now().Add(b.cfg.getDur); len(all) == 0 || time.Now().Before(deadline); {
-		pages, keys, err := ks.list(ctx, 0, listPrefix, listPage)
+		pages, keys, err := ks.list(ctx, 0, prefix, listPage)
 		if err != nil {
 			return nil, err
 		}
-		if keys != len(b.listKeys) {
-			return nil, fmt.Errorf("listed %d keys of %d", keys, len(b.listKeys))
+		if keys != listKeys {
+			return nil, fmt.Errorf("listed %d keys of %d under %s", keys, listKeys, prefix)
 		}
 		all = append(all, pages...)
 	}
 	return all, nil
+}
+
+// listsWritten lists the written lists' keys as lists does while another
+// client updates random ones of them as fast as it can, as Kubernetes'
+// controllers write the objects of a resource its API server lists. It
+// returns every page's time and the updates a second meanwhile.
+func (b *bench) listsWritten(ctx context.Context, ks kubernetesStore) ([]time.Duration, float64, error) {
+	wctx, stop := context.WithCancel(ctx)
+	defer stop()
+	var updates int
+	done := make(chan error, 1)
+	start := time.Now()
+	go func() {
+		rng := rand.New(rand.NewPCG(7, 11))
+		for wctx.Err() == nil {
+			err := ks.update(wctx, 1, b.writtenListKeys[rng.IntN(len(b.writtenListKeys))], b.listValue)
+			if err != nil {
+				if wctx.Err() != nil {
+					err = nil // stopped, not failed
+				}
+				done <- err
+				return
+			}
+			updates++
+		}
+		done <- nil
+	}()
+	pages, err := b.lists(ctx, ks, writtenListPrefix)
+	stop()
+	took := time.Since(start)
+	if werr := <-done; werr != nil {
+		err = errors.Join(err, fmt.Errorf("update while listed: %w", werr))
+	}
+	return pages, float64(updates) / took.Seconds(), err
 }
 
 // turn runs every per-round workload on one system.
@@ -165,7 +204,7 @@ func (b *bench) turn(ctx context.Context, sys system, round int) (err error) {
 			b.samples.add(name, "txn_per_s", strconv.Itoa(n), rate)
 			line += fmt.Sprintf(" txn@%d=%.0f", n, rate)
 		}
-		pages, err := b.lists(ctx, ks)
+		pages, err := b.lists(ctx, ks, listPrefix)
 		if err != nil {
 			return fmt.Errorf("%s: lists: %w", name, err)
 		}
@@ -173,6 +212,16 @@ func (b *bench) turn(ctx context.Context, sys system, round int) (err error) {
 		b.samples.add(name, "list_page_ms", "p50", ps[0])
 		b.samples.add(name, "list_page_ms", "p99", ps[1])
 		line += fmt.Sprintf(" list=%.1fms", ps[0])
+
+		pages, rate, err := b.listsWritten(ctx, ks)
+		if err != nil {
+			return fmt.Errorf("%s: lists while written: %w", name, err)
+		}
+		ps = percentiles(millis(pages), 0.5, 0.99)
+		b.samples.add(name, "list_page_written_ms", "p50", ps[0])
+		b.samples.add(name, "list_page_written_ms", "p99", ps[1])
+		b.samples.add(name, "list_page_written_ms", "updates_per_s", rate)
+		line += fmt.Sprintf(" list-written=%.1fms@%.0f/s", ps[0], rate)
 
 		rtts, err := b.updateRoundTrips(ctx, sys, ks)
 		if err != nil {
