@@ -506,18 +506,10 @@ func own(kvs []store.KeyValue) {
 // copy's watch, sent after every event up to the hub's watermark, brings
 // the copy to it all the same, so that no read can wait on an event that
 // will not come.
-//
-// It waits for the hub to settle cur, not for cur to be visible to a
-// snapshot as well (Hub.WaitFor): the copy answers from what the hub
-// delivered, and cur, read by a snapshot taken after every write
-// acknowledged before the read began, already covers them. The visibility
-// check cost a statement, and after a long time without one a read of
-// every revision since: 140-215 ms for a list's first page in bench-quick,
-// once a round, when its lists met writes after the puts before them.
 func (c *Copy) await(ctx context.Context, w *replication.Watcher, cur int64, advanced <-chan struct{}) error {
 	if c.hub.Watermark() < cur {
 		// Events are on their way, or a hole is settling.
-		if err := c.hub.WaitSettled(ctx, cur); err != nil {
+		if err := c.hub.WaitFor(ctx, cur); err != nil {
 			return err
 		}
 	}

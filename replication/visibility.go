@@ -144,8 +144,20 @@ var errOtherServer = errors.New("the pool reached another server than the replic
 // will never change. A reader that wants its own writes (read at the store's
 // current revision) waits for that.
 func (h *Hub) WaitFor(ctx context.Context, rev int64) error {
-	if err := h.WaitSettled(ctx, rev); err != nil {
-		return err
+	for {
+		h.mu.Lock()
+		w, advanced := h.order.watermark, h.advanced
+		h.mu.Unlock()
+		if w >= rev {
+			break
+		}
+		select {
+		case <-advanced:
+		case <-ctx.Done():
+			return fmt.Errorf("wait for revision %d (settled up to %d): %w", rev, w, ctx.Err())
+		case <-h.stopped:
+			return h.stopError()
+		}
 	}
 	retry := time.Millisecond
 	for {
@@ -164,31 +176,6 @@ func (h *Hub) WaitFor(ctx context.Context, rev int64) error {
 			return h.stopError()
 		}
 		retry = min(2*retry, visibleRetryMax)
-	}
-}
-
-// WaitSettled waits until the watermark reaches rev: every revision at or
-// below it is settled and delivered to live watchers. It asks PostgreSQL
-// nothing. A write it waited for may not be visible to a snapshot yet (its
-// backend has flushed its commit but not yet ended its transaction); a
-// read of the table at rev waits for that with WaitFor, whose check after
-// a long time without one reads every revision since the last (up to
-// visibleCheck a statement).
-func (h *Hub) WaitSettled(ctx context.Context, rev int64) error {
-	for {
-		h.mu.Lock()
-		w, advanced := h.order.watermark, h.advanced
-		h.mu.Unlock()
-		if w >= rev {
-			return nil
-		}
-		select {
-		case <-advanced:
-		case <-ctx.Done():
-			return fmt.Errorf("wait for revision %d (settled up to %d): %w", rev, w, ctx.Err())
-		case <-h.stopped:
-			return h.stopError()
-		}
 	}
 }
 
