@@ -257,6 +257,23 @@ func TestKeyspaceCopyRanges(t *testing.T) {
 	t.Logf("the copy answered %d of %d ranges at older revisions; %d were compacted", olderServed, older, compacted)
 }
 
+// TestKeyspaceCopyKeepsVisible writes through another client while nothing
+// reads through the one with the copy: its hub must still check what it
+// settled visible, so that the next read that waits for visibility checks
+// a few revisions, not every one since the copy loaded.
+func TestKeyspaceCopyKeepsVisible(t *testing.T) {
+	c, other := openWithCopy(t)
+	var last int64
+	for i := range 20 {
+		res, err := other.Put(t.Context(), []byte(fmt.Sprintf("/v/%d", i)), []byte("v"))
+		if err != nil {
+			t.Fatal(err)
+		}
+		last = res.Revision
+	}
+	wait.For(t, "the hub to check the puts visible with no read", func() bool { return c.Hub().Visible() >= last })
+}
+
 // TestKeyspaceCopyUnderWrites reads keys from the copy while another client
 // writes them: every read must show at least the newest write acknowledged
 // before it began, and one reader's revisions never go back.
