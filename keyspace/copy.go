@@ -73,7 +73,7 @@ const (
 	// (Hub.ReadRevision). A read of the latest revision that finds the
 	// copy behind waits for its revision to be visible (Hub.WaitFor),
 	// which checks every revision since the last check, one statement for
-	// up to 10,000: after the puts before them, 140-270 ms for a list's
+	// up to 10,000: after the puts before them, 110-270 ms for a list's
 	// first page in bench-quick's lists while written, once in most runs.
 	visibleEvery = 50 * time.Millisecond
 )
