@@ -383,8 +383,9 @@ func (c *Copy) HistoryBytes() int {
 func (c *Copy) Served() uint64 { return c.served.Load() }
 
 // Range reads req from the copy. At the latest revision (req.Revision 0)
-// it reads the current revision, waits until the copy holds it, and
-// answers at the copy's revision, at or above it; ctx bounds the wait. At
+// it reads the current revision, waits until it is visible and the copy
+// holds it, and answers at the newest revision the copy holds that is
+// visible, at or above it; ctx bounds the wait. At
 // a revision req names, see rangeAt. It fails with ErrNotLive when the
 // copy cannot answer (also when it stops while the read waits), for a
 // request the store refuses (a bad key or limit, a compacted or future
@@ -406,12 +407,28 @@ func (c *Copy) Range(ctx context.Context, req store.RangeRequest) (store.RangeRe
 	if err != nil {
 		return store.RangeResponse{}, err
 	}
+	// The answer holds only what every session can see: a write flushed
+	// and decoded but not yet visible would show here before a read
+	// elsewhere, begun after this one ended, could see it (test/chaos,
+	// seed 3221483427576925: a Txn found 269 current after the copy had
+	// answered at 270).
+	if c.hub.Visible() < cur {
+		if err := c.hub.WaitFor(ctx, cur); err != nil {
+			return store.RangeResponse{}, fmt.Errorf("%w: current %d not yet visible: %w", ErrBehind, cur, err)
+		}
+	}
 	for {
+		visible := c.hub.Visible() // at or above cur from here on
 		c.mu.RLock()
 		keys, rev, w, advanced := c.keys, c.rev, c.watcher, c.advanced
 		if keys != nil && rev >= cur {
-			res, _ := c.readLocked(req) // at the copy's revision: always known
+			at := min(rev, visible)
+			res, ok := c.readAtLocked(req, at)
 			c.mu.RUnlock()
+			if !ok {
+				return store.RangeResponse{}, fmt.Errorf("keyspace copy does not hold %q..%q at revision %d: %w", req.Key, req.End, at, ErrNotLive)
+			}
+			res.Current = at
 			own(res.KVs)
 			c.served.Add(1)
 			return res, nil
@@ -434,6 +451,9 @@ func (c *Copy) Range(ctx context.Context, req store.RangeRequest) (store.RangeRe
 // snapshot, the compacted revision, and the current one for the answer's
 // header.
 func (c *Copy) rangeAt(ctx context.Context, req store.RangeRequest) (store.RangeResponse, error) {
+	if req.Revision > c.hub.Visible() {
+		return store.RangeResponse{}, ErrNotLive // the store waits until it is visible
+	}
 	c.mu.RLock()
 	if c.keys == nil || c.rev < req.Revision {
 		c.mu.RUnlock()
@@ -467,6 +487,13 @@ func (c *Copy) readLocked(req store.RangeRequest) (res store.RangeResponse, ok b
 	if at == 0 {
 		at = c.rev
 	}
+	return c.readAtLocked(req, at)
+}
+
+// readAtLocked is readLocked at revision at, which the copy holds; a read
+// of the latest revision (req.Revision 0) is counted as the store counts
+// one.
+func (c *Copy) readAtLocked(req store.RangeRequest, at int64) (res store.RangeResponse, ok bool) {
 	if at < c.floor {
 		return res, false
 	}
