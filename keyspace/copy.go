@@ -70,11 +70,11 @@ const (
 	degree = 32
 	// visibleEvery is how often, while the hub settles revisions that no
 	// read has had checked visible, the copy has it check them
-	// (Hub.ReadRevision). A read of the latest revision that finds the
-	// copy behind waits for its revision to be visible (Hub.WaitFor),
-	// which checks every revision since the last check, one statement for
-	// up to 10,000: after the puts before them, 110-270 ms for a list's
-	// first page in bench-quick's lists while written, once in most runs.
+	// (Hub.ReadRevision). A read of the latest revision waits for its
+	// revision to be visible (Hub.WaitFor), which checks every revision
+	// since the last check, one statement for up to 10,000: after the
+	// puts before them, 110-270 ms for a list's first page in
+	// bench-quick's lists while written, once in most runs.
 	visibleEvery = 50 * time.Millisecond
 )
 
@@ -444,7 +444,8 @@ func (c *Copy) Range(ctx context.Context, req store.RangeRequest) (store.RangeRe
 }
 
 // rangeAt answers a range at the revision req names, which the copy holds
-// when that revision is at or below the copy's and at or above its floor,
+// when the hub has checked that revision visible, it is at or below the
+// copy's and at or above its floor,
 // and it remembers the version at that revision of every key of the
 // range, live or deleted. That answer never changes, so it needs no wait:
 // the one statement after it reads what the store checks in its own
