@@ -167,3 +167,34 @@ func TestVisibleAcrossCompaction(t *testing.T) {
 		t.Errorf("/c/a at %d = %q, want 4", last, got)
 	}
 }
+
+// TestVisibleCheckPlan keeps the visibility check's plan below the cost at
+// which PostgreSQL compiles a statement before it runs it. Joined to
+// walwatch.meta, which a fresh database has never analyzed, it cost 30
+// times the threshold, and each check took 5 to 190 ms instead of a
+// fraction of one.
+func TestVisibleCheckPlan(t *testing.T) {
+	e := newEnv(t)
+	ctx := t.Context()
+	if _, err := e.pool.Exec(ctx, `select count(walwatch.put(convert_to('/many/' || i, 'UTF8'), '\x76'::bytea))
+		from generate_series(1, 20000) i`); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := e.pool.Exec(ctx, "analyze walwatch.kv"); err != nil {
+		t.Fatal(err)
+	}
+	cur, err := e.store.CurrentRevision(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	conn, err := e.pool.Acquire(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Release()
+	for _, after := range []int64{cur - 10, cur - replication.VisibleCheck(), 0} {
+		for _, timeline := range []int32{0, 1} {
+			pgtest.CheckNoJIT(t, ctx, conn, replication.VisibleCheckSQL, after, cur, timeline)
+		}
+	}
+}
