@@ -104,9 +104,9 @@ func (v *visibility) upToOn(ctx context.Context, upto int64, timeline int32) (in
 //
 // The statement's bounds are its parameters and it reads walwatch.meta in
 // a scalar subquery, so that its plan costs what it reads: joined to
-// meta, a table never analyzed (estimated at 1,810 rows) and with a bound
+// meta, a table never analyzed (estimated at 1,810 rows), and with a bound
 // the planner could not estimate, its cost passed jit_above_cost, and
-// PostgreSQL compiled it for every call, 5 to 190 ms of a check that
+// PostgreSQL compiled it before every call: 5 to 190 ms for a check that
 // reads in well under one (pg_stat_statements' jit_* columns).
 func (v *visibility) check(ctx context.Context, after, hi int64, timeline int32) (int64, error) {
 	var (
