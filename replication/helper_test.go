@@ -197,3 +197,17 @@ func (e *env) history(tb testing.TB, rng store.KeyRange, start int64) []seen {
 	}
 	return out
 }
+
+// manyRows puts n keys under /many/ and analyzes the table: a table of some
+// size, so that the planner has choices to weigh.
+func (e *env) manyRows(tb testing.TB, n int) {
+	tb.Helper()
+	ctx := context.Background()
+	if _, err := e.pool.Exec(ctx, `select count(walwatch.put(convert_to('/many/' || i, 'UTF8'), '\x76'::bytea))
+		from generate_series(1, $1) i`, n); err != nil {
+		tb.Fatal(err)
+	}
+	if _, err := e.pool.Exec(ctx, "analyze walwatch.kv"); err != nil {
+		tb.Fatal(err)
+	}
+}

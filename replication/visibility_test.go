@@ -176,13 +176,7 @@ func TestVisibleAcrossCompaction(t *testing.T) {
 func TestVisibleCheckPlan(t *testing.T) {
 	e := newEnv(t)
 	ctx := t.Context()
-	if _, err := e.pool.Exec(ctx, `select count(walwatch.put(convert_to('/many/' || i, 'UTF8'), '\x76'::bytea))
-		from generate_series(1, 20000) i`); err != nil {
-		t.Fatal(err)
-	}
-	if _, err := e.pool.Exec(ctx, "analyze walwatch.kv"); err != nil {
-		t.Fatal(err)
-	}
+	e.manyRows(t, 20000)
 	cur, err := e.store.CurrentRevision(ctx)
 	if err != nil {
 		t.Fatal(err)

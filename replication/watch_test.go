@@ -192,14 +192,7 @@ func TestPrevKVsUseTheCachedPlan(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	// A table of some size, so that the planner has choices to weigh.
-	if _, err := e.pool.Exec(ctx, `select count(walwatch.put(convert_to('/many/' || i, 'UTF8'), '\x76'::bytea))
-		from generate_series(1, 20000) i`); err != nil {
-		t.Fatal(err)
-	}
-	if _, err := e.pool.Exec(ctx, "analyze walwatch.kv"); err != nil {
-		t.Fatal(err)
-	}
+	e.manyRows(t, 20000)
 	conn, err := e.pool.Acquire(ctx)
 	if err != nil {
 		t.Fatal(err)
