@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"runtime"
 	"slices"
 	"sync"
 	"sync/atomic"
@@ -81,6 +82,12 @@ type batcher[C call] struct {
 	max   int
 	run   func([]C)
 
+	// yield gives up the processor once before a batch is taken, so that
+	// calls whose goroutines are runnable, a request each that has not yet
+	// reached submit, join it rather than wait for the next one; a lone
+	// call finds nothing runnable and goes on at once.
+	yield bool
+
 	mu      sync.Mutex
 	queue   []C
 	workers int
@@ -122,6 +129,7 @@ func (b *batcher[C]) submit(c C) {
 		// goroutine, so a lone call costs no handoff (one cost 50-100 µs at
 		// p50 and milliseconds at p99 on two busy cores).
 		b.workers++
+		b.gather()
 		batch := b.take()
 		b.mu.Unlock()
 		b.runAll(batch)
@@ -139,6 +147,7 @@ func (b *batcher[C]) submit(c C) {
 func (b *batcher[C]) work() {
 	for {
 		b.mu.Lock()
+		b.gather()
 		batch := b.take()
 		if len(batch) == 0 {
 			b.workers--
@@ -147,6 +156,16 @@ func (b *batcher[C]) work() {
 		}
 		b.mu.Unlock()
 		b.runAll(batch)
+	}
+}
+
+// gather yields the processor when b yields, so that the calls on their
+// way join the next batch; b.mu is held, and released meanwhile.
+func (b *batcher[C]) gather() {
+	if b.yield {
+		b.mu.Unlock()
+		runtime.Gosched()
+		b.mu.Lock()
 	}
 }
 
@@ -402,6 +421,13 @@ func batchContext[C call](batch []C) (context.Context, func()) {
 // the next statement: every reader still gets a statement that began after
 // it asked, which is what a linearizable read from a copy of the keyspace
 // needs (package keyspace), and 32 clients cost a round trip, not 32.
+// The batcher yields before it takes a batch: at 32 readers in process
+// that made 24 reads a statement rather than 15, and 1.20× the reads a
+// second (BenchmarkCurrentRevisionYield); through cp's etcd API, where
+// each read is a gRPC handler that becomes runnable before it reaches the
+// batcher, 9.7 reads a statement rather than 6.3, a sixth less of
+// PostgreSQL's CPU, and 1.09×, 1.09× and 1.24× the gets a second at 32
+// clients in three interleaved rounds.
 const maxBatchRevisions = 1024
 
 // revisionCall is one CurrentRevision waiting for its batch.
@@ -413,7 +439,7 @@ type revisionCall struct {
 func (c *revisionCall) size() int { return 0 }
 
 func newRevisionBatcher(pool *pgxpool.Pool) *batcher[*revisionCall] {
-	b := &batcher[*revisionCall]{limit: 1, max: maxBatchRevisions}
+	b := &batcher[*revisionCall]{limit: 1, max: maxBatchRevisions, yield: true}
 	b.run = func(calls []*revisionCall) {
 		batch := live(calls)
 		if len(batch) == 0 {

@@ -246,3 +246,60 @@ func BenchmarkGetParts(b *testing.B) {
 		})
 	}
 }
+
+// BenchmarkCurrentRevisionYield compares the reads of the current
+// revision with and without the batcher's yield before it takes a batch,
+// at 32 readers, one round of each per op, interleaved: each setting's
+// median reads/s and reads per statement (connections acquired: the
+// reads' statement is the pool's only work here), and the ratio of
+// reads/s with the yield to without. Run it with -benchtime Nx for N
+// rounds.
+func BenchmarkCurrentRevisionYield(b *testing.B) {
+	const (
+		round   = 2 * time.Second
+		readers = 32
+	)
+	settings := []bool{true, false}
+	_, pool := newStore(b, store.Limits{})
+	run := func(yield bool, d time.Duration) (rate, perStatement float64) {
+		s := store.New(pool, store.Limits{})
+		store.SetRevisionYield(s, yield)
+		ctx, cancel := context.WithTimeout(context.Background(), d)
+		defer cancel()
+		acquired := pool.Stat().AcquireCount()
+		var n atomic.Int64
+		var wg sync.WaitGroup
+		start := time.Now()
+		for range readers {
+			wg.Go(func() {
+				for ctx.Err() == nil {
+					if _, err := s.CurrentRevision(context.Background()); err != nil {
+						b.Error(err)
+						return
+					}
+					n.Add(1)
+				}
+			})
+		}
+		wg.Wait()
+		rate = float64(n.Load()) / time.Since(start).Seconds()
+		return rate, float64(n.Load()) / float64(pool.Stat().AcquireCount()-acquired)
+	}
+	run(settings[0], round/2) // the pool and the statement warm
+	rates := make([][]float64, len(settings))
+	per := make([][]float64, len(settings))
+	b.ResetTimer()
+	for range b.N {
+		for i, yield := range settings {
+			r, p := run(yield, round)
+			rates[i] = append(rates[i], r)
+			per[i] = append(per[i], p)
+		}
+	}
+	b.StopTimer()
+	for i, yield := range settings {
+		b.ReportMetric(median(rates[i]), fmt.Sprintf("yield=%t-reads/s", yield))
+		b.ReportMetric(median(per[i]), fmt.Sprintf("yield=%t-reads/statement", yield))
+	}
+	b.ReportMetric(median(rates[0])/median(rates[1]), "ratio-yield/none")
+}

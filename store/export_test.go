@@ -14,6 +14,10 @@ const PutWorkers = putWorkers
 // before its first put.
 func SetPutWorkers(s *Store, n int) { s.puts.b.limit = n }
 
+// SetRevisionYield sets whether s's reads of the current revision yield
+// before a batch is taken; only before its first.
+func SetRevisionYield(s *Store, yield bool) { s.revs.yield = yield }
+
 // QueuedPuts reports how many puts wait for a batch.
 func QueuedPuts(s *Store) int {
 	s.puts.b.mu.Lock()
