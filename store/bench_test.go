@@ -93,23 +93,8 @@ func BenchmarkPutWorkers(b *testing.B) {
 				rate = float64(n.Load()) / time.Since(start).Seconds()
 				return rate, float64(nextXID()-before) / float64(n.Load())
 			}
-			run(settings[0], round/2) // the table, the pool and the statements warm
-			rates := make([][]float64, len(settings))
-			txs := make([][]float64, len(settings))
-			b.ResetTimer()
-			for range b.N {
-				for i, w := range settings {
-					r, tx := run(w, round)
-					rates[i] = append(rates[i], r)
-					txs[i] = append(txs[i], tx)
-				}
-			}
-			b.StopTimer()
-			for i, w := range settings {
-				b.ReportMetric(median(rates[i]), fmt.Sprintf("workers=%d-puts/s", w))
-				b.ReportMetric(median(txs[i]), fmt.Sprintf("workers=%d-tx/put", w))
-			}
-			b.ReportMetric(median(rates[0])/median(rates[1]), "ratio-1/2")
+			rates := compareSettings(b, "workers", settings, [2]string{"puts/s", "tx/put"}, round, run)
+			b.ReportMetric(rates[0]/rates[1], "ratio-1/2")
 		})
 	}
 }
@@ -285,21 +270,33 @@ func BenchmarkCurrentRevisionYield(b *testing.B) {
 		rate = float64(n.Load()) / time.Since(start).Seconds()
 		return rate, float64(n.Load()) / float64(pool.Stat().AcquireCount()-acquired)
 	}
-	run(settings[0], round/2) // the pool and the statement warm
-	rates := make([][]float64, len(settings))
-	per := make([][]float64, len(settings))
+	rates := compareSettings(b, "yield", settings, [2]string{"reads/s", "reads/statement"}, round, run)
+	b.ReportMetric(rates[0]/rates[1], "ratio-yield/none")
+}
+
+// compareSettings runs b.N rounds of run at each of settings for d,
+// interleaved so that drift on a shared machine falls on all, after a
+// warm-up round (half as long) of the first: the table, the pool and the
+// statements warm. It reports the medians of the two figures run returns
+// as name=setting-unit, and returns the medians of the first.
+func compareSettings[S any](b *testing.B, name string, settings []S, units [2]string, d time.Duration, run func(S, time.Duration) (float64, float64)) []float64 {
+	run(settings[0], d/2)
+	firsts := make([][]float64, len(settings))
+	seconds := make([][]float64, len(settings))
 	b.ResetTimer()
 	for range b.N {
-		for i, yield := range settings {
-			r, p := run(yield, round)
-			rates[i] = append(rates[i], r)
-			per[i] = append(per[i], p)
+		for i, s := range settings {
+			x, y := run(s, d)
+			firsts[i] = append(firsts[i], x)
+			seconds[i] = append(seconds[i], y)
 		}
 	}
 	b.StopTimer()
-	for i, yield := range settings {
-		b.ReportMetric(median(rates[i]), fmt.Sprintf("yield=%t-reads/s", yield))
-		b.ReportMetric(median(per[i]), fmt.Sprintf("yield=%t-reads/statement", yield))
+	out := make([]float64, len(settings))
+	for i, s := range settings {
+		out[i] = median(firsts[i])
+		b.ReportMetric(out[i], fmt.Sprintf("%s=%v-%s", name, s, units[0]))
+		b.ReportMetric(median(seconds[i]), fmt.Sprintf("%s=%v-%s", name, s, units[1]))
 	}
-	b.ReportMetric(median(rates[0])/median(rates[1]), "ratio-yield/none")
+	return out
 }
