@@ -422,10 +422,10 @@ func batchContext[C call](batch []C) (context.Context, func()) {
 // it asked, which is what a linearizable read from a copy of the keyspace
 // needs (package keyspace), and 32 clients cost a round trip, not 32.
 // The batcher yields before it takes a batch: at 32 readers in process
-// that made 24 reads a statement rather than 15, and 1.20× the reads a
-// second (BenchmarkCurrentRevisionYield); through cp's etcd API, where
+// that made 24 reads a statement rather than 15, and 1.17–1.20× the reads
+// a second (BenchmarkCurrentRevisionYield); through cp's etcd API, where
 // each read is a gRPC handler that becomes runnable before it reaches the
-// batcher, 9.7 reads a statement rather than 6.3, a sixth less of
+// batcher, 9.7 reads a statement rather than 6.3, a fifth less of
 // PostgreSQL's CPU, and 1.09×, 1.09× and 1.24× the gets a second at 32
 // clients in three interleaved rounds.
 const maxBatchRevisions = 1024
