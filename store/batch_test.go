@@ -6,6 +6,7 @@ import (
 	"crypto/rand"
 	"errors"
 	"fmt"
+	"sync/atomic"
 	"testing"
 
 	"github.com/jackc/pgx/v5/pgconn"
@@ -589,5 +590,56 @@ func TestPutBatchLostAfterCommitFailsEveryPut(t *testing.T) {
 	}
 	if rows != len(keys) || xids != 1 {
 		t.Errorf("the batch's puts: %d rows in %d transactions; want %d in 1", rows, xids, len(keys))
+	}
+}
+
+// A read of the current revision asked while a statement is in flight
+// waits for the next one, which began after it asked: a put that returned
+// meanwhile is in its answer. The copy of the keyspace answers
+// linearizable reads on that (package keyspace); the batcher's yield
+// before it takes a batch must not change it.
+func TestCurrentRevisionAskedDuringAStatement(t *testing.T) {
+	s, _ := newStore(t, store.Limits{})
+	ctx := testContext(t)
+	ran, release := make(chan struct{}), make(chan struct{})
+	var held atomic.Bool
+	store.AfterRevisionStatement(s, func() {
+		if held.CompareAndSwap(false, true) {
+			close(ran)
+			<-release
+		}
+	})
+	type answer struct {
+		rev int64
+		err error
+	}
+	read := func() <-chan answer {
+		c := make(chan answer, 1)
+		go func() {
+			rev, err := s.CurrentRevision(ctx)
+			c <- answer{rev, err}
+		}()
+		return c
+	}
+	first := read()
+	<-ran // its statement has run; its answer is held
+	put, err := s.Put(ctx, []byte("/asked-during"), []byte("v"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	second := read()
+	wait.For(t, "the second read to queue (or answer)", func() bool {
+		return store.QueuedRevisionReads(s) == 1 || len(second) == 1
+	})
+	close(release)
+	a, b := <-first, <-second
+	if a.err != nil || b.err != nil {
+		t.Fatal(a.err, b.err)
+	}
+	if a.rev >= put.Revision {
+		t.Fatalf("the first read answered %d, at or above the put's %d that followed its statement", a.rev, put.Revision)
+	}
+	if b.rev < put.Revision {
+		t.Errorf("the second read answered %d, below the put's %d that returned before it was asked", b.rev, put.Revision)
 	}
 }

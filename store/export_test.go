@@ -18,6 +18,24 @@ func SetPutWorkers(s *Store, n int) { s.puts.b.limit = n }
 // before a batch is taken; only before its first.
 func SetRevisionYield(s *Store, yield bool) { s.revs.yield = yield }
 
+// AfterRevisionStatement makes s call f after each statement that reads
+// the current revision, before the reads it served have their answer.
+func AfterRevisionStatement(s *Store, f func()) {
+	run := s.revs.run
+	s.revs.run = func(calls []*revisionCall) {
+		run(calls)
+		f()
+	}
+}
+
+// QueuedRevisionReads reports how many reads of the current revision wait
+// for a statement.
+func QueuedRevisionReads(s *Store) int {
+	s.revs.mu.Lock()
+	defer s.revs.mu.Unlock()
+	return len(s.revs.queue)
+}
+
 // QueuedPuts reports how many puts wait for a batch.
 func QueuedPuts(s *Store) int {
 	s.puts.b.mu.Lock()
