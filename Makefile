@@ -43,6 +43,7 @@ fmt:
 bench-store:
 	$(GO) test -run '^$$' -bench 'BenchmarkPut$$' -benchtime 3s -count 3 ./store/
 	$(GO) test -run '^$$' -bench BenchmarkPutWorkers -benchtime 5x ./store/
+	$(GO) test -run '^$$' -bench BenchmarkCurrentRevisionYield -benchtime 5x ./store/
 
 # walwatch (directly, through cp's HTTP and etcd APIs) vs etcd, kine, the
 # seed's LISTEN/NOTIFY design and the floor, side by side on this machine (its
