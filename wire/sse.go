@@ -123,6 +123,11 @@ var ErrLineTooLong = errors.New("sse: line too long")
 // Reader reads messages from an event stream.
 type Reader struct {
 	r *bufio.Reader
+	// long holds a line longer than r's buffer while it is read, and keeps
+	// its storage for the next one: a value of a mebibyte or more is a line
+	// of its own, and growing a fresh slice for each one allocated five
+	// times its size.
+	long []byte
 }
 
 // NewReader reads messages from r.
@@ -145,7 +150,11 @@ func (r *Reader) Next() (Message, error) {
 				}
 				continue
 			}
-			m.Data = bytes.Join(data, []byte("\n"))
+			if len(data) == 1 {
+				m.Data = data[0] // a copy already
+			} else {
+				m.Data = bytes.Join(data, []byte("\n"))
+			}
 			return m, nil
 		case line[0] == ':':
 			m.Comment = strings.TrimSpace(string(line[1:]))
@@ -164,21 +173,28 @@ func (r *Reader) Next() (Message, error) {
 	}
 }
 
+// line returns the next line, without its end. It is valid until the next
+// call: it is in r's buffer, or in r.long.
 func (r *Reader) line() ([]byte, error) {
-	var buf []byte
-	for {
-		chunk, isPrefix, err := r.r.ReadLine()
-		if err != nil {
+	chunk, isPrefix, err := r.r.ReadLine()
+	if err != nil {
+		return nil, err
+	}
+	if !isPrefix {
+		return bytes.TrimSuffix(chunk, []byte("\r")), nil
+	}
+	buf := append(r.long[:0], chunk...)
+	for isPrefix {
+		if chunk, isPrefix, err = r.r.ReadLine(); err != nil {
 			return nil, err
 		}
 		buf = append(buf, chunk...)
 		if len(buf) > MaxLine {
 			return nil, ErrLineTooLong
 		}
-		if !isPrefix {
-			return bytes.TrimSuffix(buf, []byte("\r")), nil
-		}
 	}
+	r.long = buf
+	return bytes.TrimSuffix(buf, []byte("\r")), nil
 }
 
 // ForEachRevision calls fn with the events of each revision in evs (which
