@@ -63,8 +63,6 @@ func BenchmarkPutWorkers(b *testing.B) {
 			run := func(workers int, d time.Duration) (rate, txPerPut float64) {
 				s := store.New(pool, store.Limits{})
 				store.SetPutWorkers(s, workers)
-				ctx, cancel := context.WithTimeout(context.Background(), d)
-				defer cancel()
 				// The next transaction ID, without taking one: every batch
 				// takes one, and the statistics views lag by up to a second.
 				nextXID := func() (n int64) {
@@ -75,23 +73,11 @@ func BenchmarkPutWorkers(b *testing.B) {
 					return n
 				}
 				before := nextXID()
-				var n atomic.Int64
-				var wg sync.WaitGroup
-				start := time.Now()
-				for i := range clients {
-					wg.Go(func() {
-						for j := i; ctx.Err() == nil; j += clients {
-							if _, err := s.Put(context.Background(), fmt.Appendf(nil, "/bench/%05d", j%10000), value); err != nil {
-								b.Error(err)
-								return
-							}
-							n.Add(1)
-						}
-					})
-				}
-				wg.Wait()
-				rate = float64(n.Load()) / time.Since(start).Seconds()
-				return rate, float64(nextXID()-before) / float64(n.Load())
+				n, rate := load(b, d, clients, func(i, j int) error {
+					_, err := s.Put(context.Background(), fmt.Appendf(nil, "/bench/%05d", (i+j*clients)%10000), value)
+					return err
+				})
+				return rate, float64(nextXID()-before) / float64(n)
 			}
 			rates := compareSettings(b, "workers", settings, [2]string{"puts/s", "tx/put"}, round, run)
 			b.ReportMetric(rates[0]/rates[1], "ratio-1/2")
@@ -249,26 +235,12 @@ func BenchmarkCurrentRevisionYield(b *testing.B) {
 	run := func(yield bool, d time.Duration) (rate, perStatement float64) {
 		s := store.New(pool, store.Limits{})
 		store.SetRevisionYield(s, yield)
-		ctx, cancel := context.WithTimeout(context.Background(), d)
-		defer cancel()
 		acquired := pool.Stat().AcquireCount()
-		var n atomic.Int64
-		var wg sync.WaitGroup
-		start := time.Now()
-		for range readers {
-			wg.Go(func() {
-				for ctx.Err() == nil {
-					if _, err := s.CurrentRevision(context.Background()); err != nil {
-						b.Error(err)
-						return
-					}
-					n.Add(1)
-				}
-			})
-		}
-		wg.Wait()
-		rate = float64(n.Load()) / time.Since(start).Seconds()
-		return rate, float64(n.Load()) / float64(pool.Stat().AcquireCount()-acquired)
+		n, rate := load(b, d, readers, func(int, int) error {
+			_, err := s.CurrentRevision(context.Background())
+			return err
+		})
+		return rate, float64(n) / float64(pool.Stat().AcquireCount()-acquired)
 	}
 	rates := compareSettings(b, "yield", settings, [2]string{"reads/s", "reads/statement"}, round, run)
 	b.ReportMetric(rates[0]/rates[1], "ratio-yield/none")
@@ -299,4 +271,29 @@ func compareSettings[S any](b *testing.B, name string, settings []S, units [2]st
 		b.ReportMetric(median(seconds[i]), fmt.Sprintf("%s=%v-%s", name, s, units[1]))
 	}
 	return out
+}
+
+// load calls op from clients goroutines for d, with the
+// goroutine's number and how many calls it made before, and returns how
+// many calls succeeded and their rate a second; a call that fails fails b
+// and ends its goroutine.
+func load(b *testing.B, d time.Duration, clients int, op func(client, call int) error) (n int64, rate float64) {
+	ctx, cancel := context.WithTimeout(context.Background(), d)
+	defer cancel()
+	var done atomic.Int64
+	var wg sync.WaitGroup
+	start := time.Now()
+	for i := range clients {
+		wg.Go(func() {
+			for j := 0; ctx.Err() == nil; j++ {
+				if err := op(i, j); err != nil {
+					b.Error(err)
+					return
+				}
+				done.Add(1)
+			}
+		})
+	}
+	wg.Wait()
+	return done.Load(), float64(done.Load()) / time.Since(start).Seconds()
 }
