@@ -77,12 +77,16 @@ func newHolder(t *testing.T, pool *pgxpool.Pool, old int32) int32 {
 		pid = holder(t, pool)
 		return pid != 0 && pid != old
 	})
-	// It extends the leases right after taking the lock, in its next
-	// statement: wait for that session to be idle.
-	wait.For(t, "the new holder to be idle", func() bool {
-		var state string
-		err := pool.QueryRow(t.Context(), "select coalesce(state, '') from pg_stat_activity where pid = $1", pid).Scan(&state)
-		return err == nil && state == "idle"
+	// It extends the leases right after taking the lock, then expires the
+	// lapsed ones: once its session has sent the expiry's statement, the
+	// extension is over. Idle after the extension's statement is not
+	// enough: pgx prepares it first, and the session is idle with its
+	// text between the two, when a lease lapsed would still be extended.
+	wait.For(t, "the new holder to have extended the leases", func() bool {
+		var expiring bool
+		err := pool.QueryRow(t.Context(), `select query ~ 'walwatch\.expire_leases'
+			from pg_stat_activity where pid = $1`, pid).Scan(&expiring)
+		return err == nil && expiring
 	})
 	return pid
 }
